@@ -1,0 +1,2 @@
+//! The `nems` launcher.
+fn main() {}

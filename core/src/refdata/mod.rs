@@ -1,0 +1,1 @@
+//! Readers for the official reference data files and the demographics CSV.

@@ -1,0 +1,1 @@
+//! FHIR XML helpers (reader and writer).

@@ -1,0 +1,4 @@
+//! FHIR text ⇄ protobuf.
+
+pub mod bundle;
+pub mod subscription;

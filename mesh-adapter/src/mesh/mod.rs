@@ -1,0 +1,1 @@
+//! The MESH API client.

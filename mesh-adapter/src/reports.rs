@@ -1,0 +1,1 @@
+//! MESH non-delivery reports: polled from the service's own mailbox and forwarded to core.

@@ -1,0 +1,1 @@
+//! Retry policy: capped exponential backoff with full jitter, honouring `Retry-After`.

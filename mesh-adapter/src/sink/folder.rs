@@ -1,0 +1,1 @@
+//! The folder sink: one file per delivery under `<dir>/<mailbox>/<workflow>/`.

@@ -1,0 +1,1 @@
+//! The MESH sink: sends each delivery to MESH with the MESH client.

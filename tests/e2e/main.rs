@@ -1,0 +1,2 @@
+//! End-to-end tests: one binary, one module per area.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]

@@ -1,0 +1,1 @@
+//! The real mesh-sandbox as a child process.

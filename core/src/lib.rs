@@ -2,7 +2,26 @@
 //! gRPC on an embedded redb store.
 //!
 //! # Layout
-//! - `refdata/`: readers for the official reference files (NHSPD, NSPL, ONSPD, epraccur,
-//!   the GSS→ODS lookups) and the demographics CSV.
+//! - `server.rs`: [`run`] / [`Core`]: open the store, serve the service and operator APIs
+//!   (with health and reflection), shut down gracefully.
+//! - `config.rs`: the `[core]` configuration section.
+//! - `domain/`: every NEMS rule as pure functions (criteria grammar, subscription and event
+//!   validation, event catalogue, NHS numbers, FHIR dates).
+//! - `directory.rs`: the Spine directory and its permission checks.
+//! - `service/`: thin gRPC services over the domain and the store.
+//! - `store/`: synchronous redb code; one writer thread with group commit.
+//! - `refdata/`: readers for the official reference files and the demographics CSV.
 
+pub mod config;
+pub mod directory;
+pub mod domain;
 pub mod refdata;
+pub(crate) mod dispatch;
+mod matching;
+mod server;
+mod service;
+mod state;
+pub mod store;
+
+pub use config::CoreConfig;
+pub use server::{Core, CoreError, CoreListeners, run};

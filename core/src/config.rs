@@ -1,0 +1,155 @@
+//! Core's configuration: the `[core]` section of the nems TOML file. Unknown keys are
+//! refused; durations are human-readable (`90s`, `5m`, `30days`). The launcher reads the
+//! file and applies environment overrides; core receives the typed value.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::domain::catalogue::EventTypeOverride;
+
+/// The `[core]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoreConfig {
+    /// gRPC address of the service API (subscriptions, events, deliveries, health,
+    /// reflection). Env: `NEMS_CORE_LISTEN`.
+    pub listen: SocketAddr,
+    /// gRPC address of the operator API (directory, operator, health, reflection). When
+    /// absent, the operator services are served on `listen` too (local development only).
+    /// Env: `NEMS_CORE_OPERATOR_LISTEN`.
+    pub operator_listen: Option<SocketAddr>,
+    /// Folder holding the redb database. Env: `NEMS_DATA_DIR`.
+    pub data_dir: PathBuf,
+    /// Spine directory file applied at start-up (see `directory` module docs).
+    /// Env: `NEMS_DIRECTORY_FILE`.
+    pub directory_file: Option<PathBuf>,
+    /// Fsync every commit before answering (production: true). False is for benchmarks.
+    pub durable: bool,
+    /// Capacity of the store's write queue; a full queue makes publish answer 503.
+    pub write_queue: usize,
+    /// Most write jobs in one group commit.
+    pub max_batch: usize,
+    /// How long a delivery handed to an adapter stays leased before it is handed out again.
+    #[serde(with = "duration")]
+    pub lease_timeout: Duration,
+    /// Default most unacknowledged deliveries per adapter stream.
+    pub max_in_flight: u32,
+    /// Default most unacknowledged deliveries per mailbox.
+    pub max_in_flight_per_mailbox: u32,
+    /// How long settled ledger rows (events and deliveries) are kept for audit.
+    #[serde(with = "duration")]
+    pub ledger_retention: Duration,
+    /// How long audit records are kept.
+    #[serde(with = "duration")]
+    pub audit_retention: Duration,
+    /// Publish answers 503 when more deliveries than this are waiting (backpressure).
+    pub max_pending_deliveries: u64,
+    /// Event catalogue overrides and additions (`[[core.event_types]]`).
+    pub event_types: Vec<EventTypeOverride>,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            operator_listen: None,
+            data_dir: PathBuf::from("nems-data"),
+            directory_file: None,
+            durable: true,
+            write_queue: 8192,
+            max_batch: 1024,
+            lease_timeout: Duration::from_secs(120),
+            max_in_flight: 256,
+            max_in_flight_per_mailbox: 8,
+            ledger_retention: Duration::from_secs(90 * 24 * 3600),
+            audit_retention: Duration::from_secs(2 * 365 * 24 * 3600),
+            max_pending_deliveries: 1_000_000,
+            event_types: Vec::new(),
+        }
+    }
+}
+
+impl CoreConfig {
+    /// Checks values that serde cannot; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.write_queue == 0 {
+            return Err("core.write_queue must be at least 1".into());
+        }
+        if self.max_batch == 0 {
+            return Err("core.max_batch must be at least 1".into());
+        }
+        if self.lease_timeout < Duration::from_secs(1) {
+            return Err("core.lease_timeout must be at least 1s".into());
+        }
+        if self.max_in_flight == 0 || self.max_in_flight_per_mailbox == 0 {
+            return Err("core.max_in_flight and core.max_in_flight_per_mailbox must be at least 1".into());
+        }
+        if self.operator_listen == Some(self.listen) {
+            return Err("core.operator_listen must differ from core.listen".into());
+        }
+        crate::domain::catalogue::Catalogue::new(&self.event_types)
+            .map_err(|e| format!("core.event_types: {e}"))?;
+        Ok(())
+    }
+}
+
+/// Serde support for human-readable durations (`humantime`).
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    /// Deserializes `"90s"`, `"5m"`, `"30days"`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not a duration ({e}); write e.g. 90s, 5m, 12h, 30days"
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_section_and_rejects_unknown_keys() {
+        let c: CoreConfig = toml::from_str(
+            r#"
+            listen = "127.0.0.1:7001"
+            operator_listen = "127.0.0.1:7002"
+            data_dir = "/tmp/x"
+            lease_timeout = "45s"
+            ledger_retention = "30days"
+            [[event_types]]
+            code = "newborn-hearing-1"
+            state = "deprecated"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.lease_timeout, Duration::from_secs(45));
+        assert_eq!(c.event_types.len(), 1);
+        c.validate().unwrap();
+
+        let e = toml::from_str::<CoreConfig>("colour = \"red\"").unwrap_err().to_string();
+        assert!(e.contains("colour"), "{e}");
+        let e = toml::from_str::<CoreConfig>("lease_timeout = \"soon\"").unwrap_err().to_string();
+        assert!(e.contains("soon") && e.contains("lease_timeout"), "{e}");
+        let e = toml::from_str::<CoreConfig>("listen = \"nowhere\"").unwrap_err().to_string();
+        assert!(e.contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn validate_names_the_key() {
+        let c = CoreConfig {
+            max_batch: 0,
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().contains("core.max_batch"));
+    }
+}

@@ -1,0 +1,229 @@
+//! Matching an accepted event against subscriptions, by index lookups only: explicit
+//! subscriptions by the patient's NHS number, generic ones by (rule, organisation code,
+//! event) keys derived from the patient's areas. Filters (event, creation time, `end`,
+//! age, GP registration) apply to both; matches are grouped into one delivery per mailbox.
+
+use std::collections::BTreeMap;
+
+use nems_proto::v1 as pb;
+use prost::Message;
+use redb::{ReadTransaction, ReadableTable};
+use time::Date;
+
+use crate::domain::datetime;
+use crate::store::StoreError;
+use crate::store::keys::id_hex;
+use crate::store::records::MatchEntry;
+use crate::store::tables::{SUBS_BY_NHS, SUBS_BY_RULE};
+
+/// MESH's limit on `Mex-PartnerID`.
+pub const PARTNER_ID_MAX: usize = 500;
+
+/// What matching knows about the event and its patient.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Subject {
+    /// Event code.
+    pub(crate) event_code: String,
+    /// Routing NHS number (explicit matching); `None` skips explicit subscriptions.
+    pub(crate) nhs: Option<u64>,
+    /// Birth date for age filters.
+    pub(crate) birth_date: Option<Date>,
+    /// The patient is registered with a GP practice.
+    pub(crate) registered: bool,
+    /// Generic index keys (`RULE/CODE/EVENT`) the patient's areas give.
+    pub(crate) generic_keys: Vec<String>,
+    /// Acceptance time: only subscriptions created before it match, and only while their
+    /// `end` is after it.
+    pub(crate) accepted_ms: u64,
+}
+
+/// The subscriptions of one mailbox that matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MailboxMatch {
+    pub(crate) mailbox: String,
+    /// (subscription id, tag) pairs, tag empty when untagged.
+    pub(crate) subscriptions: Vec<(String, String)>,
+}
+
+impl MailboxMatch {
+    /// The `Mex-PartnerID`: `id|tag` of every tagged match joined by `~~~`, cut at whole
+    /// entries to MESH's 500-character limit.
+    pub(crate) fn partner_id(&self) -> String {
+        let mut out = String::new();
+        for (id, tag) in self.subscriptions.iter().filter(|(_, tag)| !tag.is_empty()) {
+            let entry = format!("{id}|{tag}");
+            let extra = if out.is_empty() { entry.len() } else { entry.len() + 3 };
+            if out.len() + extra > PARTNER_ID_MAX {
+                tracing::warn!(mailbox = %self.mailbox, "mex-partnerid truncated at 500 characters");
+                break;
+            }
+            if !out.is_empty() {
+                out.push_str("~~~");
+            }
+            out.push_str(&entry);
+        }
+        out
+    }
+}
+
+/// Finds every matching subscription, grouped by mailbox (in mailbox order).
+pub(crate) fn find(tx: &ReadTransaction, subject: &Subject) -> Result<Vec<MailboxMatch>, StoreError> {
+    let today = datetime::utc_date(subject.accepted_ms);
+    let age = subject
+        .birth_date
+        .and_then(|birth| datetime::completed_years(birth, today));
+    let mut by_mailbox: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    let mut consider = |id: u128, bytes: &[u8]| -> Result<(), StoreError> {
+        let entry = MatchEntry::decode(bytes)?;
+        if passes(&entry, subject, age) {
+            let list = by_mailbox.entry(entry.mailbox).or_default();
+            let id_text = id_hex(id);
+            if !list.iter().any(|(existing, _)| *existing == id_text) {
+                list.push((id_text, entry.tag));
+            }
+        }
+        Ok(())
+    };
+    if let Some(nhs) = subject.nhs {
+        let table = tx.open_table(SUBS_BY_NHS)?;
+        for item in table.range((nhs, 0)..=(nhs, u128::MAX))? {
+            let (k, v) = item?;
+            consider(k.value().1, v.value())?;
+        }
+    }
+    if !subject.generic_keys.is_empty() {
+        let table = tx.open_table(SUBS_BY_RULE)?;
+        for key in &subject.generic_keys {
+            for item in table.range((key.as_str(), 0)..=(key.as_str(), u128::MAX))? {
+                let (k, v) = item?;
+                consider(k.value().1, v.value())?;
+            }
+        }
+    }
+    Ok(by_mailbox
+        .into_iter()
+        .map(|(mailbox, subscriptions)| MailboxMatch {
+            mailbox,
+            subscriptions,
+        })
+        .collect())
+}
+
+fn passes(entry: &MatchEntry, subject: &Subject, age: Option<u32>) -> bool {
+    if !entry.event_codes.iter().any(|c| *c == subject.event_code) {
+        return false;
+    }
+    if entry.created_ms > subject.accepted_ms {
+        return false;
+    }
+    if entry.end_ms != 0 && entry.end_ms <= subject.accepted_ms {
+        return false;
+    }
+    match pb::GpRegistration::try_from(entry.gp_registration) {
+        Ok(pb::GpRegistration::RegisteredOnly) if !subject.registered => return false,
+        Ok(pb::GpRegistration::UnregisteredOnly) if subject.registered => return false,
+        _ => {}
+    }
+    entry.age.iter().all(|filter| {
+        let Some(age) = age else {
+            // No birth date known: an age filter does not match (decisions.md §16).
+            return false;
+        };
+        match filter.comparator() {
+            pb::AgeComparator::Lt => age < filter.years,
+            pb::AgeComparator::Gt => age > filter.years,
+            _ => age == filter.years,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::date;
+
+    fn entry(events: &[&str], ages: &[(pb::AgeComparator, u32)], gp: pb::GpRegistration) -> MatchEntry {
+        MatchEntry {
+            event_codes: events.iter().map(|e| (*e).to_string()).collect(),
+            mailbox: "MB".into(),
+            tag: String::new(),
+            age: ages
+                .iter()
+                .map(|(c, y)| pb::AgeFilter {
+                    comparator: (*c).into(),
+                    years: *y,
+                })
+                .collect(),
+            gp_registration: gp.into(),
+            created_ms: 100,
+            end_ms: 0,
+        }
+    }
+
+    fn subject(birth: Option<Date>, registered: bool) -> Subject {
+        Subject {
+            event_code: "vaccinations-1".into(),
+            birth_date: birth,
+            registered,
+            // 2024-06-15T00:00:00Z
+            accepted_ms: 1_718_409_600_000,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn filter_table() {
+        use pb::AgeComparator::{Eq, Gt, Lt};
+        use pb::GpRegistration::{RegisteredOnly, Unspecified, UnregisteredOnly};
+        let ten = Some(date!(2014 - 01 - 01));
+        let cases = [
+            (entry(&["vaccinations-1"], &[], Unspecified), subject(ten, false), true),
+            (entry(&["pds-change-of-gp-1"], &[], Unspecified), subject(ten, false), false),
+            (entry(&["vaccinations-1"], &[(Lt, 14)], Unspecified), subject(ten, false), true),
+            (entry(&["vaccinations-1"], &[(Lt, 10)], Unspecified), subject(ten, false), false),
+            (entry(&["vaccinations-1"], &[(Gt, 5), (Lt, 19)], Unspecified), subject(ten, false), true),
+            (entry(&["vaccinations-1"], &[(Gt, 10)], Unspecified), subject(ten, false), false),
+            (entry(&["vaccinations-1"], &[(Eq, 10)], Unspecified), subject(ten, false), true),
+            (entry(&["vaccinations-1"], &[(Lt, 99)], Unspecified), subject(None, false), false),
+            (entry(&["vaccinations-1"], &[], RegisteredOnly), subject(ten, false), false),
+            (entry(&["vaccinations-1"], &[], RegisteredOnly), subject(ten, true), true),
+            (entry(&["vaccinations-1"], &[], UnregisteredOnly), subject(ten, true), false),
+        ];
+        for (i, (e, s, want)) in cases.iter().enumerate() {
+            let age = s.birth_date.and_then(|b| datetime::completed_years(b, datetime::utc_date(s.accepted_ms)));
+            assert_eq!(passes(e, s, age), *want, "case {i}");
+        }
+    }
+
+    #[test]
+    fn creation_and_end_times_bound_a_match() {
+        let s = subject(None, false);
+        let mut e = entry(&["vaccinations-1"], &[], pb::GpRegistration::Unspecified);
+        e.created_ms = s.accepted_ms + 1;
+        assert!(!passes(&e, &s, None));
+        e.created_ms = 1;
+        e.end_ms = s.accepted_ms;
+        assert!(!passes(&e, &s, None));
+        e.end_ms = s.accepted_ms + 1;
+        assert!(passes(&e, &s, None));
+    }
+
+    #[test]
+    fn partner_id_joins_tagged_matches_within_500_chars() {
+        let m = MailboxMatch {
+            mailbox: "MB".into(),
+            subscriptions: vec![
+                ("a".into(), "t1".into()),
+                ("b".into(), String::new()),
+                ("c".into(), "t3".into()),
+            ],
+        };
+        assert_eq!(m.partner_id(), "a|t1~~~c|t3");
+        let many = MailboxMatch {
+            mailbox: "MB".into(),
+            subscriptions: (0..20).map(|i| (format!("{i:032x}"), "x".repeat(20))).collect(),
+        };
+        let p = many.partner_id();
+        assert!(p.len() <= PARTNER_ID_MAX && p.split("~~~").all(|e| e.len() == 53), "{p}");
+    }
+}

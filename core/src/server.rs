@@ -1,0 +1,264 @@
+//! Starting and stopping core: open the store, apply the directory file, serve the
+//! service API and the operator API (with gRPC health and reflection v1 and v1alpha on
+//! both, so `grpcurl list` and `describe` work), and shut down gracefully.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use nems_proto::service_names;
+use nems_proto::v1::delivery_service_server::DeliveryServiceServer;
+use nems_proto::v1::directory_service_server::DirectoryServiceServer;
+use nems_proto::v1::event_service_server::EventServiceServer;
+use nems_proto::v1::operator_service_server::OperatorServiceServer;
+use nems_proto::v1::subscription_service_server::SubscriptionServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::config::CoreConfig;
+use crate::directory::{Directory, DirectoryFile};
+use crate::domain::catalogue::Catalogue;
+use crate::service::deliveries::Deliveries;
+use crate::service::directory::DirectoryAdmin;
+use crate::service::events::Events;
+use crate::service::operator::Operator;
+use crate::service::subscriptions::Subscriptions;
+use crate::state::CoreState;
+use crate::store::{Store, StoreError, StoreOptions, directory as dir_store};
+
+/// Why core could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// The configuration is invalid.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The directory file is invalid.
+    #[error("{0}")]
+    Directory(String),
+    /// A listener failed.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+    /// The gRPC server failed.
+    #[error("grpc server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// The listeners core serves on, bound by the caller (so tests can bind port 0 and read
+/// the address before core starts).
+#[derive(Debug)]
+pub struct CoreListeners {
+    /// The service API.
+    pub service: TcpListener,
+    /// The operator API; when `None` the operator services are on the service listener.
+    pub operator: Option<TcpListener>,
+}
+
+impl CoreListeners {
+    /// Binds the addresses of a configuration.
+    pub async fn bind(config: &CoreConfig) -> std::io::Result<Self> {
+        let service = TcpListener::bind(config.listen).await?;
+        let operator = match config.operator_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
+        Ok(CoreListeners { service, operator })
+    }
+
+    /// The bound addresses (service, operator).
+    pub fn addrs(&self) -> std::io::Result<(SocketAddr, Option<SocketAddr>)> {
+        let operator = match &self.operator {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
+        Ok((self.service.local_addr()?, operator))
+    }
+}
+
+/// An opened core, ready to serve.
+#[derive(Debug)]
+pub struct Core {
+    state: Arc<CoreState>,
+}
+
+impl Core {
+    /// Opens the store (creating or migrating it), applies the directory file and builds
+    /// the event catalogue.
+    pub async fn open(config: CoreConfig) -> Result<Core, CoreError> {
+        config.validate().map_err(CoreError::Config)?;
+        let catalogue = Catalogue::new(&config.event_types).map_err(CoreError::Config)?;
+        let file = match &config.directory_file {
+            Some(path) => Some(DirectoryFile::load(path).map_err(CoreError::Directory)?),
+            None => None,
+        };
+        let options = StoreOptions {
+            durable: config.durable,
+            queue: config.write_queue,
+            max_batch: config.max_batch,
+        };
+        let data_dir = config.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(&data_dir, options))
+            .await
+            .map_err(|e| CoreError::Config(format!("store open task failed: {e}")))??;
+        if !config.durable {
+            tracing::warn!("core.durable = false: commits are not fsynced; a crash may lose acknowledged events");
+        }
+        let (systems, mailboxes) = store.read_now(dir_store::load)?;
+        let state = Arc::new(CoreState::new(
+            store,
+            catalogue,
+            config,
+            Directory::new(systems, mailboxes),
+        ));
+        if let Some(file) = file {
+            apply_directory_file(&state, file).await?;
+        }
+        let (systems, mailboxes) = state.directory().len();
+        tracing::info!(systems, mailboxes, "directory loaded");
+        Ok(Core { state })
+    }
+
+    /// The store (for tests and tools running in the same process).
+    pub fn store(&self) -> &Store {
+        &self.state.store
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight requests, ends delivery
+    /// streams, and closes the store.
+    pub async fn serve(
+        self,
+        listeners: CoreListeners,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), CoreError> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        set_all(&health_reporter, ServingStatus::Serving).await;
+        let (service_addr, operator_addr) = listeners.addrs()?;
+        tracing::info!(%service_addr, operator_addr = ?operator_addr, "core serving gRPC");
+
+        let state = self.state.clone();
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(nems_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| CoreError::Config(format!("reflection: {e}")))?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(nems_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(|e| CoreError::Config(format!("reflection: {e}")))?;
+
+        let mut service_router = Server::builder()
+            .add_service(health_service.clone())
+            .add_service(reflection_v1.clone())
+            .add_service(reflection_v1alpha.clone())
+            .add_service(SubscriptionServiceServer::new(Subscriptions { state: state.clone() }))
+            .add_service(EventServiceServer::new(Events { state: state.clone() }))
+            .add_service(DeliveryServiceServer::new(Deliveries { state: state.clone() }));
+        let operator_router = if listeners.operator.is_some() {
+            Some(
+                Server::builder()
+                    .add_service(health_service)
+                    .add_service(reflection_v1)
+                    .add_service(reflection_v1alpha)
+                    .add_service(DirectoryServiceServer::new(DirectoryAdmin { state: state.clone() }))
+                    .add_service(OperatorServiceServer::new(Operator { state: state.clone() })),
+            )
+        } else {
+            service_router = service_router
+                .add_service(DirectoryServiceServer::new(DirectoryAdmin { state: state.clone() }))
+                .add_service(OperatorServiceServer::new(Operator { state: state.clone() }));
+            None
+        };
+
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let service_incoming = TcpIncoming::from(listeners.service).with_nodelay(Some(true));
+        let service_task = tokio::spawn(
+            service_router.serve_with_incoming_shutdown(service_incoming, stopped(stop_rx.clone())),
+        );
+        let operator_task = match (operator_router, listeners.operator) {
+            (Some(router), Some(listener)) => {
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                Some(tokio::spawn(
+                    router.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
+                ))
+            }
+            _ => None,
+        };
+
+        stopped(stop_rx.clone()).await;
+        tracing::info!("core shutting down");
+        set_all(&health_reporter, ServingStatus::NotServing).await;
+        let service_result = service_task
+            .await
+            .map_err(|e| CoreError::Config(format!("service task: {e}")))?;
+        if let Some(task) = operator_task {
+            task.await
+                .map_err(|e| CoreError::Config(format!("operator task: {e}")))??;
+        }
+        service_result?;
+        drop(state);
+        let store = match Arc::try_unwrap(self.state) {
+            Ok(state) => Some(state.store),
+            Err(_) => None,
+        };
+        if let Some(store) = store {
+            tokio::task::spawn_blocking(move || store.close())
+                .await
+                .map_err(|e| CoreError::Config(format!("store close task: {e}")))?;
+        }
+        tracing::info!("core stopped");
+        Ok(())
+    }
+}
+
+/// Opens core with `config` and serves on `listeners` until `shutdown`.
+pub async fn run(
+    config: CoreConfig,
+    listeners: CoreListeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), CoreError> {
+    Core::open(config).await?.serve(listeners, shutdown).await
+}
+
+async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
+    for name in [
+        "",
+        service_names::SUBSCRIPTION,
+        service_names::EVENT,
+        service_names::DELIVERY,
+        service_names::DIRECTORY,
+        service_names::OPERATOR,
+    ] {
+        reporter.set_service_status(name, status).await;
+    }
+}
+
+async fn apply_directory_file(state: &CoreState, file: DirectoryFile) -> Result<(), CoreError> {
+    let systems: Vec<_> = file.system.iter().map(|s| s.to_pb()).collect();
+    let mailboxes: Vec<_> = file.mailbox.iter().map(|m| m.to_pb()).collect();
+    state
+        .change_directory(move |tx| {
+            for s in &systems {
+                dir_store::put_system(tx, s)?;
+            }
+            for m in &mailboxes {
+                dir_store::put_mailbox(tx, m)?;
+            }
+            Ok(())
+        })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,229 @@
+//! `DeliveryService`: streams leased deliveries to adapters and records their outcomes.
+//!
+//! Each stream runs a pump task: it asks the dispatcher which mailboxes are ready and
+//! under their limits, leases from them in one write job, and sends the deliveries. It
+//! sleeps until new work is committed, a completion frees capacity, or the next queued
+//! time arrives. Completions release leases and requeue retries.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nems_proto::spine::SpineCode;
+use nems_proto::v1 as pb;
+use nems_proto::v1::delivery_service_server::DeliveryService;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::store_status;
+use crate::domain::Rejection;
+use crate::state::CoreState;
+use crate::store::keys::now_ms;
+use crate::store::ledger::{self, Outcome};
+
+/// Longest delay an adapter may ask for before a retry.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest a pump sleeps without a wake-up.
+const IDLE_POLL: Duration = Duration::from_secs(30);
+
+/// The delivery service.
+#[derive(Debug, Clone)]
+pub(crate) struct Deliveries {
+    pub(crate) state: Arc<CoreState>,
+}
+
+struct Limits {
+    stream: u32,
+    mailbox: u32,
+}
+
+async fn pump(
+    state: Arc<CoreState>,
+    stream: u64,
+    limits: Limits,
+    tx: mpsc::Sender<Result<pb::StreamDeliveriesResponse, Status>>,
+) {
+    let mut stop = state.stop.subscribe();
+    let lease_ms = state.config.lease_timeout.as_millis() as u64;
+    'outer: loop {
+        if *stop.borrow() {
+            break;
+        }
+        let notified = state.dispatcher.notify().notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let now = now_ms();
+        let (picks, wake) = state.dispatcher.pick(stream, limits.stream, limits.mailbox, now);
+        if picks.is_empty() {
+            let wait = wake
+                .map(|at| Duration::from_millis(at.saturating_sub(now)))
+                .unwrap_or(IDLE_POLL)
+                .min(IDLE_POLL);
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep(wait) => {}
+                () = tx.closed() => break,
+                _ = stop.changed() => break,
+            }
+            continue;
+        }
+        let job_picks = picks.clone();
+        let leased = state
+            .store
+            .writer()
+            .write(move |t| ledger::lease(t, &job_picks, now, lease_ms))
+            .await;
+        let leases = match leased {
+            Ok(leases) => leases,
+            Err(e) => {
+                tracing::error!(error = %e, "leasing deliveries failed");
+                let back: Vec<_> = picks
+                    .iter()
+                    .map(|(mb, n)| (mb.clone(), *n, Vec::new(), Some(now + 1_000)))
+                    .collect();
+                state.dispatcher.leased(stream, now, &back);
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = stop.changed() => break,
+                }
+            }
+        };
+        let results: Vec<_> = picks
+            .iter()
+            .zip(&leases)
+            .map(|((mb, n), lease)| {
+                let ids = lease.deliveries.iter().map(|d| d.delivery_id).collect();
+                (mb.clone(), *n, ids, lease.next_ready)
+            })
+            .collect();
+        state.dispatcher.leased(stream, now + lease_ms, &results);
+        for lease in leases {
+            for delivery in lease.deliveries {
+                let response = pb::StreamDeliveriesResponse {
+                    delivery: Some(delivery),
+                };
+                if tx.send(Ok(response)).await.is_err() {
+                    // The adapter went away: the leases expire and come back.
+                    break 'outer;
+                }
+            }
+        }
+    }
+    state.dispatcher.close_stream(stream);
+    tracing::info!(stream, "delivery stream closed");
+}
+
+fn outcome(req: &pb::CompleteDeliveryRequest) -> Result<Outcome, Status> {
+    use pb::complete_delivery_request::Outcome as In;
+    let clip = |s: &str| s.chars().take(500).collect::<String>();
+    match &req.outcome {
+        Some(In::Sent(sent)) => Ok(Outcome::Sent {
+            mesh_message_id: clip(&sent.mesh_message_id),
+        }),
+        Some(In::Retry(retry)) => {
+            let after = retry
+                .retry_after
+                .and_then(|d| Duration::try_from(d).ok())
+                .unwrap_or_default()
+                .min(MAX_RETRY_AFTER);
+            Ok(Outcome::Retry {
+                code: clip(&retry.code),
+                reason: clip(&retry.reason),
+                retry_after_ms: after.as_millis() as u64,
+            })
+        }
+        Some(In::Refused(refused)) => Ok(Outcome::Refused {
+            code: clip(&refused.code),
+            reason: clip(&refused.reason),
+        }),
+        None => Err(super::missing("outcome")),
+    }
+}
+
+#[tonic::async_trait]
+impl DeliveryService for Deliveries {
+    type StreamDeliveriesStream = ReceiverStream<Result<pb::StreamDeliveriesResponse, Status>>;
+
+    async fn stream_deliveries(
+        &self,
+        request: Request<pb::StreamDeliveriesRequest>,
+    ) -> Result<Response<Self::StreamDeliveriesStream>, Status> {
+        let req = request.into_inner();
+        let config = &self.state.config;
+        let limits = Limits {
+            stream: if req.max_in_flight == 0 { config.max_in_flight } else { req.max_in_flight.min(10_000) },
+            mailbox: if req.max_in_flight_per_mailbox == 0 {
+                config.max_in_flight_per_mailbox
+            } else {
+                req.max_in_flight_per_mailbox.min(1_000)
+            },
+        };
+        let (tx, rx) = mpsc::channel(limits.stream as usize);
+        let stream = self.state.dispatcher.open_stream();
+        tracing::info!(stream, consumer = %req.consumer, max_in_flight = limits.stream, "delivery stream opened");
+        tokio::spawn(pump(self.state.clone(), stream, limits, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn complete_delivery(
+        &self,
+        request: Request<pb::CompleteDeliveryRequest>,
+    ) -> Result<Response<pb::CompleteDeliveryResponse>, Status> {
+        let req = request.into_inner();
+        let outcome = outcome(&req)?;
+        let (id, attempt) = (req.delivery_id, req.attempt);
+        let now = now_ms();
+        let done = self
+            .state
+            .store
+            .writer()
+            .write(move |tx| ledger::complete(tx, id, attempt, &outcome, now))
+            .await
+            .map_err(|e| store_status(e, "complete-delivery"))?
+            .ok_or_else(|| Rejection::new(SpineCode::NoRecordFound, "no such delivery").into_status())?;
+        if done.state != pb::DeliveryState::InFlight {
+            self.state.dispatcher.released(id);
+        }
+        if done.was_pending
+            && matches!(done.state, pb::DeliveryState::Delivered | pb::DeliveryState::DeadLettered)
+        {
+            self.state.note_settled(1);
+        }
+        if let Some(at) = done.requeued_at {
+            self.state.dispatcher.available(&done.mailbox, at);
+        }
+        tracing::debug!(delivery = id, attempt, state = ?done.state, "delivery completed");
+        Ok(Response::new(pb::CompleteDeliveryResponse {
+            state: done.state.into(),
+        }))
+    }
+
+    async fn report_undelivered(
+        &self,
+        request: Request<pb::ReportUndeliveredRequest>,
+    ) -> Result<Response<pb::ReportUndeliveredResponse>, Status> {
+        let req = request.into_inner();
+        let now = now_ms();
+        let found = self
+            .state
+            .store
+            .writer()
+            .write(move |tx| {
+                let Some(id) = ledger::find_reported(tx, &req.mesh_message_id, &req.local_id)? else {
+                    return Ok(None);
+                };
+                ledger::record_report(tx, id, &req.code, &req.description, now)?;
+                Ok(Some(id))
+            })
+            .await
+            .map_err(|e| store_status(e, "report-undelivered"))?;
+        if let Some(id) = found {
+            self.state.dispatcher.released(id);
+            tracing::warn!(delivery = id, "mesh reported a delivery undelivered; dead-lettered");
+        }
+        Ok(Response::new(pb::ReportUndeliveredResponse {
+            found: found.is_some(),
+            delivery_id: found.unwrap_or(0),
+        }))
+    }
+}

@@ -1,0 +1,159 @@
+//! `EventService`: validate, match and durably accept an event. The answer is sent only
+//! after the event, its payload and its delivery rows are committed in one transaction.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nems_proto::spine::{self, SpineCode};
+use nems_proto::v1 as pb;
+use nems_proto::v1::event_service_server::EventService;
+use tonic::{Request, Response, Status};
+
+use super::{missing, store_status};
+use crate::domain::Rejection;
+use crate::domain::event::{self as rules, ValidEvent};
+use crate::matching::{self, MailboxMatch, Subject};
+use crate::state::{CoreState, audit_record};
+use crate::store::events::{self as store, NewDelivery, NewEvent};
+use crate::store::keys::{id_hex, new_id, nhs_key, now_ms};
+use crate::store::{StoreError, audit};
+
+/// The event service.
+#[derive(Debug, Clone)]
+pub(crate) struct Events {
+    pub(crate) state: Arc<CoreState>,
+}
+
+impl Events {
+    fn refuse(&self, caller: &pb::Caller, r: Rejection) -> Status {
+        self.state
+            .audit_detached(audit_record(caller, "publish", "Bundle", "", r.code.as_str()));
+        tracing::info!(code = %r.code, "publish refused");
+        r.into_status()
+    }
+
+    fn check(&self, caller: &pb::Caller, req: &pb::PublishEventRequest) -> Result<(pb::SpineSystem, ValidEvent), Rejection> {
+        let directory = self.state.directory();
+        let system = directory.caller(caller)?.clone();
+        let catalogue = &self.state.catalogue;
+        let interaction = rules::interaction_event(&req.interaction_id, catalogue)?;
+        directory.authorise_publish(&system, interaction)?;
+        let message = req
+            .message
+            .as_ref()
+            .ok_or_else(|| Rejection::new(SpineCode::BadRequest, "message is required"))?;
+        let valid = rules::validate(message, interaction, catalogue)?;
+        Ok((system, valid))
+    }
+
+    /// Publish answers 503 rather than growing the backlog without bound.
+    fn check_backpressure(&self) -> Result<(), Status> {
+        let pending = self.state.pending_deliveries();
+        if pending > self.state.config.max_pending_deliveries {
+            tracing::warn!(pending, "delivery backlog above its bound; shedding publishes");
+            return Err(spine::unavailable(
+                "the delivery backlog is full; retry later",
+                Duration::from_secs(5),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What matching needs from a valid event.
+fn subject(valid: &ValidEvent, accepted_ms: u64) -> Subject {
+    let patient = valid.subject.as_ref().or(valid.baby.as_ref());
+    Subject {
+        event_code: valid.event_type.code.clone(),
+        nhs: valid.nhs_number.as_deref().and_then(nhs_key),
+        birth_date: valid.birth_date,
+        registered: patient.is_some_and(|p| !p.gp_practice_code.is_empty()),
+        generic_keys: Vec::new(),
+        accepted_ms,
+    }
+}
+
+fn deliveries(matches: &[MailboxMatch], suppressed: bool) -> Vec<NewDelivery> {
+    matches
+        .iter()
+        .map(|m| NewDelivery {
+            mailbox: m.mailbox.clone(),
+            partner_id: m.partner_id(),
+            subscription_ids: m.subscriptions.iter().map(|(id, _)| id.clone()).collect(),
+            suppressed,
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl EventService for Events {
+    async fn publish_event(
+        &self,
+        request: Request<pb::PublishEventRequest>,
+    ) -> Result<Response<pb::PublishEventResponse>, Status> {
+        let mut req = request.into_inner();
+        let caller = req.caller.take().ok_or_else(|| missing("caller"))?;
+        let (system, valid) = self.check(&caller, &req).map_err(|r| self.refuse(&caller, r))?;
+        if req.payload.is_empty() {
+            return Err(self.refuse(&caller, Rejection::new(SpineCode::BadRequest, "payload is required")));
+        }
+        self.check_backpressure()?;
+
+        let accepted_ms = now_ms();
+        let subject = subject(&valid, accepted_ms);
+        let matches = self
+            .state
+            .store
+            .read(move |tx| matching::find(tx, &subject))
+            .await
+            .map_err(|e| store_status(e, &caller.request_id))?;
+        let matched_subscriptions: usize = matches.iter().map(|m| m.subscriptions.len()).sum();
+        let event_id = new_id();
+        let event_hex = id_hex(event_id);
+        let event = NewEvent {
+            event_id,
+            event_code: valid.event_type.code.clone(),
+            message_event_type: valid.message_event_type.clone(),
+            publisher_asid: system.asid.clone(),
+            workflow_id: valid.event_type.workflow_id.clone(),
+            payload: std::mem::take(&mut req.payload),
+            deliveries: deliveries(&matches, false),
+            matched_subscriptions: matched_subscriptions as u32,
+            accepted_ms,
+        };
+        let audit_ok = audit_record(&caller, "publish", "Bundle", &event_hex, "ok");
+        let accepted = self
+            .state
+            .store
+            .writer()
+            .try_write(move |tx| {
+                let accepted = store::accept(tx, &event)?;
+                audit::append(tx, accepted_ms, &audit_ok)?;
+                Ok(accepted)
+            })
+            .await
+            .map_err(|e| match e {
+                StoreError::Busy => {
+                    tracing::warn!("store write queue full; shedding publishes");
+                    store_status(e, &caller.request_id)
+                }
+                other => store_status(other, &caller.request_id),
+            })?;
+        self.state.note_queued(accepted.queued_mailboxes.len() as u64);
+        for mailbox in &accepted.queued_mailboxes {
+            self.state.dispatcher.available(mailbox, accepted_ms);
+        }
+        tracing::info!(
+            event = %event_hex,
+            event_code = %valid.event_type.code,
+            mailboxes = accepted.queued_mailboxes.len(),
+            subscriptions = matched_subscriptions,
+            "event accepted"
+        );
+        Ok(Response::new(pb::PublishEventResponse {
+            event_id: event_hex,
+            mailboxes: accepted.queued_mailboxes.len() as u32,
+            notices: valid.notices,
+        }))
+    }
+}

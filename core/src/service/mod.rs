@@ -1,0 +1,41 @@
+//! Thin gRPC service implementations: decode → domain rules → store → encode.
+
+use std::time::Duration;
+
+use nems_proto::spine::{self, SpineCode};
+use tonic::Status;
+
+use crate::store::StoreError;
+
+pub(crate) mod deliveries;
+pub(crate) mod directory;
+pub(crate) mod events;
+pub(crate) mod operator;
+pub(crate) mod subscriptions;
+
+/// Maps a storage failure to the status returned: overload and a stopped store are
+/// `UNAVAILABLE` (retry later); anything else is `INTERNAL`, logged in full with the
+/// request id and answered with that id only.
+pub(crate) fn store_status(e: StoreError, request_id: &str) -> Status {
+    match e {
+        StoreError::Busy => spine::unavailable(
+            "the service is busy; retry shortly",
+            Duration::from_secs(1),
+        ),
+        StoreError::Poisoned | StoreError::Closed => spine::unavailable(
+            "the store is unavailable",
+            Duration::from_secs(30),
+        ),
+        other => {
+            tracing::error!(error = %other, request_id, "store failure");
+            Status::internal(format!(
+                "unexpected internal error; quote reference {request_id}"
+            ))
+        }
+    }
+}
+
+/// A missing required request field (a client programming error).
+pub(crate) fn missing(field: &str) -> Status {
+    spine::status(SpineCode::BadRequest, format!("{field} is required"))
+}

@@ -1,0 +1,466 @@
+//! `OperatorService`: listings, the ledger, dead-letter redrive, reference data and
+//! demographics imports, area lookups, the audit trail and status.
+
+use std::sync::Arc;
+
+use nems_proto::spine::{self, SpineCode};
+use nems_proto::v1 as pb;
+use nems_proto::v1::operator_service_server::OperatorService;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{missing, store_status};
+use crate::domain::datetime;
+use crate::refdata::normalise_postcode;
+use crate::service::subscriptions::current_resource;
+use crate::state::CoreState;
+use crate::store::demographics::{self, PatientUpdate};
+use crate::store::events::{self as event_store, NewDelivery, NewEvent};
+use crate::store::keys::{id_hex, new_id, nhs_key, now_ms, parse_id};
+use crate::store::ledger::{self, Query, Selection};
+use crate::store::subscriptions::{self as subs, ListFilter, rule_key};
+use crate::store::{audit, refdata, schema};
+
+/// The operator service.
+#[derive(Debug, Clone)]
+pub(crate) struct Operator {
+    pub(crate) state: Arc<CoreState>,
+}
+
+fn page_size(requested: u32) -> usize {
+    match requested {
+        0 => 100,
+        n => n.min(1000) as usize,
+    }
+}
+
+fn invalid(text: impl Into<String>) -> Status {
+    spine::status(SpineCode::InvalidRequestMessage, text)
+}
+
+fn ms_of(t: Option<prost_types::Timestamp>) -> u64 {
+    t.map(|t| (t.seconds.max(0) as u64) * 1000 + (t.nanos.max(0) as u64) / 1_000_000)
+        .unwrap_or(0)
+}
+
+fn operator_audit(action: &str, resource_type: &str, id: &str) -> pb::AuditRecord {
+    pb::AuditRecord {
+        action: action.into(),
+        resource_type: resource_type.into(),
+        resource_id: id.into(),
+        outcome: "ok".into(),
+        user: "operator".into(),
+        ..Default::default()
+    }
+}
+
+impl Operator {
+    fn record(sub: crate::store::records::StoredSubscription, id: u128, now: u64) -> pb::SubscriptionRecord {
+        let state = if sub.deleted_ms != 0 {
+            pb::SubscriptionState::Deleted
+        } else if sub.end_ms != 0 && sub.end_ms <= now {
+            pb::SubscriptionState::Off
+        } else {
+            pb::SubscriptionState::Active
+        };
+        pb::SubscriptionRecord {
+            id: id_hex(id),
+            resource: Some(current_resource(&sub, now)),
+            criteria: sub.criteria,
+            owner_asid: sub.owner_asid,
+            owner_ods_code: sub.owner_ods,
+            mailbox: sub.mailbox,
+            created_at: Some(ledger::timestamp(sub.created_ms)),
+            state: state.into(),
+        }
+    }
+
+    async fn import_rows(
+        &self,
+        set: usize,
+        header: pb::ImportHeader,
+        mut stream: Streaming<pb::ImportReferenceDataRequest>,
+    ) -> Result<pb::ImportReferenceDataResponse, Status> {
+        use pb::import_reference_data_request::Item;
+        let writer = self.state.store.writer().clone();
+        let slot = writer
+            .write(move |tx| refdata::begin(tx, set))
+            .await
+            .map_err(|e| store_status(e, "import"))?;
+        let mut rows = 0u64;
+        while let Some(message) = stream.next().await {
+            let item = message?.item.ok_or_else(|| missing("item"))?;
+            let encoded = match (set, item) {
+                (0, Item::Postcodes(b)) => refdata::encode_postcodes(b.rows),
+                (1, Item::Practices(b)) => refdata::encode_practices(b.rows),
+                (2, Item::CodeMap(b)) => refdata::encode_code_map(b.rows),
+                _ => return Err(invalid("a batch does not match the data set named in the header")),
+            };
+            rows += encoded.len() as u64;
+            writer
+                .write(move |tx| refdata::insert(tx, set, slot, &encoded))
+                .await
+                .map_err(|e| store_status(e, "import"))?;
+        }
+        let record = operator_audit("import.reference-data", &header.format, &header.source);
+        let meta = writer
+            .write(move |tx| {
+                audit::append(tx, now_ms(), &record)?;
+                refdata::finish(tx, set, slot, &header.format, &header.source)
+            })
+            .await
+            .map_err(|e| store_status(e, "import"))?;
+        tracing::info!(set, rows = meta.rows, generation = meta.generation, "reference data replaced");
+        let _ = rows;
+        Ok(pb::ImportReferenceDataResponse {
+            rows: meta.rows,
+            generation: meta.generation,
+        })
+    }
+}
+
+/// Builds the demographics update of an imported record; `None` for a bad NHS number.
+fn import_update(r: &pb::PatientRecord) -> Option<PatientUpdate> {
+    let nhs = nhs_key(&r.nhs_number).filter(|_| crate::domain::nhs::is_valid(&r.nhs_number))?;
+    let at_ms = datetime::parse_instant(&r.last_updated).map_or(0, datetime::to_ms);
+    let norm = |p: &str| {
+        if p.is_empty() {
+            String::new()
+        } else {
+            normalise_postcode(p).unwrap_or_else(|| p.to_ascii_uppercase())
+        }
+    };
+    Some(PatientUpdate {
+        nhs,
+        at_ms,
+        postcode: Some((norm(&r.postcode), norm(&r.previous_postcode))),
+        gp_practice: Some(r.gp_practice.to_ascii_uppercase()),
+        flag: Some(r.flag()),
+        date_of_death: Some(r.date_of_death.clone()),
+        birth_date: Some(r.birth_date.clone()),
+    })
+}
+
+#[tonic::async_trait]
+impl OperatorService for Operator {
+    async fn list_subscriptions(&self, request: Request<pb::ListSubscriptionsRequest>) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
+        use pb::list_subscriptions_request::Filter;
+        let req = request.into_inner();
+        let filter = match req.filter {
+            None => ListFilter::All,
+            Some(Filter::OdsCode(c)) => ListFilter::Owner(c.to_ascii_uppercase()),
+            Some(Filter::Mailbox(m)) => ListFilter::Mailbox(m.to_ascii_uppercase()),
+            Some(Filter::NhsNumber(n)) => ListFilter::Nhs(nhs_key(&n).ok_or_else(|| {
+                spine::status(SpineCode::InvalidNhsNumber, "nhs_number must be 10 digits")
+            })?),
+            Some(Filter::Rule(r)) => {
+                let rule = r.rule_type();
+                if rule == pb::RuleType::Unspecified {
+                    return Err(invalid("rule.rule_type is required"));
+                }
+                let full = rule_key(rule, &r.organisation_code, "");
+                // Without a code, list every code of the rule.
+                let prefix = if r.organisation_code.is_empty() {
+                    full.trim_end_matches('/').to_string() + "/"
+                } else {
+                    full
+                };
+                ListFilter::Rule(prefix.replace("//", "/"))
+            }
+        };
+        let size = page_size(req.page_size);
+        let (token, include_deleted) = (req.page_token, req.include_deleted);
+        let (page, next) = self
+            .state
+            .store
+            .read(move |tx| subs::list(tx, &filter, &token, size, include_deleted))
+            .await
+            .map_err(|e| store_status(e, "list-subscriptions"))?;
+        let now = now_ms();
+        Ok(Response::new(pb::ListSubscriptionsResponse {
+            subscriptions: page.into_iter().map(|(id, s)| Self::record(s, id, now)).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn list_deliveries(&self, request: Request<pb::ListDeliveriesRequest>) -> Result<Response<pb::ListDeliveriesResponse>, Status> {
+        let req = request.into_inner();
+        let state = pb::DeliveryState::try_from(req.state).unwrap_or(pb::DeliveryState::Unspecified);
+        let query = Query {
+            event_id: req.event_id.to_ascii_lowercase(),
+            mailbox: req.mailbox.to_ascii_uppercase(),
+            state: (state != pb::DeliveryState::Unspecified).then_some(state),
+            event_code: req.event_code,
+            error_code: req.error_code,
+        };
+        let size = page_size(req.page_size);
+        let token = req.page_token;
+        let (deliveries, next) = self
+            .state
+            .store
+            .read(move |tx| ledger::list(tx, &query, &token, size))
+            .await
+            .map_err(|e| store_status(e, "list-deliveries"))?;
+        Ok(Response::new(pb::ListDeliveriesResponse {
+            deliveries,
+            next_page_token: next,
+        }))
+    }
+
+    async fn get_event(&self, request: Request<pb::GetEventRequest>) -> Result<Response<pb::GetEventResponse>, Status> {
+        let event_id = request.into_inner().event_id;
+        let Some(id) = parse_id(&event_id) else {
+            return Err(spine::status(SpineCode::NoRecordFound, "no event with that id"));
+        };
+        let found = self
+            .state
+            .store
+            .read(move |tx| {
+                let Some((seq, e)) = event_store::get_by_id(tx, id)? else {
+                    return Ok(None);
+                };
+                let held = tx.open_table(crate::store::tables::PAYLOADS)?.get(seq)?.is_some();
+                let query = Query {
+                    event_id: e.event_id.clone(),
+                    ..Default::default()
+                };
+                let (deliveries, _) = ledger::list(tx, &query, "", 10_000)?;
+                Ok(Some((event_store::to_record(&e, held), deliveries)))
+            })
+            .await
+            .map_err(|e| store_status(e, "get-event"))?;
+        let (event, deliveries) = found.ok_or_else(|| spine::status(SpineCode::NoRecordFound, "no event with that id"))?;
+        Ok(Response::new(pb::GetEventResponse {
+            event: Some(event),
+            deliveries,
+        }))
+    }
+
+    async fn redrive_deliveries(&self, request: Request<pb::RedriveDeliveriesRequest>) -> Result<Response<pb::RedriveDeliveriesResponse>, Status> {
+        let req = request.into_inner();
+        let selection = Selection {
+            ids: req.delivery_ids,
+            mailbox: req.mailbox.to_ascii_uppercase(),
+            event_code: req.event_code,
+            error_code: req.error_code,
+            limit: req.limit as usize,
+        };
+        let now = now_ms();
+        let record = operator_audit("redrive", "Delivery", "");
+        let (redriven, skipped) = self
+            .state
+            .store
+            .writer()
+            .write(move |tx| {
+                let out = ledger::redrive(tx, &selection, now)?;
+                if !out.0.is_empty() {
+                    audit::append(tx, now, &record)?;
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(|e| store_status(e, "redrive"))?;
+        self.state.note_queued(redriven.len() as u64);
+        for (_, mailbox) in &redriven {
+            self.state.dispatcher.available(mailbox, now);
+        }
+        tracing::info!(redriven = redriven.len(), skipped = skipped.len(), "dead letters redriven");
+        Ok(Response::new(pb::RedriveDeliveriesResponse {
+            redriven: redriven.len() as u32,
+            skipped,
+        }))
+    }
+
+    async fn get_mailbox_stats(&self, request: Request<pb::GetMailboxStatsRequest>) -> Result<Response<pb::GetMailboxStatsResponse>, Status> {
+        let mailbox = request.into_inner().mailbox.to_ascii_uppercase();
+        let mailboxes = self
+            .state
+            .store
+            .read(move |tx| ledger::stats(tx, &mailbox))
+            .await
+            .map_err(|e| store_status(e, "mailbox-stats"))?;
+        Ok(Response::new(pb::GetMailboxStatsResponse { mailboxes }))
+    }
+
+    async fn list_event_types(&self, _request: Request<pb::ListEventTypesRequest>) -> Result<Response<pb::ListEventTypesResponse>, Status> {
+        Ok(Response::new(pb::ListEventTypesResponse {
+            event_types: self.state.catalogue.all().cloned().collect(),
+        }))
+    }
+
+    async fn inject_delivery(&self, request: Request<pb::InjectDeliveryRequest>) -> Result<Response<pb::InjectDeliveryResponse>, Status> {
+        let req = request.into_inner();
+        let mailbox = req.mailbox.to_ascii_uppercase();
+        if self.state.directory().mailbox(&mailbox).is_none() {
+            return Err(invalid("mailbox is not a registered MESH mailbox"));
+        }
+        let event_type = self
+            .state
+            .catalogue
+            .get(&req.event_code)
+            .ok_or_else(|| spine::status(SpineCode::InvalidCodeValue, "event_code is not in the catalogue"))?
+            .clone();
+        if req.payload.is_empty() {
+            return Err(missing("payload"));
+        }
+        let now = now_ms();
+        let event_id = new_id();
+        let event = NewEvent {
+            event_id,
+            event_code: event_type.code.clone(),
+            message_event_type: "new".into(),
+            publisher_asid: "operator".into(),
+            workflow_id: event_type.workflow_id.clone(),
+            payload: req.payload,
+            deliveries: vec![NewDelivery {
+                mailbox: mailbox.clone(),
+                partner_id: req.partner_id,
+                subscription_ids: Vec::new(),
+                suppressed: false,
+            }],
+            matched_subscriptions: 0,
+            accepted_ms: now,
+        };
+        let record = operator_audit("inject-delivery", "Delivery", &id_hex(event_id));
+        let accepted = self
+            .state
+            .store
+            .writer()
+            .write(move |tx| {
+                let a = event_store::accept(tx, &event)?;
+                audit::append(tx, now, &record)?;
+                Ok(a)
+            })
+            .await
+            .map_err(|e| store_status(e, "inject"))?;
+        self.state.note_queued(1);
+        self.state.dispatcher.available(&mailbox, now);
+        Ok(Response::new(pb::InjectDeliveryResponse {
+            event_id: id_hex(event_id),
+            delivery_id: accepted.delivery_ids.first().copied().unwrap_or(0),
+        }))
+    }
+
+    async fn import_reference_data(&self, request: Request<Streaming<pb::ImportReferenceDataRequest>>) -> Result<Response<pb::ImportReferenceDataResponse>, Status> {
+        use pb::import_reference_data_request::Item;
+        let mut stream = request.into_inner();
+        let first = stream.next().await.ok_or_else(|| missing("header"))??;
+        let Some(Item::Header(header)) = first.item else {
+            return Err(invalid("the first message of an import must be its header"));
+        };
+        let set = refdata::set_index(header.data_set()).ok_or_else(|| invalid("header.data_set is required"))?;
+        let _exclusive = self.state.import_lock(set).lock().await;
+        self.import_rows(set, header, stream).await.map(Response::new)
+    }
+
+    async fn import_demographics(&self, request: Request<Streaming<pb::ImportDemographicsRequest>>) -> Result<Response<pb::ImportDemographicsResponse>, Status> {
+        let mut stream = request.into_inner();
+        let (mut written, mut skipped) = (0u64, 0u64);
+        while let Some(message) = stream.next().await {
+            let updates: Vec<PatientUpdate> = message?.patients.iter().filter_map(import_update).collect();
+            let (w, s) = self
+                .state
+                .store
+                .writer()
+                .write(move |tx| {
+                    let mut w = 0u64;
+                    for u in &updates {
+                        if demographics::apply(tx, u)? {
+                            w += 1;
+                        }
+                    }
+                    Ok((w, updates.len() as u64 - w))
+                })
+                .await
+                .map_err(|e| store_status(e, "import-demographics"))?;
+            written += w;
+            skipped += s;
+        }
+        let record = operator_audit("import.demographics", "PatientRecord", "");
+        self.state.audit_detached(record);
+        tracing::info!(written, skipped, "demographics imported");
+        Ok(Response::new(pb::ImportDemographicsResponse {
+            written,
+            skipped_older: skipped,
+        }))
+    }
+
+    async fn lookup_area(&self, request: Request<pb::LookupAreaRequest>) -> Result<Response<pb::LookupAreaResponse>, Status> {
+        use pb::lookup_area_request::Key;
+        let key = request.into_inner().key.ok_or_else(|| missing("key"))?;
+        let response = self
+            .state
+            .store
+            .read(move |tx| {
+                Ok(match key {
+                    Key::Postcode(p) => {
+                        let row = match normalise_postcode(&p) {
+                            Some(k) => refdata::postcode(tx, &k)?,
+                            None => None,
+                        };
+                        pb::LookupAreaResponse {
+                            found: row.is_some(),
+                            postcode: row,
+                            practice: None,
+                        }
+                    }
+                    Key::Practice(code) => {
+                        let row = refdata::practice(tx, &code.to_ascii_uppercase())?;
+                        pb::LookupAreaResponse {
+                            found: row.is_some(),
+                            postcode: None,
+                            practice: row,
+                        }
+                    }
+                })
+            })
+            .await
+            .map_err(|e| store_status(e, "lookup"))?;
+        Ok(Response::new(response))
+    }
+
+    async fn list_audit(&self, request: Request<pb::ListAuditRequest>) -> Result<Response<pb::ListAuditResponse>, Status> {
+        let req = request.into_inner();
+        let filter = audit::AuditFilter {
+            since_ms: ms_of(req.since),
+            until_ms: ms_of(req.until),
+            asid: req.asid,
+            action: req.action,
+            resource_id: req.resource_id,
+        };
+        let size = page_size(req.page_size);
+        let token = req.page_token;
+        let (records, next) = self
+            .state
+            .store
+            .read(move |tx| audit::list(tx, &filter, &token, size))
+            .await
+            .map_err(|e| store_status(e, "list-audit"))?;
+        Ok(Response::new(pb::ListAuditResponse {
+            records,
+            next_page_token: next,
+        }))
+    }
+
+    async fn get_status(&self, _request: Request<pb::GetStatusRequest>) -> Result<Response<pb::GetStatusResponse>, Status> {
+        let status = self
+            .state
+            .store
+            .read(|tx| {
+                Ok(pb::GetStatusResponse {
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    schema_version: schema::version(tx)?,
+                    subscriptions: subs::live_count(tx)?,
+                    events_accepted: event_store::accepted_count(tx)?,
+                    deliveries_pending: ledger::pending(tx)?,
+                    reference_generations: (0..3)
+                        .map(|set| refdata::meta(tx, set).map(|m| m.generation))
+                        .collect::<Result<_, _>>()?,
+                    patients: demographics::count(tx)?,
+                })
+            })
+            .await
+            .map_err(|e| store_status(e, "status"))?;
+        Ok(Response::new(status))
+    }
+}

@@ -1,0 +1,205 @@
+//! `SubscriptionService`: create, read and delete with every NEMS rule applied here, so
+//! the HTTP edge and gRPC clients get the same answers.
+
+use std::sync::Arc;
+
+use nems_proto::spine::SpineCode;
+use nems_proto::v1 as pb;
+use nems_proto::v1::subscription_service_server::SubscriptionService;
+use tonic::{Request, Response, Status};
+
+use super::{missing, store_status};
+use crate::directory::Directory;
+use crate::domain::Rejection;
+use crate::domain::subscription::{self as rules, ValidSubscription};
+use crate::state::{CoreState, audit_record};
+use crate::store::keys::{id_hex, new_id, now_ms, parse_id};
+use crate::store::records::StoredSubscription;
+use crate::store::{audit, subscriptions as store};
+
+/// The subscription service.
+#[derive(Debug, Clone)]
+pub(crate) struct Subscriptions {
+    pub(crate) state: Arc<CoreState>,
+}
+
+fn not_found(id: &str) -> Status {
+    let shown = if parse_id(id).is_some() { id } else { "(malformed id)" };
+    Rejection::new(
+        SpineCode::NoRecordFound,
+        format!("No record found for supplied Subscription identifier - {shown}"),
+    )
+    .into_status()
+}
+
+/// The resource as read back now: `status` `off` once `end` has passed.
+pub(crate) fn current_resource(sub: &StoredSubscription, now: u64) -> pb::SubscriptionResource {
+    let mut resource = sub.resource.clone().unwrap_or_default();
+    if sub.end_ms != 0 && sub.end_ms <= now {
+        resource.status = "off".into();
+    }
+    resource
+}
+
+impl Subscriptions {
+    fn refuse(&self, caller: &pb::Caller, action: &str, id: &str, r: Rejection) -> Status {
+        self.state
+            .audit_detached(audit_record(caller, action, "Subscription", id, r.code.as_str()));
+        r.into_status()
+    }
+
+    async fn create(&self, caller: pb::Caller, resource: pb::SubscriptionResource) -> Result<pb::CreateSubscriptionResponse, Status> {
+        let directory = self.state.directory();
+        let now = now_ms();
+        let checked = directory.caller(&caller).cloned().and_then(|system| {
+            let valid = rules::validate(&resource, &self.state.catalogue, now)?;
+            directory.authorise_subscription(&system, &valid)?;
+            Ok((system, valid))
+        });
+        let (system, valid) = match checked {
+            Ok(ok) => ok,
+            Err(r) => return Err(self.refuse(&caller, "create", "", r)),
+        };
+        let id = new_id();
+        let id_text = id_hex(id);
+        let record = stored_record(&resource, &valid, &system, &id_text, now);
+        let stored_resource = record.resource.clone().unwrap_or_default();
+        let audit_ok = audit_record(&caller, "create", "Subscription", &id_text, "ok");
+        let outcome = self
+            .state
+            .store
+            .writer()
+            .write(move |tx| {
+                let inserted = store::insert(tx, id, &record, now)?;
+                if inserted.is_ok() {
+                    audit::append(tx, now, &audit_ok)?;
+                }
+                Ok(inserted)
+            })
+            .await
+            .map_err(|e| store_status(e, &caller.request_id))?;
+        if let Err(existing) = outcome {
+            let r = Rejection::new(
+                SpineCode::DuplicateRejected,
+                format!(
+                    "an identical subscription already exists with id {}",
+                    id_hex(existing)
+                ),
+            );
+            return Err(self.refuse(&caller, "create", "", r));
+        }
+        tracing::info!(
+            subscription = %id_text,
+            kind = ?valid.criteria.kind(),
+            events = valid.criteria.event_codes.len(),
+            "subscription created"
+        );
+        Ok(pb::CreateSubscriptionResponse {
+            id: id_text,
+            subscription: Some(stored_resource),
+            notices: valid.notices,
+        })
+    }
+}
+
+fn stored_record(
+    request: &pb::SubscriptionResource,
+    valid: &ValidSubscription,
+    system: &pb::SpineSystem,
+    id: &str,
+    now: u64,
+) -> StoredSubscription {
+    StoredSubscription {
+        resource: Some(rules::stored_resource(request, id, now)),
+        criteria: Some(valid.criteria.clone()),
+        owner_asid: system.asid.clone(),
+        owner_ods: valid.contact_ods.clone(),
+        mailbox: valid.mailbox.clone(),
+        created_ms: now,
+        end_ms: valid.end_ms.unwrap_or(0),
+        deleted_ms: 0,
+        dedup_key: rules::dedup_key(valid),
+    }
+}
+
+#[tonic::async_trait]
+impl SubscriptionService for Subscriptions {
+    async fn create_subscription(
+        &self,
+        request: Request<pb::CreateSubscriptionRequest>,
+    ) -> Result<Response<pb::CreateSubscriptionResponse>, Status> {
+        let req = request.into_inner();
+        let caller = req.caller.ok_or_else(|| missing("caller"))?;
+        let resource = req.subscription.ok_or_else(|| missing("subscription"))?;
+        self.create(caller, resource).await.map(Response::new)
+    }
+
+    async fn get_subscription(
+        &self,
+        request: Request<pb::GetSubscriptionRequest>,
+    ) -> Result<Response<pb::GetSubscriptionResponse>, Status> {
+        let req = request.into_inner();
+        let caller = req.caller.ok_or_else(|| missing("caller"))?;
+        let directory = self.state.directory();
+        let system = directory
+            .caller(&caller)
+            .cloned()
+            .map_err(|r| self.refuse(&caller, "read", &req.id, r))?;
+        let Some(id) = parse_id(&req.id) else {
+            return Err(not_found(&req.id));
+        };
+        let found = self
+            .state
+            .store
+            .read(move |tx| store::get(tx, id))
+            .await
+            .map_err(|e| store_status(e, &caller.request_id))?;
+        let sub = found.filter(|s| s.deleted_ms == 0 && Directory::owns(&system, &s.owner_ods));
+        let Some(sub) = sub else {
+            self.state.audit_detached(audit_record(&caller, "read", "Subscription", &req.id, SpineCode::NoRecordFound.as_str()));
+            return Err(not_found(&req.id));
+        };
+        self.state
+            .audit_detached(audit_record(&caller, "read", "Subscription", &req.id, "ok"));
+        Ok(Response::new(pb::GetSubscriptionResponse {
+            subscription: Some(current_resource(&sub, now_ms())),
+        }))
+    }
+
+    async fn delete_subscription(
+        &self,
+        request: Request<pb::DeleteSubscriptionRequest>,
+    ) -> Result<Response<pb::DeleteSubscriptionResponse>, Status> {
+        let req = request.into_inner();
+        let caller = req.caller.ok_or_else(|| missing("caller"))?;
+        let directory = self.state.directory();
+        let system = directory
+            .caller(&caller)
+            .cloned()
+            .map_err(|r| self.refuse(&caller, "delete", &req.id, r))?;
+        let Some(id) = parse_id(&req.id) else {
+            return Err(not_found(&req.id));
+        };
+        let now = now_ms();
+        let audit_ok = audit_record(&caller, "delete", "Subscription", &req.id, "ok");
+        let deleted = self
+            .state
+            .store
+            .writer()
+            .write(move |tx| {
+                let deleted = store::delete(tx, id, now, |s| Directory::owns(&system, &s.owner_ods))?;
+                if deleted {
+                    audit::append(tx, now, &audit_ok)?;
+                }
+                Ok(deleted)
+            })
+            .await
+            .map_err(|e| store_status(e, &caller.request_id))?;
+        if !deleted {
+            self.state.audit_detached(audit_record(&caller, "delete", "Subscription", &req.id, SpineCode::NoRecordFound.as_str()));
+            return Err(not_found(&req.id));
+        }
+        tracing::info!(subscription = %req.id, "subscription deleted");
+        Ok(Response::new(pb::DeleteSubscriptionResponse {}))
+    }
+}

@@ -1,0 +1,133 @@
+//! The state shared by every gRPC service of core.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use nems_proto::v1 as pb;
+use redb::WriteTransaction;
+
+use crate::config::CoreConfig;
+use crate::directory::Directory;
+use crate::dispatch::Dispatcher;
+use crate::domain::catalogue::Catalogue;
+use crate::store::keys::now_ms;
+use crate::store::{Store, StoreError, audit, directory as dir_store};
+
+/// Core's shared state.
+#[derive(Debug)]
+pub(crate) struct CoreState {
+    pub(crate) store: Store,
+    pub(crate) catalogue: Catalogue,
+    pub(crate) config: CoreConfig,
+    pub(crate) dispatcher: Dispatcher,
+    /// Set when core shuts down: long-lived delivery streams end.
+    pub(crate) stop: tokio::sync::watch::Sender<bool>,
+    /// Deliveries queued or in flight (for backpressure and metrics).
+    pending: AtomicU64,
+    /// One import at a time per reference data set.
+    imports: [tokio::sync::Mutex<()>; 3],
+    directory: RwLock<Arc<Directory>>,
+    directory_changes: tokio::sync::Mutex<()>,
+}
+
+impl CoreState {
+    pub(crate) fn new(store: Store, catalogue: Catalogue, config: CoreConfig, directory: Directory) -> Self {
+        CoreState {
+            store,
+            catalogue,
+            config,
+            dispatcher: Dispatcher::default(),
+            stop: tokio::sync::watch::channel(false).0,
+            pending: AtomicU64::new(0),
+            imports: Default::default(),
+            directory: RwLock::new(Arc::new(directory)),
+            directory_changes: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The lock that serialises imports of reference data set `set`.
+    pub(crate) fn import_lock(&self, set: usize) -> &tokio::sync::Mutex<()> {
+        &self.imports[set.min(2)]
+    }
+
+    /// Deliveries queued or in flight.
+    pub(crate) fn pending_deliveries(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Counts deliveries that became pending (accepted or redriven).
+    pub(crate) fn note_queued(&self, n: u64) {
+        self.pending.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts deliveries that settled.
+    pub(crate) fn note_settled(&self, n: u64) {
+        let _ = self
+            .pending
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| Some(p.saturating_sub(n)));
+    }
+
+    /// Sets the pending count (at start-up, from the store).
+    pub(crate) fn set_pending(&self, n: u64) {
+        self.pending.store(n, Ordering::Relaxed);
+    }
+
+    /// The directory snapshot in force.
+    pub(crate) fn directory(&self) -> Arc<Directory> {
+        match self.directory.read() {
+            Ok(d) => d.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Applies a directory change in the store, then reloads the snapshot. Changes are
+    /// serialised so that a slower reload never replaces a newer snapshot.
+    pub(crate) async fn change_directory<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        let _serial = self.directory_changes.lock().await;
+        let out = self.store.writer().write(f).await?;
+        let (systems, mailboxes) = self.store.read(|tx| dir_store::load(tx)).await?;
+        let fresh = Arc::new(Directory::new(systems, mailboxes));
+        match self.directory.write() {
+            Ok(mut d) => *d = fresh,
+            Err(poisoned) => *poisoned.into_inner() = fresh,
+        }
+        Ok(out)
+    }
+
+    /// Records an audit entry without waiting for it (reads and refusals); writes that
+    /// change state record theirs in their own transaction.
+    pub(crate) fn audit_detached(&self, record: pb::AuditRecord) {
+        let writer = self.store.writer().clone();
+        tokio::spawn(async move {
+            let at = now_ms();
+            if let Err(e) = writer.write(move |tx| audit::append(tx, at, &record)).await {
+                tracing::warn!(error = %e, "audit record not written");
+            }
+        });
+    }
+}
+
+/// Builds an audit record for a caller.
+pub(crate) fn audit_record(
+    caller: &pb::Caller,
+    action: &str,
+    resource_type: &str,
+    resource_id: &str,
+    outcome: &str,
+) -> pb::AuditRecord {
+    pb::AuditRecord {
+        at: None,
+        request_id: caller.request_id.clone(),
+        asid: caller.asid.clone(),
+        ods_code: caller.ods_code.clone(),
+        user: caller.user.clone(),
+        action: action.into(),
+        resource_type: resource_type.into(),
+        resource_id: resource_id.into(),
+        outcome: outcome.into(),
+    }
+}

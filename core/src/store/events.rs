@@ -1,0 +1,171 @@
+//! Accepting an event: the event, its payload and its delivery rows are written in the
+//! caller's transaction (a transactional outbox), so that a committed event always has
+//! all its deliveries and a delivery never lacks its payload.
+
+use nems_proto::v1 as pb;
+use prost::Message;
+use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+
+use super::StoreError;
+use super::keys::id_hex;
+use super::ledger::{bump_count, index_state};
+use super::records::{StoredDelivery, StoredEvent};
+use super::tables::*;
+
+/// One mailbox's delivery of a new event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NewDelivery {
+    /// Recipient mailbox.
+    pub(crate) mailbox: String,
+    /// `Mex-PartnerID`.
+    pub(crate) partner_id: String,
+    /// Matched subscription ids.
+    pub(crate) subscription_ids: Vec<String>,
+    /// Patient flagged S or I: recorded, never sent.
+    pub(crate) suppressed: bool,
+}
+
+/// A new event with its deliveries.
+#[derive(Debug, Clone)]
+pub(crate) struct NewEvent {
+    pub(crate) event_id: u128,
+    pub(crate) event_code: String,
+    pub(crate) message_event_type: String,
+    pub(crate) publisher_asid: String,
+    pub(crate) workflow_id: String,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) deliveries: Vec<NewDelivery>,
+    pub(crate) matched_subscriptions: u32,
+    pub(crate) accepted_ms: u64,
+}
+
+/// What accepting wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Accepted {
+    /// Event sequence number.
+    pub(crate) seq: u64,
+    /// Mailboxes with a queued (not suppressed) delivery, available now.
+    pub(crate) queued_mailboxes: Vec<String>,
+    /// Ids of the deliveries, in order.
+    pub(crate) delivery_ids: Vec<u64>,
+}
+
+fn next(counters: &mut redb::Table<'_, &'static str, u64>, name: &str, by: u64) -> Result<u64, StoreError> {
+    let current = counters.get(name)?.map(|v| v.value()).unwrap_or(1).max(1);
+    counters.insert(name, current + by)?;
+    Ok(current)
+}
+
+/// Writes an accepted event, its payload and its deliveries.
+pub(crate) fn accept(tx: &WriteTransaction, e: &NewEvent) -> Result<Accepted, StoreError> {
+    let mut counters = tx.open_table(COUNTERS)?;
+    let seq = next(&mut counters, "next-event", 1)?;
+    let first = next(&mut counters, "next-delivery", e.deliveries.len() as u64)?;
+    let accepted = counters.get("events-accepted")?.map(|v| v.value()).unwrap_or(0);
+    counters.insert("events-accepted", accepted + 1)?;
+    drop(counters);
+
+    let event_hex = id_hex(e.event_id);
+    let queued = e.deliveries.iter().filter(|d| !d.suppressed).count() as u32;
+    let stored = StoredEvent {
+        event_id: event_hex.clone(),
+        event_code: e.event_code.clone(),
+        message_event_type: e.message_event_type.clone(),
+        publisher_asid: e.publisher_asid.clone(),
+        accepted_ms: e.accepted_ms,
+        payload_bytes: e.payload.len() as u64,
+        first_delivery: first,
+        deliveries: e.deliveries.len() as u32,
+        unsettled: queued,
+        matched_subscriptions: e.matched_subscriptions,
+    };
+    tx.open_table(EVENTS)?.insert(seq, stored.encode_to_vec().as_slice())?;
+    tx.open_table(EVENTS_BY_ID)?.insert(e.event_id, seq)?;
+    if queued > 0 {
+        tx.open_table(PAYLOADS)?.insert(seq, e.payload.as_slice())?;
+    }
+
+    let mut deliveries = tx.open_table(DELIVERIES)?;
+    let mut queue = tx.open_table(QUEUE)?;
+    let mut by_state = tx.open_table(DELIVERIES_BY_STATE)?;
+    let mut by_mailbox = tx.open_table(DELIVERIES_BY_MAILBOX)?;
+    let mut counts = tx.open_table(MAILBOX_COUNTS)?;
+    let mut out = Accepted {
+        seq,
+        queued_mailboxes: Vec::new(),
+        delivery_ids: Vec::with_capacity(e.deliveries.len()),
+    };
+    for (index, d) in e.deliveries.iter().enumerate() {
+        let id = first + index as u64;
+        let state = if d.suppressed {
+            pb::DeliveryState::Suppressed
+        } else {
+            pb::DeliveryState::Queued
+        };
+        let record = StoredDelivery {
+            event_seq: seq,
+            event_id: event_hex.clone(),
+            local_id: format!("{event_hex}-{index}"),
+            event_code: e.event_code.clone(),
+            mailbox: d.mailbox.clone(),
+            workflow_id: e.workflow_id.clone(),
+            partner_id: d.partner_id.clone(),
+            state: state.into(),
+            attempts: 0,
+            accepted_ms: e.accepted_ms,
+            updated_ms: e.accepted_ms,
+            next_attempt_ms: if d.suppressed { 0 } else { e.accepted_ms },
+            mesh_message_id: String::new(),
+            last_error_code: if d.suppressed { "PATIENT_FLAGGED".into() } else { String::new() },
+            last_error: if d.suppressed {
+                "patient is flagged sensitive or invalid in PDS: not sent".into()
+            } else {
+                String::new()
+            },
+            subscription_ids: d.subscription_ids.clone(),
+            holds_payload: !d.suppressed,
+        };
+        deliveries.insert(id, record.encode_to_vec().as_slice())?;
+        by_mailbox.insert((d.mailbox.as_str(), id), ())?;
+        index_state(&mut by_state, id, None, state)?;
+        bump_count(&mut counts, &d.mailbox, state, 1)?;
+        if !d.suppressed {
+            queue.insert((d.mailbox.as_str(), e.accepted_ms, id), ())?;
+            out.queued_mailboxes.push(d.mailbox.clone());
+        }
+        out.delivery_ids.push(id);
+    }
+    Ok(out)
+}
+
+/// Finds an event by id.
+pub(crate) fn get_by_id(tx: &ReadTransaction, id: u128) -> Result<Option<(u64, StoredEvent)>, StoreError> {
+    let Some(seq) = tx.open_table(EVENTS_BY_ID)?.get(id)?.map(|v| v.value()) else {
+        return Ok(None);
+    };
+    let events = tx.open_table(EVENTS)?;
+    match events.get(seq)? {
+        Some(bytes) => Ok(Some((seq, StoredEvent::decode(bytes.value())?))),
+        None => Ok(None),
+    }
+}
+
+/// Events accepted since the store was created.
+pub(crate) fn accepted_count(tx: &ReadTransaction) -> Result<u64, StoreError> {
+    Ok(tx.open_table(COUNTERS)?.get("events-accepted")?.map(|v| v.value()).unwrap_or(0))
+}
+
+/// The ledger view of an event.
+pub(crate) fn to_record(e: &StoredEvent, payload_held: bool) -> pb::EventRecord {
+    pb::EventRecord {
+        event_id: e.event_id.clone(),
+        event_code: e.event_code.clone(),
+        message_event_type: e.message_event_type.clone(),
+        publisher_asid: e.publisher_asid.clone(),
+        accepted_at: Some(super::ledger::timestamp(e.accepted_ms)),
+        payload_bytes: e.payload_bytes,
+        payload_held,
+        deliveries: e.deliveries,
+        matched_subscriptions: e.matched_subscriptions,
+    }
+}

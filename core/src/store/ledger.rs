@@ -1,0 +1,681 @@
+//! The delivery ledger and work queue: leasing deliveries to adapters, recording outcomes,
+//! dead letters and redrive, MESH non-delivery reports, operator queries and retention.
+//!
+//! States: queued → in flight → delivered | dead-lettered (| suppressed at acceptance).
+//! A queued or in-flight delivery has exactly one `QUEUE` key, (mailbox, available-at,
+//! id); for an in-flight one the time is its lease expiry, so an expired lease makes it
+//! available again without any timer. A delivery "holds" its event's payload while it may
+//! still be sent; the payload is removed when no delivery of the event holds it.
+
+use nems_proto::v1 as pb;
+use prost::Message;
+use redb::{ReadTransaction, ReadableTable, Table, WriteTransaction};
+
+use super::StoreError;
+use super::keys::parse_id;
+use super::records::{StoredDelivery, StoredEvent};
+use super::tables::*;
+
+/// Protobuf timestamp of epoch milliseconds.
+pub(crate) fn timestamp(ms: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
+}
+
+/// Moves a delivery between state index entries.
+pub(crate) fn index_state(
+    by_state: &mut Table<'_, (u8, u64), ()>,
+    id: u64,
+    old: Option<pb::DeliveryState>,
+    new: pb::DeliveryState,
+) -> Result<(), StoreError> {
+    if let Some(old) = old {
+        by_state.remove((old as u8, id))?;
+    }
+    by_state.insert((new as u8, id), ())?;
+    Ok(())
+}
+
+/// Adjusts a per-mailbox state count.
+pub(crate) fn bump_count(
+    counts: &mut Table<'_, (&'static str, u8), u64>,
+    mailbox: &str,
+    state: pb::DeliveryState,
+    delta: i64,
+) -> Result<(), StoreError> {
+    let key = (mailbox, state as u8);
+    let current = counts.get(key)?.map(|v| v.value()).unwrap_or(0);
+    let updated = current.saturating_add_signed(delta);
+    if updated == 0 {
+        counts.remove(key)?;
+    } else {
+        counts.insert(key, updated)?;
+    }
+    Ok(())
+}
+
+/// The tables a state change touches, opened once.
+struct Ledger<'t> {
+    deliveries: Table<'t, u64, &'static [u8]>,
+    queue: Table<'t, (&'static str, u64, u64), ()>,
+    by_state: Table<'t, (u8, u64), ()>,
+    counts: Table<'t, (&'static str, u8), u64>,
+}
+
+impl<'t> Ledger<'t> {
+    fn open(tx: &'t WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Ledger {
+            deliveries: tx.open_table(DELIVERIES)?,
+            queue: tx.open_table(QUEUE)?,
+            by_state: tx.open_table(DELIVERIES_BY_STATE)?,
+            counts: tx.open_table(MAILBOX_COUNTS)?,
+        })
+    }
+
+    fn load(&self, id: u64) -> Result<Option<StoredDelivery>, StoreError> {
+        match self.deliveries.get(id)? {
+            Some(bytes) => Ok(Some(StoredDelivery::decode(bytes.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn save(&mut self, id: u64, d: &StoredDelivery) -> Result<(), StoreError> {
+        self.deliveries.insert(id, d.encode_to_vec().as_slice())?;
+        Ok(())
+    }
+
+    /// Changes state (indexes and counts) and the queue key (`Some(t)`: available at `t`).
+    fn transition(
+        &mut self,
+        id: u64,
+        d: &mut StoredDelivery,
+        state: pb::DeliveryState,
+        queue_at: Option<u64>,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let old = d.state();
+        if d.next_attempt_ms != 0 {
+            self.queue.remove((d.mailbox.as_str(), d.next_attempt_ms, id))?;
+        }
+        if let Some(at) = queue_at {
+            self.queue.insert((d.mailbox.as_str(), at, id), ())?;
+        }
+        if old != state {
+            index_state(&mut self.by_state, id, Some(old), state)?;
+            bump_count(&mut self.counts, &d.mailbox, old, -1)?;
+            bump_count(&mut self.counts, &d.mailbox, state, 1)?;
+        }
+        d.state = state.into();
+        d.next_attempt_ms = queue_at.unwrap_or(0);
+        d.updated_ms = now;
+        Ok(())
+    }
+}
+
+/// Stops a delivery holding its event's payload; drops the payload when none holds it.
+fn release_payload(tx: &WriteTransaction, d: &mut StoredDelivery) -> Result<(), StoreError> {
+    if !d.holds_payload {
+        return Ok(());
+    }
+    d.holds_payload = false;
+    let mut events = tx.open_table(EVENTS)?;
+    let Some(mut event) = events
+        .get(d.event_seq)?
+        .map(|b| StoredEvent::decode(b.value()))
+        .transpose()?
+    else {
+        return Ok(());
+    };
+    event.unsettled = event.unsettled.saturating_sub(1);
+    events.insert(d.event_seq, event.encode_to_vec().as_slice())?;
+    if event.unsettled == 0 {
+        tx.open_table(PAYLOADS)?.remove(d.event_seq)?;
+    }
+    Ok(())
+}
+
+/// Makes a delivery hold its event's payload again, if the payload still exists.
+fn acquire_payload(tx: &WriteTransaction, d: &mut StoredDelivery) -> Result<bool, StoreError> {
+    if d.holds_payload {
+        return Ok(true);
+    }
+    if tx.open_table(PAYLOADS)?.get(d.event_seq)?.is_none() {
+        return Ok(false);
+    }
+    let mut events = tx.open_table(EVENTS)?;
+    let Some(mut event) = events
+        .get(d.event_seq)?
+        .map(|b| StoredEvent::decode(b.value()))
+        .transpose()?
+    else {
+        return Ok(false);
+    };
+    event.unsettled += 1;
+    events.insert(d.event_seq, event.encode_to_vec().as_slice())?;
+    d.holds_payload = true;
+    Ok(true)
+}
+
+/// Deliveries leased from one mailbox.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Lease {
+    pub(crate) mailbox: String,
+    pub(crate) deliveries: Vec<pb::Delivery>,
+    /// When the mailbox next has something available (queued later, or a lease expiry).
+    pub(crate) next_ready: Option<u64>,
+}
+
+/// Leases up to `max` available deliveries from each picked mailbox until `now + lease_ms`.
+pub(crate) fn lease(
+    tx: &WriteTransaction,
+    picks: &[(String, u32)],
+    now: u64,
+    lease_ms: u64,
+) -> Result<Vec<Lease>, StoreError> {
+    let mut ledger = Ledger::open(tx)?;
+    let payloads = tx.open_table(PAYLOADS)?;
+    let until = now + lease_ms;
+    let mut out = Vec::with_capacity(picks.len());
+    for (mailbox, max) in picks {
+        let mb = mailbox.as_str();
+        let mut keys = Vec::new();
+        for item in ledger.queue.range((mb, 0, 0)..=(mb, now, u64::MAX))? {
+            let (k, _) = item?;
+            keys.push(k.value().2);
+            if keys.len() >= *max as usize {
+                break;
+            }
+        }
+        let mut leased = Vec::with_capacity(keys.len());
+        for id in keys {
+            let Some(mut d) = ledger.load(id)? else {
+                return Err(StoreError::Corrupt(format!("queue names unknown delivery {id}")));
+            };
+            let payload = payloads
+                .get(d.event_seq)?
+                .map(|p| p.value().to_vec())
+                .ok_or_else(|| StoreError::Corrupt(format!("delivery {id} has no payload")))?;
+            ledger.transition(id, &mut d, pb::DeliveryState::InFlight, Some(until), now)?;
+            d.attempts += 1;
+            ledger.save(id, &d)?;
+            leased.push(pb::Delivery {
+                delivery_id: id,
+                attempt: d.attempts,
+                local_id: d.local_id.clone(),
+                event_id: d.event_id.clone(),
+                event_code: d.event_code.clone(),
+                mailbox: d.mailbox.clone(),
+                workflow_id: d.workflow_id.clone(),
+                partner_id: d.partner_id.clone(),
+                payload,
+                accepted_at: Some(timestamp(d.accepted_ms)),
+                lease_expires_at: Some(timestamp(until)),
+            });
+        }
+        let next_ready = ledger
+            .queue
+            .range((mb, 0, 0)..=(mb, u64::MAX, u64::MAX))?
+            .next()
+            .transpose()?
+            .map(|(k, _)| k.value().1);
+        out.push(Lease {
+            mailbox: mailbox.clone(),
+            deliveries: leased,
+            next_ready,
+        });
+    }
+    Ok(out)
+}
+
+/// An adapter's report on one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Sent { mesh_message_id: String },
+    Retry { code: String, reason: String, retry_after_ms: u64 },
+    Refused { code: String, reason: String },
+}
+
+/// The effect of a completion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Completed {
+    pub(crate) state: pb::DeliveryState,
+    pub(crate) mailbox: String,
+    /// The delivery was queued or in flight before this report.
+    pub(crate) was_pending: bool,
+    /// When queued again for a retry.
+    pub(crate) requeued_at: Option<u64>,
+}
+
+/// Records an attempt's outcome. Settled deliveries keep their state; a retry or refusal
+/// for an older attempt than the current lease is ignored (stale report).
+pub(crate) fn complete(
+    tx: &WriteTransaction,
+    id: u64,
+    attempt: u32,
+    outcome: &Outcome,
+    now: u64,
+) -> Result<Option<Completed>, StoreError> {
+    let mut ledger = Ledger::open(tx)?;
+    let Some(mut d) = ledger.load(id)? else {
+        return Ok(None);
+    };
+    let before = d.state();
+    let mut done = Completed {
+        state: before,
+        mailbox: d.mailbox.clone(),
+        was_pending: matches!(before, pb::DeliveryState::Queued | pb::DeliveryState::InFlight),
+        requeued_at: None,
+    };
+    let settled = matches!(
+        before,
+        pb::DeliveryState::Delivered | pb::DeliveryState::DeadLettered | pb::DeliveryState::Suppressed
+    );
+    let stale = attempt != d.attempts;
+    match outcome {
+        _ if settled => return Ok(Some(done)),
+        Outcome::Sent { mesh_message_id } => {
+            ledger.transition(id, &mut d, pb::DeliveryState::Delivered, None, now)?;
+            d.mesh_message_id.clone_from(mesh_message_id);
+            d.last_error_code.clear();
+            d.last_error.clear();
+            if !mesh_message_id.is_empty() {
+                tx.open_table(DELIVERIES_BY_MESH_ID)?.insert(mesh_message_id.as_str(), id)?;
+            }
+            drop(ledger);
+            release_payload(tx, &mut d)?;
+            ledger = Ledger::open(tx)?;
+        }
+        Outcome::Retry { .. } | Outcome::Refused { .. } if stale => return Ok(Some(done)),
+        Outcome::Retry { code, reason, retry_after_ms } => {
+            let at = now + retry_after_ms;
+            ledger.transition(id, &mut d, pb::DeliveryState::Queued, Some(at), now)?;
+            d.last_error_code.clone_from(code);
+            d.last_error.clone_from(reason);
+            done.requeued_at = Some(at);
+        }
+        Outcome::Refused { code, reason } => {
+            ledger.transition(id, &mut d, pb::DeliveryState::DeadLettered, None, now)?;
+            d.last_error_code.clone_from(code);
+            d.last_error.clone_from(reason);
+        }
+    }
+    ledger.save(id, &d)?;
+    done.state = d.state();
+    Ok(Some(done))
+}
+
+/// Finds the delivery a MESH report concerns, by local id or MESH message id.
+pub(crate) fn find_reported(
+    tx: &WriteTransaction,
+    mesh_message_id: &str,
+    local_id: &str,
+) -> Result<Option<u64>, StoreError> {
+    if let Some((event, index)) = local_id.split_once('-')
+        && let (Some(event_id), Ok(index)) = (parse_id(event), index.parse::<u64>())
+        && let Some(seq) = tx.open_table(EVENTS_BY_ID)?.get(event_id)?.map(|v| v.value())
+        && let Some(bytes) = tx.open_table(EVENTS)?.get(seq)?
+    {
+        let event = StoredEvent::decode(bytes.value())?;
+        if index < u64::from(event.deliveries) {
+            return Ok(Some(event.first_delivery + index));
+        }
+    }
+    if mesh_message_id.is_empty() {
+        return Ok(None);
+    }
+    Ok(tx.open_table(DELIVERIES_BY_MESH_ID)?.get(mesh_message_id)?.map(|v| v.value()))
+}
+
+/// Dead-letters a delivery that MESH reported undelivered (e.g. not collected in time).
+pub(crate) fn record_report(
+    tx: &WriteTransaction,
+    id: u64,
+    code: &str,
+    description: &str,
+    now: u64,
+) -> Result<bool, StoreError> {
+    let mut ledger = Ledger::open(tx)?;
+    let Some(mut d) = ledger.load(id)? else {
+        return Ok(false);
+    };
+    if matches!(d.state(), pb::DeliveryState::Suppressed | pb::DeliveryState::DeadLettered) {
+        return Ok(true);
+    }
+    ledger.transition(id, &mut d, pb::DeliveryState::DeadLettered, None, now)?;
+    d.last_error_code = format!("MESH_{code}");
+    d.last_error = description.chars().take(500).collect();
+    drop(ledger);
+    acquire_payload(tx, &mut d)?;
+    Ledger::open(tx)?.save(id, &d)?;
+    Ok(true)
+}
+
+/// Which dead letters to redrive.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Selection {
+    pub(crate) ids: Vec<u64>,
+    pub(crate) mailbox: String,
+    pub(crate) event_code: String,
+    pub(crate) error_code: String,
+    pub(crate) limit: usize,
+}
+
+/// Queues selected dead letters again; returns (redriven ids with mailboxes, skipped ids).
+pub(crate) fn redrive(
+    tx: &WriteTransaction,
+    selection: &Selection,
+    now: u64,
+) -> Result<(Vec<(u64, String)>, Vec<u64>), StoreError> {
+    let candidates = if selection.ids.is_empty() {
+        let by_state = tx.open_table(DELIVERIES_BY_STATE)?;
+        let deliveries = tx.open_table(DELIVERIES)?;
+        let dead = pb::DeliveryState::DeadLettered as u8;
+        let mut ids = Vec::new();
+        for item in by_state.range((dead, 0)..=(dead, u64::MAX))? {
+            let (k, _) = item?;
+            let id = k.value().1;
+            let Some(bytes) = deliveries.get(id)? else { continue };
+            let d = StoredDelivery::decode(bytes.value())?;
+            let keep = (selection.mailbox.is_empty() || d.mailbox == selection.mailbox)
+                && (selection.event_code.is_empty() || d.event_code == selection.event_code)
+                && (selection.error_code.is_empty() || d.last_error_code == selection.error_code);
+            if keep {
+                ids.push(id);
+                if selection.limit != 0 && ids.len() >= selection.limit {
+                    break;
+                }
+            }
+        }
+        ids
+    } else {
+        selection.ids.clone()
+    };
+    let mut redriven = Vec::new();
+    let mut skipped = Vec::new();
+    for id in candidates {
+        let mut ledger = Ledger::open(tx)?;
+        let Some(mut d) = ledger.load(id)? else {
+            skipped.push(id);
+            continue;
+        };
+        drop(ledger);
+        if d.state() != pb::DeliveryState::DeadLettered || !acquire_payload(tx, &mut d)? {
+            skipped.push(id);
+            continue;
+        }
+        let mut ledger = Ledger::open(tx)?;
+        ledger.transition(id, &mut d, pb::DeliveryState::Queued, Some(now), now)?;
+        ledger.save(id, &d)?;
+        redriven.push((id, d.mailbox.clone()));
+    }
+    Ok((redriven, skipped))
+}
+
+/// The ledger query.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Query {
+    pub(crate) event_id: String,
+    pub(crate) mailbox: String,
+    pub(crate) state: Option<pb::DeliveryState>,
+    pub(crate) event_code: String,
+    pub(crate) error_code: String,
+}
+
+/// Lists one page of ledger rows in delivery order; the token is the last id returned.
+pub(crate) fn list(
+    tx: &ReadTransaction,
+    query: &Query,
+    page_token: &str,
+    page_size: usize,
+) -> Result<(Vec<pb::DeliveryRecord>, String), StoreError> {
+    let deliveries = tx.open_table(DELIVERIES)?;
+    let after: u64 = page_token.parse().unwrap_or(0);
+    let start = if page_token.is_empty() { 0 } else { after + 1 };
+    let mut ids: Box<dyn Iterator<Item = Result<u64, StoreError>>> = if !query.event_id.is_empty() {
+        let Some(event_id) = parse_id(&query.event_id) else {
+            return Ok((Vec::new(), String::new()));
+        };
+        let range = match super::events::get_by_id(tx, event_id)? {
+            Some((_, e)) => e.first_delivery..e.first_delivery + u64::from(e.deliveries),
+            None => 0..0,
+        };
+        Box::new(range.filter(move |id| *id >= start).map(Ok))
+    } else if !query.mailbox.is_empty() {
+        let table = tx.open_table(DELIVERIES_BY_MAILBOX)?;
+        let mb = query.mailbox.clone();
+        let items: Vec<_> = table
+            .range((mb.as_str(), start)..=(mb.as_str(), u64::MAX))?
+            .map(|r| r.map(|(k, _)| k.value().1).map_err(StoreError::from))
+            .collect();
+        Box::new(items.into_iter())
+    } else if let Some(state) = query.state {
+        let table = tx.open_table(DELIVERIES_BY_STATE)?;
+        let items: Vec<_> = table
+            .range((state as u8, start)..=(state as u8, u64::MAX))?
+            .map(|r| r.map(|(k, _)| k.value().1).map_err(StoreError::from))
+            .collect();
+        Box::new(items.into_iter())
+    } else {
+        let items: Vec<_> = deliveries
+            .range(start..)?
+            .map(|r| r.map(|(k, _)| k.value()).map_err(StoreError::from))
+            .collect();
+        Box::new(items.into_iter())
+    };
+    let mut out = Vec::new();
+    for id in &mut ids {
+        let id = id?;
+        let Some(bytes) = deliveries.get(id)? else { continue };
+        let d = StoredDelivery::decode(bytes.value())?;
+        let keep = (query.mailbox.is_empty() || d.mailbox == query.mailbox)
+            && query.state.is_none_or(|s| d.state() == s)
+            && (query.event_code.is_empty() || d.event_code == query.event_code)
+            && (query.error_code.is_empty() || d.last_error_code == query.error_code);
+        if keep {
+            out.push(to_record(id, &d));
+            if out.len() >= page_size {
+                return Ok((out, id.to_string()));
+            }
+        }
+    }
+    Ok((out, String::new()))
+}
+
+/// Per-mailbox counts by state.
+pub(crate) fn stats(tx: &ReadTransaction, mailbox: &str) -> Result<Vec<pb::MailboxStats>, StoreError> {
+    let counts = tx.open_table(MAILBOX_COUNTS)?;
+    let mut out: Vec<pb::MailboxStats> = Vec::new();
+    let iter = if mailbox.is_empty() {
+        counts.iter()?
+    } else {
+        counts.range((mailbox, 0u8)..=(mailbox, u8::MAX))?
+    };
+    for item in iter {
+        let (k, v) = item?;
+        let (mb, state) = k.value();
+        if out.last().is_none_or(|s| s.mailbox != mb) {
+            out.push(pb::MailboxStats {
+                mailbox: mb.to_string(),
+                ..Default::default()
+            });
+        }
+        let Some(entry) = out.last_mut() else { continue };
+        let n = v.value();
+        match pb::DeliveryState::try_from(i32::from(state)) {
+            Ok(pb::DeliveryState::Queued) => entry.queued = n,
+            Ok(pb::DeliveryState::InFlight) => entry.in_flight = n,
+            Ok(pb::DeliveryState::Delivered) => entry.delivered = n,
+            Ok(pb::DeliveryState::DeadLettered) => entry.dead_lettered = n,
+            Ok(pb::DeliveryState::Suppressed) => entry.suppressed = n,
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// The earliest queue time of every mailbox with queued or in-flight deliveries, found
+/// with one seek per mailbox (for rebuilding the dispatcher at start-up).
+pub(crate) fn queue_heads(tx: &ReadTransaction) -> Result<Vec<(String, u64)>, StoreError> {
+    let queue = tx.open_table(QUEUE)?;
+    let mut out: Vec<(String, u64)> = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let next = match &cursor {
+            None => queue.first()?,
+            Some(mb) => queue
+                .range((mb.as_str(), u64::MAX, u64::MAX)..)?
+                .find(|r| r.as_ref().map_or(true, |(k, _)| k.value().0 != mb.as_str()))
+                .transpose()?,
+        };
+        let Some((k, _)) = next else { break };
+        let (mb, at, _) = k.value();
+        out.push((mb.to_string(), at));
+        cursor = Some(mb.to_string());
+    }
+    Ok(out)
+}
+
+/// Number of deliveries queued or in flight.
+pub(crate) fn pending(tx: &ReadTransaction) -> Result<u64, StoreError> {
+    let by_state = tx.open_table(DELIVERIES_BY_STATE)?;
+    let mut n = 0;
+    for state in [pb::DeliveryState::Queued, pb::DeliveryState::InFlight] {
+        n += by_state.range((state as u8, 0)..=(state as u8, u64::MAX))?.count() as u64;
+    }
+    Ok(n)
+}
+
+/// What one retention pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Swept {
+    pub(crate) dead_letter_payloads_released: usize,
+    pub(crate) deliveries_removed: usize,
+    pub(crate) events_removed: usize,
+}
+
+/// Releases payloads of old dead letters and removes settled ledger rows older than the
+/// retention period, at most `limit` rows per kind in one call.
+pub(crate) fn sweep(
+    tx: &WriteTransaction,
+    now: u64,
+    retention_ms: u64,
+    dead_letter_retention_ms: u64,
+    limit: usize,
+) -> Result<Swept, StoreError> {
+    let mut swept = Swept::default();
+    let dl_cutoff = now.saturating_sub(dead_letter_retention_ms);
+    let dead = pb::DeliveryState::DeadLettered as u8;
+    let mut release = Vec::new();
+    {
+        let by_state = tx.open_table(DELIVERIES_BY_STATE)?;
+        let deliveries = tx.open_table(DELIVERIES)?;
+        for item in by_state.range((dead, 0)..=(dead, u64::MAX))? {
+            let (k, _) = item?;
+            let id = k.value().1;
+            let Some(bytes) = deliveries.get(id)? else { continue };
+            let d = StoredDelivery::decode(bytes.value())?;
+            if d.holds_payload && d.updated_ms < dl_cutoff {
+                release.push((id, d));
+                if release.len() >= limit {
+                    break;
+                }
+            }
+        }
+    }
+    for (id, mut d) in release {
+        release_payload(tx, &mut d)?;
+        tx.open_table(DELIVERIES)?.insert(id, d.encode_to_vec().as_slice())?;
+        swept.dead_letter_payloads_released += 1;
+    }
+
+    let cutoff = now.saturating_sub(retention_ms);
+    let mut remove = Vec::new();
+    {
+        let deliveries = tx.open_table(DELIVERIES)?;
+        for item in deliveries.iter()? {
+            let (k, v) = item?;
+            let d = StoredDelivery::decode(v.value())?;
+            if d.accepted_ms >= cutoff || remove.len() >= limit {
+                break;
+            }
+            let settled = matches!(
+                d.state(),
+                pb::DeliveryState::Delivered | pb::DeliveryState::Suppressed | pb::DeliveryState::DeadLettered
+            ) && !d.holds_payload;
+            if settled {
+                remove.push((k.value(), d));
+            }
+        }
+    }
+    let mut ledger = Ledger::open(tx)?;
+    let mut by_mailbox = tx.open_table(DELIVERIES_BY_MAILBOX)?;
+    let mut by_mesh = tx.open_table(DELIVERIES_BY_MESH_ID)?;
+    for (id, d) in &remove {
+        ledger.deliveries.remove(*id)?;
+        ledger.by_state.remove((d.state() as u8, *id))?;
+        bump_count(&mut ledger.counts, &d.mailbox, d.state(), -1)?;
+        by_mailbox.remove((d.mailbox.as_str(), *id))?;
+        if !d.mesh_message_id.is_empty() {
+            by_mesh.remove(d.mesh_message_id.as_str())?;
+        }
+    }
+    swept.deliveries_removed = remove.len();
+    drop((ledger, by_mailbox, by_mesh));
+
+    let mut events = tx.open_table(EVENTS)?;
+    let deliveries = tx.open_table(DELIVERIES)?;
+    let mut old_events = Vec::new();
+    for item in events.iter()? {
+        let (k, v) = item?;
+        let e = StoredEvent::decode(v.value())?;
+        if e.accepted_ms >= cutoff || old_events.len() >= limit {
+            break;
+        }
+        let first = e.first_delivery;
+        let mut any_left = false;
+        for id in first..first + u64::from(e.deliveries) {
+            if deliveries.get(id)?.is_some() {
+                any_left = true;
+                break;
+            }
+        }
+        if !any_left {
+            old_events.push((k.value(), e.event_id));
+        }
+    }
+    let mut by_id = tx.open_table(EVENTS_BY_ID)?;
+    let mut payloads = tx.open_table(PAYLOADS)?;
+    for (seq, event_id) in &old_events {
+        events.remove(*seq)?;
+        payloads.remove(*seq)?;
+        if let Some(id) = parse_id(event_id) {
+            by_id.remove(id)?;
+        }
+    }
+    swept.events_removed = old_events.len();
+    Ok(swept)
+}
+
+/// The ledger row view of a delivery.
+pub(crate) fn to_record(id: u64, d: &StoredDelivery) -> pb::DeliveryRecord {
+    pb::DeliveryRecord {
+        delivery_id: id,
+        local_id: d.local_id.clone(),
+        event_id: d.event_id.clone(),
+        event_code: d.event_code.clone(),
+        mailbox: d.mailbox.clone(),
+        workflow_id: d.workflow_id.clone(),
+        partner_id: d.partner_id.clone(),
+        state: d.state,
+        attempts: d.attempts,
+        accepted_at: Some(timestamp(d.accepted_ms)),
+        updated_at: Some(timestamp(d.updated_ms)),
+        next_attempt_at: (d.next_attempt_ms != 0).then(|| timestamp(d.next_attempt_ms)),
+        mesh_message_id: d.mesh_message_id.clone(),
+        last_error_code: d.last_error_code.clone(),
+        last_error: d.last_error.clone(),
+        subscription_ids: d.subscription_ids.clone(),
+    }
+}

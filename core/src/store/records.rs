@@ -1,0 +1,185 @@
+//! Storage records: prost messages private to the store. Field tags are part of the
+//! on-disk format: never reuse or renumber one.
+
+use nems_proto::v1 as pb;
+
+/// A stored subscription.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct StoredSubscription {
+    /// The resource as it is read back (id, meta, status `active` filled in).
+    #[prost(message, optional, tag = "1")]
+    pub(crate) resource: Option<pb::SubscriptionResource>,
+    /// The parsed criteria.
+    #[prost(message, optional, tag = "2")]
+    pub(crate) criteria: Option<pb::Criteria>,
+    /// Creating ASID.
+    #[prost(string, tag = "3")]
+    pub(crate) owner_asid: String,
+    /// Contact ODS code (owner).
+    #[prost(string, tag = "4")]
+    pub(crate) owner_ods: String,
+    /// Recipient mailbox (upper case).
+    #[prost(string, tag = "5")]
+    pub(crate) mailbox: String,
+    /// Creation time.
+    #[prost(uint64, tag = "6")]
+    pub(crate) created_ms: u64,
+    /// `end` (0: perpetual).
+    #[prost(uint64, tag = "7")]
+    pub(crate) end_ms: u64,
+    /// Deletion time (0: live).
+    #[prost(uint64, tag = "8")]
+    pub(crate) deleted_ms: u64,
+    /// Duplicate-detection key.
+    #[prost(string, tag = "9")]
+    pub(crate) dedup_key: String,
+}
+
+/// What matching needs of a subscription, stored as the value of the match indexes so
+/// that matching never loads whole subscriptions.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct MatchEntry {
+    /// Event codes (explicit: one or more; generic: one).
+    #[prost(string, repeated, tag = "1")]
+    pub(crate) event_codes: Vec<String>,
+    /// Recipient mailbox.
+    #[prost(string, tag = "2")]
+    pub(crate) mailbox: String,
+    /// Tag for `Mex-PartnerID` (empty: none).
+    #[prost(string, tag = "3")]
+    pub(crate) tag: String,
+    /// Age filters.
+    #[prost(message, repeated, tag = "4")]
+    pub(crate) age: Vec<pb::AgeFilter>,
+    /// GP registration filter (`pb::GpRegistration`).
+    #[prost(int32, tag = "5")]
+    pub(crate) gp_registration: i32,
+    /// Creation time.
+    #[prost(uint64, tag = "6")]
+    pub(crate) created_ms: u64,
+    /// `end` (0: perpetual).
+    #[prost(uint64, tag = "7")]
+    pub(crate) end_ms: u64,
+}
+
+/// The ledger entry of an accepted event (no payload, no patient data).
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct StoredEvent {
+    /// Event id (32 hex).
+    #[prost(string, tag = "1")]
+    pub(crate) event_id: String,
+    /// Event type code.
+    #[prost(string, tag = "2")]
+    pub(crate) event_code: String,
+    /// `messageEventType` code.
+    #[prost(string, tag = "3")]
+    pub(crate) message_event_type: String,
+    /// Publishing ASID.
+    #[prost(string, tag = "4")]
+    pub(crate) publisher_asid: String,
+    /// Acceptance time.
+    #[prost(uint64, tag = "5")]
+    pub(crate) accepted_ms: u64,
+    /// Payload size.
+    #[prost(uint64, tag = "6")]
+    pub(crate) payload_bytes: u64,
+    /// First delivery id (deliveries of one event have consecutive ids).
+    #[prost(uint64, tag = "7")]
+    pub(crate) first_delivery: u64,
+    /// Number of deliveries.
+    #[prost(uint32, tag = "8")]
+    pub(crate) deliveries: u32,
+    /// Deliveries not yet settled; the payload is dropped when it reaches 0.
+    #[prost(uint32, tag = "9")]
+    pub(crate) unsettled: u32,
+    /// Subscriptions matched.
+    #[prost(uint32, tag = "10")]
+    pub(crate) matched_subscriptions: u32,
+}
+
+/// One delivery (event × mailbox) in the ledger.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct StoredDelivery {
+    /// Event sequence number (key of `EVENTS` and `PAYLOADS`).
+    #[prost(uint64, tag = "1")]
+    pub(crate) event_seq: u64,
+    /// Event id (32 hex).
+    #[prost(string, tag = "2")]
+    pub(crate) event_id: String,
+    /// `Mex-LocalID`.
+    #[prost(string, tag = "3")]
+    pub(crate) local_id: String,
+    /// Event type code.
+    #[prost(string, tag = "4")]
+    pub(crate) event_code: String,
+    /// Recipient mailbox.
+    #[prost(string, tag = "5")]
+    pub(crate) mailbox: String,
+    /// MESH workflow id.
+    #[prost(string, tag = "6")]
+    pub(crate) workflow_id: String,
+    /// `Mex-PartnerID`.
+    #[prost(string, tag = "7")]
+    pub(crate) partner_id: String,
+    /// `pb::DeliveryState`.
+    #[prost(int32, tag = "8")]
+    pub(crate) state: i32,
+    /// Hand-outs so far.
+    #[prost(uint32, tag = "9")]
+    pub(crate) attempts: u32,
+    /// Event acceptance time.
+    #[prost(uint64, tag = "10")]
+    pub(crate) accepted_ms: u64,
+    /// Last state change.
+    #[prost(uint64, tag = "11")]
+    pub(crate) updated_ms: u64,
+    /// Queue key time (available-at or lease expiry); 0 when settled.
+    #[prost(uint64, tag = "12")]
+    pub(crate) next_attempt_ms: u64,
+    /// MESH message id once delivered.
+    #[prost(string, tag = "13")]
+    pub(crate) mesh_message_id: String,
+    /// Last error code.
+    #[prost(string, tag = "14")]
+    pub(crate) last_error_code: String,
+    /// Last error text.
+    #[prost(string, tag = "15")]
+    pub(crate) last_error: String,
+    /// Matched subscription ids.
+    #[prost(string, repeated, tag = "16")]
+    pub(crate) subscription_ids: Vec<String>,
+    /// True while this delivery keeps its event's payload (queued, in flight, or a dead
+    /// letter still redrivable); counted in the event's `unsettled`.
+    #[prost(bool, tag = "17")]
+    pub(crate) holds_payload: bool,
+}
+
+/// The state of one reference data set.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct RefMeta {
+    /// Generation in force (0: never imported).
+    #[prost(uint64, tag = "1")]
+    pub(crate) generation: u64,
+    /// Active slot (0 or 1).
+    #[prost(uint32, tag = "2")]
+    pub(crate) active_slot: u32,
+    /// Rows in the active slot.
+    #[prost(uint64, tag = "3")]
+    pub(crate) rows: u64,
+    /// Detected format of the source.
+    #[prost(string, tag = "4")]
+    pub(crate) format: String,
+    /// Source file name.
+    #[prost(string, tag = "5")]
+    pub(crate) source: String,
+    /// Slot being filled by an import in progress (`u32::MAX`: none).
+    #[prost(uint32, tag = "6")]
+    pub(crate) filling_slot: u32,
+}
+
+impl StoredDelivery {
+    /// The delivery's state as the protobuf enum.
+    pub(crate) fn state(&self) -> pb::DeliveryState {
+        pb::DeliveryState::try_from(self.state).unwrap_or(pb::DeliveryState::Unspecified)
+    }
+}

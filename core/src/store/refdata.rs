@@ -1,0 +1,176 @@
+//! Reference data sets (postcodes, practices, code map), each in two physical slots: an
+//! import clears and fills the inactive slot over many transactions while matching reads
+//! the active one, and its final commit switches slots, so matching never sees half a
+//! file. One import per data set at a time (the caller serialises).
+
+use nems_proto::v1 as pb;
+use prost::Message;
+use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+
+use super::StoreError;
+use super::records::RefMeta;
+use super::tables::{REF_META, REF_SLOTS};
+
+/// Index of a data set in `REF_SLOTS`.
+pub(crate) fn set_index(set: pb::ReferenceDataSet) -> Option<usize> {
+    match set {
+        pb::ReferenceDataSet::Postcodes => Some(0),
+        pb::ReferenceDataSet::Practices => Some(1),
+        pb::ReferenceDataSet::CodeMap => Some(2),
+        pb::ReferenceDataSet::Unspecified => None,
+    }
+}
+
+const NAMES: [&str; 3] = ["postcodes", "practices", "code-map"];
+const NO_SLOT: u32 = u32::MAX;
+
+fn read_meta(table: &impl ReadableTable<&'static str, &'static [u8]>, set: usize) -> Result<RefMeta, StoreError> {
+    match table.get(NAMES[set])? {
+        Some(bytes) => Ok(RefMeta::decode(bytes.value())?),
+        None => Ok(RefMeta {
+            filling_slot: NO_SLOT,
+            ..Default::default()
+        }),
+    }
+}
+
+/// The metadata of a data set.
+pub(crate) fn meta(tx: &ReadTransaction, set: usize) -> Result<RefMeta, StoreError> {
+    read_meta(&tx.open_table(REF_META)?, set)
+}
+
+fn active(tx: &ReadTransaction, set: usize) -> Result<Option<TableDefinition<'static, &'static str, &'static [u8]>>, StoreError> {
+    let m = meta(tx, set)?;
+    if m.generation == 0 {
+        return Ok(None);
+    }
+    Ok(Some(REF_SLOTS[set][m.active_slot as usize & 1]))
+}
+
+/// Starts an import: empties the inactive slot and returns it.
+pub(crate) fn begin(tx: &WriteTransaction, set: usize) -> Result<u32, StoreError> {
+    let mut metas = tx.open_table(REF_META)?;
+    let mut m = read_meta(&metas, set)?;
+    let slot = if m.generation == 0 { 0 } else { 1 - (m.active_slot & 1) };
+    m.filling_slot = slot;
+    metas.insert(NAMES[set], m.encode_to_vec().as_slice())?;
+    drop(metas);
+    let def = REF_SLOTS[set][slot as usize];
+    tx.delete_table(def)?;
+    tx.open_table(def)?;
+    Ok(slot)
+}
+
+/// Adds rows (key, encoded value) to the slot being filled.
+pub(crate) fn insert(tx: &WriteTransaction, set: usize, slot: u32, rows: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+    let mut table = tx.open_table(REF_SLOTS[set][slot as usize & 1])?;
+    for (key, value) in rows {
+        table.insert(key.as_str(), value.as_slice())?;
+    }
+    Ok(())
+}
+
+/// Finishes an import: the filled slot becomes active, the old one is emptied.
+pub(crate) fn finish(
+    tx: &WriteTransaction,
+    set: usize,
+    slot: u32,
+    format: &str,
+    source: &str,
+) -> Result<RefMeta, StoreError> {
+    let mut metas = tx.open_table(REF_META)?;
+    let mut m = read_meta(&metas, set)?;
+    if m.filling_slot != slot {
+        return Err(StoreError::Corrupt(format!("{} import lost its slot", NAMES[set])));
+    }
+    let rows = tx.open_table(REF_SLOTS[set][slot as usize & 1])?.len()?;
+    let old = m.active_slot;
+    let had_data = m.generation > 0;
+    m.generation += 1;
+    m.active_slot = slot;
+    m.filling_slot = NO_SLOT;
+    m.rows = rows;
+    m.format = format.to_string();
+    m.source = source.to_string();
+    metas.insert(NAMES[set], m.encode_to_vec().as_slice())?;
+    drop(metas);
+    if had_data && old != slot {
+        let def = REF_SLOTS[set][old as usize & 1];
+        tx.delete_table(def)?;
+        tx.open_table(def)?;
+    }
+    Ok(m)
+}
+
+/// Looks a postcode (normalised) up in the active set.
+pub(crate) fn postcode(tx: &ReadTransaction, key: &str) -> Result<Option<pb::PostcodeRow>, StoreError> {
+    let Some(def) = active(tx, 0)? else { return Ok(None) };
+    let table = tx.open_table(def)?;
+    match table.get(key)? {
+        Some(bytes) => {
+            let mut row = pb::PostcodeRow::decode(bytes.value())?;
+            row.postcode = key.to_string();
+            Ok(Some(row))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Looks a practice up in the active set.
+pub(crate) fn practice(tx: &ReadTransaction, code: &str) -> Result<Option<pb::PracticeRow>, StoreError> {
+    let Some(def) = active(tx, 1)? else { return Ok(None) };
+    let table = tx.open_table(def)?;
+    match table.get(code)? {
+        Some(bytes) => {
+            let mut row = pb::PracticeRow::decode(bytes.value())?;
+            row.code = code.to_string();
+            Ok(Some(row))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The codes the code map declares equivalent to `code` (GSS ↔ ODS).
+pub(crate) fn equivalents(tx: &ReadTransaction, code: &str) -> Result<Vec<String>, StoreError> {
+    let Some(def) = active(tx, 2)? else { return Ok(Vec::new()) };
+    let table = tx.open_table(def)?;
+    match table.get(code)? {
+        Some(bytes) => Ok(String::from_utf8_lossy(bytes.value())
+            .split(',')
+            .filter(|c| !c.is_empty())
+            .map(str::to_string)
+            .collect()),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Encodes rows of a batch as (key, value) pairs for [`insert`]; the key is not repeated
+/// in the value. Code-map rows give both directions.
+pub(crate) fn encode_postcodes(rows: Vec<pb::PostcodeRow>) -> Vec<(String, Vec<u8>)> {
+    rows.into_iter()
+        .map(|mut r| {
+            let key = std::mem::take(&mut r.postcode);
+            (key, r.encode_to_vec())
+        })
+        .collect()
+}
+
+/// See [`encode_postcodes`].
+pub(crate) fn encode_practices(rows: Vec<pb::PracticeRow>) -> Vec<(String, Vec<u8>)> {
+    rows.into_iter()
+        .map(|mut r| {
+            let key = std::mem::take(&mut r.code);
+            (key, r.encode_to_vec())
+        })
+        .collect()
+}
+
+/// See [`encode_postcodes`].
+pub(crate) fn encode_code_map(rows: Vec<pb::CodeMapRow>) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::with_capacity(rows.len() * 2);
+    for r in rows {
+        out.push((r.gss.clone(), r.ods.clone().into_bytes()));
+        out.push((r.ods, r.gss.into_bytes()));
+    }
+    out
+}

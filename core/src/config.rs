@@ -42,6 +42,12 @@ pub struct CoreConfig {
     /// How long settled ledger rows (events and deliveries) are kept for audit.
     #[serde(with = "duration")]
     pub ledger_retention: Duration,
+    /// How long a dead letter keeps its payload for redrive.
+    #[serde(with = "duration")]
+    pub dead_letter_retention: Duration,
+    /// How often the retention sweeper runs.
+    #[serde(with = "duration")]
+    pub sweep_interval: Duration,
     /// How long audit records are kept.
     #[serde(with = "duration")]
     pub audit_retention: Duration,
@@ -66,6 +72,8 @@ impl Default for CoreConfig {
             max_in_flight_per_mailbox: 8,
             ledger_retention: Duration::from_secs(90 * 24 * 3600),
             audit_retention: Duration::from_secs(2 * 365 * 24 * 3600),
+            dead_letter_retention: Duration::from_secs(30 * 24 * 3600),
+            sweep_interval: Duration::from_secs(600),
             max_pending_deliveries: 1_000_000,
             event_types: Vec::new(),
         }
@@ -86,6 +94,9 @@ impl CoreConfig {
         }
         if self.max_in_flight == 0 || self.max_in_flight_per_mailbox == 0 {
             return Err("core.max_in_flight and core.max_in_flight_per_mailbox must be at least 1".into());
+        }
+        if self.sweep_interval < Duration::from_secs(1) {
+            return Err("core.sweep_interval must be at least 1s".into());
         }
         if self.operator_listen == Some(self.listen) {
             return Err("core.operator_listen must differ from core.listen".into());

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use nems_proto::v1 as pb;
 use prost::Message;
-use redb::{ReadTransaction, ReadableTable};
+use redb::ReadTransaction;
 use time::Date;
 
 use crate::domain::datetime;
@@ -17,7 +17,7 @@ use crate::store::records::MatchEntry;
 use crate::store::tables::{SUBS_BY_NHS, SUBS_BY_RULE};
 
 /// MESH's limit on `Mex-PartnerID`.
-pub const PARTNER_ID_MAX: usize = 500;
+pub(crate) const PARTNER_ID_MAX: usize = 500;
 
 /// What matching knows about the event and its patient.
 #[derive(Debug, Clone, Default)]

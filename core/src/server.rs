@@ -28,7 +28,7 @@ use crate::service::events::Events;
 use crate::service::operator::Operator;
 use crate::service::subscriptions::Subscriptions;
 use crate::state::CoreState;
-use crate::store::{Store, StoreError, StoreOptions, directory as dir_store};
+use crate::store::{Store, StoreError, StoreOptions, audit, directory as dir_store, ledger};
 
 /// Why core could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +119,14 @@ impl Core {
         if let Some(file) = file {
             apply_directory_file(&state, file).await?;
         }
+        let (heads, pending) = state
+            .store
+            .read_now(|tx| Ok((ledger::queue_heads(tx)?, ledger::pending(tx)?)))?;
+        for (mailbox, at) in &heads {
+            state.dispatcher.available(mailbox, *at);
+        }
+        state.set_pending(pending);
+        tracing::info!(pending, mailboxes = heads.len(), "delivery queue restored");
         let (systems, mailboxes) = state.directory().len();
         tracing::info!(systems, mailboxes, "directory loaded");
         Ok(Core { state })
@@ -136,11 +144,13 @@ impl Core {
         listeners: CoreListeners,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), CoreError> {
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopper = self.state.clone();
         tokio::spawn(async move {
             shutdown.await;
-            let _ = stop_tx.send(true);
+            stopper.stop.send_replace(true);
         });
+        let stop_rx = self.state.stop.subscribe();
+        let sweeper = tokio::spawn(sweep_loop(self.state.clone()));
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         set_all(&health_reporter, ServingStatus::Serving).await;
         let (service_addr, operator_addr) = listeners.addrs()?;
@@ -209,6 +219,7 @@ impl Core {
                 .map_err(|e| CoreError::Config(format!("operator task: {e}")))??;
         }
         service_result?;
+        let _ = sweeper.await;
         drop(state);
         let store = match Arc::try_unwrap(self.state) {
             Ok(state) => Some(state.store),
@@ -243,6 +254,52 @@ async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
         service_names::OPERATOR,
     ] {
         reporter.set_service_status(name, status).await;
+    }
+}
+
+/// Runs retention on a timer: releases old dead-letter payloads, removes settled ledger
+/// rows past the retention period, and prunes the audit trail.
+async fn sweep_loop(state: Arc<CoreState>) {
+    const LIMIT: usize = 5_000;
+    let mut stop = state.stop.subscribe();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(state.config.sweep_interval) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let now = crate::store::keys::now_ms();
+        let retention = state.config.ledger_retention.as_millis() as u64;
+        let dead = state.config.dead_letter_retention.as_millis() as u64;
+        let audit_cutoff = now.saturating_sub(state.config.audit_retention.as_millis() as u64);
+        loop {
+            let result = state
+                .store
+                .writer()
+                .write(move |tx| {
+                    let swept = ledger::sweep(tx, now, retention, dead, LIMIT)?;
+                    let pruned = audit::prune(tx, audit_cutoff, LIMIT)?;
+                    Ok((swept, pruned))
+                })
+                .await;
+            match result {
+                Ok((swept, pruned)) => {
+                    if swept != ledger::Swept::default() || pruned > 0 {
+                        tracing::info!(?swept, audit_pruned = pruned, "retention sweep");
+                    }
+                    let more = swept.deliveries_removed >= LIMIT
+                        || swept.events_removed >= LIMIT
+                        || swept.dead_letter_payloads_released >= LIMIT
+                        || pruned >= LIMIT;
+                    if !more || *stop.borrow() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "retention sweep failed");
+                    break;
+                }
+            }
+        }
     }
 }
 

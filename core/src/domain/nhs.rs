@@ -1,24 +1,6 @@
 //! NHS numbers: ten digits whose last is a Modulus 11 check digit.
 
-/// Returns true when `s` is ten ASCII digits with a valid Modulus 11 check digit.
-/// A computed check digit of 10 means the number is invalid; 11 means 0.
-pub fn is_valid(s: &str) -> bool {
-    let bytes = s.as_bytes();
-    if bytes.len() != 10 || !bytes.iter().all(u8::is_ascii_digit) {
-        return false;
-    }
-    let sum: u32 = bytes[..9]
-        .iter()
-        .zip((2..=10).rev())
-        .map(|(b, weight)| u32::from(b - b'0') * weight)
-        .sum();
-    let check = match 11 - (sum % 11) {
-        11 => 0,
-        10 => return false,
-        c => c,
-    };
-    u32::from(bytes[9] - b'0') == check
-}
+pub use nems_proto::ids::nhs_number_is_valid as is_valid;
 
 #[cfg(test)]
 mod tests {
@@ -42,6 +24,47 @@ mod tests {
             ("1000000010", false),
         ] {
             assert_eq!(is_valid(nhs), ok, "{nhs}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod more_tests {
+    use super::is_valid as nhs_number_is_valid;
+
+    #[test]
+    fn valid_numbers_pass() {
+        for number in [
+            "9434765919", // the NEMS specification's example
+            "9000000009", // PDS sandbox patients
+            "9000000025",
+            "9000000017",
+            "9000000033",
+            "9990000018", // synthetic test range used by our fixtures
+            "9990000026",
+            "9990000107",
+            "0000000000", // remainder 0 gives check digit 0
+        ] {
+            assert!(nhs_number_is_valid(number), "{number} should be valid");
+        }
+    }
+
+    #[test]
+    fn invalid_numbers_fail() {
+        for number in [
+            "",
+            "9434765918",  // wrong check digit
+            "9434765910",  // wrong check digit
+            "9990000000",  // first nine give check value 10: no valid number exists
+            "9990000001",  // same nine digits
+            "943476591",   // nine digits
+            "94347659190", // eleven digits
+            "943 476 5919",
+            "943476591a",
+            " 9434765919",
+            "９４３４７６５９１９", // full-width digits are not ASCII
+        ] {
+            assert!(!nhs_number_is_valid(number), "{number:?} should be invalid");
         }
     }
 }

@@ -8,7 +8,7 @@ use time::macros::format_description;
 use time::{Date, OffsetDateTime};
 
 use super::detect::{DEMOGRAPHICS_COLUMNS, Layout, is_ods_code};
-use super::nhs_number::nhs_number_is_valid;
+use super::nhs_number_is_valid;
 use super::postcode::normalise_postcode;
 use super::reader::{self, Fields, Source};
 use super::{FileKind, ReadError, ReadReport};

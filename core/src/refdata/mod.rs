@@ -12,7 +12,7 @@
 //! - `reader.rs`: the streaming loop shared by every reader (BOM, blank lines, column counts,
 //!   batching, bad-row accounting).
 //! - `postcode.rs`: [`normalise_postcode`].
-//! - `nhs_number.rs`: [`nhs_number_is_valid`].
+//! - [`nhs_number_is_valid`] is `domain::nhs::is_valid`, re-exported.
 //! - `postcodes.rs`: [`read_postcodes`] for NHSPD, NSPL and ONSPD.
 //! - `practices.rs`: [`read_practices`] for ODS epraccur.
 //! - `code_map.rs`: [`read_code_map`] for the ONS sub-ICB GSS→ODS lookups.
@@ -80,7 +80,6 @@ use nems_proto::v1::{CodeMapRow, PatientRecord, PostcodeRow, PracticeRow, Refere
 mod code_map;
 mod demographics;
 mod detect;
-mod nhs_number;
 mod postcode;
 mod postcodes;
 mod practices;
@@ -89,7 +88,7 @@ mod reader;
 pub use code_map::read_code_map;
 pub use demographics::read_demographics;
 pub use detect::detect;
-pub use nhs_number::nhs_number_is_valid;
+pub use crate::domain::nhs::is_valid as nhs_number_is_valid;
 pub use postcode::normalise_postcode;
 pub use postcodes::read_postcodes;
 pub use practices::read_practices;

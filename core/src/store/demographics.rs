@@ -4,7 +4,7 @@
 
 use nems_proto::v1 as pb;
 use prost::Message;
-use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use super::StoreError;
 use super::tables::PATIENTS;

@@ -32,11 +32,6 @@ pub(crate) fn nhs_key(nhs: &str) -> Option<u64> {
     nhs.parse().ok()
 }
 
-/// Formats an NHS number key back to its 10 digits.
-pub(crate) fn nhs_string(key: u64) -> String {
-    format!("{key:010}")
-}
-
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
@@ -72,7 +67,6 @@ mod tests {
     #[test]
     fn nhs_keys_keep_leading_zeros() {
         assert_eq!(nhs_key("0123456789"), Some(123_456_789));
-        assert_eq!(nhs_string(123_456_789), "0123456789");
         assert_eq!(nhs_key("12345"), None);
         assert_eq!(nhs_key("12345678a0"), None);
     }

@@ -395,7 +395,7 @@ pub(crate) fn redrive(
     let mut redriven = Vec::new();
     let mut skipped = Vec::new();
     for id in candidates {
-        let mut ledger = Ledger::open(tx)?;
+        let ledger = Ledger::open(tx)?;
         let Some(mut d) = ledger.load(id)? else {
             skipped.push(id);
             continue;

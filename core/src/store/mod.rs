@@ -29,6 +29,9 @@ pub(crate) mod subscriptions;
 pub(crate) mod tables;
 pub(crate) mod writer;
 
+#[cfg(test)]
+mod tests;
+
 pub use writer::WriterStats;
 use writer::{Writer, WriterSettings};
 

@@ -5,7 +5,7 @@
 
 use nems_proto::v1 as pb;
 use prost::Message;
-use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 
 use super::StoreError;
 use super::records::RefMeta;

@@ -78,11 +78,6 @@ fn create_tables(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Reads a counter (0 when never set).
-pub(crate) fn counter(table: &impl ReadableTable<&'static str, u64>, name: &str) -> Result<u64, StoreError> {
-    Ok(table.get(name)?.map(|v| v.value()).unwrap_or(0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

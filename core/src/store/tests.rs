@@ -1,0 +1,222 @@
+//! Ledger tests over a real store in a temporary directory: the conservation invariant
+//! (every delivery ends delivered, dead-lettered or suppressed), payload lifetime, leases
+//! and their expiry, stale reports, redrive, MESH reports, retention, and reopening.
+
+use nems_proto::v1 as pb;
+
+use super::events::{NewDelivery, NewEvent, accept, get_by_id};
+use super::ledger::{self, Outcome, Query, Selection};
+use super::tables::PAYLOADS;
+use super::{Store, StoreOptions};
+use redb::ReadableTable;
+
+fn store(dir: &std::path::Path) -> Store {
+    Store::open(dir, StoreOptions::default()).unwrap()
+}
+
+fn event(id: u128, mailboxes: &[&str], suppressed: bool, at: u64) -> NewEvent {
+    NewEvent {
+        event_id: id,
+        event_code: "vaccinations-1".into(),
+        message_event_type: "new".into(),
+        publisher_asid: "200000000111".into(),
+        workflow_id: "VACCINATIONS_1".into(),
+        payload: b"<Bundle/>".to_vec(),
+        deliveries: mailboxes
+            .iter()
+            .map(|m| NewDelivery {
+                mailbox: (*m).into(),
+                partner_id: String::new(),
+                subscription_ids: vec!["s".into()],
+                suppressed,
+            })
+            .collect(),
+        matched_subscriptions: mailboxes.len() as u32,
+        accepted_ms: at,
+    }
+}
+
+fn payload_held(s: &Store, seq: u64) -> bool {
+    s.read_now(|tx| Ok(tx.open_table(PAYLOADS)?.get(seq)?.is_some())).unwrap()
+}
+
+async fn lease(s: &Store, mailbox: &str, now: u64) -> Vec<pb::Delivery> {
+    let picks = vec![(mailbox.to_string(), 10)];
+    let mut leases = s.writer().write(move |tx| ledger::lease(tx, &picks, now, 1_000)).await.unwrap();
+    leases.remove(0).deliveries
+}
+
+async fn complete(s: &Store, id: u64, attempt: u32, outcome: Outcome, now: u64) -> pb::DeliveryState {
+    s.writer()
+        .write(move |tx| ledger::complete(tx, id, attempt, &outcome, now))
+        .await
+        .unwrap()
+        .unwrap()
+        .state
+}
+
+fn sent(id: &str) -> Outcome {
+    Outcome::Sent { mesh_message_id: id.into() }
+}
+
+#[tokio::test]
+async fn payload_lives_until_every_delivery_is_settled() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let e = event(1, &["A", "B"], false, 100);
+    let accepted = s.writer().write(move |tx| accept(tx, &e)).await.unwrap();
+    assert_eq!(accepted.queued_mailboxes, vec!["A", "B"]);
+    assert!(payload_held(&s, accepted.seq));
+
+    let a = lease(&s, "A", 200).await;
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].attempt, 1);
+    assert_eq!(a[0].payload, b"<Bundle/>");
+    assert_eq!(a[0].local_id, format!("{:032x}-0", 1));
+    assert_eq!(complete(&s, a[0].delivery_id, 1, sent("M1"), 300).await, pb::DeliveryState::Delivered);
+    assert!(payload_held(&s, accepted.seq), "B still needs the payload");
+
+    let b = lease(&s, "B", 300).await;
+    assert_eq!(complete(&s, b[0].delivery_id, 1, sent("M2"), 400).await, pb::DeliveryState::Delivered);
+    assert!(!payload_held(&s, accepted.seq), "payload dropped once all settled");
+    // A second report for a settled delivery changes nothing.
+    assert_eq!(complete(&s, b[0].delivery_id, 1, Outcome::Refused { code: "12".into(), reason: "x".into() }, 500).await, pb::DeliveryState::Delivered);
+}
+
+#[tokio::test]
+async fn suppressed_deliveries_are_recorded_and_never_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let e = event(2, &["A"], true, 100);
+    let accepted = s.writer().write(move |tx| accept(tx, &e)).await.unwrap();
+    assert!(accepted.queued_mailboxes.is_empty());
+    assert!(!payload_held(&s, accepted.seq));
+    assert!(lease(&s, "A", 200).await.is_empty());
+    let stats = s.read_now(|tx| ledger::stats(tx, "A")).unwrap();
+    assert_eq!(stats[0].suppressed, 1);
+    assert_eq!(stats[0].queued, 0);
+}
+
+#[tokio::test]
+async fn expired_leases_come_back_and_stale_reports_are_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let e = event(3, &["A"], false, 100);
+    s.writer().write(move |tx| accept(tx, &e)).await.unwrap();
+    let first = lease(&s, "A", 200).await;
+    assert_eq!(first.len(), 1);
+    // Leased until 1200: not available before.
+    assert!(lease(&s, "A", 1_100).await.is_empty());
+    let second = lease(&s, "A", 1_300).await;
+    assert_eq!(second[0].attempt, 2);
+    let id = second[0].delivery_id;
+    // A retry from attempt 1 is stale: still in flight.
+    let retry = Outcome::Retry { code: "503".into(), reason: "busy".into(), retry_after_ms: 10 };
+    assert_eq!(complete(&s, id, 1, retry.clone(), 1_400).await, pb::DeliveryState::InFlight);
+    // The current attempt's retry requeues it for later.
+    assert_eq!(complete(&s, id, 2, retry, 1_400).await, pb::DeliveryState::Queued);
+    assert!(lease(&s, "A", 1_405).await.is_empty());
+    let third = lease(&s, "A", 1_410).await;
+    assert_eq!(third[0].attempt, 3);
+    // A late success from an old attempt still settles it (MESH has the message).
+    assert_eq!(complete(&s, id, 1, sent("M"), 1_500).await, pb::DeliveryState::Delivered);
+}
+
+#[tokio::test]
+async fn dead_letters_keep_their_payload_for_redrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let e = event(4, &["A"], false, 100);
+    let accepted = s.writer().write(move |tx| accept(tx, &e)).await.unwrap();
+    let d = lease(&s, "A", 200).await;
+    let refused = Outcome::Refused { code: "12".into(), reason: "Unregistered to address".into() };
+    assert_eq!(complete(&s, d[0].delivery_id, 1, refused, 300).await, pb::DeliveryState::DeadLettered);
+    assert!(payload_held(&s, accepted.seq));
+    let listed = s
+        .read_now(|tx| ledger::list(tx, &Query { state: Some(pb::DeliveryState::DeadLettered), ..Default::default() }, "", 10))
+        .unwrap()
+        .0;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].last_error_code, "12");
+
+    let sel = Selection { mailbox: "A".into(), ..Default::default() };
+    let (redriven, skipped) = s.writer().write(move |tx| ledger::redrive(tx, &sel, 400)).await.unwrap();
+    assert_eq!(redriven.len(), 1);
+    assert!(skipped.is_empty());
+    let again = lease(&s, "A", 400).await;
+    assert_eq!(again[0].attempt, 2);
+    assert_eq!(complete(&s, again[0].delivery_id, 2, sent("M9"), 500).await, pb::DeliveryState::Delivered);
+    assert!(!payload_held(&s, accepted.seq));
+    // Nothing left to redrive.
+    let sel = Selection { ids: vec![again[0].delivery_id], ..Default::default() };
+    let (redriven, skipped) = s.writer().write(move |tx| ledger::redrive(tx, &sel, 600)).await.unwrap();
+    assert!(redriven.is_empty());
+    assert_eq!(skipped, vec![again[0].delivery_id]);
+}
+
+#[tokio::test]
+async fn mesh_reports_find_deliveries_by_local_or_message_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let e = event(5, &["A", "B"], false, 100);
+    s.writer().write(move |tx| accept(tx, &e)).await.unwrap();
+    let a = lease(&s, "A", 200).await;
+    complete(&s, a[0].delivery_id, 1, sent("MSG-A"), 300).await;
+    let local = a[0].local_id.clone();
+    let found = s
+        .writer()
+        .write(move |tx| {
+            let by_local = ledger::find_reported(tx, "", &local)?;
+            let by_mesh = ledger::find_reported(tx, "MSG-A", "")?;
+            let nothing = ledger::find_reported(tx, "NOPE", "junk")?;
+            if let Some(id) = by_mesh {
+                ledger::record_report(tx, id, "14", "not collected", 400)?;
+            }
+            Ok((by_local, by_mesh, nothing))
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.0, Some(a[0].delivery_id));
+    assert_eq!(found.1, Some(a[0].delivery_id));
+    assert_eq!(found.2, None);
+    let rows = s.read_now(|tx| ledger::list(tx, &Query { mailbox: "A".into(), ..Default::default() }, "", 10)).unwrap().0;
+    assert_eq!(rows[0].state(), pb::DeliveryState::DeadLettered);
+    assert_eq!(rows[0].last_error_code, "MESH_14");
+}
+
+#[tokio::test]
+async fn retention_removes_old_settled_rows_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let old = event(6, &["A"], false, 100);
+    let fresh = event(7, &["A"], false, 10_000);
+    s.writer().write(move |tx| accept(tx, &old)).await.unwrap();
+    s.writer().write(move |tx| accept(tx, &fresh)).await.unwrap();
+    let d = lease(&s, "A", 20_000).await;
+    assert_eq!(d.len(), 2);
+    complete(&s, d[0].delivery_id, 1, sent("M"), 20_100).await;
+    // The fresh event's delivery stays in flight.
+    let swept = s.writer().write(|tx| ledger::sweep(tx, 20_200, 5_000, 1_000_000, 100)).await.unwrap();
+    assert_eq!(swept.deliveries_removed, 1);
+    assert_eq!(swept.events_removed, 1);
+    assert!(s.read_now(|tx| get_by_id(tx, 6)).unwrap().is_none());
+    assert!(s.read_now(|tx| get_by_id(tx, 7)).unwrap().is_some());
+    let stats = s.read_now(|tx| ledger::stats(tx, "A")).unwrap();
+    assert_eq!((stats[0].delivered, stats[0].in_flight), (0, 1));
+}
+
+#[tokio::test]
+async fn the_queue_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = store(dir.path());
+        let e = event(8, &["A", "B"], false, 100);
+        s.writer().write(move |tx| accept(tx, &e)).await.unwrap();
+        lease(&s, "A", 200).await;
+        s.close();
+    }
+    let s = store(dir.path());
+    let heads = s.read_now(ledger::queue_heads).unwrap();
+    assert_eq!(heads, vec![("A".to_string(), 1_200), ("B".to_string(), 100)]);
+    assert_eq!(s.read_now(ledger::pending).unwrap(), 2);
+}

@@ -1,0 +1,99 @@
+//! The edge's configuration: the `[edge]` section of the nems TOML file.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The `[edge]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeConfig {
+    /// HTTP listen address. Env: `NEMS_EDGE_LISTEN`.
+    pub listen: SocketAddr,
+    /// Core's gRPC service API URL. Env: `NEMS_CORE_URL`.
+    pub core_url: String,
+    /// The public base URL (no trailing slash, without `/STU3`), used in `Location` and
+    /// the CapabilityStatement. Env: `NEMS_BASE_URL`.
+    pub base_url: String,
+    /// This service's own ASID: requests must carry it in `toASID`. Env: `NEMS_SERVICE_ASID`.
+    pub service_asid: String,
+    /// Largest request body accepted (publish: 3 MB).
+    pub max_body_bytes: usize,
+    /// Largest request header block accepted.
+    pub max_header_bytes: usize,
+    /// Whole-request timeout (reading the body, calling core, answering).
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
+    /// Time allowed to receive the request headers (slow-client protection).
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
+    /// Deadline of each call to core.
+    #[serde(with = "duration")]
+    pub core_timeout: Duration,
+    /// Tolerated clock difference when checking JWT `iat` and `exp`.
+    #[serde(with = "duration")]
+    pub clock_skew: Duration,
+    /// Most concurrent connections; further ones wait to be accepted.
+    pub max_connections: usize,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9080)),
+            core_url: "http://127.0.0.1:9090".into(),
+            base_url: "http://127.0.0.1:9080".into(),
+            service_asid: "200000000306".into(),
+            max_body_bytes: 3 * 1024 * 1024,
+            max_header_bytes: 64 * 1024,
+            request_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            core_timeout: Duration::from_secs(10),
+            clock_skew: Duration::from_secs(60),
+            max_connections: 4096,
+        }
+    }
+}
+
+impl EdgeConfig {
+    /// Checks values serde cannot; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.service_asid.len() != 12 || !self.service_asid.bytes().all(|b| b.is_ascii_digit()) {
+            return Err("edge.service_asid must be 12 digits".into());
+        }
+        if !(self.core_url.starts_with("http://") || self.core_url.starts_with("https://")) {
+            return Err("edge.core_url must be an http:// or https:// URL".into());
+        }
+        if !(self.base_url.starts_with("http://") || self.base_url.starts_with("https://"))
+            || self.base_url.ends_with('/')
+        {
+            return Err("edge.base_url must be an http(s) URL without a trailing slash".into());
+        }
+        if self.max_body_bytes < 1024 {
+            return Err("edge.max_body_bytes must be at least 1024".into());
+        }
+        if self.max_header_bytes < 8192 {
+            return Err("edge.max_header_bytes must be at least 8192".into());
+        }
+        if self.max_connections == 0 {
+            return Err("edge.max_connections must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Serde support for human-readable durations (`humantime`).
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    /// Deserializes `"90s"`, `"5m"`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!("`{text}` is not a duration ({e}); write e.g. 500ms, 30s, 5m"))
+        })
+    }
+}

@@ -1,1 +1,0 @@
-//! The real mesh-sandbox as a child process.

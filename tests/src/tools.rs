@@ -20,10 +20,13 @@ pub fn venv(test: &str) -> Option<PathBuf> {
         "{test}: the Python test tools are missing at {}; run scripts/setup-test-tools.sh",
         dir.display()
     );
-    eprintln!(
-        "skipping {test}: no Python venv at {} (run scripts/setup-test-tools.sh)",
-        dir.display()
-    );
+    #[allow(clippy::print_stderr, reason = "a skip notice is the point")]
+    {
+        eprintln!(
+            "skipping {test}: no Python venv at {} (run scripts/setup-test-tools.sh)",
+            dir.display()
+        );
+    }
     None
 }
 
@@ -33,6 +36,9 @@ pub fn shared_dir(test: &str) -> Option<PathBuf> {
     if dir.join("fixtures").is_dir() {
         return Some(dir);
     }
-    eprintln!("skipping {test}: ../shared is absent (fresh clone without the shared fixtures)");
+    #[allow(clippy::print_stderr, reason = "a skip notice is the point")]
+    {
+        eprintln!("skipping {test}: ../shared is absent (fresh clone without the shared fixtures)");
+    }
     None
 }

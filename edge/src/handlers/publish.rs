@@ -1,0 +1,54 @@
+//! `POST /STU3/Events/1/$process-message`: read the Bundle's structure, hand it and the
+//! exact bytes to core, answer `202` (empty, or an information OperationOutcome for a
+//! deprecated event type).
+
+use http::{HeaderMap, StatusCode};
+use nems_proto::spine::SpineCode;
+use nems_proto::v1 as pb;
+
+use super::subscription::fhir_error;
+use super::{AppState, Ctx, HttpResponse, check_headers, empty_response, error_response, fhir_response, notices_body};
+use crate::error::EdgeError;
+use crate::fhir::Format;
+use crate::jwt::Operation;
+use crate::negotiate::{Formats, request_format, response_format};
+use crate::translate::bundle;
+
+/// Publishes one event message.
+pub async fn publish(state: &AppState, headers: &HeaderMap, body: bytes::Bytes, ctx: &Ctx) -> HttpResponse {
+    let result = async {
+        request_format(headers, Formats::XmlOnly)?;
+        response_format(headers, ctx.query.as_deref(), Formats::XmlOnly, Format::Xml)?;
+        let checked = check_headers(&state.config, headers, Operation::Publish, &ctx.request_id)?;
+        if body.is_empty() {
+            return Err(EdgeError::new(SpineCode::BadRequest, "an event message Bundle is required in the body"));
+        }
+        let message = bundle::extract(&body).map_err(|e| match fhir_error(e) {
+            EdgeError { code: SpineCode::InvalidResource, diagnostics, .. } => {
+                EdgeError::new(SpineCode::InvalidResource, diagnostics)
+            }
+            other => other,
+        })?;
+        let request = pb::PublishEventRequest {
+            caller: Some(checked.caller),
+            interaction_id: checked.interaction_id,
+            message: Some(message),
+            payload: body.to_vec(),
+        };
+        let accepted = state
+            .core
+            .events
+            .clone()
+            .publish_event(request)
+            .await
+            .map_err(|s| EdgeError::from_core(&s, &ctx.request_id))?
+            .into_inner();
+        tracing::info!(request_id = %ctx.request_id, event = %accepted.event_id, mailboxes = accepted.mailboxes, "event published");
+        Ok(match notices_body(&accepted.notices, Format::Xml, &ctx.request_id) {
+            Some(body) => fhir_response(StatusCode::ACCEPTED, Format::Xml, body),
+            None => empty_response(StatusCode::ACCEPTED),
+        })
+    }
+    .await;
+    result.unwrap_or_else(|e| error_response(&e, Format::Xml, &ctx.request_id))
+}

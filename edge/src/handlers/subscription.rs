@@ -1,0 +1,182 @@
+//! `POST /STU3/Subscription`, `GET` and `DELETE /STU3/Subscription/{id}`: translate FHIR to
+//! protobuf, call core, translate back. No NEMS rule is applied here.
+
+use http::header::{ETAG, LAST_MODIFIED, LOCATION};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use nems_proto::spine::SpineCode;
+use nems_proto::v1 as pb;
+
+use super::{AppState, Ctx, HttpResponse, check_headers, empty_response, error_response, fhir_response, notices_body};
+use crate::error::EdgeError;
+use crate::fhir::{FhirError, Format};
+use crate::jwt::Operation;
+use crate::negotiate::{Formats, request_format, response_format};
+use crate::translate::subscription as translate;
+
+/// Maps a body parse failure.
+pub fn fhir_error(e: FhirError) -> EdgeError {
+    match e {
+        FhirError::NotWellFormed(text) => EdgeError::new(SpineCode::MessageNotWellFormed, text),
+        FhirError::Invalid(text) => EdgeError::new(SpineCode::InvalidResource, text),
+    }
+}
+
+/// `POST /STU3/Subscription`.
+pub async fn create(state: &AppState, headers: &HeaderMap, body: bytes::Bytes, ctx: &Ctx) -> HttpResponse {
+    let body_format = match request_format(headers, Formats::XmlOrJson) {
+        Ok(f) => f,
+        Err(e) => return error_response(&e, Format::Xml, &ctx.request_id),
+    };
+    let format = match response_format(headers, ctx.query.as_deref(), Formats::XmlOrJson, body_format) {
+        Ok(f) => f,
+        Err(e) => return error_response(&e, Format::Xml, &ctx.request_id),
+    };
+    match create_inner(state, headers, body, body_format, format, ctx).await {
+        Ok(response) => response,
+        Err(e) => error_response(&e, format, &ctx.request_id),
+    }
+}
+
+async fn create_inner(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: bytes::Bytes,
+    body_format: Format,
+    format: Format,
+    ctx: &Ctx,
+) -> Result<HttpResponse, EdgeError> {
+    let checked = check_headers(&state.config, headers, Operation::Create, &ctx.request_id)?;
+    if body.is_empty() {
+        return Err(EdgeError::new(SpineCode::BadRequest, "a Subscription resource is required in the body"));
+    }
+    let resource = translate::parse(body_format, &body).map_err(fhir_error)?;
+    let request = pb::CreateSubscriptionRequest {
+        caller: Some(checked.caller),
+        subscription: Some(resource),
+    };
+    let created = state
+        .core
+        .subscriptions
+        .clone()
+        .create_subscription(request)
+        .await
+        .map_err(|s| EdgeError::from_core(&s, &ctx.request_id))?
+        .into_inner();
+    let location = format!("{}/STU3/Subscription/{}", state.config.base_url, created.id);
+    let mut response = match notices_body(&created.notices, format, &ctx.request_id) {
+        Some(body) => fhir_response(StatusCode::CREATED, format, body),
+        None => empty_response(StatusCode::CREATED),
+    };
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(LOCATION, value);
+    }
+    if let Some(stored) = &created.subscription {
+        version_headers(response.headers_mut(), stored);
+    }
+    tracing::info!(request_id = %ctx.request_id, subscription = %created.id, "subscription created");
+    Ok(response)
+}
+
+/// `GET /STU3/Subscription/{id}`.
+pub async fn read(state: &AppState, headers: &HeaderMap, id: &str, body: bytes::Bytes, ctx: &Ctx) -> HttpResponse {
+    let format = match response_format(headers, ctx.query.as_deref(), Formats::XmlOrJson, Format::Xml) {
+        Ok(f) => f,
+        Err(e) => return error_response(&e, Format::Xml, &ctx.request_id),
+    };
+    let result = async {
+        let checked = check_headers(&state.config, headers, Operation::Read, &ctx.request_id)?;
+        if !body.is_empty() {
+            return Err(EdgeError::new(SpineCode::BadRequest, "a read must not carry a body"));
+        }
+        let request = pb::GetSubscriptionRequest {
+            caller: Some(checked.caller),
+            id: id.to_ascii_lowercase(),
+        };
+        let got = state
+            .core
+            .subscriptions
+            .clone()
+            .get_subscription(request)
+            .await
+            .map_err(|s| EdgeError::from_core(&s, &ctx.request_id))?
+            .into_inner();
+        let resource = got.subscription.unwrap_or_default();
+        let mut response = fhir_response(StatusCode::OK, format, translate::write(format, &resource));
+        version_headers(response.headers_mut(), &resource);
+        Ok(response)
+    }
+    .await;
+    result.unwrap_or_else(|e| error_response(&e, format, &ctx.request_id))
+}
+
+/// `DELETE /STU3/Subscription/{id}`.
+pub async fn delete(state: &AppState, headers: &HeaderMap, id: &str, ctx: &Ctx) -> HttpResponse {
+    let format = match response_format(headers, ctx.query.as_deref(), Formats::XmlOrJson, Format::Xml) {
+        Ok(f) => f,
+        Err(e) => return error_response(&e, Format::Xml, &ctx.request_id),
+    };
+    let result = async {
+        let checked = check_headers(&state.config, headers, Operation::Delete, &ctx.request_id)?;
+        let request = pb::DeleteSubscriptionRequest {
+            caller: Some(checked.caller),
+            id: id.to_ascii_lowercase(),
+        };
+        state
+            .core
+            .subscriptions
+            .clone()
+            .delete_subscription(request)
+            .await
+            .map_err(|s| EdgeError::from_core(&s, &ctx.request_id))?;
+        tracing::info!(request_id = %ctx.request_id, subscription = %id, "subscription deleted");
+        Ok(empty_response(StatusCode::OK))
+    }
+    .await;
+    result.unwrap_or_else(|e| error_response(&e, format, &ctx.request_id))
+}
+
+/// `ETag` (weak, from `meta.versionId`) and `Last-Modified` (from `meta.lastUpdated`).
+fn version_headers(headers: &mut HeaderMap, resource: &pb::SubscriptionResource) {
+    let Some(meta) = &resource.meta else { return };
+    if !meta.version_id.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&format!("W/\"{}\"", meta.version_id))
+    {
+        headers.insert(ETAG, v);
+    }
+    if let Some(http_date) = http_date(&meta.last_updated)
+        && let Ok(v) = HeaderValue::from_str(&http_date)
+    {
+        headers.insert(LAST_MODIFIED, v);
+    }
+}
+
+/// Formats a FHIR instant as an HTTP date (RFC 7231 IMF-fixdate).
+fn http_date(instant: &str) -> Option<String> {
+    use time::format_description::well_known::Rfc3339;
+    let t = time::OffsetDateTime::parse(instant, &Rfc3339).ok()?;
+    let t = t.to_offset(time::UtcOffset::UTC);
+    let days = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    Some(format!(
+        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
+        days[t.weekday().number_days_from_monday() as usize],
+        t.day(),
+        months[u8::from(t.month()) as usize - 1],
+        t.year(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn http_dates() {
+        assert_eq!(
+            super::http_date("2024-01-31T10:00:00.123+01:00").as_deref(),
+            Some("Wed, 31 Jan 2024 09:00:00 GMT")
+        );
+        assert_eq!(super::http_date("nonsense"), None);
+    }
+}

@@ -527,6 +527,7 @@ fn invalid_xml_resources_are_invalid() {
         x(r#"<channel value="SECRET"><type value="message"/></channel>"#),
         x(r#"<channel><type value="message"/><foo value="SECRET"/></channel>"#),
         x(r#"<channel/>"#),
+        x(r#"<contact id="c1"></contact>"#),
         x(r#"<meta></meta>"#),
         x(r#"<contact><system value="url"/><use value="work"/><use value="home"/></contact>"#),
         x(r#"<tag><code value="a"/><userSelected value="yes"/></tag>"#),
@@ -586,6 +587,7 @@ fn invalid_json_resources_are_invalid() {
         j(r#""contact":{"system":"url"}"#),
         j(r#""contact":[]"#),
         j(r#""contact":[{}]"#),
+        j(r#""contact":[{"id":"c1"}]"#),
         j(r#""contact":["SECRET"]"#),
         j(r#""contact":[{"system":"url","foo":1}]"#),
         j(r#""contact":[{"system":"url","system":"email"}]"#),
@@ -846,7 +848,13 @@ fn oracle_rejects_invalid_documents() {
 #[ignore = "timing report; run with --release -- --ignored"]
 fn timing() {
     use std::time::Instant;
-    for (format, name) in [(Format::Xml, "stored.xml"), (Format::Json, "stored.json")] {
+    let cases = [
+        (Format::Xml, "explicit.xml"),
+        (Format::Json, "explicit.json"),
+        (Format::Xml, "stored.xml"),
+        (Format::Json, "stored.json"),
+    ];
+    for (format, name) in cases {
         let body = fixture(name);
         let sub = parse(format, &body);
         let n = 20_000;

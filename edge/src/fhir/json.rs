@@ -7,15 +7,20 @@
 //! never values.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::FhirError;
-use super::xml::{Path, ResourceWriter, echo_name, is_xml_char, strip_bom};
+use super::xml::{Path, ResourceWriter, echo_name, is_xml_text, strip_bom};
 
 /// The deepest array/object nesting the reader accepts (the resource object is level 1).
 pub(crate) const MAX_DEPTH: usize = 64;
+
+/// The most values (of any kind) a document may hold, which bounds the tree's memory; a
+/// Subscription has a few dozen.
+pub(crate) const MAX_VALUES: usize = 20_000;
 
 /// A parsed JSON value.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,17 +42,21 @@ pub(crate) enum Value<'a> {
 /// Parses `body` as one JSON value, rejecting trailing content and deep nesting.
 pub(crate) fn parse(body: &[u8]) -> Result<Value<'_>, FhirError> {
     let mut de = serde_json::Deserializer::from_slice(strip_bom(body));
-    let value = ValueSeed { depth: 0 }
-        .deserialize(&mut de)
-        .map_err(syntax)?;
+    let budget = Cell::new(MAX_VALUES);
+    let value = ValueSeed {
+        depth: 0,
+        budget: &budget,
+    }
+    .deserialize(&mut de)
+    .map_err(syntax)?;
     de.end().map_err(syntax)?;
     Ok(value)
 }
 
 fn syntax(e: serde_json::Error) -> FhirError {
     if e.classify() == serde_json::error::Category::Data {
-        // Only the depth check below raises a data error.
-        return FhirError::NotWellFormed(format!("json nesting exceeds {MAX_DEPTH} levels"));
+        // Only the limits below raise data errors; their text holds no value.
+        return FhirError::NotWellFormed(e.to_string());
     }
     FhirError::NotWellFormed(format!(
         "malformed json at line {} column {}",
@@ -82,7 +91,7 @@ pub(crate) fn string(value: &Value<'_>, path: Path<'_>) -> Result<String, FhirEr
     if s.is_empty() {
         return Err(FhirError::Invalid(format!("{path} must not be empty")));
     }
-    if !s.chars().all(is_xml_char) {
+    if !is_xml_text(s) {
         return Err(FhirError::Invalid(format!(
             "{path} contains a control character"
         )));
@@ -155,8 +164,17 @@ pub(crate) struct Fields<'v, 'a> {
 }
 
 impl Fields<'_, '_> {
-    /// Checks that every `_x` member seen has its `x` member too.
+    /// Checks, once every member is read, that every `_x` member seen has its `x` member too,
+    /// and that the object holds more than an `id` (FHIR `ele-1`).
     fn check_pairs(&self) -> Result<(), FhirError> {
+        let id_only = self
+            .known
+            .iter()
+            .position(|k| *k == "id")
+            .map(|i| 1u64 << i);
+        if id_only == Some(self.seen) {
+            return Err(FhirError::Invalid(format!("{} has no content", self.path)));
+        }
         for (i, name) in self.known.iter().enumerate() {
             let Some(base) = name.strip_prefix('_') else {
                 continue;
@@ -281,30 +299,42 @@ pub(crate) fn element_ext_list(
 
 // === Tree building ===
 
-struct ValueSeed {
+/// Builds one value, counting it against the document's budget.
+#[derive(Clone, Copy)]
+struct ValueSeed<'b> {
     depth: usize,
+    budget: &'b Cell<usize>,
 }
 
-impl<'de> DeserializeSeed<'de> for ValueSeed {
+impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
     type Value = Value<'de>;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        let Some(left) = self.budget.get().checked_sub(1) else {
+            return Err(de::Error::custom(format!(
+                "json document exceeds {MAX_VALUES} values"
+            )));
+        };
+        self.budget.set(left);
         deserializer.deserialize_any(self)
     }
 }
 
-impl ValueSeed {
-    fn nested<E: de::Error>(&self) -> Result<ValueSeed, E> {
+impl ValueSeed<'_> {
+    fn nested<E: de::Error>(self) -> Result<Self, E> {
         if self.depth >= MAX_DEPTH {
-            return Err(E::custom("nesting too deep"));
+            return Err(E::custom(format!(
+                "json nesting exceeds {MAX_DEPTH} levels"
+            )));
         }
         Ok(ValueSeed {
             depth: self.depth + 1,
+            ..self
         })
     }
 }
 
-impl<'de> Visitor<'de> for ValueSeed {
+impl<'de> Visitor<'de> for ValueSeed<'_> {
     type Value = Value<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -355,7 +385,7 @@ impl<'de> Visitor<'de> for ValueSeed {
         let seed = self.nested()?;
         let mut members = Vec::new();
         while let Some(key) = map.next_key_seed(KeySeed)? {
-            members.push((key, map.next_value_seed(ValueSeed { depth: seed.depth })?));
+            members.push((key, map.next_value_seed(seed)?));
         }
         Ok(Value::Object(members))
     }
@@ -560,6 +590,16 @@ mod tests {
         ));
         let ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
         assert!(parse(ok.as_bytes()).is_ok());
+        let many = format!("[{}0]", "0,".repeat(MAX_VALUES - 2));
+        assert!(parse(many.as_bytes()).is_ok());
+        let too_many = format!("[{}0]", "0,".repeat(MAX_VALUES - 1));
+        let Err(FhirError::NotWellFormed(text)) = parse(too_many.as_bytes()) else {
+            panic!("too many values accepted");
+        };
+        assert!(
+            text.starts_with("json document exceeds 20000 values"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -641,6 +681,10 @@ mod tests {
             run(r#"{"_a":{}}"#),
             Err(FhirError::Invalid("X.a has no value".into()))
         );
+        const WITH_ID: &[&str] = &["id", "a"];
+        let v = parse(br#"{"id":"x"}"#).unwrap();
+        let got: Result<Vec<_>, _> = fields(&v, WITH_ID, "X").unwrap().collect();
+        assert_eq!(got, Err(FhirError::Invalid("X has no content".into())));
         assert_eq!(
             run("{}"),
             Err(FhirError::Invalid("X must not be an empty object".into()))

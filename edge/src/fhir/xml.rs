@@ -241,8 +241,15 @@ impl<'a> XmlReader<'a> {
             if attr.key.as_namespace_binding().is_some() {
                 continue;
             }
-            let (ns, local) = self.inner.resolver().resolve_attribute(attr.key);
-            match (ns, local.into_inner()) {
+            // Unprefixed attributes are in no namespace; only prefixed ones need resolving.
+            let (ns, local) = match attr.key.prefix() {
+                None => (ResolveResult::Unbound, attr.key.as_ref()),
+                Some(_) => {
+                    let (ns, local) = self.inner.resolver().resolve_attribute(attr.key);
+                    (ns, local.into_inner())
+                }
+            };
+            match (ns, local) {
                 (ResolveResult::Unbound, "value") => attrs.value = Some(attr_value(&attr, path)?),
                 (ResolveResult::Unbound, "id") => {
                     attr_value(&attr, path)?;
@@ -400,7 +407,7 @@ fn attr_value(attr: &Attribute<'_>, path: Path<'_>) -> Result<String, FhirError>
     let value = attr
         .normalized_value(XmlVersion::Implicit1_0)
         .map_err(|_| bad())?;
-    if !value.chars().all(is_xml_char) {
+    if !is_xml_text(&value) {
         return Err(bad());
     }
     Ok(value.into_owned())
@@ -409,6 +416,19 @@ fn attr_value(attr: &Attribute<'_>, path: Path<'_>) -> Result<String, FhirError>
 /// Whether `c` is allowed in an XML 1.0 document (`Char` production).
 pub(crate) fn is_xml_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
+/// Whether every character of `s` is allowed in an XML 1.0 document; a byte scan, since
+/// only C0 controls and U+FFFE/U+FFFF (UTF-8 `EF BF BE`/`EF BF BF`) can break the rule in a
+/// Rust string.
+pub(crate) fn is_xml_text(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    bytes.iter().enumerate().all(|(i, &b)| match b {
+        b'\t' | b'\n' | b'\r' => true,
+        0x00..=0x1f => false,
+        0xef => !matches!(bytes.get(i + 1..i + 3), Some([0xbf, 0xbe | 0xbf])),
+        _ => true,
+    })
 }
 
 // === ResourceWriter ===
@@ -533,28 +553,32 @@ impl ResourceWriter for XmlWriter {
 /// written as a character reference so that it survives attribute-value normalisation;
 /// characters XML cannot carry become U+FFFD.
 fn escape_attr(buf: &mut Vec<u8>, value: &str) {
-    let mut rest = value;
-    while let Some(pos) = rest
-        .find(|c: char| matches!(c, '&' | '<' | '>' | '"' | '\t' | '\n' | '\r') || !is_xml_char(c))
-    {
-        buf.extend_from_slice(&rest.as_bytes()[..pos]);
-        let Some(c) = rest[pos..].chars().next() else {
-            break;
+    let bytes = value.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let replacement: &[u8] = match b {
+            b'&' => b"&amp;",
+            b'<' => b"&lt;",
+            b'>' => b"&gt;",
+            b'"' => b"&quot;",
+            b'\t' => b"&#9;",
+            b'\n' => b"&#10;",
+            b'\r' => b"&#13;",
+            0x00..=0x1f => "\u{FFFD}".as_bytes(),
+            // U+FFFE and U+FFFF (EF BF BE, EF BF BF) cannot appear in XML either.
+            0xef if matches!(bytes.get(i + 1..i + 3), Some([0xbf, 0xbe | 0xbf])) => {
+                buf.extend_from_slice(&bytes[start..i]);
+                buf.extend_from_slice("\u{FFFD}".as_bytes());
+                start = i + 3;
+                continue;
+            }
+            _ => continue,
         };
-        let replacement: &str = match c {
-            '&' => "&amp;",
-            '<' => "&lt;",
-            '>' => "&gt;",
-            '"' => "&quot;",
-            '\t' => "&#9;",
-            '\n' => "&#10;",
-            '\r' => "&#13;",
-            _ => "\u{FFFD}",
-        };
-        buf.extend_from_slice(replacement.as_bytes());
-        rest = &rest[pos + c.len_utf8()..];
+        buf.extend_from_slice(&bytes[start..i]);
+        buf.extend_from_slice(replacement);
+        start = i + 1;
     }
-    buf.extend_from_slice(rest.as_bytes());
+    buf.extend_from_slice(&bytes[start..]);
 }
 
 #[cfg(test)]
@@ -578,6 +602,8 @@ mod tests {
             ("l1\nl2\tx\r", "l1&#10;l2&#9;x&#13;"),
             ("bell\u{7}", "bell\u{FFFD}"),
             ("é€😀", "é€😀"),
+            ("x\u{FFFE}y\u{FFFF}", "x\u{FFFD}y\u{FFFD}"),
+            ("\u{FFFD}\u{EFFF}", "\u{FFFD}\u{EFFF}"),
         ];
         for (input, want) in cases {
             assert_eq!(escaped(input), want, "{input:?}");
@@ -613,6 +639,23 @@ mod tests {
         assert!(
             doc.ends_with(r#"<Basic xmlns="http://hl7.org/fhir"><d><e value="1"/></d></Basic>"#)
         );
+    }
+
+    #[test]
+    fn xml_text_matches_the_char_production() {
+        let samples = [
+            "plain",
+            "tab\tlf\ncr\r",
+            "é€😀\u{D7FF}\u{E000}\u{FFFD}\u{10000}",
+            "\u{0}",
+            "\u{1f}",
+            "a\u{FFFE}",
+            "\u{FFFF}b",
+            "\u{7f}\u{85}",
+        ];
+        for s in samples {
+            assert_eq!(is_xml_text(s), s.chars().all(is_xml_char), "{s:?}");
+        }
     }
 
     #[test]

@@ -527,3 +527,79 @@ fn write_with<W: ResourceWriter>(mut w: W, s: &pb::SubscriptionResource) -> Vec<
     w.close_list();
     w.finish()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_element_path() {
+        let cases = [
+            (
+                Format::Xml,
+                "<Subscription xmlns=\"http://hl7.org/fhir\"><foo/></Subscription>",
+                "unknown element foo in Subscription",
+            ),
+            (
+                Format::Xml,
+                "<Subscription xmlns=\"http://hl7.org/fhir\"><channel><type value=\"a\"/><type value=\"b\"/></channel></Subscription>",
+                "Subscription.channel.type is repeated",
+            ),
+            (
+                Format::Xml,
+                "<Subscription xmlns=\"http://hl7.org/fhir\"><contact><use/></contact></Subscription>",
+                "Subscription.contact.use has no value",
+            ),
+            (
+                Format::Xml,
+                "<Subscription xmlns=\"http://hl7.org/fhir\"><reason value=\"\"/></Subscription>",
+                "Subscription.reason must not be empty",
+            ),
+            (
+                Format::Json,
+                r#"{"resourceType":"Subscription","channel":{"type":1}}"#,
+                "Subscription.channel.type must be a string, not a number",
+            ),
+            (
+                Format::Json,
+                r#"{"resourceType":"Subscription","meta":{"profile":"p"}}"#,
+                "Subscription.meta.profile must be an array, not a string",
+            ),
+            (
+                Format::Json,
+                r#"{"resourceType":"Subscription","tag":[{"code":"c","_code":{"ext":1}}]}"#,
+                "unknown element ext in Subscription.tag._code",
+            ),
+        ];
+        for (format, body, want) in cases {
+            assert_eq!(
+                parse(format, body.as_bytes()),
+                Err(FhirError::Invalid(want.into())),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn notes_are_relative_sorted_and_unique() {
+        let mut notes = Notes::default();
+        notes.add(ROOT, "text");
+        notes.add(CONTACT, "extension");
+        notes.ext(
+            CHANNEL,
+            "header",
+            ElementExt {
+                id: true,
+                extension: true,
+            },
+        );
+        notes.add(CONTACT, "extension");
+        let want = [
+            "channel.header.extension",
+            "channel.header.id",
+            "contact.extension",
+            "text",
+        ];
+        assert_eq!(notes.finish(), want);
+    }
+}

@@ -8,7 +8,8 @@ the per-resource schema, which includes ``fhir-base.xsd``, if the single schema 
 loaded) and parsed with the ``fhir.resources`` STU3 model named by its root element. Every
 ``.json`` file is checked against the FHIR JSON rules a model does not check (``resourceType``
 first, no empty strings, arrays or objects, no ``null`` outside ``_x`` arrays) and parsed with
-the model named by its ``resourceType``.
+the model named by its ``resourceType``. When ``x.xml`` and ``x.json`` are both given, their
+parsed models must be equal (the two renderings of one resource).
 
 Prints one line per file and exits 1 if any file fails, 2 on a usage or set-up error.
 """
@@ -62,8 +63,7 @@ def check_xml(path, schemas):
     if not schema.validate(etree.ElementTree(doc)):
         errors = "; ".join(f"line {e.line}: {e.message}" for e in schema.error_log)
         raise ValueError(f"xsd: {errors}")
-    model(resource_type).model_validate_xml(data)
-    return resource_type
+    return model(resource_type).model_validate_xml(data)
 
 
 def json_rules(value, where, in_ext_array=False):
@@ -89,8 +89,7 @@ def check_json(path):
     if not isinstance(doc, dict) or next(iter(doc), None) != "resourceType":
         raise ValueError("resourceType is not the first member")
     json_rules(doc, doc["resourceType"])
-    model(doc["resourceType"]).model_validate_json(data)
-    return doc["resourceType"]
+    return model(doc["resourceType"]).model_validate_json(data)
 
 
 def main(argv):
@@ -99,20 +98,30 @@ def main(argv):
         return 2
     schemas = Schemas(argv[1])
     failed = 0
+    parsed = {}
     for name in argv[2:]:
         path = Path(name)
         try:
             if path.suffix == ".xml":
-                resource_type = check_xml(path, schemas)
+                resource = check_xml(path, schemas)
             elif path.suffix == ".json":
-                resource_type = check_json(path)
+                resource = check_json(path)
             else:
                 raise ValueError("unknown file type")
-            print(f"ok   {path.name} ({resource_type})")
+            parsed.setdefault(path.with_suffix(""), {})[path.suffix] = resource
+            print(f"ok   {path.name} ({resource.get_resource_type()})")
         except Exception as e:  # noqa: BLE001 - report every failure, then exit 1
             failed += 1
             print(f"FAIL {path.name}: {type(e).__name__}: {e}")
-    print(f"{len(argv) - 2 - failed} ok, {failed} failed")
+    pairs = 0
+    for stem, renderings in parsed.items():
+        if len(renderings) == 2:
+            pairs += 1
+            xml, js = renderings[".xml"].model_dump(), renderings[".json"].model_dump()
+            if xml != js:
+                failed += 1
+                print(f"FAIL {stem.name}: xml and json differ:\n  xml  {xml}\n  json {js}")
+    print(f"{len(argv) - 2} files, {pairs} xml/json pairs compared, {failed} failed")
     return 1 if failed else 0
 
 

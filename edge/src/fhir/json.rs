@@ -516,6 +516,9 @@ impl ResourceWriter for JsonWriter {
 
     fn close(&mut self) {
         debug_assert!(self.stack.len() > 1, "close without open");
+        if self.stack.len() <= 1 {
+            return; // never close the resource object here
+        }
         let Some((_, is_array)) = self.stack.pop() else {
             return;
         };

@@ -7,7 +7,10 @@
 //! paths, never values.
 //!
 //! The writer emits compact XML and omits an element whose content turns out to be empty, so
-//! callers can open elements freely and write only the values they have.
+//! callers can open elements freely and write only the values they have. It implements
+//! [`ResourceWriter`], which the JSON writer implements too, so that each resource has one
+//! writing function for both formats. [`Path`] and the name and character checks here are
+//! shared with the JSON reader.
 
 use quick_xml::XmlVersion;
 use quick_xml::events::attributes::Attribute;
@@ -531,6 +534,9 @@ impl ResourceWriter for XmlWriter {
 
     fn close(&mut self) {
         debug_assert!(self.stack.len() > 1, "close without open");
+        if self.stack.len() <= 1 {
+            return; // never close the root here
+        }
         let Some(name) = self.stack.pop() else { return };
         if self.flushed > self.stack.len() {
             self.flushed = self.stack.len();
@@ -544,7 +550,9 @@ impl ResourceWriter for XmlWriter {
         while self.stack.len() > 1 {
             self.close();
         }
-        self.end_tag(self.stack[0]);
+        if let Some(root) = self.stack.pop() {
+            self.end_tag(root);
+        }
         self.buf
     }
 }

@@ -1,2 +1,97 @@
-//! The `nems` launcher.
-fn main() {}
+//! The `nems` launcher: runs core, edge and mesh-adapter together (`nems up`) or one at a
+//! time, imports reference data, and runs operator commands.
+//!
+//! # Layout
+//! - `config.rs`: the TOML file and environment overrides; `logging.rs`: tracing.
+//! - `run.rs`: `up`, `core`, `edge`, `mesh-adapter`; `embedded.rs`: `up`'s defaults.
+//! - `import.rs`: streaming imports with progress; `admin.rs`: operator commands.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+mod admin;
+mod config;
+mod embedded;
+mod import;
+mod logging;
+mod run;
+
+/// National Events Management Service: FHIR STU3 publish/subscribe over MESH.
+#[derive(Debug, Parser)]
+#[command(name = "nems", version)]
+struct Cli {
+    /// Configuration file (TOML); environment variables override it.
+    #[arg(long, global = true, env = "NEMS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run core, edge and mesh-adapter together on embedded defaults.
+    Up,
+    /// Run core (gRPC service and operator APIs).
+    Core,
+    /// Run the FHIR HTTP edge.
+    Edge,
+    /// Run the delivery adapter.
+    MeshAdapter,
+    /// Import a reference data file (NHSPD, NSPL, ONSPD, epraccur, sub-ICB codes) or a demographics CSV.
+    Import {
+        /// The file.
+        file: PathBuf,
+        /// Core's operator API URL (default: from the configuration).
+        #[arg(long)]
+        operator: Option<String>,
+    },
+    /// Operator commands.
+    #[command(subcommand)]
+    Admin(admin::Admin),
+    /// Print the effective configuration (secrets hidden).
+    Config,
+}
+
+fn operator_url(config: &config::NemsConfig) -> String {
+    format!(
+        "http://{}",
+        config.core.operator_listen.unwrap_or(config.core.listen)
+    )
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = config::NemsConfig::load(cli.config.as_deref(), &config::Environment)?;
+    logging::init(&config.log);
+    match cli.command {
+        Command::Up => run::up(config, run::on_signal()).await,
+        Command::Core => run::core(config, run::on_signal()).await,
+        Command::Edge => run::edge(config, run::on_signal()).await,
+        Command::MeshAdapter => run::adapter(config, run::on_signal()).await,
+        Command::Import { file, operator } => {
+            let url = operator.unwrap_or_else(|| operator_url(&config));
+            let size = std::fs::metadata(&file).map(|m| m.len()).ok();
+            let reader = std::fs::File::open(&file)
+                .with_context(|| format!("opening {}", file.display()))?;
+            let name = file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let started = std::time::Instant::now();
+            let s = import::import_with_size(reader, &name, &url, true, size).await?;
+            tracing::info!(kind = %s.kind, rows = s.rows, bad = s.bad, seconds = started.elapsed().as_secs_f64(), "import finished");
+            Ok(())
+        }
+        Command::Admin(command) => admin::run(command, &operator_url(&config)).await,
+        Command::Config => {
+            #[allow(clippy::print_stdout, reason = "prints the configuration")]
+            {
+                println!("{config:#?}");
+            }
+            Ok(())
+        }
+    }
+}

@@ -93,7 +93,9 @@ impl CoreConfig {
             return Err("core.lease_timeout must be at least 1s".into());
         }
         if self.max_in_flight == 0 || self.max_in_flight_per_mailbox == 0 {
-            return Err("core.max_in_flight and core.max_in_flight_per_mailbox must be at least 1".into());
+            return Err(
+                "core.max_in_flight and core.max_in_flight_per_mailbox must be at least 1".into(),
+            );
         }
         if self.sweep_interval < Duration::from_secs(1) {
             return Err("core.sweep_interval must be at least 1s".into());
@@ -147,11 +149,17 @@ mod tests {
         assert_eq!(c.event_types.len(), 1);
         c.validate().unwrap();
 
-        let e = toml::from_str::<CoreConfig>("colour = \"red\"").unwrap_err().to_string();
+        let e = toml::from_str::<CoreConfig>("colour = \"red\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("colour"), "{e}");
-        let e = toml::from_str::<CoreConfig>("lease_timeout = \"soon\"").unwrap_err().to_string();
+        let e = toml::from_str::<CoreConfig>("lease_timeout = \"soon\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("soon") && e.contains("lease_timeout"), "{e}");
-        let e = toml::from_str::<CoreConfig>("listen = \"nowhere\"").unwrap_err().to_string();
+        let e = toml::from_str::<CoreConfig>("listen = \"nowhere\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("listen"), "{e}");
     }
 

@@ -117,7 +117,11 @@ impl SystemEntry {
     pub fn to_pb(&self) -> pb::SpineSystem {
         pb::SpineSystem {
             asid: self.asid.clone(),
-            ods_codes: self.ods_codes.iter().map(|c| c.to_ascii_uppercase()).collect(),
+            ods_codes: self
+                .ods_codes
+                .iter()
+                .map(|c| c.to_ascii_uppercase())
+                .collect(),
             category_bags: self.category_bags.clone(),
             publish_message_sets: self.publish_message_sets.clone(),
             pds_publisher: self.pds_publisher,
@@ -156,7 +160,9 @@ pub fn check_system(s: &pb::SpineSystem) -> Result<(), String> {
 pub fn check_mailbox(m: &pb::MeshMailbox) -> Result<(), String> {
     let ok_id = !m.mailbox_id.is_empty()
         && m.mailbox_id.len() <= 100
-        && m.mailbox_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        && m.mailbox_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if !ok_id {
         return Err("mailbox id must be letters, digits, - or _".into());
     }
@@ -272,7 +278,10 @@ impl Directory {
         if !self.known_ods.contains(contact) {
             return Err(Rejection::new(
                 SpineCode::OrganisationNotFound,
-                format!("the contact organisation {} is not known", shown_code(contact)),
+                format!(
+                    "the contact organisation {} is not known",
+                    shown_code(contact)
+                ),
             ));
         }
         if !system.ods_codes.contains(contact) {

@@ -110,7 +110,9 @@ impl Dispatcher {
             let mut capacity = stream_limit.saturating_sub(in_flight);
             let mut picks = Vec::new();
             while capacity > 0 {
-                let Some(Reverse((at, mailbox))) = s.ready.peek().cloned() else { break };
+                let Some(Reverse((at, mailbox))) = s.ready.peek().cloned() else {
+                    break;
+                };
                 let Some(state) = s.mailboxes.get_mut(&mailbox) else {
                     s.ready.pop();
                     continue;
@@ -265,7 +267,14 @@ mod tests {
         assert_eq!(picks, vec![("A".to_string(), 2), ("B".to_string(), 2)]);
         assert_eq!(wake, Some(500));
         // A leased two and still has more at 30; B leased one and is empty.
-        d.leased(stream, 10_000, &[("A".into(), 2, vec![1, 2], Some(30)), ("B".into(), 2, vec![3], None)]);
+        d.leased(
+            stream,
+            10_000,
+            &[
+                ("A".into(), 2, vec![1, 2], Some(30)),
+                ("B".into(), 2, vec![3], None),
+            ],
+        );
         // A is at its limit of 2: nothing to pick until a lease ends.
         let (picks, _) = d.pick(stream, 100, 2, 100);
         assert!(picks.is_empty(), "{picks:?}");
@@ -283,7 +292,14 @@ mod tests {
         }
         let (picks, _) = d.pick(stream, 3, 2, 1);
         assert_eq!(picks.iter().map(|(_, n)| n).sum::<u32>(), 3);
-        d.leased(stream, 10_000, &[("A".into(), 2, vec![1, 2], None), ("B".into(), 1, vec![3], None)]);
+        d.leased(
+            stream,
+            10_000,
+            &[
+                ("A".into(), 2, vec![1, 2], None),
+                ("B".into(), 1, vec![3], None),
+            ],
+        );
         let (picks, _) = d.pick(stream, 3, 2, 1);
         assert!(picks.is_empty());
         d.close_stream(stream);

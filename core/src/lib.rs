@@ -14,10 +14,10 @@
 
 pub mod config;
 pub mod directory;
-pub mod domain;
-pub mod refdata;
 pub(crate) mod dispatch;
+pub mod domain;
 mod matching;
+pub mod refdata;
 mod server;
 mod service;
 mod state;

@@ -52,7 +52,11 @@ impl MailboxMatch {
         let mut out = String::new();
         for (id, tag) in self.subscriptions.iter().filter(|(_, tag)| !tag.is_empty()) {
             let entry = format!("{id}|{tag}");
-            let extra = if out.is_empty() { entry.len() } else { entry.len() + 3 };
+            let extra = if out.is_empty() {
+                entry.len()
+            } else {
+                entry.len() + 3
+            };
             if out.len() + extra > PARTNER_ID_MAX {
                 tracing::warn!(mailbox = %self.mailbox, "mex-partnerid truncated at 500 characters");
                 break;
@@ -67,7 +71,10 @@ impl MailboxMatch {
 }
 
 /// Finds every matching subscription, grouped by mailbox (in mailbox order).
-pub(crate) fn find(tx: &ReadTransaction, subject: &Subject) -> Result<Vec<MailboxMatch>, StoreError> {
+pub(crate) fn find(
+    tx: &ReadTransaction,
+    subject: &Subject,
+) -> Result<Vec<MailboxMatch>, StoreError> {
     let today = datetime::utc_date(subject.accepted_ms);
     let age = subject
         .birth_date
@@ -142,7 +149,11 @@ mod tests {
     use super::*;
     use time::macros::date;
 
-    fn entry(events: &[&str], ages: &[(pb::AgeComparator, u32)], gp: pb::GpRegistration) -> MatchEntry {
+    fn entry(
+        events: &[&str],
+        ages: &[(pb::AgeComparator, u32)],
+        gp: pb::GpRegistration,
+    ) -> MatchEntry {
         MatchEntry {
             event_codes: events.iter().map(|e| (*e).to_string()).collect(),
             mailbox: "MB".into(),
@@ -174,23 +185,69 @@ mod tests {
     #[test]
     fn filter_table() {
         use pb::AgeComparator::{Eq, Gt, Lt};
-        use pb::GpRegistration::{RegisteredOnly, Unspecified, UnregisteredOnly};
+        use pb::GpRegistration::{RegisteredOnly, UnregisteredOnly, Unspecified};
         let ten = Some(date!(2014 - 01 - 01));
         let cases = [
-            (entry(&["vaccinations-1"], &[], Unspecified), subject(ten, false), true),
-            (entry(&["pds-change-of-gp-1"], &[], Unspecified), subject(ten, false), false),
-            (entry(&["vaccinations-1"], &[(Lt, 14)], Unspecified), subject(ten, false), true),
-            (entry(&["vaccinations-1"], &[(Lt, 10)], Unspecified), subject(ten, false), false),
-            (entry(&["vaccinations-1"], &[(Gt, 5), (Lt, 19)], Unspecified), subject(ten, false), true),
-            (entry(&["vaccinations-1"], &[(Gt, 10)], Unspecified), subject(ten, false), false),
-            (entry(&["vaccinations-1"], &[(Eq, 10)], Unspecified), subject(ten, false), true),
-            (entry(&["vaccinations-1"], &[(Lt, 99)], Unspecified), subject(None, false), false),
-            (entry(&["vaccinations-1"], &[], RegisteredOnly), subject(ten, false), false),
-            (entry(&["vaccinations-1"], &[], RegisteredOnly), subject(ten, true), true),
-            (entry(&["vaccinations-1"], &[], UnregisteredOnly), subject(ten, true), false),
+            (
+                entry(&["vaccinations-1"], &[], Unspecified),
+                subject(ten, false),
+                true,
+            ),
+            (
+                entry(&["pds-change-of-gp-1"], &[], Unspecified),
+                subject(ten, false),
+                false,
+            ),
+            (
+                entry(&["vaccinations-1"], &[(Lt, 14)], Unspecified),
+                subject(ten, false),
+                true,
+            ),
+            (
+                entry(&["vaccinations-1"], &[(Lt, 10)], Unspecified),
+                subject(ten, false),
+                false,
+            ),
+            (
+                entry(&["vaccinations-1"], &[(Gt, 5), (Lt, 19)], Unspecified),
+                subject(ten, false),
+                true,
+            ),
+            (
+                entry(&["vaccinations-1"], &[(Gt, 10)], Unspecified),
+                subject(ten, false),
+                false,
+            ),
+            (
+                entry(&["vaccinations-1"], &[(Eq, 10)], Unspecified),
+                subject(ten, false),
+                true,
+            ),
+            (
+                entry(&["vaccinations-1"], &[(Lt, 99)], Unspecified),
+                subject(None, false),
+                false,
+            ),
+            (
+                entry(&["vaccinations-1"], &[], RegisteredOnly),
+                subject(ten, false),
+                false,
+            ),
+            (
+                entry(&["vaccinations-1"], &[], RegisteredOnly),
+                subject(ten, true),
+                true,
+            ),
+            (
+                entry(&["vaccinations-1"], &[], UnregisteredOnly),
+                subject(ten, true),
+                false,
+            ),
         ];
         for (i, (e, s, want)) in cases.iter().enumerate() {
-            let age = s.birth_date.and_then(|b| datetime::completed_years(b, datetime::utc_date(s.accepted_ms)));
+            let age = s
+                .birth_date
+                .and_then(|b| datetime::completed_years(b, datetime::utc_date(s.accepted_ms)));
             assert_eq!(passes(e, s, age), *want, "case {i}");
         }
     }
@@ -221,9 +278,14 @@ mod tests {
         assert_eq!(m.partner_id(), "a|t1~~~c|t3");
         let many = MailboxMatch {
             mailbox: "MB".into(),
-            subscriptions: (0..20).map(|i| (format!("{i:032x}"), "x".repeat(20))).collect(),
+            subscriptions: (0..20)
+                .map(|i| (format!("{i:032x}"), "x".repeat(20)))
+                .collect(),
         };
         let p = many.partner_id();
-        assert!(p.len() <= PARTNER_ID_MAX && p.split("~~~").all(|e| e.len() == 53), "{p}");
+        assert!(
+            p.len() <= PARTNER_ID_MAX && p.split("~~~").all(|e| e.len() == 53),
+            "{p}"
+        );
     }
 }

@@ -107,7 +107,9 @@ impl Core {
             .await
             .map_err(|e| CoreError::Config(format!("store open task failed: {e}")))??;
         if !config.durable {
-            tracing::warn!("core.durable = false: commits are not fsynced; a crash may lose acknowledged events");
+            tracing::warn!(
+                "core.durable = false: commits are not fsynced; a crash may lose acknowledged events"
+            );
         }
         let (systems, mailboxes) = store.read_now(dir_store::load)?;
         let state = Arc::new(CoreState::new(
@@ -172,22 +174,36 @@ impl Core {
             .add_service(health_service.clone())
             .add_service(reflection_v1.clone())
             .add_service(reflection_v1alpha.clone())
-            .add_service(SubscriptionServiceServer::new(Subscriptions { state: state.clone() }))
-            .add_service(EventServiceServer::new(Events { state: state.clone() }))
-            .add_service(DeliveryServiceServer::new(Deliveries { state: state.clone() }));
+            .add_service(SubscriptionServiceServer::new(Subscriptions {
+                state: state.clone(),
+            }))
+            .add_service(EventServiceServer::new(Events {
+                state: state.clone(),
+            }))
+            .add_service(DeliveryServiceServer::new(Deliveries {
+                state: state.clone(),
+            }));
         let operator_router = if listeners.operator.is_some() {
             Some(
                 Server::builder()
                     .add_service(health_service)
                     .add_service(reflection_v1)
                     .add_service(reflection_v1alpha)
-                    .add_service(DirectoryServiceServer::new(DirectoryAdmin { state: state.clone() }))
-                    .add_service(OperatorServiceServer::new(Operator { state: state.clone() })),
+                    .add_service(DirectoryServiceServer::new(DirectoryAdmin {
+                        state: state.clone(),
+                    }))
+                    .add_service(OperatorServiceServer::new(Operator {
+                        state: state.clone(),
+                    })),
             )
         } else {
             service_router = service_router
-                .add_service(DirectoryServiceServer::new(DirectoryAdmin { state: state.clone() }))
-                .add_service(OperatorServiceServer::new(Operator { state: state.clone() }));
+                .add_service(DirectoryServiceServer::new(DirectoryAdmin {
+                    state: state.clone(),
+                }))
+                .add_service(OperatorServiceServer::new(Operator {
+                    state: state.clone(),
+                }));
             None
         };
 
@@ -201,9 +217,10 @@ impl Core {
         let operator_task = match (operator_router, listeners.operator) {
             (Some(router), Some(listener)) => {
                 let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-                Some(tokio::spawn(
-                    router.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
-                ))
+                Some(tokio::spawn(router.serve_with_incoming_shutdown(
+                    incoming,
+                    stopped(stop_rx.clone()),
+                )))
             }
             _ => None,
         };

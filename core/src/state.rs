@@ -31,7 +31,12 @@ pub(crate) struct CoreState {
 }
 
 impl CoreState {
-    pub(crate) fn new(store: Store, catalogue: Catalogue, config: CoreConfig, directory: Directory) -> Self {
+    pub(crate) fn new(
+        store: Store,
+        catalogue: Catalogue,
+        config: CoreConfig,
+        directory: Directory,
+    ) -> Self {
         CoreState {
             store,
             catalogue,
@@ -64,7 +69,9 @@ impl CoreState {
     pub(crate) fn note_settled(&self, n: u64) {
         let _ = self
             .pending
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| Some(p.saturating_sub(n)));
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+                Some(p.saturating_sub(n))
+            });
     }
 
     /// Sets the pending count (at start-up, from the store).

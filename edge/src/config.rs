@@ -93,7 +93,9 @@ pub mod duration {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
         humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!("`{text}` is not a duration ({e}); write e.g. 500ms, 30s, 5m"))
+            serde::de::Error::custom(format!(
+                "`{text}` is not a duration ({e}); write e.g. 500ms, 30s, 5m"
+            ))
         })
     }
 }

@@ -18,7 +18,10 @@ pub struct CoreClient {
 
 impl CoreClient {
     /// Builds the clients for `url`; the connection is made on first use.
-    pub fn connect_lazy(url: &str, call_timeout: Duration) -> Result<Self, tonic::transport::Error> {
+    pub fn connect_lazy(
+        url: &str,
+        call_timeout: Duration,
+    ) -> Result<Self, tonic::transport::Error> {
         let channel = Endpoint::from_shared(url.to_string())?
             .connect_timeout(Duration::from_secs(5))
             .timeout(call_timeout)

@@ -32,7 +32,11 @@ impl EdgeError {
     }
 
     /// A failure with an explicit HTTP status.
-    pub fn with_status(code: SpineCode, status: StatusCode, diagnostics: impl Into<String>) -> Self {
+    pub fn with_status(
+        code: SpineCode,
+        status: StatusCode,
+        diagnostics: impl Into<String>,
+    ) -> Self {
         EdgeError {
             status: Some(status),
             ..Self::new(code, diagnostics)
@@ -47,7 +51,9 @@ impl EdgeError {
             Some(StatusCode::REQUEST_TIMEOUT) => (StatusCode::REQUEST_TIMEOUT, "timeout"),
             Some(StatusCode::PAYLOAD_TOO_LARGE) => (StatusCode::PAYLOAD_TOO_LARGE, "too-costly"),
             Some(StatusCode::NOT_FOUND) => (StatusCode::NOT_FOUND, "not-found"),
-            Some(StatusCode::METHOD_NOT_ALLOWED) => (StatusCode::METHOD_NOT_ALLOWED, "not-supported"),
+            Some(StatusCode::METHOD_NOT_ALLOWED) => {
+                (StatusCode::METHOD_NOT_ALLOWED, "not-supported")
+            }
             Some(other) => (other, issue),
             None => (status, issue),
         }
@@ -67,11 +73,16 @@ impl EdgeError {
                     ..EdgeError::with_status(
                         SpineCode::InternalServerError,
                         StatusCode::SERVICE_UNAVAILABLE,
-                        format!("the service is temporarily unavailable; retry after {} seconds", retry.as_secs().max(1)),
+                        format!(
+                            "the service is temporarily unavailable; retry after {} seconds",
+                            retry.as_secs().max(1)
+                        ),
                     )
                 }
             }
-            tonic::Code::Unimplemented => EdgeError::new(SpineCode::NotImplemented, "not implemented"),
+            tonic::Code::Unimplemented => {
+                EdgeError::new(SpineCode::NotImplemented, "not implemented")
+            }
             code => {
                 tracing::error!(grpc_code = ?code, request_id, "core call failed");
                 EdgeError::new(
@@ -87,13 +98,21 @@ impl EdgeError {
 pub fn table(code: SpineCode) -> (StatusCode, &'static str) {
     use SpineCode::*;
     match code {
-        NoRecordFound | PatientNotFound | OrganisationNotFound => (StatusCode::NOT_FOUND, "not-found"),
-        InvalidNhsNumber | InvalidValue | InvalidIdentifierSystem | InvalidIdentifierValue
-        | InvalidElement | InvalidRequestMessage => (StatusCode::BAD_REQUEST, "value"),
+        NoRecordFound | PatientNotFound | OrganisationNotFound => {
+            (StatusCode::NOT_FOUND, "not-found")
+        }
+        InvalidNhsNumber
+        | InvalidValue
+        | InvalidIdentifierSystem
+        | InvalidIdentifierValue
+        | InvalidElement
+        | InvalidRequestMessage => (StatusCode::BAD_REQUEST, "value"),
         InvalidCodeSystem | InvalidCodeValue => (StatusCode::BAD_REQUEST, "code-invalid"),
         MessageNotWellFormed => (StatusCode::BAD_REQUEST, "structure"),
         BadRequest | MissingOrInvalidHeader => (StatusCode::BAD_REQUEST, "invalid"),
-        InvalidParameter | InvalidResource | ReferenceNotFound => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+        InvalidParameter | InvalidResource | ReferenceNotFound => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid")
+        }
         AccessDenied | AsidCheckFailed | AccessDeniedSsl => (StatusCode::FORBIDDEN, "forbidden"),
         MsgResourceIdFail => (StatusCode::METHOD_NOT_ALLOWED, "forbidden"),
         DuplicateRejected => (StatusCode::UNPROCESSABLE_ENTITY, "duplicate"),
@@ -140,7 +159,11 @@ mod tests {
             (SpineCode::NoLongerSupported, 400, "not-supported"),
         ];
         for (code, status, issue) in rows {
-            assert_eq!(table(code), (StatusCode::from_u16(status).unwrap(), issue), "{code}");
+            assert_eq!(
+                table(code),
+                (StatusCode::from_u16(status).unwrap(), issue),
+                "{code}"
+            );
         }
     }
 

@@ -56,7 +56,12 @@ pub struct Policy<'a> {
 }
 
 /// Checks the headers of an `op` request.
-pub fn check(headers: &HeaderMap, op: Operation, policy: Policy<'_>, request_id: &str) -> Result<Checked, EdgeError> {
+pub fn check(
+    headers: &HeaderMap,
+    op: Operation,
+    policy: Policy<'_>,
+    request_id: &str,
+) -> Result<Checked, EdgeError> {
     let interaction = get(headers, "InteractionID")?;
     let from = get(headers, "fromASID")?;
     let to = get(headers, "toASID")?;
@@ -69,7 +74,9 @@ pub fn check(headers: &HeaderMap, op: Operation, policy: Policy<'_>, request_id:
     };
     match expected {
         Some(expected) if interaction != expected => {
-            return Err(header_error(format!("InteractionID must be {expected} for this request")));
+            return Err(header_error(format!(
+                "InteractionID must be {expected} for this request"
+            )));
         }
         None if !interaction.starts_with(PUBLISH_PREFIX) => {
             return Err(header_error(format!(
@@ -92,7 +99,9 @@ pub fn check(headers: &HeaderMap, op: Operation, policy: Policy<'_>, request_id:
     }
     let claims = jwt::check(authorization, op, policy.now, policy.skew).map_err(header_error)?;
     if claims.asid != from {
-        return Err(header_error("JWT claim `requesting_system` must name the ASID in fromASID"));
+        return Err(header_error(
+            "JWT claim `requesting_system` must name the ASID in fromASID",
+        ));
     }
     Ok(Checked {
         caller: pb::Caller {
@@ -139,7 +148,11 @@ mod tests {
     }
 
     fn policy() -> Policy<'static> {
-        Policy { service_asid: "200000000306", now: NOW, skew: 60 }
+        Policy {
+            service_asid: "200000000306",
+            now: NOW,
+            skew: 60,
+        }
     }
 
     #[test]
@@ -153,16 +166,66 @@ mod tests {
     #[test]
     fn header_rules() {
         let cases: Vec<(&str, Option<&str>, SpineCode, &str)> = vec![
-            ("fromasid", None, SpineCode::MissingOrInvalidHeader, "fromASID HTTP Header is missing"),
-            ("toasid", None, SpineCode::MissingOrInvalidHeader, "toASID HTTP Header is missing"),
-            ("authorization", None, SpineCode::MissingOrInvalidHeader, "Authorization HTTP Header is missing"),
-            ("interactionid", None, SpineCode::MissingOrInvalidHeader, "InteractionID HTTP Header is missing"),
-            ("interactionid", Some(CREATE_INTERACTION), SpineCode::MissingOrInvalidHeader, "InteractionID must be"),
-            ("fromasid", Some("12345"), SpineCode::MissingOrInvalidHeader, "fromASID"),
-            ("fromasid", Some("200000000999"), SpineCode::MissingOrInvalidHeader, "requesting_system"),
-            ("toasid", Some("abc"), SpineCode::MissingOrInvalidHeader, "toASID"),
-            ("toasid", Some("200000000999"), SpineCode::AsidCheckFailed, "not the ASID of this service"),
-            ("authorization", Some("Bearer x.y."), SpineCode::MissingOrInvalidHeader, "JWT header"),
+            (
+                "fromasid",
+                None,
+                SpineCode::MissingOrInvalidHeader,
+                "fromASID HTTP Header is missing",
+            ),
+            (
+                "toasid",
+                None,
+                SpineCode::MissingOrInvalidHeader,
+                "toASID HTTP Header is missing",
+            ),
+            (
+                "authorization",
+                None,
+                SpineCode::MissingOrInvalidHeader,
+                "Authorization HTTP Header is missing",
+            ),
+            (
+                "interactionid",
+                None,
+                SpineCode::MissingOrInvalidHeader,
+                "InteractionID HTTP Header is missing",
+            ),
+            (
+                "interactionid",
+                Some(CREATE_INTERACTION),
+                SpineCode::MissingOrInvalidHeader,
+                "InteractionID must be",
+            ),
+            (
+                "fromasid",
+                Some("12345"),
+                SpineCode::MissingOrInvalidHeader,
+                "fromASID",
+            ),
+            (
+                "fromasid",
+                Some("200000000999"),
+                SpineCode::MissingOrInvalidHeader,
+                "requesting_system",
+            ),
+            (
+                "toasid",
+                Some("abc"),
+                SpineCode::MissingOrInvalidHeader,
+                "toASID",
+            ),
+            (
+                "toasid",
+                Some("200000000999"),
+                SpineCode::AsidCheckFailed,
+                "not the ASID of this service",
+            ),
+            (
+                "authorization",
+                Some("Bearer x.y."),
+                SpineCode::MissingOrInvalidHeader,
+                "JWT header",
+            ),
         ];
         for (name, value, code, needle) in cases {
             let mut h = headers();
@@ -176,7 +239,11 @@ mod tests {
             }
             let e = check(&h, Operation::Read, policy(), "r").unwrap_err();
             assert_eq!(e.code, code, "{name}: {}", e.diagnostics);
-            assert!(e.diagnostics.contains(needle), "{name}: `{}` lacks `{needle}`", e.diagnostics);
+            assert!(
+                e.diagnostics.contains(needle),
+                "{name}: `{}` lacks `{needle}`",
+                e.diagnostics
+            );
         }
     }
 

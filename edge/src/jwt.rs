@@ -10,7 +10,10 @@ use serde_json::Value;
 pub const SYSTEM_PREFIX: &str = "https://fhir.nhs.uk/Id/accredited-system|";
 /// The ODS prefix of `requesting_organisation`.
 pub const ORGANISATION_PREFIX: &str = "https://fhir.nhs.uk/Id/ods-organization-code|";
-const PATIENT_PREFIXES: [&str; 2] = ["http://fhir.nhs.net/Id/nhs-number|", "https://fhir.nhs.uk/Id/nhs-number|"];
+const PATIENT_PREFIXES: [&str; 2] = [
+    "http://fhir.nhs.net/Id/nhs-number|",
+    "https://fhir.nhs.uk/Id/nhs-number|",
+];
 const REASONS: [&str; 3] = ["directcare", "secondaryuses", "patientaccess"];
 
 /// What the request does, which decides the scope needed.
@@ -47,17 +50,25 @@ pub fn check(authorization: &str, op: Operation, now: i64, skew: i64) -> Result<
         .map(str::trim_start)
         .ok_or("Authorization must be `Bearer <JWT>`")?;
     let mut parts = token.split('.');
-    let (Some(header), Some(payload), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(header), Some(payload), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err("the JWT must have three dot-separated parts".into());
     };
     if !signature.is_empty() {
-        return Err("the JWT must be unsigned (alg none, empty signature after the last dot)".into());
+        return Err(
+            "the JWT must be unsigned (alg none, empty signature after the last dot)".into(),
+        );
     }
     let header = decode(header).ok_or("the JWT header is not base64url-encoded JSON")?;
     if header.get("alg").and_then(Value::as_str) != Some("none") {
         return Err("the JWT header alg must be `none`".into());
     }
-    if header.get("typ").and_then(Value::as_str).is_some_and(|t| !t.eq_ignore_ascii_case("JWT")) {
+    if header
+        .get("typ")
+        .and_then(Value::as_str)
+        .is_some_and(|t| !t.eq_ignore_ascii_case("JWT"))
+    {
         return Err("the JWT header typ must be `JWT`".into());
     }
     let claims = decode(payload).ok_or("the JWT payload is not base64url-encoded JSON")?;
@@ -89,14 +100,19 @@ pub fn check(authorization: &str, op: Operation, now: i64, skew: i64) -> Result<
         return Err("JWT claim `iat` is in the future".into());
     }
     if !REASONS.contains(&text("reason_for_request")?) {
-        return Err("JWT claim `reason_for_request` must be directcare, secondaryuses or patientaccess".into());
+        return Err(
+            "JWT claim `reason_for_request` must be directcare, secondaryuses or patientaccess"
+                .into(),
+        );
     }
     check_scope(text("scope")?, op)?;
     let system = text("requesting_system")?;
     let asid = system
         .strip_prefix(SYSTEM_PREFIX)
         .filter(|a| a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit()))
-        .ok_or_else(|| format!("JWT claim `requesting_system` must be {SYSTEM_PREFIX}<12-digit ASID>"))?;
+        .ok_or_else(|| {
+            format!("JWT claim `requesting_system` must be {SYSTEM_PREFIX}<12-digit ASID>")
+        })?;
     let organisation = claims
         .get("requesting_organisation")
         .or_else(|| claims.get("requesting_organization"))
@@ -105,14 +121,25 @@ pub fn check(authorization: &str, op: Operation, now: i64, skew: i64) -> Result<
     let ods = organisation
         .strip_prefix(ORGANISATION_PREFIX)
         .filter(|c| !c.is_empty() && c.len() <= 12 && c.bytes().all(|b| b.is_ascii_alphanumeric()))
-        .ok_or_else(|| format!("JWT claim `requesting_organisation` must be {ORGANISATION_PREFIX}<ODS code>"))?;
+        .ok_or_else(|| {
+            format!("JWT claim `requesting_organisation` must be {ORGANISATION_PREFIX}<ODS code>")
+        })?;
     let user = match claims.get("requesting_user") {
         None => None,
-        Some(v) => Some(v.as_str().filter(|u| !u.is_empty()).ok_or("JWT claim `requesting_user` must be a non-empty string")?),
+        Some(v) => Some(
+            v.as_str()
+                .filter(|u| !u.is_empty())
+                .ok_or("JWT claim `requesting_user` must be a non-empty string")?,
+        ),
     };
     match user {
         Some(u) if sub != u => return Err("JWT claim `sub` must equal `requesting_user`".into()),
-        None if sub != system => return Err("JWT claim `sub` must equal `requesting_system` when there is no requesting_user".into()),
+        None if sub != system => {
+            return Err(
+                "JWT claim `sub` must equal `requesting_system` when there is no requesting_user"
+                    .into(),
+            );
+        }
         _ => {}
     }
     if let Some(patient) = claims.get("requesting_patient") {
@@ -141,12 +168,22 @@ fn check_scope(scope: &str, op: Operation) -> Result<(), String> {
         Operation::Create | Operation::Delete => {
             scopes.len() <= 2
                 && scopes.contains(&"patient/Subscription.write")
-                && scopes.iter().all(|s| matches!(*s, "patient/Subscription.write" | "patient/Subscription.read"))
+                && scopes.iter().all(|s| {
+                    matches!(
+                        *s,
+                        "patient/Subscription.write" | "patient/Subscription.read"
+                    )
+                })
         }
         Operation::Read => {
             scopes.len() <= 2
                 && !scopes.is_empty()
-                && scopes.iter().all(|s| matches!(*s, "patient/Subscription.write" | "patient/Subscription.read"))
+                && scopes.iter().all(|s| {
+                    matches!(
+                        *s,
+                        "patient/Subscription.write" | "patient/Subscription.read"
+                    )
+                })
         }
     };
     if ok {
@@ -154,8 +191,13 @@ fn check_scope(scope: &str, op: Operation) -> Result<(), String> {
     }
     Err(match op {
         Operation::Publish => "JWT claim `scope` must be exactly patient/Bundle.write".into(),
-        Operation::Create | Operation::Delete => "JWT claim `scope` must include patient/Subscription.write".into(),
-        Operation::Read => "JWT claim `scope` must be patient/Subscription.read or patient/Subscription.write".into(),
+        Operation::Create | Operation::Delete => {
+            "JWT claim `scope` must include patient/Subscription.write".into()
+        }
+        Operation::Read => {
+            "JWT claim `scope` must be patient/Subscription.read or patient/Subscription.write"
+                .into()
+        }
     })
 }
 

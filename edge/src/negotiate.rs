@@ -21,10 +21,17 @@ pub enum Formats {
 
 fn unsupported(what: &str, allowed: Formats) -> EdgeError {
     let list = match allowed {
-        Formats::XmlOnly => "application/fhir+xml or application/xml+fhir (publishing accepts XML only)",
-        Formats::XmlOrJson => "application/fhir+xml, application/xml+fhir, application/fhir+json or application/json+fhir",
+        Formats::XmlOnly => {
+            "application/fhir+xml or application/xml+fhir (publishing accepts XML only)"
+        }
+        Formats::XmlOrJson => {
+            "application/fhir+xml, application/xml+fhir, application/fhir+json or application/json+fhir"
+        }
     };
-    EdgeError::new(SpineCode::UnsupportedMediaType, format!("{what} must be {list}, optionally with charset=utf-8"))
+    EdgeError::new(
+        SpineCode::UnsupportedMediaType,
+        format!("{what} must be {list}, optionally with charset=utf-8"),
+    )
 }
 
 /// Classifies one media type (`type/subtype; params`). `strict` accepts only the eight FHIR
@@ -62,7 +69,9 @@ pub fn request_format(headers: &HeaderMap, formats: Formats) -> Result<Format, E
     let Some(value) = headers.get(CONTENT_TYPE) else {
         return Ok(Format::Xml);
     };
-    let text = value.to_str().map_err(|_| unsupported("Content-Type", formats))?;
+    let text = value
+        .to_str()
+        .map_err(|_| unsupported("Content-Type", formats))?;
     match classify(text, true) {
         Some(Some(format)) if allowed(format, formats) => Ok(format),
         _ => Err(unsupported("Content-Type", formats)),
@@ -123,7 +132,13 @@ fn format_param(query: Option<&str>) -> Option<String> {
         .split('&')
         .filter_map(|kv| kv.split_once('='))
         .find(|(k, _)| *k == "_format")
-        .map(|(_, v)| v.replace("%2B", "+").replace("%2b", "+").replace("%2F", "/").replace("%2f", "/").replace('+', "+"))
+        .map(|(_, v)| {
+            v.replace("%2B", "+")
+                .replace("%2b", "+")
+                .replace("%2F", "/")
+                .replace("%2f", "/")
+                .replace('+', "+")
+        })
 }
 
 #[cfg(test)]
@@ -154,10 +169,22 @@ mod tests {
             ("application/json+fhir", Format::Json),
             ("application/json+fhir;charset=utf-8", Format::Json),
         ] {
-            assert_eq!(request_format(&headers(Some(ct), None), Formats::XmlOrJson).unwrap(), format, "{ct}");
+            assert_eq!(
+                request_format(&headers(Some(ct), None), Formats::XmlOrJson).unwrap(),
+                format,
+                "{ct}"
+            );
         }
-        assert_eq!(request_format(&headers(None, None), Formats::XmlOrJson).unwrap(), Format::Xml);
-        for bad in ["application/json", "text/plain", "application/fhir+xml;charset=latin1", "application/fhir+xml;version=9"] {
+        assert_eq!(
+            request_format(&headers(None, None), Formats::XmlOrJson).unwrap(),
+            Format::Xml
+        );
+        for bad in [
+            "application/json",
+            "text/plain",
+            "application/fhir+xml;charset=latin1",
+            "application/fhir+xml;version=9",
+        ] {
             let e = request_format(&headers(Some(bad), None), Formats::XmlOrJson).unwrap_err();
             assert_eq!(e.code, SpineCode::UnsupportedMediaType, "{bad}");
         }
@@ -165,25 +192,91 @@ mod tests {
 
     #[test]
     fn publish_is_xml_only() {
-        assert_eq!(request_format(&headers(Some("application/fhir+xml"), None), Formats::XmlOnly).unwrap(), Format::Xml);
-        let e = request_format(&headers(Some("application/fhir+json"), None), Formats::XmlOnly).unwrap_err();
+        assert_eq!(
+            request_format(
+                &headers(Some("application/fhir+xml"), None),
+                Formats::XmlOnly
+            )
+            .unwrap(),
+            Format::Xml
+        );
+        let e = request_format(
+            &headers(Some("application/fhir+json"), None),
+            Formats::XmlOnly,
+        )
+        .unwrap_err();
         assert!(e.diagnostics.contains("XML only"));
-        assert!(response_format(&headers(None, Some("application/fhir+json")), None, Formats::XmlOnly, Format::Xml).is_err());
+        assert!(
+            response_format(
+                &headers(None, Some("application/fhir+json")),
+                None,
+                Formats::XmlOnly,
+                Format::Xml
+            )
+            .is_err()
+        );
     }
 
     #[test]
     fn accept_and_format_parameter() {
         let h = |a| headers(None, Some(a));
         let xj = Formats::XmlOrJson;
-        assert_eq!(response_format(&h("application/fhir+json"), None, xj, Format::Xml).unwrap(), Format::Json);
-        assert_eq!(response_format(&h("*/*"), None, xj, Format::Json).unwrap(), Format::Json);
-        assert_eq!(response_format(&h("text/html, application/json;q=0.5"), None, xj, Format::Xml).unwrap(), Format::Json);
-        assert_eq!(response_format(&h("application/fhir+xml;q=0.2, application/fhir+json"), None, xj, Format::Xml).unwrap(), Format::Json);
+        assert_eq!(
+            response_format(&h("application/fhir+json"), None, xj, Format::Xml).unwrap(),
+            Format::Json
+        );
+        assert_eq!(
+            response_format(&h("*/*"), None, xj, Format::Json).unwrap(),
+            Format::Json
+        );
+        assert_eq!(
+            response_format(
+                &h("text/html, application/json;q=0.5"),
+                None,
+                xj,
+                Format::Xml
+            )
+            .unwrap(),
+            Format::Json
+        );
+        assert_eq!(
+            response_format(
+                &h("application/fhir+xml;q=0.2, application/fhir+json"),
+                None,
+                xj,
+                Format::Xml
+            )
+            .unwrap(),
+            Format::Json
+        );
         assert!(response_format(&h("text/html"), None, xj, Format::Xml).is_err());
-        assert_eq!(response_format(&headers(None, None), None, xj, Format::Json).unwrap(), Format::Json);
+        assert_eq!(
+            response_format(&headers(None, None), None, xj, Format::Json).unwrap(),
+            Format::Json
+        );
         // _format wins over Accept.
-        assert_eq!(response_format(&h("application/fhir+xml"), Some("_format=json"), xj, Format::Xml).unwrap(), Format::Json);
-        assert_eq!(response_format(&h("application/fhir+json"), Some("a=b&_format=application/fhir%2Bxml"), xj, Format::Xml).unwrap(), Format::Xml);
-        assert!(response_format(&headers(None, None), Some("_format=yaml"), xj, Format::Xml).is_err());
+        assert_eq!(
+            response_format(
+                &h("application/fhir+xml"),
+                Some("_format=json"),
+                xj,
+                Format::Xml
+            )
+            .unwrap(),
+            Format::Json
+        );
+        assert_eq!(
+            response_format(
+                &h("application/fhir+json"),
+                Some("a=b&_format=application/fhir%2Bxml"),
+                xj,
+                Format::Xml
+            )
+            .unwrap(),
+            Format::Xml
+        );
+        assert!(
+            response_format(&headers(None, None), Some("_format=yaml"), xj, Format::Xml).is_err()
+        );
     }
 }

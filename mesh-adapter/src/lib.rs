@@ -2,14 +2,114 @@
 //! reports every outcome back to core.
 //!
 //! # Layout
+//! - `lib.rs`: [`run`]: builds the sink from configuration and runs the pump (and, for
+//!   MESH, the report poller) until shutdown.
+//! - `config.rs`: the `[mesh_adapter]` configuration section.
+//! - `pump.rs`: the delivery stream from core and the outcome reports back.
 //! - `sink/`: the [`sink::Sink`] interface and its two implementations: the folder sink (the
-//!   embedded default, one file per delivery) and the MESH sink.
-//! - `mesh/`: the MESH API client (NHSMESH auth, outbox with chunking, tracking, inbox reports).
+//!   embedded default) and the MESH sink.
+//! - `mesh/`: the MESH API client (NHSMESH auth, outbox with chunking, tracking, inbox).
 //! - `retry.rs`: backoff policy; `error.rs`: the delivery error classes.
 //! - `reports.rs`: polls MESH non-delivery reports and forwards them to core.
 
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nems_proto::v1 as pb;
+use nems_proto::v1::delivery_service_client::DeliveryServiceClient;
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+
+pub mod config;
 pub mod error;
 pub mod mesh;
+pub mod pump;
 pub mod reports;
 pub mod retry;
 pub mod sink;
+
+pub use config::{AdapterConfig, SinkKind};
+
+/// Why the adapter could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AdapterError {
+    /// Invalid configuration.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The core channel could not be built.
+    #[error("core channel: {0}")]
+    Core(#[from] tonic::transport::Error),
+}
+
+fn core_channel(url: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+/// Runs the adapter until `shutdown` completes.
+pub async fn run(
+    config: AdapterConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), AdapterError> {
+    config.validate().map_err(AdapterError::Config)?;
+    let channel = core_channel(&config.core_url)?;
+    let settings = pump::PumpSettings {
+        consumer: config.consumer.clone(),
+        max_in_flight: config.max_in_flight,
+        max_in_flight_per_mailbox: config.max_in_flight_per_mailbox,
+        retry: config.retry_policy(),
+        drain_timeout: Duration::from_secs(15),
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let signal = async move {
+        shutdown.await;
+        stop_tx.send_replace(true);
+    };
+    match config.sink {
+        SinkKind::Folder => {
+            tracing::info!(folder = %config.folder.display(), "mesh adapter delivering to the folder sink");
+            let sink = Arc::new(sink::folder::FolderSink::new(
+                &config.folder,
+                config.mesh.mailbox.clone(),
+            ));
+            tokio::join!(signal, pump::run(channel, sink, settings, stopped(stop_rx)));
+        }
+        SinkKind::Mesh => {
+            let client = mesh::MeshClient::new(config.mesh_client_config())
+                .map_err(|e| AdapterError::Config(format!("mesh_adapter.mesh: {e}")))?;
+            tracing::info!(base_url = %client.base_url(), mailbox = %client.mailbox(), "mesh adapter delivering to MESH");
+            let sink = Arc::new(sink::mesh::MeshSink::new(client.clone()));
+            let reporter = DeliveryServiceClient::new(channel.clone());
+            let handler = move |report: reports::MeshReport| {
+                let mut reporter = reporter.clone();
+                async move {
+                    reporter
+                        .report_undelivered(pb::ReportUndeliveredRequest::from(report))
+                        .await
+                        .map(|_| ())
+                        .map_err(|s| format!("core refused the report: {:?}", s.code()))
+                }
+            };
+            tokio::join!(
+                signal,
+                pump::run(channel, sink, settings, stopped(stop_rx.clone())),
+                reports::run(
+                    client,
+                    config.mesh.report_poll_interval,
+                    handler,
+                    stopped(stop_rx)
+                ),
+            );
+        }
+    }
+    tracing::info!("mesh adapter stopped");
+    Ok(())
+}

@@ -54,7 +54,11 @@ mod tests {
             .file
             .iter()
             .filter(|f| f.package() == "nems.core.v1")
-            .flat_map(|f| f.service.iter().map(|s| format!("nems.core.v1.{}", s.name())))
+            .flat_map(|f| {
+                f.service
+                    .iter()
+                    .map(|s| format!("nems.core.v1.{}", s.name()))
+            })
             .collect();
         for name in [
             super::service_names::SUBSCRIPTION,

@@ -6,14 +6,20 @@ use std::path::PathBuf;
 /// printing a skip notice. With `NEMS_REQUIRE_TOOLS=1` (set by the test command) a missing
 /// venv is a test failure rather than a skip.
 pub fn venv(test: &str) -> Option<PathBuf> {
-    #[allow(clippy::disallowed_methods, reason = "test harness reads its own settings")]
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "test harness reads its own settings"
+    )]
     let configured = std::env::var_os("NEMS_VENV").map(PathBuf::from);
-    let dir = configured
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv"));
+    let dir =
+        configured.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv"));
     if dir.join("bin/python3").exists() {
         return Some(dir);
     }
-    #[allow(clippy::disallowed_methods, reason = "test harness reads its own settings")]
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "test harness reads its own settings"
+    )]
     let required = std::env::var_os("NEMS_REQUIRE_TOOLS").is_some();
     assert!(
         !required,

@@ -75,8 +75,14 @@ const ADDRESS: &str = "/Bundle?type=message&Patient.identifier=9434765919&Messag
 fn caller_checks() {
     let d = directory();
     assert!(d.caller(&caller("200000000111", "rr8")).is_ok());
-    assert_eq!(d.caller(&caller("999999999999", "RR8")).unwrap_err().code, SpineCode::AsidCheckFailed);
-    assert_eq!(d.caller(&caller("200000000111", "ABC")).unwrap_err().code, SpineCode::AccessDenied);
+    assert_eq!(
+        d.caller(&caller("999999999999", "RR8")).unwrap_err().code,
+        SpineCode::AsidCheckFailed
+    );
+    assert_eq!(
+        d.caller(&caller("200000000111", "ABC")).unwrap_err().code,
+        SpineCode::AccessDenied
+    );
 }
 
 #[test]
@@ -87,17 +93,51 @@ fn subscription_permission_table() {
     let cases: Vec<(&pb::SpineSystem, ValidSubscription, Option<SpineCode>, &str)> = vec![
         (&sys, subscription("RR8", "RR8MBX01", ADDRESS), None, ""),
         // Missing category bag for the event.
-        (&sys, subscription("RR8", "RR8MBX01", "/Bundle?type=message&Patient.identifier=9434765919&MessageHeader.event=vaccinations-1"), Some(SpineCode::AccessDenied), "NEMS_EVENT_ID:VACCINATIONS_1"),
+        (
+            &sys,
+            subscription(
+                "RR8",
+                "RR8MBX01",
+                "/Bundle?type=message&Patient.identifier=9434765919&MessageHeader.event=vaccinations-1",
+            ),
+            Some(SpineCode::AccessDenied),
+            "NEMS_EVENT_ID:VACCINATIONS_1",
+        ),
         // Missing subscription-type bag.
-        (&generic_sys, subscription("ABC", "RR8MBX01", ADDRESS), Some(SpineCode::AccessDenied), "NEMS_SUBS_TYPE:EXPLICIT"),
+        (
+            &generic_sys,
+            subscription("ABC", "RR8MBX01", ADDRESS),
+            Some(SpineCode::AccessDenied),
+            "NEMS_SUBS_TYPE:EXPLICIT",
+        ),
         // Contact organisation unknown anywhere.
-        (&sys, subscription("ZZZ", "RR8MBX01", ADDRESS), Some(SpineCode::OrganisationNotFound), "not known"),
+        (
+            &sys,
+            subscription("ZZZ", "RR8MBX01", ADDRESS),
+            Some(SpineCode::OrganisationNotFound),
+            "not known",
+        ),
         // Contact organisation known but not linked to the ASID.
-        (&sys, subscription("ABC", "RR8MBX01", ADDRESS), Some(SpineCode::AccessDenied), "not linked"),
+        (
+            &sys,
+            subscription("ABC", "RR8MBX01", ADDRESS),
+            Some(SpineCode::AccessDenied),
+            "not linked",
+        ),
         // Unknown mailbox.
-        (&sys, subscription("RR8", "NOPE01", ADDRESS), Some(SpineCode::InvalidRequestMessage), "not a registered MESH mailbox"),
+        (
+            &sys,
+            subscription("RR8", "NOPE01", ADDRESS),
+            Some(SpineCode::InvalidRequestMessage),
+            "not a registered MESH mailbox",
+        ),
         // Mailbox of another organisation.
-        (&sys, subscription("RR8", "X26MBX01", ADDRESS), Some(SpineCode::AccessDenied), "belongs to organisation X26"),
+        (
+            &sys,
+            subscription("RR8", "X26MBX01", ADDRESS),
+            Some(SpineCode::AccessDenied),
+            "belongs to organisation X26",
+        ),
     ];
     for (system, sub, expected, needle) in cases {
         match (d.authorise_subscription(system, &sub), expected) {
@@ -117,12 +157,22 @@ fn publish_permissions() {
     let c = Catalogue::default();
     let publisher = d.system("200000000111").unwrap();
     let pds = d.system("200000000333").unwrap();
-    assert!(d.authorise_publish(publisher, c.get("vaccinations-1").unwrap()).is_ok());
-    let e = d.authorise_publish(publisher, c.get("newborn-hearing-1").unwrap()).unwrap_err();
+    assert!(
+        d.authorise_publish(publisher, c.get("vaccinations-1").unwrap())
+            .is_ok()
+    );
+    let e = d
+        .authorise_publish(publisher, c.get("newborn-hearing-1").unwrap())
+        .unwrap_err();
     assert_eq!(e.code, SpineCode::AsidCheckFailed);
-    let e = d.authorise_publish(publisher, c.get("pds-change-of-gp-1").unwrap()).unwrap_err();
+    let e = d
+        .authorise_publish(publisher, c.get("pds-change-of-gp-1").unwrap())
+        .unwrap_err();
     assert_eq!(e.code, SpineCode::AsidCheckFailed);
-    assert!(d.authorise_publish(pds, c.get("pds-change-of-gp-1").unwrap()).is_ok());
+    assert!(
+        d.authorise_publish(pds, c.get("pds-change-of-gp-1").unwrap())
+            .is_ok()
+    );
 }
 
 #[test]

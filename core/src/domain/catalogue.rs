@@ -276,7 +276,10 @@ impl Catalogue {
                             workflow_id: workflow.clone(),
                             focus_resource_type: focus.clone(),
                             state: pb::EventTypeState::Active.into(),
-                            message_event_types: ALL_TYPES.iter().map(|t| (*t).to_string()).collect(),
+                            message_event_types: ALL_TYPES
+                                .iter()
+                                .map(|t| (*t).to_string())
+                                .collect(),
                             ..Default::default()
                         },
                     );
@@ -380,9 +383,18 @@ mod tests {
         assert_eq!(c.all().count(), 10);
         let v = c.get("vaccinations-1").unwrap();
         assert_eq!(v.workflow_id, "VACCINATIONS_1");
-        assert_eq!(c.by_interaction("Vaccinations").unwrap().code, "vaccinations-1");
-        assert_eq!(c.by_interaction("vaccinations-1").unwrap().code, "vaccinations-1");
-        assert_eq!(c.get("pds-record-change-1").unwrap().workflow_id, "PDSRECORDCHANGE_1");
+        assert_eq!(
+            c.by_interaction("Vaccinations").unwrap().code,
+            "vaccinations-1"
+        );
+        assert_eq!(
+            c.by_interaction("vaccinations-1").unwrap().code,
+            "vaccinations-1"
+        );
+        assert_eq!(
+            c.get("pds-record-change-1").unwrap().workflow_id,
+            "PDSRECORDCHANGE_1"
+        );
         assert!(c.get("pds-birth-notification-1").unwrap().routing_optional);
         assert!(c.by_interaction("Nothing").is_none());
     }

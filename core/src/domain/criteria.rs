@@ -354,7 +354,8 @@ fn nhs_identifier(value: &str) -> Result<String, Rejection> {
 
 fn organisation_code(rule: pb::RuleType, value: &str) -> Result<String, Rejection> {
     let code = value.to_ascii_uppercase();
-    let well_formed = (3..=9).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_alphanumeric());
+    let well_formed =
+        (3..=9).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_alphanumeric());
     if !well_formed {
         return Err(invalid(format!(
             "Organization.identifier `{}` is not an ODS or GSS code",
@@ -398,7 +399,8 @@ fn truncate(s: &str, max: usize) -> &str {
     let token_like = !s.is_empty()
         && s.len() <= max
         && s.bytes().any(|b| b.is_ascii_alphabetic())
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if token_like { s } else { "(value not shown)" }
 }
 

@@ -188,17 +188,35 @@ mod tests {
 
     #[test]
     fn completed_years_counts_birthdays() {
-        assert_eq!(completed_years(date!(2010 - 06 - 15), date!(2024 - 06 - 14)), Some(13));
-        assert_eq!(completed_years(date!(2010 - 06 - 15), date!(2024 - 06 - 15)), Some(14));
-        assert_eq!(completed_years(date!(2012 - 02 - 29), date!(2013 - 02 - 28)), Some(0));
-        assert_eq!(completed_years(date!(2012 - 02 - 29), date!(2013 - 03 - 01)), Some(1));
-        assert_eq!(completed_years(date!(2024 - 01 - 01), date!(2023 - 01 - 01)), None);
+        assert_eq!(
+            completed_years(date!(2010 - 06 - 15), date!(2024 - 06 - 14)),
+            Some(13)
+        );
+        assert_eq!(
+            completed_years(date!(2010 - 06 - 15), date!(2024 - 06 - 15)),
+            Some(14)
+        );
+        assert_eq!(
+            completed_years(date!(2012 - 02 - 29), date!(2013 - 02 - 28)),
+            Some(0)
+        );
+        assert_eq!(
+            completed_years(date!(2012 - 02 - 29), date!(2013 - 03 - 01)),
+            Some(1)
+        );
+        assert_eq!(
+            completed_years(date!(2024 - 01 - 01), date!(2023 - 01 - 01)),
+            None
+        );
     }
 
     #[test]
     fn instants_format_in_utc() {
         assert_eq!(format_instant_ms(0), "1970-01-01T00:00:00.000+00:00");
-        assert_eq!(format_instant_ms(1_706_691_600_123), "2024-01-31T09:00:00.123+00:00");
+        assert_eq!(
+            format_instant_ms(1_706_691_600_123),
+            "2024-01-31T09:00:00.123+00:00"
+        );
         let t = parse_instant("2024-01-31T10:00:00.123+01:00").unwrap();
         assert_eq!(to_ms(t), 1_706_691_600_123);
     }

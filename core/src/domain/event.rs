@@ -14,7 +14,8 @@ use super::{Rejection, datetime, nhs};
 pub const INTERACTION_PREFIX: &str = "urn:nhs:names:services:events:";
 const INTERACTION_SUFFIX: &str = ".Write";
 /// The message event type code system.
-pub const MESSAGE_EVENT_TYPE_SYSTEM: &str = "https://fhir.nhs.uk/STU3/CodeSystem/MessageEventType-1";
+pub const MESSAGE_EVENT_TYPE_SYSTEM: &str =
+    "https://fhir.nhs.uk/STU3/CodeSystem/MessageEventType-1";
 /// The NHS number identifier system in events.
 pub const NHS_NUMBER_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
 /// Event types whose MessageHeader need not carry `meta.lastUpdated` (nems.md §3.3).
@@ -81,9 +82,9 @@ pub fn interaction_event<'c>(
                 "InteractionID must be {INTERACTION_PREFIX}<EventCode>{INTERACTION_SUFFIX}, e.g. {INTERACTION_PREFIX}Vaccinations{INTERACTION_SUFFIX}"
             ))
         })?;
-    catalogue.by_interaction(name).ok_or_else(|| {
-        header("InteractionID does not name a NEMS event type".to_string())
-    })
+    catalogue
+        .by_interaction(name)
+        .ok_or_else(|| header("InteractionID does not name a NEMS event type".to_string()))
 }
 
 /// Checks an event message published under `interaction` (already resolved).
@@ -126,9 +127,9 @@ pub fn validate(
         ));
     }
     let last_updated_ms = last_updated(header, event_type)?;
-    let nhs_number = routing.as_ref().and_then(|r| {
-        (!r.nhs_number.is_empty()).then(|| r.nhs_number.clone())
-    });
+    let nhs_number = routing
+        .as_ref()
+        .and_then(|r| (!r.nhs_number.is_empty()).then(|| r.nhs_number.clone()));
     let subject = nhs_number.as_ref().and_then(|nhs| {
         message
             .patients
@@ -351,9 +352,7 @@ fn routing<'h>(
         0 if event_type.routing_optional => {}
         1 => {}
         _ => {
-            return Err(resource(
-                "routing demographics need exactly one nhsNumber",
-            ));
+            return Err(resource("routing demographics need exactly one nhsNumber"));
         }
     }
     if routing.nhs_number_count == 1 {

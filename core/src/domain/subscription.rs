@@ -212,7 +212,9 @@ fn channel_mailbox(resource: &pb::SubscriptionResource) -> Result<String, Reject
     let mailbox = channel.endpoint.trim();
     let well_formed = !mailbox.is_empty()
         && mailbox.len() <= 100
-        && mailbox.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        && mailbox
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if !well_formed {
         return Err(resource_error(
             "Subscription.channel.endpoint must be a MESH mailbox id",
@@ -324,27 +326,111 @@ mod tests {
     fn element_rules_table() {
         type Edit = fn(&mut pb::SubscriptionResource);
         let cases: Vec<(Edit, SpineCode, &str)> = vec![
-            (|r| r.id = "abc".into(), SpineCode::InvalidElement, "Subscription.id"),
-            (|r| r.meta.as_mut().unwrap().version_id = "1".into(), SpineCode::InvalidElement, "versionId"),
-            (|r| r.meta.as_mut().unwrap().last_updated = "2020-01-01T00:00:00Z".into(), SpineCode::InvalidElement, "lastUpdated"),
-            (|r| r.meta.as_mut().unwrap().profile = vec!["http://other".into()], SpineCode::InvalidResource, "meta.profile"),
-            (|r| r.other_elements.push("contained".into()), SpineCode::InvalidResource, "contained"),
-            (|r| r.status = "active".into(), SpineCode::InvalidResource, "requested"),
-            (|r| r.contact.clear(), SpineCode::InvalidResource, "contact is required"),
-            (|r| r.contact[0].system = "email".into(), SpineCode::InvalidResource, "contact.system"),
-            (|r| r.contact[0].r#use = "home".into(), SpineCode::InvalidResource, "contact.use"),
-            (|r| r.contact[0].value = "RR8".into(), SpineCode::InvalidResource, "contact.value"),
-            (|r| r.contact[0].value = CONTACT_PREFIX.into(), SpineCode::InvalidResource, "contact.value"),
-            (|r| r.reason = " ".into(), SpineCode::InvalidResource, "reason"),
-            (|r| r.error = "x".into(), SpineCode::InvalidResource, "error"),
-            (|r| r.tag.push(pb::Coding::default()), SpineCode::InvalidResource, "Subscription.tag"),
-            (|r| r.channel = None, SpineCode::InvalidResource, "channel is required"),
-            (|r| r.channel.as_mut().unwrap().r#type = "rest-hook".into(), SpineCode::InvalidResource, "channel.type"),
-            (|r| r.channel.as_mut().unwrap().endpoint = String::new(), SpineCode::InvalidResource, "channel.endpoint"),
-            (|r| r.end = "2020-01-01".into(), SpineCode::InvalidResource, "instant"),
-            (|r| r.end = "2001-01-01T00:00:00+00:00".into(), SpineCode::InvalidRequestMessage, "past"),
-            (|r| r.criteria = String::new(), SpineCode::InvalidResource, "criteria is required"),
-            (|r| r.criteria = "/Bundle?type=message".into(), SpineCode::InvalidRequestMessage, "needs Patient.identifier"),
+            (
+                |r| r.id = "abc".into(),
+                SpineCode::InvalidElement,
+                "Subscription.id",
+            ),
+            (
+                |r| r.meta.as_mut().unwrap().version_id = "1".into(),
+                SpineCode::InvalidElement,
+                "versionId",
+            ),
+            (
+                |r| r.meta.as_mut().unwrap().last_updated = "2020-01-01T00:00:00Z".into(),
+                SpineCode::InvalidElement,
+                "lastUpdated",
+            ),
+            (
+                |r| r.meta.as_mut().unwrap().profile = vec!["http://other".into()],
+                SpineCode::InvalidResource,
+                "meta.profile",
+            ),
+            (
+                |r| r.other_elements.push("contained".into()),
+                SpineCode::InvalidResource,
+                "contained",
+            ),
+            (
+                |r| r.status = "active".into(),
+                SpineCode::InvalidResource,
+                "requested",
+            ),
+            (
+                |r| r.contact.clear(),
+                SpineCode::InvalidResource,
+                "contact is required",
+            ),
+            (
+                |r| r.contact[0].system = "email".into(),
+                SpineCode::InvalidResource,
+                "contact.system",
+            ),
+            (
+                |r| r.contact[0].r#use = "home".into(),
+                SpineCode::InvalidResource,
+                "contact.use",
+            ),
+            (
+                |r| r.contact[0].value = "RR8".into(),
+                SpineCode::InvalidResource,
+                "contact.value",
+            ),
+            (
+                |r| r.contact[0].value = CONTACT_PREFIX.into(),
+                SpineCode::InvalidResource,
+                "contact.value",
+            ),
+            (
+                |r| r.reason = " ".into(),
+                SpineCode::InvalidResource,
+                "reason",
+            ),
+            (
+                |r| r.error = "x".into(),
+                SpineCode::InvalidResource,
+                "error",
+            ),
+            (
+                |r| r.tag.push(pb::Coding::default()),
+                SpineCode::InvalidResource,
+                "Subscription.tag",
+            ),
+            (
+                |r| r.channel = None,
+                SpineCode::InvalidResource,
+                "channel is required",
+            ),
+            (
+                |r| r.channel.as_mut().unwrap().r#type = "rest-hook".into(),
+                SpineCode::InvalidResource,
+                "channel.type",
+            ),
+            (
+                |r| r.channel.as_mut().unwrap().endpoint = String::new(),
+                SpineCode::InvalidResource,
+                "channel.endpoint",
+            ),
+            (
+                |r| r.end = "2020-01-01".into(),
+                SpineCode::InvalidResource,
+                "instant",
+            ),
+            (
+                |r| r.end = "2001-01-01T00:00:00+00:00".into(),
+                SpineCode::InvalidRequestMessage,
+                "past",
+            ),
+            (
+                |r| r.criteria = String::new(),
+                SpineCode::InvalidResource,
+                "criteria is required",
+            ),
+            (
+                |r| r.criteria = "/Bundle?type=message".into(),
+                SpineCode::InvalidRequestMessage,
+                "needs Patient.identifier",
+            ),
         ];
         for (edit, code, needle) in cases {
             let mut r = sample();
@@ -390,7 +476,12 @@ mod tests {
         assert_eq!(v.notices.len(), 1);
         assert_eq!(v.notices[0].spine_code, "DEPRECATED");
         assert!(v.notices[0].diagnostics.contains("ends 2027"));
-        let e = validate(&sample(), &with_state(LifecycleState::NoLongerSupported), NOW).unwrap_err();
+        let e = validate(
+            &sample(),
+            &with_state(LifecycleState::NoLongerSupported),
+            NOW,
+        )
+        .unwrap_err();
         assert_eq!(e.code, SpineCode::NoLongerSupported);
         let e = validate(&sample(), &with_state(LifecycleState::Withdrawn), NOW).unwrap_err();
         assert_eq!(e.code, SpineCode::Withdrawn);

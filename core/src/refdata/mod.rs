@@ -85,10 +85,10 @@ mod postcodes;
 mod practices;
 mod reader;
 
+pub use crate::domain::nhs::is_valid as nhs_number_is_valid;
 pub use code_map::read_code_map;
 pub use demographics::read_demographics;
 pub use detect::detect;
-pub use crate::domain::nhs::is_valid as nhs_number_is_valid;
 pub use postcode::normalise_postcode;
 pub use postcodes::read_postcodes;
 pub use practices::read_practices;

@@ -53,7 +53,9 @@ async fn pump(
         tokio::pin!(notified);
         notified.as_mut().enable();
         let now = now_ms();
-        let (picks, wake) = state.dispatcher.pick(stream, limits.stream, limits.mailbox, now);
+        let (picks, wake) = state
+            .dispatcher
+            .pick(stream, limits.stream, limits.mailbox, now);
         if picks.is_empty() {
             let wait = wake
                 .map(|at| Duration::from_millis(at.saturating_sub(now)))
@@ -151,7 +153,11 @@ impl DeliveryService for Deliveries {
         let req = request.into_inner();
         let config = &self.state.config;
         let limits = Limits {
-            stream: if req.max_in_flight == 0 { config.max_in_flight } else { req.max_in_flight.min(10_000) },
+            stream: if req.max_in_flight == 0 {
+                config.max_in_flight
+            } else {
+                req.max_in_flight.min(10_000)
+            },
             mailbox: if req.max_in_flight_per_mailbox == 0 {
                 config.max_in_flight_per_mailbox
             } else {
@@ -180,12 +186,17 @@ impl DeliveryService for Deliveries {
             .write(move |tx| ledger::complete(tx, id, attempt, &outcome, now))
             .await
             .map_err(|e| store_status(e, "complete-delivery"))?
-            .ok_or_else(|| Rejection::new(SpineCode::NoRecordFound, "no such delivery").into_status())?;
+            .ok_or_else(|| {
+                Rejection::new(SpineCode::NoRecordFound, "no such delivery").into_status()
+            })?;
         if done.state != pb::DeliveryState::InFlight {
             self.state.dispatcher.released(id);
         }
         if done.was_pending
-            && matches!(done.state, pb::DeliveryState::Delivered | pb::DeliveryState::DeadLettered)
+            && matches!(
+                done.state,
+                pb::DeliveryState::Delivered | pb::DeliveryState::DeadLettered
+            )
         {
             self.state.note_settled(1);
         }
@@ -209,7 +220,8 @@ impl DeliveryService for Deliveries {
             .store
             .writer()
             .write(move |tx| {
-                let Some(id) = ledger::find_reported(tx, &req.mesh_message_id, &req.local_id)? else {
+                let Some(id) = ledger::find_reported(tx, &req.mesh_message_id, &req.local_id)?
+                else {
                     return Ok(None);
                 };
                 ledger::record_report(tx, id, &req.code, &req.description, now)?;
@@ -219,7 +231,10 @@ impl DeliveryService for Deliveries {
             .map_err(|e| store_status(e, "report-undelivered"))?;
         if let Some(id) = found {
             self.state.dispatcher.released(id);
-            tracing::warn!(delivery = id, "mesh reported a delivery undelivered; dead-lettered");
+            tracing::warn!(
+                delivery = id,
+                "mesh reported a delivery undelivered; dead-lettered"
+            );
         }
         Ok(Response::new(pb::ReportUndeliveredResponse {
             found: found.is_some(),

@@ -44,8 +44,16 @@ fn normalise_system(mut s: pb::SpineSystem) -> pb::SpineSystem {
 
 #[tonic::async_trait]
 impl DirectoryService for DirectoryAdmin {
-    async fn put_system(&self, request: Request<pb::PutSystemRequest>) -> Result<Response<pb::PutSystemResponse>, Status> {
-        let system = normalise_system(request.into_inner().system.ok_or_else(|| missing("system"))?);
+    async fn put_system(
+        &self,
+        request: Request<pb::PutSystemRequest>,
+    ) -> Result<Response<pb::PutSystemResponse>, Status> {
+        let system = normalise_system(
+            request
+                .into_inner()
+                .system
+                .ok_or_else(|| missing("system"))?,
+        );
         check_system(&system).map_err(|e| invalid(format!("system: {e}")))?;
         let record = admin_audit("directory.put-system", "SpineSystem", &system.asid);
         let replaced = self
@@ -59,15 +67,28 @@ impl DirectoryService for DirectoryAdmin {
         Ok(Response::new(pb::PutSystemResponse { replaced }))
     }
 
-    async fn get_system(&self, request: Request<pb::GetSystemRequest>) -> Result<Response<pb::GetSystemResponse>, Status> {
+    async fn get_system(
+        &self,
+        request: Request<pb::GetSystemRequest>,
+    ) -> Result<Response<pb::GetSystemResponse>, Status> {
         let asid = request.into_inner().asid;
-        let system = self.state.directory().system(&asid).cloned().ok_or_else(|| {
-            nems_proto::spine::status(SpineCode::NoRecordFound, "no system with that ASID")
-        })?;
-        Ok(Response::new(pb::GetSystemResponse { system: Some(system) }))
+        let system = self
+            .state
+            .directory()
+            .system(&asid)
+            .cloned()
+            .ok_or_else(|| {
+                nems_proto::spine::status(SpineCode::NoRecordFound, "no system with that ASID")
+            })?;
+        Ok(Response::new(pb::GetSystemResponse {
+            system: Some(system),
+        }))
     }
 
-    async fn delete_system(&self, request: Request<pb::DeleteSystemRequest>) -> Result<Response<pb::DeleteSystemResponse>, Status> {
+    async fn delete_system(
+        &self,
+        request: Request<pb::DeleteSystemRequest>,
+    ) -> Result<Response<pb::DeleteSystemResponse>, Status> {
         let asid = request.into_inner().asid;
         let record = admin_audit("directory.delete-system", "SpineSystem", &asid);
         let deleted = self
@@ -81,7 +102,10 @@ impl DirectoryService for DirectoryAdmin {
         Ok(Response::new(pb::DeleteSystemResponse { deleted }))
     }
 
-    async fn list_systems(&self, _request: Request<pb::ListSystemsRequest>) -> Result<Response<pb::ListSystemsResponse>, Status> {
+    async fn list_systems(
+        &self,
+        _request: Request<pb::ListSystemsRequest>,
+    ) -> Result<Response<pb::ListSystemsResponse>, Status> {
         let (mut systems, _) = self
             .state
             .store
@@ -92,8 +116,14 @@ impl DirectoryService for DirectoryAdmin {
         Ok(Response::new(pb::ListSystemsResponse { systems }))
     }
 
-    async fn put_mailbox(&self, request: Request<pb::PutMailboxRequest>) -> Result<Response<pb::PutMailboxResponse>, Status> {
-        let mut mailbox = request.into_inner().mailbox.ok_or_else(|| missing("mailbox"))?;
+    async fn put_mailbox(
+        &self,
+        request: Request<pb::PutMailboxRequest>,
+    ) -> Result<Response<pb::PutMailboxResponse>, Status> {
+        let mut mailbox = request
+            .into_inner()
+            .mailbox
+            .ok_or_else(|| missing("mailbox"))?;
         mailbox.mailbox_id = mailbox.mailbox_id.to_ascii_uppercase();
         mailbox.ods_code = mailbox.ods_code.to_ascii_uppercase();
         check_mailbox(&mailbox).map_err(|e| invalid(format!("mailbox: {e}")))?;
@@ -109,7 +139,10 @@ impl DirectoryService for DirectoryAdmin {
         Ok(Response::new(pb::PutMailboxResponse { replaced }))
     }
 
-    async fn delete_mailbox(&self, request: Request<pb::DeleteMailboxRequest>) -> Result<Response<pb::DeleteMailboxResponse>, Status> {
+    async fn delete_mailbox(
+        &self,
+        request: Request<pb::DeleteMailboxRequest>,
+    ) -> Result<Response<pb::DeleteMailboxResponse>, Status> {
         let id = request.into_inner().mailbox_id.to_ascii_uppercase();
         let record = admin_audit("directory.delete-mailbox", "MeshMailbox", &id);
         let deleted = self
@@ -123,7 +156,10 @@ impl DirectoryService for DirectoryAdmin {
         Ok(Response::new(pb::DeleteMailboxResponse { deleted }))
     }
 
-    async fn list_mailboxes(&self, _request: Request<pb::ListMailboxesRequest>) -> Result<Response<pb::ListMailboxesResponse>, Status> {
+    async fn list_mailboxes(
+        &self,
+        _request: Request<pb::ListMailboxesRequest>,
+    ) -> Result<Response<pb::ListMailboxesResponse>, Status> {
         let (_, mut mailboxes) = self
             .state
             .store

@@ -26,13 +26,22 @@ pub(crate) struct Events {
 
 impl Events {
     fn refuse(&self, caller: &pb::Caller, r: Rejection) -> Status {
-        self.state
-            .audit_detached(audit_record(caller, "publish", "Bundle", "", r.code.as_str()));
+        self.state.audit_detached(audit_record(
+            caller,
+            "publish",
+            "Bundle",
+            "",
+            r.code.as_str(),
+        ));
         tracing::info!(code = %r.code, "publish refused");
         r.into_status()
     }
 
-    fn check(&self, caller: &pb::Caller, req: &pb::PublishEventRequest) -> Result<(pb::SpineSystem, ValidEvent), Rejection> {
+    fn check(
+        &self,
+        caller: &pb::Caller,
+        req: &pb::PublishEventRequest,
+    ) -> Result<(pb::SpineSystem, ValidEvent), Rejection> {
         let directory = self.state.directory();
         let system = directory.caller(caller)?.clone();
         let catalogue = &self.state.catalogue;
@@ -50,7 +59,10 @@ impl Events {
     fn check_backpressure(&self) -> Result<(), Status> {
         let pending = self.state.pending_deliveries();
         if pending > self.state.config.max_pending_deliveries {
-            tracing::warn!(pending, "delivery backlog above its bound; shedding publishes");
+            tracing::warn!(
+                pending,
+                "delivery backlog above its bound; shedding publishes"
+            );
             return Err(spine::unavailable(
                 "the delivery backlog is full; retry later",
                 Duration::from_secs(5),
@@ -93,9 +105,14 @@ impl EventService for Events {
     ) -> Result<Response<pb::PublishEventResponse>, Status> {
         let mut req = request.into_inner();
         let caller = req.caller.take().ok_or_else(|| missing("caller"))?;
-        let (system, valid) = self.check(&caller, &req).map_err(|r| self.refuse(&caller, r))?;
+        let (system, valid) = self
+            .check(&caller, &req)
+            .map_err(|r| self.refuse(&caller, r))?;
         if req.payload.is_empty() {
-            return Err(self.refuse(&caller, Rejection::new(SpineCode::BadRequest, "payload is required")));
+            return Err(self.refuse(
+                &caller,
+                Rejection::new(SpineCode::BadRequest, "payload is required"),
+            ));
         }
         self.check_backpressure()?;
 
@@ -139,7 +156,8 @@ impl EventService for Events {
                 }
                 other => store_status(other, &caller.request_id),
             })?;
-        self.state.note_queued(accepted.queued_mailboxes.len() as u64);
+        self.state
+            .note_queued(accepted.queued_mailboxes.len() as u64);
         for mailbox in &accepted.queued_mailboxes {
             self.state.dispatcher.available(mailbox, accepted_ms);
         }

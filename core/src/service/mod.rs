@@ -18,14 +18,12 @@ pub(crate) mod subscriptions;
 /// request id and answered with that id only.
 pub(crate) fn store_status(e: StoreError, request_id: &str) -> Status {
     match e {
-        StoreError::Busy => spine::unavailable(
-            "the service is busy; retry shortly",
-            Duration::from_secs(1),
-        ),
-        StoreError::Poisoned | StoreError::Closed => spine::unavailable(
-            "the store is unavailable",
-            Duration::from_secs(30),
-        ),
+        StoreError::Busy => {
+            spine::unavailable("the service is busy; retry shortly", Duration::from_secs(1))
+        }
+        StoreError::Poisoned | StoreError::Closed => {
+            spine::unavailable("the store is unavailable", Duration::from_secs(30))
+        }
         other => {
             tracing::error!(error = %other, request_id, "store failure");
             Status::internal(format!(

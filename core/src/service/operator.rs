@@ -55,7 +55,11 @@ fn operator_audit(action: &str, resource_type: &str, id: &str) -> pb::AuditRecor
 }
 
 impl Operator {
-    fn record(sub: crate::store::records::StoredSubscription, id: u128, now: u64) -> pb::SubscriptionRecord {
+    fn record(
+        sub: crate::store::records::StoredSubscription,
+        id: u128,
+        now: u64,
+    ) -> pb::SubscriptionRecord {
         let state = if sub.deleted_ms != 0 {
             pb::SubscriptionState::Deleted
         } else if sub.end_ms != 0 && sub.end_ms <= now {
@@ -94,7 +98,11 @@ impl Operator {
                 (0, Item::Postcodes(b)) => refdata::encode_postcodes(b.rows),
                 (1, Item::Practices(b)) => refdata::encode_practices(b.rows),
                 (2, Item::CodeMap(b)) => refdata::encode_code_map(b.rows),
-                _ => return Err(invalid("a batch does not match the data set named in the header")),
+                _ => {
+                    return Err(invalid(
+                        "a batch does not match the data set named in the header",
+                    ));
+                }
             };
             rows += encoded.len() as u64;
             writer
@@ -110,7 +118,12 @@ impl Operator {
             })
             .await
             .map_err(|e| store_status(e, "import"))?;
-        tracing::info!(set, rows = meta.rows, generation = meta.generation, "reference data replaced");
+        tracing::info!(
+            set,
+            rows = meta.rows,
+            generation = meta.generation,
+            "reference data replaced"
+        );
         let _ = rows;
         Ok(pb::ImportReferenceDataResponse {
             rows: meta.rows,
@@ -143,7 +156,10 @@ fn import_update(r: &pb::PatientRecord) -> Option<PatientUpdate> {
 
 #[tonic::async_trait]
 impl OperatorService for Operator {
-    async fn list_subscriptions(&self, request: Request<pb::ListSubscriptionsRequest>) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
+    async fn list_subscriptions(
+        &self,
+        request: Request<pb::ListSubscriptionsRequest>,
+    ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
         use pb::list_subscriptions_request::Filter;
         let req = request.into_inner();
         let filter = match req.filter {
@@ -178,14 +194,21 @@ impl OperatorService for Operator {
             .map_err(|e| store_status(e, "list-subscriptions"))?;
         let now = now_ms();
         Ok(Response::new(pb::ListSubscriptionsResponse {
-            subscriptions: page.into_iter().map(|(id, s)| Self::record(s, id, now)).collect(),
+            subscriptions: page
+                .into_iter()
+                .map(|(id, s)| Self::record(s, id, now))
+                .collect(),
             next_page_token: next,
         }))
     }
 
-    async fn list_deliveries(&self, request: Request<pb::ListDeliveriesRequest>) -> Result<Response<pb::ListDeliveriesResponse>, Status> {
+    async fn list_deliveries(
+        &self,
+        request: Request<pb::ListDeliveriesRequest>,
+    ) -> Result<Response<pb::ListDeliveriesResponse>, Status> {
         let req = request.into_inner();
-        let state = pb::DeliveryState::try_from(req.state).unwrap_or(pb::DeliveryState::Unspecified);
+        let state =
+            pb::DeliveryState::try_from(req.state).unwrap_or(pb::DeliveryState::Unspecified);
         let query = Query {
             event_id: req.event_id.to_ascii_lowercase(),
             mailbox: req.mailbox.to_ascii_uppercase(),
@@ -207,10 +230,16 @@ impl OperatorService for Operator {
         }))
     }
 
-    async fn get_event(&self, request: Request<pb::GetEventRequest>) -> Result<Response<pb::GetEventResponse>, Status> {
+    async fn get_event(
+        &self,
+        request: Request<pb::GetEventRequest>,
+    ) -> Result<Response<pb::GetEventResponse>, Status> {
         let event_id = request.into_inner().event_id;
         let Some(id) = parse_id(&event_id) else {
-            return Err(spine::status(SpineCode::NoRecordFound, "no event with that id"));
+            return Err(spine::status(
+                SpineCode::NoRecordFound,
+                "no event with that id",
+            ));
         };
         let found = self
             .state
@@ -219,7 +248,10 @@ impl OperatorService for Operator {
                 let Some((seq, e)) = event_store::get_by_id(tx, id)? else {
                     return Ok(None);
                 };
-                let held = tx.open_table(crate::store::tables::PAYLOADS)?.get(seq)?.is_some();
+                let held = tx
+                    .open_table(crate::store::tables::PAYLOADS)?
+                    .get(seq)?
+                    .is_some();
                 let query = Query {
                     event_id: e.event_id.clone(),
                     ..Default::default()
@@ -229,14 +261,18 @@ impl OperatorService for Operator {
             })
             .await
             .map_err(|e| store_status(e, "get-event"))?;
-        let (event, deliveries) = found.ok_or_else(|| spine::status(SpineCode::NoRecordFound, "no event with that id"))?;
+        let (event, deliveries) = found
+            .ok_or_else(|| spine::status(SpineCode::NoRecordFound, "no event with that id"))?;
         Ok(Response::new(pb::GetEventResponse {
             event: Some(event),
             deliveries,
         }))
     }
 
-    async fn redrive_deliveries(&self, request: Request<pb::RedriveDeliveriesRequest>) -> Result<Response<pb::RedriveDeliveriesResponse>, Status> {
+    async fn redrive_deliveries(
+        &self,
+        request: Request<pb::RedriveDeliveriesRequest>,
+    ) -> Result<Response<pb::RedriveDeliveriesResponse>, Status> {
         let req = request.into_inner();
         let selection = Selection {
             ids: req.delivery_ids,
@@ -264,14 +300,21 @@ impl OperatorService for Operator {
         for (_, mailbox) in &redriven {
             self.state.dispatcher.available(mailbox, now);
         }
-        tracing::info!(redriven = redriven.len(), skipped = skipped.len(), "dead letters redriven");
+        tracing::info!(
+            redriven = redriven.len(),
+            skipped = skipped.len(),
+            "dead letters redriven"
+        );
         Ok(Response::new(pb::RedriveDeliveriesResponse {
             redriven: redriven.len() as u32,
             skipped,
         }))
     }
 
-    async fn get_mailbox_stats(&self, request: Request<pb::GetMailboxStatsRequest>) -> Result<Response<pb::GetMailboxStatsResponse>, Status> {
+    async fn get_mailbox_stats(
+        &self,
+        request: Request<pb::GetMailboxStatsRequest>,
+    ) -> Result<Response<pb::GetMailboxStatsResponse>, Status> {
         let mailbox = request.into_inner().mailbox.to_ascii_uppercase();
         let mailboxes = self
             .state
@@ -282,13 +325,19 @@ impl OperatorService for Operator {
         Ok(Response::new(pb::GetMailboxStatsResponse { mailboxes }))
     }
 
-    async fn list_event_types(&self, _request: Request<pb::ListEventTypesRequest>) -> Result<Response<pb::ListEventTypesResponse>, Status> {
+    async fn list_event_types(
+        &self,
+        _request: Request<pb::ListEventTypesRequest>,
+    ) -> Result<Response<pb::ListEventTypesResponse>, Status> {
         Ok(Response::new(pb::ListEventTypesResponse {
             event_types: self.state.catalogue.all().cloned().collect(),
         }))
     }
 
-    async fn inject_delivery(&self, request: Request<pb::InjectDeliveryRequest>) -> Result<Response<pb::InjectDeliveryResponse>, Status> {
+    async fn inject_delivery(
+        &self,
+        request: Request<pb::InjectDeliveryRequest>,
+    ) -> Result<Response<pb::InjectDeliveryResponse>, Status> {
         let req = request.into_inner();
         let mailbox = req.mailbox.to_ascii_uppercase();
         if self.state.directory().mailbox(&mailbox).is_none() {
@@ -298,7 +347,12 @@ impl OperatorService for Operator {
             .state
             .catalogue
             .get(&req.event_code)
-            .ok_or_else(|| spine::status(SpineCode::InvalidCodeValue, "event_code is not in the catalogue"))?
+            .ok_or_else(|| {
+                spine::status(
+                    SpineCode::InvalidCodeValue,
+                    "event_code is not in the catalogue",
+                )
+            })?
             .clone();
         if req.payload.is_empty() {
             return Err(missing("payload"));
@@ -341,23 +395,33 @@ impl OperatorService for Operator {
         }))
     }
 
-    async fn import_reference_data(&self, request: Request<Streaming<pb::ImportReferenceDataRequest>>) -> Result<Response<pb::ImportReferenceDataResponse>, Status> {
+    async fn import_reference_data(
+        &self,
+        request: Request<Streaming<pb::ImportReferenceDataRequest>>,
+    ) -> Result<Response<pb::ImportReferenceDataResponse>, Status> {
         use pb::import_reference_data_request::Item;
         let mut stream = request.into_inner();
         let first = stream.next().await.ok_or_else(|| missing("header"))??;
         let Some(Item::Header(header)) = first.item else {
             return Err(invalid("the first message of an import must be its header"));
         };
-        let set = refdata::set_index(header.data_set()).ok_or_else(|| invalid("header.data_set is required"))?;
+        let set = refdata::set_index(header.data_set())
+            .ok_or_else(|| invalid("header.data_set is required"))?;
         let _exclusive = self.state.import_lock(set).lock().await;
-        self.import_rows(set, header, stream).await.map(Response::new)
+        self.import_rows(set, header, stream)
+            .await
+            .map(Response::new)
     }
 
-    async fn import_demographics(&self, request: Request<Streaming<pb::ImportDemographicsRequest>>) -> Result<Response<pb::ImportDemographicsResponse>, Status> {
+    async fn import_demographics(
+        &self,
+        request: Request<Streaming<pb::ImportDemographicsRequest>>,
+    ) -> Result<Response<pb::ImportDemographicsResponse>, Status> {
         let mut stream = request.into_inner();
         let (mut written, mut skipped) = (0u64, 0u64);
         while let Some(message) = stream.next().await {
-            let updates: Vec<PatientUpdate> = message?.patients.iter().filter_map(import_update).collect();
+            let updates: Vec<PatientUpdate> =
+                message?.patients.iter().filter_map(import_update).collect();
             let (w, s) = self
                 .state
                 .store
@@ -385,7 +449,10 @@ impl OperatorService for Operator {
         }))
     }
 
-    async fn lookup_area(&self, request: Request<pb::LookupAreaRequest>) -> Result<Response<pb::LookupAreaResponse>, Status> {
+    async fn lookup_area(
+        &self,
+        request: Request<pb::LookupAreaRequest>,
+    ) -> Result<Response<pb::LookupAreaResponse>, Status> {
         use pb::lookup_area_request::Key;
         let key = request.into_inner().key.ok_or_else(|| missing("key"))?;
         let response = self
@@ -419,7 +486,10 @@ impl OperatorService for Operator {
         Ok(Response::new(response))
     }
 
-    async fn list_audit(&self, request: Request<pb::ListAuditRequest>) -> Result<Response<pb::ListAuditResponse>, Status> {
+    async fn list_audit(
+        &self,
+        request: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
         let req = request.into_inner();
         let filter = audit::AuditFilter {
             since_ms: ms_of(req.since),
@@ -442,7 +512,10 @@ impl OperatorService for Operator {
         }))
     }
 
-    async fn get_status(&self, _request: Request<pb::GetStatusRequest>) -> Result<Response<pb::GetStatusResponse>, Status> {
+    async fn get_status(
+        &self,
+        _request: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::GetStatusResponse>, Status> {
         let status = self
             .state
             .store

@@ -24,7 +24,11 @@ pub(crate) struct Subscriptions {
 }
 
 fn not_found(id: &str) -> Status {
-    let shown = if parse_id(id).is_some() { id } else { "(malformed id)" };
+    let shown = if parse_id(id).is_some() {
+        id
+    } else {
+        "(malformed id)"
+    };
     Rejection::new(
         SpineCode::NoRecordFound,
         format!("No record found for supplied Subscription identifier - {shown}"),
@@ -43,12 +47,21 @@ pub(crate) fn current_resource(sub: &StoredSubscription, now: u64) -> pb::Subscr
 
 impl Subscriptions {
     fn refuse(&self, caller: &pb::Caller, action: &str, id: &str, r: Rejection) -> Status {
-        self.state
-            .audit_detached(audit_record(caller, action, "Subscription", id, r.code.as_str()));
+        self.state.audit_detached(audit_record(
+            caller,
+            action,
+            "Subscription",
+            id,
+            r.code.as_str(),
+        ));
         r.into_status()
     }
 
-    async fn create(&self, caller: pb::Caller, resource: pb::SubscriptionResource) -> Result<pb::CreateSubscriptionResponse, Status> {
+    async fn create(
+        &self,
+        caller: pb::Caller,
+        resource: pb::SubscriptionResource,
+    ) -> Result<pb::CreateSubscriptionResponse, Status> {
         let directory = self.state.directory();
         let now = now_ms();
         let checked = directory.caller(&caller).cloned().and_then(|system| {
@@ -156,7 +169,13 @@ impl SubscriptionService for Subscriptions {
             .map_err(|e| store_status(e, &caller.request_id))?;
         let sub = found.filter(|s| s.deleted_ms == 0 && Directory::owns(&system, &s.owner_ods));
         let Some(sub) = sub else {
-            self.state.audit_detached(audit_record(&caller, "read", "Subscription", &req.id, SpineCode::NoRecordFound.as_str()));
+            self.state.audit_detached(audit_record(
+                &caller,
+                "read",
+                "Subscription",
+                &req.id,
+                SpineCode::NoRecordFound.as_str(),
+            ));
             return Err(not_found(&req.id));
         };
         self.state
@@ -187,7 +206,8 @@ impl SubscriptionService for Subscriptions {
             .store
             .writer()
             .write(move |tx| {
-                let deleted = store::delete(tx, id, now, |s| Directory::owns(&system, &s.owner_ods))?;
+                let deleted =
+                    store::delete(tx, id, now, |s| Directory::owns(&system, &s.owner_ods))?;
                 if deleted {
                     audit::append(tx, now, &audit_ok)?;
                 }
@@ -196,7 +216,13 @@ impl SubscriptionService for Subscriptions {
             .await
             .map_err(|e| store_status(e, &caller.request_id))?;
         if !deleted {
-            self.state.audit_detached(audit_record(&caller, "delete", "Subscription", &req.id, SpineCode::NoRecordFound.as_str()));
+            self.state.audit_detached(audit_record(
+                &caller,
+                "delete",
+                "Subscription",
+                &req.id,
+                SpineCode::NoRecordFound.as_str(),
+            ));
             return Err(not_found(&req.id));
         }
         tracing::info!(subscription = %req.id, "subscription deleted");

@@ -9,9 +9,16 @@ use super::StoreError;
 use super::tables::AUDIT;
 
 /// Appends one record.
-pub(crate) fn append(tx: &WriteTransaction, at_ms: u64, record: &pb::AuditRecord) -> Result<(), StoreError> {
+pub(crate) fn append(
+    tx: &WriteTransaction,
+    at_ms: u64,
+    record: &pb::AuditRecord,
+) -> Result<(), StoreError> {
     let mut table = tx.open_table(AUDIT)?;
-    table.insert((at_ms, rand::random::<u64>()), record.encode_to_vec().as_slice())?;
+    table.insert(
+        (at_ms, rand::random::<u64>()),
+        record.encode_to_vec().as_slice(),
+    )?;
     Ok(())
 }
 
@@ -35,8 +42,12 @@ pub(crate) fn list(
     let table = tx.open_table(AUDIT)?;
     let start = match page_token.split_once(':') {
         Some((ms, seq)) => {
-            let ms: u64 = ms.parse().map_err(|_| StoreError::Corrupt("bad page token".into()))?;
-            let seq: u64 = seq.parse().map_err(|_| StoreError::Corrupt("bad page token".into()))?;
+            let ms: u64 = ms
+                .parse()
+                .map_err(|_| StoreError::Corrupt("bad page token".into()))?;
+            let seq: u64 = seq
+                .parse()
+                .map_err(|_| StoreError::Corrupt("bad page token".into()))?;
             match seq.checked_add(1) {
                 Some(next) => (ms, next),
                 None => (ms.saturating_add(1), 0),
@@ -44,7 +55,11 @@ pub(crate) fn list(
         }
         None => (filter.since_ms, 0),
     };
-    let until = if filter.until_ms == 0 { u64::MAX } else { filter.until_ms };
+    let until = if filter.until_ms == 0 {
+        u64::MAX
+    } else {
+        filter.until_ms
+    };
     let mut out = Vec::new();
     for item in table.range(start..)? {
         let (k, v) = item?;
@@ -67,7 +82,11 @@ pub(crate) fn list(
 }
 
 /// Deletes records older than `before_ms`, at most `limit` of them; returns how many.
-pub(crate) fn prune(tx: &WriteTransaction, before_ms: u64, limit: usize) -> Result<usize, StoreError> {
+pub(crate) fn prune(
+    tx: &WriteTransaction,
+    before_ms: u64,
+    limit: usize,
+) -> Result<usize, StoreError> {
     let mut table = tx.open_table(AUDIT)?;
     let mut keys = Vec::new();
     for item in table.range(..(before_ms, 0))? {

@@ -103,10 +103,16 @@ pub(crate) fn apply(tx: &WriteTransaction, u: &PatientUpdate) -> Result<bool, St
         changed = true;
     }
     if changed {
-        let newest = [stored.address_ms, stored.gp_ms, stored.flag_ms, stored.death_ms, stored.birth_ms]
-            .into_iter()
-            .max()
-            .unwrap_or(0);
+        let newest = [
+            stored.address_ms,
+            stored.gp_ms,
+            stored.flag_ms,
+            stored.death_ms,
+            stored.birth_ms,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0);
         record.last_updated = crate::domain::datetime::format_instant_ms(newest);
         table.insert(u.nhs, stored.encode_to_vec().as_slice())?;
     }

@@ -50,7 +50,11 @@ pub(crate) struct Accepted {
     pub(crate) delivery_ids: Vec<u64>,
 }
 
-fn next(counters: &mut redb::Table<'_, &'static str, u64>, name: &str, by: u64) -> Result<u64, StoreError> {
+fn next(
+    counters: &mut redb::Table<'_, &'static str, u64>,
+    name: &str,
+    by: u64,
+) -> Result<u64, StoreError> {
     let current = counters.get(name)?.map(|v| v.value()).unwrap_or(1).max(1);
     counters.insert(name, current + by)?;
     Ok(current)
@@ -61,7 +65,10 @@ pub(crate) fn accept(tx: &WriteTransaction, e: &NewEvent) -> Result<Accepted, St
     let mut counters = tx.open_table(COUNTERS)?;
     let seq = next(&mut counters, "next-event", 1)?;
     let first = next(&mut counters, "next-delivery", e.deliveries.len() as u64)?;
-    let accepted = counters.get("events-accepted")?.map(|v| v.value()).unwrap_or(0);
+    let accepted = counters
+        .get("events-accepted")?
+        .map(|v| v.value())
+        .unwrap_or(0);
     counters.insert("events-accepted", accepted + 1)?;
     drop(counters);
 
@@ -79,7 +86,8 @@ pub(crate) fn accept(tx: &WriteTransaction, e: &NewEvent) -> Result<Accepted, St
         unsettled: queued,
         matched_subscriptions: e.matched_subscriptions,
     };
-    tx.open_table(EVENTS)?.insert(seq, stored.encode_to_vec().as_slice())?;
+    tx.open_table(EVENTS)?
+        .insert(seq, stored.encode_to_vec().as_slice())?;
     tx.open_table(EVENTS_BY_ID)?.insert(e.event_id, seq)?;
     if queued > 0 {
         tx.open_table(PAYLOADS)?.insert(seq, e.payload.as_slice())?;
@@ -116,7 +124,11 @@ pub(crate) fn accept(tx: &WriteTransaction, e: &NewEvent) -> Result<Accepted, St
             updated_ms: e.accepted_ms,
             next_attempt_ms: if d.suppressed { 0 } else { e.accepted_ms },
             mesh_message_id: String::new(),
-            last_error_code: if d.suppressed { "PATIENT_FLAGGED".into() } else { String::new() },
+            last_error_code: if d.suppressed {
+                "PATIENT_FLAGGED".into()
+            } else {
+                String::new()
+            },
             last_error: if d.suppressed {
                 "patient is flagged sensitive or invalid in PDS: not sent".into()
             } else {
@@ -139,7 +151,10 @@ pub(crate) fn accept(tx: &WriteTransaction, e: &NewEvent) -> Result<Accepted, St
 }
 
 /// Finds an event by id.
-pub(crate) fn get_by_id(tx: &ReadTransaction, id: u128) -> Result<Option<(u64, StoredEvent)>, StoreError> {
+pub(crate) fn get_by_id(
+    tx: &ReadTransaction,
+    id: u128,
+) -> Result<Option<(u64, StoredEvent)>, StoreError> {
     let Some(seq) = tx.open_table(EVENTS_BY_ID)?.get(id)?.map(|v| v.value()) else {
         return Ok(None);
     };
@@ -152,7 +167,11 @@ pub(crate) fn get_by_id(tx: &ReadTransaction, id: u128) -> Result<Option<(u64, S
 
 /// Events accepted since the store was created.
 pub(crate) fn accepted_count(tx: &ReadTransaction) -> Result<u64, StoreError> {
-    Ok(tx.open_table(COUNTERS)?.get("events-accepted")?.map(|v| v.value()).unwrap_or(0))
+    Ok(tx
+        .open_table(COUNTERS)?
+        .get("events-accepted")?
+        .map(|v| v.value())
+        .unwrap_or(0))
 }
 
 /// The ledger view of an event.

@@ -49,7 +49,10 @@ mod tests {
         let id = new_id();
         let hex = id_hex(id);
         assert_eq!(hex.len(), 32);
-        assert!(hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        assert!(
+            hex.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        );
         assert_eq!(parse_id(&hex), Some(id));
         assert_eq!(parse_id(&hex.to_uppercase()), Some(id));
         assert_eq!(parse_id("xyz"), None);

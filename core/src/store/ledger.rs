@@ -97,7 +97,8 @@ impl<'t> Ledger<'t> {
     ) -> Result<(), StoreError> {
         let old = d.state();
         if d.next_attempt_ms != 0 {
-            self.queue.remove((d.mailbox.as_str(), d.next_attempt_ms, id))?;
+            self.queue
+                .remove((d.mailbox.as_str(), d.next_attempt_ms, id))?;
         }
         if let Some(at) = queue_at {
             self.queue.insert((d.mailbox.as_str(), at, id), ())?;
@@ -191,7 +192,9 @@ pub(crate) fn lease(
         let mut leased = Vec::with_capacity(keys.len());
         for id in keys {
             let Some(mut d) = ledger.load(id)? else {
-                return Err(StoreError::Corrupt(format!("queue names unknown delivery {id}")));
+                return Err(StoreError::Corrupt(format!(
+                    "queue names unknown delivery {id}"
+                )));
             };
             let payload = payloads
                 .get(d.event_seq)?
@@ -232,9 +235,18 @@ pub(crate) fn lease(
 /// An adapter's report on one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Outcome {
-    Sent { mesh_message_id: String },
-    Retry { code: String, reason: String, retry_after_ms: u64 },
-    Refused { code: String, reason: String },
+    Sent {
+        mesh_message_id: String,
+    },
+    Retry {
+        code: String,
+        reason: String,
+        retry_after_ms: u64,
+    },
+    Refused {
+        code: String,
+        reason: String,
+    },
 }
 
 /// The effect of a completion.
@@ -265,12 +277,17 @@ pub(crate) fn complete(
     let mut done = Completed {
         state: before,
         mailbox: d.mailbox.clone(),
-        was_pending: matches!(before, pb::DeliveryState::Queued | pb::DeliveryState::InFlight),
+        was_pending: matches!(
+            before,
+            pb::DeliveryState::Queued | pb::DeliveryState::InFlight
+        ),
         requeued_at: None,
     };
     let settled = matches!(
         before,
-        pb::DeliveryState::Delivered | pb::DeliveryState::DeadLettered | pb::DeliveryState::Suppressed
+        pb::DeliveryState::Delivered
+            | pb::DeliveryState::DeadLettered
+            | pb::DeliveryState::Suppressed
     );
     let stale = attempt != d.attempts;
     match outcome {
@@ -281,14 +298,19 @@ pub(crate) fn complete(
             d.last_error_code.clear();
             d.last_error.clear();
             if !mesh_message_id.is_empty() {
-                tx.open_table(DELIVERIES_BY_MESH_ID)?.insert(mesh_message_id.as_str(), id)?;
+                tx.open_table(DELIVERIES_BY_MESH_ID)?
+                    .insert(mesh_message_id.as_str(), id)?;
             }
             drop(ledger);
             release_payload(tx, &mut d)?;
             ledger = Ledger::open(tx)?;
         }
         Outcome::Retry { .. } | Outcome::Refused { .. } if stale => return Ok(Some(done)),
-        Outcome::Retry { code, reason, retry_after_ms } => {
+        Outcome::Retry {
+            code,
+            reason,
+            retry_after_ms,
+        } => {
             let at = now + retry_after_ms;
             ledger.transition(id, &mut d, pb::DeliveryState::Queued, Some(at), now)?;
             d.last_error_code.clone_from(code);
@@ -314,7 +336,10 @@ pub(crate) fn find_reported(
 ) -> Result<Option<u64>, StoreError> {
     if let Some((event, index)) = local_id.split_once('-')
         && let (Some(event_id), Ok(index)) = (parse_id(event), index.parse::<u64>())
-        && let Some(seq) = tx.open_table(EVENTS_BY_ID)?.get(event_id)?.map(|v| v.value())
+        && let Some(seq) = tx
+            .open_table(EVENTS_BY_ID)?
+            .get(event_id)?
+            .map(|v| v.value())
         && let Some(bytes) = tx.open_table(EVENTS)?.get(seq)?
     {
         let event = StoredEvent::decode(bytes.value())?;
@@ -325,7 +350,10 @@ pub(crate) fn find_reported(
     if mesh_message_id.is_empty() {
         return Ok(None);
     }
-    Ok(tx.open_table(DELIVERIES_BY_MESH_ID)?.get(mesh_message_id)?.map(|v| v.value()))
+    Ok(tx
+        .open_table(DELIVERIES_BY_MESH_ID)?
+        .get(mesh_message_id)?
+        .map(|v| v.value()))
 }
 
 /// Dead-letters a delivery that MESH reported undelivered (e.g. not collected in time).
@@ -340,7 +368,10 @@ pub(crate) fn record_report(
     let Some(mut d) = ledger.load(id)? else {
         return Ok(false);
     };
-    if matches!(d.state(), pb::DeliveryState::Suppressed | pb::DeliveryState::DeadLettered) {
+    if matches!(
+        d.state(),
+        pb::DeliveryState::Suppressed | pb::DeliveryState::DeadLettered
+    ) {
         return Ok(true);
     }
     ledger.transition(id, &mut d, pb::DeliveryState::DeadLettered, None, now)?;
@@ -376,7 +407,9 @@ pub(crate) fn redrive(
         for item in by_state.range((dead, 0)..=(dead, u64::MAX))? {
             let (k, _) = item?;
             let id = k.value().1;
-            let Some(bytes) = deliveries.get(id)? else { continue };
+            let Some(bytes) = deliveries.get(id)? else {
+                continue;
+            };
             let d = StoredDelivery::decode(bytes.value())?;
             let keep = (selection.mailbox.is_empty() || d.mailbox == selection.mailbox)
                 && (selection.event_code.is_empty() || d.event_code == selection.event_code)
@@ -467,7 +500,9 @@ pub(crate) fn list(
     let mut out = Vec::new();
     for id in &mut ids {
         let id = id?;
-        let Some(bytes) = deliveries.get(id)? else { continue };
+        let Some(bytes) = deliveries.get(id)? else {
+            continue;
+        };
         let d = StoredDelivery::decode(bytes.value())?;
         let keep = (query.mailbox.is_empty() || d.mailbox == query.mailbox)
             && query.state.is_none_or(|s| d.state() == s)
@@ -484,7 +519,10 @@ pub(crate) fn list(
 }
 
 /// Per-mailbox counts by state.
-pub(crate) fn stats(tx: &ReadTransaction, mailbox: &str) -> Result<Vec<pb::MailboxStats>, StoreError> {
+pub(crate) fn stats(
+    tx: &ReadTransaction,
+    mailbox: &str,
+) -> Result<Vec<pb::MailboxStats>, StoreError> {
     let counts = tx.open_table(MAILBOX_COUNTS)?;
     let mut out: Vec<pb::MailboxStats> = Vec::new();
     let iter = if mailbox.is_empty() {
@@ -501,7 +539,9 @@ pub(crate) fn stats(tx: &ReadTransaction, mailbox: &str) -> Result<Vec<pb::Mailb
                 ..Default::default()
             });
         }
-        let Some(entry) = out.last_mut() else { continue };
+        let Some(entry) = out.last_mut() else {
+            continue;
+        };
         let n = v.value();
         match pb::DeliveryState::try_from(i32::from(state)) {
             Ok(pb::DeliveryState::Queued) => entry.queued = n,
@@ -542,7 +582,9 @@ pub(crate) fn pending(tx: &ReadTransaction) -> Result<u64, StoreError> {
     let by_state = tx.open_table(DELIVERIES_BY_STATE)?;
     let mut n = 0;
     for state in [pb::DeliveryState::Queued, pb::DeliveryState::InFlight] {
-        n += by_state.range((state as u8, 0)..=(state as u8, u64::MAX))?.count() as u64;
+        n += by_state
+            .range((state as u8, 0)..=(state as u8, u64::MAX))?
+            .count() as u64;
     }
     Ok(n)
 }
@@ -574,7 +616,9 @@ pub(crate) fn sweep(
         for item in by_state.range((dead, 0)..=(dead, u64::MAX))? {
             let (k, _) = item?;
             let id = k.value().1;
-            let Some(bytes) = deliveries.get(id)? else { continue };
+            let Some(bytes) = deliveries.get(id)? else {
+                continue;
+            };
             let d = StoredDelivery::decode(bytes.value())?;
             if d.holds_payload && d.updated_ms < dl_cutoff {
                 release.push((id, d));
@@ -586,7 +630,8 @@ pub(crate) fn sweep(
     }
     for (id, mut d) in release {
         release_payload(tx, &mut d)?;
-        tx.open_table(DELIVERIES)?.insert(id, d.encode_to_vec().as_slice())?;
+        tx.open_table(DELIVERIES)?
+            .insert(id, d.encode_to_vec().as_slice())?;
         swept.dead_letter_payloads_released += 1;
     }
 
@@ -602,7 +647,9 @@ pub(crate) fn sweep(
             }
             let settled = matches!(
                 d.state(),
-                pb::DeliveryState::Delivered | pb::DeliveryState::Suppressed | pb::DeliveryState::DeadLettered
+                pb::DeliveryState::Delivered
+                    | pb::DeliveryState::Suppressed
+                    | pb::DeliveryState::DeadLettered
             ) && !d.holds_payload;
             if settled {
                 remove.push((k.value(), d));

@@ -5,7 +5,9 @@
 
 use nems_proto::v1 as pb;
 use prost::Message;
-use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
+use redb::{
+    ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
+};
 
 use super::StoreError;
 use super::records::RefMeta;
@@ -24,7 +26,10 @@ pub(crate) fn set_index(set: pb::ReferenceDataSet) -> Option<usize> {
 const NAMES: [&str; 3] = ["postcodes", "practices", "code-map"];
 const NO_SLOT: u32 = u32::MAX;
 
-fn read_meta(table: &impl ReadableTable<&'static str, &'static [u8]>, set: usize) -> Result<RefMeta, StoreError> {
+fn read_meta(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    set: usize,
+) -> Result<RefMeta, StoreError> {
     match table.get(NAMES[set])? {
         Some(bytes) => Ok(RefMeta::decode(bytes.value())?),
         None => Ok(RefMeta {
@@ -39,7 +44,10 @@ pub(crate) fn meta(tx: &ReadTransaction, set: usize) -> Result<RefMeta, StoreErr
     read_meta(&tx.open_table(REF_META)?, set)
 }
 
-fn active(tx: &ReadTransaction, set: usize) -> Result<Option<TableDefinition<'static, &'static str, &'static [u8]>>, StoreError> {
+fn active(
+    tx: &ReadTransaction,
+    set: usize,
+) -> Result<Option<TableDefinition<'static, &'static str, &'static [u8]>>, StoreError> {
     let m = meta(tx, set)?;
     if m.generation == 0 {
         return Ok(None);
@@ -51,7 +59,11 @@ fn active(tx: &ReadTransaction, set: usize) -> Result<Option<TableDefinition<'st
 pub(crate) fn begin(tx: &WriteTransaction, set: usize) -> Result<u32, StoreError> {
     let mut metas = tx.open_table(REF_META)?;
     let mut m = read_meta(&metas, set)?;
-    let slot = if m.generation == 0 { 0 } else { 1 - (m.active_slot & 1) };
+    let slot = if m.generation == 0 {
+        0
+    } else {
+        1 - (m.active_slot & 1)
+    };
     m.filling_slot = slot;
     metas.insert(NAMES[set], m.encode_to_vec().as_slice())?;
     drop(metas);
@@ -62,7 +74,12 @@ pub(crate) fn begin(tx: &WriteTransaction, set: usize) -> Result<u32, StoreError
 }
 
 /// Adds rows (key, encoded value) to the slot being filled.
-pub(crate) fn insert(tx: &WriteTransaction, set: usize, slot: u32, rows: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+pub(crate) fn insert(
+    tx: &WriteTransaction,
+    set: usize,
+    slot: u32,
+    rows: &[(String, Vec<u8>)],
+) -> Result<(), StoreError> {
     let mut table = tx.open_table(REF_SLOTS[set][slot as usize & 1])?;
     for (key, value) in rows {
         table.insert(key.as_str(), value.as_slice())?;
@@ -81,7 +98,10 @@ pub(crate) fn finish(
     let mut metas = tx.open_table(REF_META)?;
     let mut m = read_meta(&metas, set)?;
     if m.filling_slot != slot {
-        return Err(StoreError::Corrupt(format!("{} import lost its slot", NAMES[set])));
+        return Err(StoreError::Corrupt(format!(
+            "{} import lost its slot",
+            NAMES[set]
+        )));
     }
     let rows = tx.open_table(REF_SLOTS[set][slot as usize & 1])?.len()?;
     let old = m.active_slot;
@@ -103,8 +123,13 @@ pub(crate) fn finish(
 }
 
 /// Looks a postcode (normalised) up in the active set.
-pub(crate) fn postcode(tx: &ReadTransaction, key: &str) -> Result<Option<pb::PostcodeRow>, StoreError> {
-    let Some(def) = active(tx, 0)? else { return Ok(None) };
+pub(crate) fn postcode(
+    tx: &ReadTransaction,
+    key: &str,
+) -> Result<Option<pb::PostcodeRow>, StoreError> {
+    let Some(def) = active(tx, 0)? else {
+        return Ok(None);
+    };
     let table = tx.open_table(def)?;
     match table.get(key)? {
         Some(bytes) => {
@@ -117,8 +142,13 @@ pub(crate) fn postcode(tx: &ReadTransaction, key: &str) -> Result<Option<pb::Pos
 }
 
 /// Looks a practice up in the active set.
-pub(crate) fn practice(tx: &ReadTransaction, code: &str) -> Result<Option<pb::PracticeRow>, StoreError> {
-    let Some(def) = active(tx, 1)? else { return Ok(None) };
+pub(crate) fn practice(
+    tx: &ReadTransaction,
+    code: &str,
+) -> Result<Option<pb::PracticeRow>, StoreError> {
+    let Some(def) = active(tx, 1)? else {
+        return Ok(None);
+    };
     let table = tx.open_table(def)?;
     match table.get(code)? {
         Some(bytes) => {
@@ -132,7 +162,9 @@ pub(crate) fn practice(tx: &ReadTransaction, code: &str) -> Result<Option<pb::Pr
 
 /// The codes the code map declares equivalent to `code` (GSS ↔ ODS).
 pub(crate) fn equivalents(tx: &ReadTransaction, code: &str) -> Result<Vec<String>, StoreError> {
-    let Some(def) = active(tx, 2)? else { return Ok(Vec::new()) };
+    let Some(def) = active(tx, 2)? else {
+        return Ok(Vec::new());
+    };
     let table = tx.open_table(def)?;
     match table.get(code)? {
         Some(bytes) => Ok(String::from_utf8_lossy(bytes.value())

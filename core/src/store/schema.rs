@@ -105,7 +105,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::create(dir.path().join("t.redb")).unwrap();
         let tx = db.begin_write().unwrap();
-        tx.open_table(SCHEMA).unwrap().insert(VERSION_KEY, SCHEMA_VERSION + 1).unwrap();
+        tx.open_table(SCHEMA)
+            .unwrap()
+            .insert(VERSION_KEY, SCHEMA_VERSION + 1)
+            .unwrap();
         tx.commit().unwrap();
         assert!(matches!(migrate(&db), Err(StoreError::SchemaTooNew { .. })));
     }

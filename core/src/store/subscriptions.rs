@@ -13,7 +13,12 @@ use crate::domain::criteria::rule_name;
 
 /// The generic index key of (rule, organisation code, event code).
 pub(crate) fn rule_key(rule: pb::RuleType, code: &str, event: &str) -> String {
-    format!("{}/{}/{}", rule_name(rule), code.to_ascii_uppercase(), event)
+    format!(
+        "{}/{}/{}",
+        rule_name(rule),
+        code.to_ascii_uppercase(),
+        event
+    )
 }
 
 /// What matching needs of a subscription.
@@ -64,14 +69,23 @@ pub(crate) fn insert(
     Ok(Ok(()))
 }
 
-fn add_match_index(tx: &WriteTransaction, id: u128, sub: &StoredSubscription) -> Result<(), StoreError> {
-    let criteria = sub.criteria.as_ref().ok_or_else(|| StoreError::Corrupt("subscription without criteria".into()))?;
+fn add_match_index(
+    tx: &WriteTransaction,
+    id: u128,
+    sub: &StoredSubscription,
+) -> Result<(), StoreError> {
+    let criteria = sub
+        .criteria
+        .as_ref()
+        .ok_or_else(|| StoreError::Corrupt("subscription without criteria".into()))?;
     let entry = match_entry(sub).encode_to_vec();
     match criteria.kind() {
         pb::SubscriptionKind::Explicit => {
-            let nhs = nhs_key(&criteria.nhs_number)
-                .ok_or_else(|| StoreError::Corrupt("explicit subscription without an NHS number".into()))?;
-            tx.open_table(SUBS_BY_NHS)?.insert((nhs, id), entry.as_slice())?;
+            let nhs = nhs_key(&criteria.nhs_number).ok_or_else(|| {
+                StoreError::Corrupt("explicit subscription without an NHS number".into())
+            })?;
+            tx.open_table(SUBS_BY_NHS)?
+                .insert((nhs, id), entry.as_slice())?;
         }
         _ => {
             let mut table = tx.open_table(SUBS_BY_RULE)?;
@@ -84,7 +98,11 @@ fn add_match_index(tx: &WriteTransaction, id: u128, sub: &StoredSubscription) ->
     Ok(())
 }
 
-fn remove_match_index(tx: &WriteTransaction, id: u128, sub: &StoredSubscription) -> Result<(), StoreError> {
+fn remove_match_index(
+    tx: &WriteTransaction,
+    id: u128,
+    sub: &StoredSubscription,
+) -> Result<(), StoreError> {
     let Some(criteria) = &sub.criteria else {
         return Ok(());
     };
@@ -106,7 +124,10 @@ fn remove_match_index(tx: &WriteTransaction, id: u128, sub: &StoredSubscription)
 }
 
 /// Reads a subscription (live or deleted).
-pub(crate) fn get(tx: &ReadTransaction, id: u128) -> Result<Option<StoredSubscription>, StoreError> {
+pub(crate) fn get(
+    tx: &ReadTransaction,
+    id: u128,
+) -> Result<Option<StoredSubscription>, StoreError> {
     let table = tx.open_table(SUBSCRIPTIONS)?;
     match table.get(id)? {
         Some(bytes) => Ok(Some(StoredSubscription::decode(bytes.value())?)),
@@ -153,7 +174,10 @@ fn bump(tx: &WriteTransaction, name: &str, delta: i64) -> Result<(), StoreError>
 /// Number of live subscriptions.
 pub(crate) fn live_count(tx: &ReadTransaction) -> Result<u64, StoreError> {
     let counters = tx.open_table(COUNTERS)?;
-    Ok(counters.get("subscriptions-live")?.map(|v| v.value()).unwrap_or(0))
+    Ok(counters
+        .get("subscriptions-live")?
+        .map(|v| v.value())
+        .unwrap_or(0))
 }
 
 /// The operator listing filter.

@@ -38,17 +38,20 @@ pub(crate) const SUBS_BY_MAILBOX: TableDefinition<'_, (&str, u128), ()> =
 pub(crate) const EVENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("events-v1");
 
 /// Event id → event sequence number.
-pub(crate) const EVENTS_BY_ID: TableDefinition<'_, u128, u64> = TableDefinition::new("events-by-id-v1");
+pub(crate) const EVENTS_BY_ID: TableDefinition<'_, u128, u64> =
+    TableDefinition::new("events-by-id-v1");
 
 /// Event sequence number → published bytes, removed once every delivery is settled.
 pub(crate) const PAYLOADS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("payloads-v1");
 
 /// Delivery id → `StoredDelivery`.
-pub(crate) const DELIVERIES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("deliveries-v1");
+pub(crate) const DELIVERIES: TableDefinition<'_, u64, &[u8]> =
+    TableDefinition::new("deliveries-v1");
 
 /// Work queue: (mailbox, available-at ms, delivery id) → (). Holds queued deliveries and
 /// in-flight ones (keyed by lease expiry); settled deliveries leave it.
-pub(crate) const QUEUE: TableDefinition<'_, (&str, u64, u64), ()> = TableDefinition::new("queue-v1");
+pub(crate) const QUEUE: TableDefinition<'_, (&str, u64, u64), ()> =
+    TableDefinition::new("queue-v1");
 
 /// Ledger index: (state, delivery id) → ().
 pub(crate) const DELIVERIES_BY_STATE: TableDefinition<'_, (u8, u64), ()> =
@@ -70,7 +73,8 @@ pub(crate) const MAILBOX_COUNTS: TableDefinition<'_, (&str, u8), u64> =
 pub(crate) const SYSTEMS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("dir-systems-v1");
 
 /// Spine directory: mailbox id → `MeshMailbox`.
-pub(crate) const MAILBOXES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("dir-mailboxes-v1");
+pub(crate) const MAILBOXES: TableDefinition<'_, &str, &[u8]> =
+    TableDefinition::new("dir-mailboxes-v1");
 
 /// Demographics: NHS number → `PatientRecord`.
 pub(crate) const PATIENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("patients-v1");
@@ -84,7 +88,16 @@ pub(crate) const REF_META: TableDefinition<'_, &str, &[u8]> = TableDefinition::n
 /// Reference data slots: two physical tables per data set so that an import fills the
 /// inactive one and a single commit switches sets (matching never sees half a file).
 pub(crate) const REF_SLOTS: [[TableDefinition<'_, &str, &[u8]>; 2]; 3] = [
-    [TableDefinition::new("ref-postcodes-a-v1"), TableDefinition::new("ref-postcodes-b-v1")],
-    [TableDefinition::new("ref-practices-a-v1"), TableDefinition::new("ref-practices-b-v1")],
-    [TableDefinition::new("ref-codemap-a-v1"), TableDefinition::new("ref-codemap-b-v1")],
+    [
+        TableDefinition::new("ref-postcodes-a-v1"),
+        TableDefinition::new("ref-postcodes-b-v1"),
+    ],
+    [
+        TableDefinition::new("ref-practices-a-v1"),
+        TableDefinition::new("ref-practices-b-v1"),
+    ],
+    [
+        TableDefinition::new("ref-codemap-a-v1"),
+        TableDefinition::new("ref-codemap-b-v1"),
+    ],
 ];

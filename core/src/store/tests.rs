@@ -37,16 +37,27 @@ fn event(id: u128, mailboxes: &[&str], suppressed: bool, at: u64) -> NewEvent {
 }
 
 fn payload_held(s: &Store, seq: u64) -> bool {
-    s.read_now(|tx| Ok(tx.open_table(PAYLOADS)?.get(seq)?.is_some())).unwrap()
+    s.read_now(|tx| Ok(tx.open_table(PAYLOADS)?.get(seq)?.is_some()))
+        .unwrap()
 }
 
 async fn lease(s: &Store, mailbox: &str, now: u64) -> Vec<pb::Delivery> {
     let picks = vec![(mailbox.to_string(), 10)];
-    let mut leases = s.writer().write(move |tx| ledger::lease(tx, &picks, now, 1_000)).await.unwrap();
+    let mut leases = s
+        .writer()
+        .write(move |tx| ledger::lease(tx, &picks, now, 1_000))
+        .await
+        .unwrap();
     leases.remove(0).deliveries
 }
 
-async fn complete(s: &Store, id: u64, attempt: u32, outcome: Outcome, now: u64) -> pb::DeliveryState {
+async fn complete(
+    s: &Store,
+    id: u64,
+    attempt: u32,
+    outcome: Outcome,
+    now: u64,
+) -> pb::DeliveryState {
     s.writer()
         .write(move |tx| ledger::complete(tx, id, attempt, &outcome, now))
         .await
@@ -56,7 +67,9 @@ async fn complete(s: &Store, id: u64, attempt: u32, outcome: Outcome, now: u64) 
 }
 
 fn sent(id: &str) -> Outcome {
-    Outcome::Sent { mesh_message_id: id.into() }
+    Outcome::Sent {
+        mesh_message_id: id.into(),
+    }
 }
 
 #[tokio::test]
@@ -73,14 +86,36 @@ async fn payload_lives_until_every_delivery_is_settled() {
     assert_eq!(a[0].attempt, 1);
     assert_eq!(a[0].payload, b"<Bundle/>");
     assert_eq!(a[0].local_id, format!("{:032x}-0", 1));
-    assert_eq!(complete(&s, a[0].delivery_id, 1, sent("M1"), 300).await, pb::DeliveryState::Delivered);
+    assert_eq!(
+        complete(&s, a[0].delivery_id, 1, sent("M1"), 300).await,
+        pb::DeliveryState::Delivered
+    );
     assert!(payload_held(&s, accepted.seq), "B still needs the payload");
 
     let b = lease(&s, "B", 300).await;
-    assert_eq!(complete(&s, b[0].delivery_id, 1, sent("M2"), 400).await, pb::DeliveryState::Delivered);
-    assert!(!payload_held(&s, accepted.seq), "payload dropped once all settled");
+    assert_eq!(
+        complete(&s, b[0].delivery_id, 1, sent("M2"), 400).await,
+        pb::DeliveryState::Delivered
+    );
+    assert!(
+        !payload_held(&s, accepted.seq),
+        "payload dropped once all settled"
+    );
     // A second report for a settled delivery changes nothing.
-    assert_eq!(complete(&s, b[0].delivery_id, 1, Outcome::Refused { code: "12".into(), reason: "x".into() }, 500).await, pb::DeliveryState::Delivered);
+    assert_eq!(
+        complete(
+            &s,
+            b[0].delivery_id,
+            1,
+            Outcome::Refused {
+                code: "12".into(),
+                reason: "x".into()
+            },
+            500
+        )
+        .await,
+        pb::DeliveryState::Delivered
+    );
 }
 
 #[tokio::test]
@@ -111,15 +146,28 @@ async fn expired_leases_come_back_and_stale_reports_are_ignored() {
     assert_eq!(second[0].attempt, 2);
     let id = second[0].delivery_id;
     // A retry from attempt 1 is stale: still in flight.
-    let retry = Outcome::Retry { code: "503".into(), reason: "busy".into(), retry_after_ms: 10 };
-    assert_eq!(complete(&s, id, 1, retry.clone(), 1_400).await, pb::DeliveryState::InFlight);
+    let retry = Outcome::Retry {
+        code: "503".into(),
+        reason: "busy".into(),
+        retry_after_ms: 10,
+    };
+    assert_eq!(
+        complete(&s, id, 1, retry.clone(), 1_400).await,
+        pb::DeliveryState::InFlight
+    );
     // The current attempt's retry requeues it for later.
-    assert_eq!(complete(&s, id, 2, retry, 1_400).await, pb::DeliveryState::Queued);
+    assert_eq!(
+        complete(&s, id, 2, retry, 1_400).await,
+        pb::DeliveryState::Queued
+    );
     assert!(lease(&s, "A", 1_405).await.is_empty());
     let third = lease(&s, "A", 1_410).await;
     assert_eq!(third[0].attempt, 3);
     // A late success from an old attempt still settles it (MESH has the message).
-    assert_eq!(complete(&s, id, 1, sent("M"), 1_500).await, pb::DeliveryState::Delivered);
+    assert_eq!(
+        complete(&s, id, 1, sent("M"), 1_500).await,
+        pb::DeliveryState::Delivered
+    );
 }
 
 #[tokio::test]
@@ -129,27 +177,60 @@ async fn dead_letters_keep_their_payload_for_redrive() {
     let e = event(4, &["A"], false, 100);
     let accepted = s.writer().write(move |tx| accept(tx, &e)).await.unwrap();
     let d = lease(&s, "A", 200).await;
-    let refused = Outcome::Refused { code: "12".into(), reason: "Unregistered to address".into() };
-    assert_eq!(complete(&s, d[0].delivery_id, 1, refused, 300).await, pb::DeliveryState::DeadLettered);
+    let refused = Outcome::Refused {
+        code: "12".into(),
+        reason: "Unregistered to address".into(),
+    };
+    assert_eq!(
+        complete(&s, d[0].delivery_id, 1, refused, 300).await,
+        pb::DeliveryState::DeadLettered
+    );
     assert!(payload_held(&s, accepted.seq));
     let listed = s
-        .read_now(|tx| ledger::list(tx, &Query { state: Some(pb::DeliveryState::DeadLettered), ..Default::default() }, "", 10))
+        .read_now(|tx| {
+            ledger::list(
+                tx,
+                &Query {
+                    state: Some(pb::DeliveryState::DeadLettered),
+                    ..Default::default()
+                },
+                "",
+                10,
+            )
+        })
         .unwrap()
         .0;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].last_error_code, "12");
 
-    let sel = Selection { mailbox: "A".into(), ..Default::default() };
-    let (redriven, skipped) = s.writer().write(move |tx| ledger::redrive(tx, &sel, 400)).await.unwrap();
+    let sel = Selection {
+        mailbox: "A".into(),
+        ..Default::default()
+    };
+    let (redriven, skipped) = s
+        .writer()
+        .write(move |tx| ledger::redrive(tx, &sel, 400))
+        .await
+        .unwrap();
     assert_eq!(redriven.len(), 1);
     assert!(skipped.is_empty());
     let again = lease(&s, "A", 400).await;
     assert_eq!(again[0].attempt, 2);
-    assert_eq!(complete(&s, again[0].delivery_id, 2, sent("M9"), 500).await, pb::DeliveryState::Delivered);
+    assert_eq!(
+        complete(&s, again[0].delivery_id, 2, sent("M9"), 500).await,
+        pb::DeliveryState::Delivered
+    );
     assert!(!payload_held(&s, accepted.seq));
     // Nothing left to redrive.
-    let sel = Selection { ids: vec![again[0].delivery_id], ..Default::default() };
-    let (redriven, skipped) = s.writer().write(move |tx| ledger::redrive(tx, &sel, 600)).await.unwrap();
+    let sel = Selection {
+        ids: vec![again[0].delivery_id],
+        ..Default::default()
+    };
+    let (redriven, skipped) = s
+        .writer()
+        .write(move |tx| ledger::redrive(tx, &sel, 600))
+        .await
+        .unwrap();
     assert!(redriven.is_empty());
     assert_eq!(skipped, vec![again[0].delivery_id]);
 }
@@ -179,7 +260,20 @@ async fn mesh_reports_find_deliveries_by_local_or_message_id() {
     assert_eq!(found.0, Some(a[0].delivery_id));
     assert_eq!(found.1, Some(a[0].delivery_id));
     assert_eq!(found.2, None);
-    let rows = s.read_now(|tx| ledger::list(tx, &Query { mailbox: "A".into(), ..Default::default() }, "", 10)).unwrap().0;
+    let rows = s
+        .read_now(|tx| {
+            ledger::list(
+                tx,
+                &Query {
+                    mailbox: "A".into(),
+                    ..Default::default()
+                },
+                "",
+                10,
+            )
+        })
+        .unwrap()
+        .0;
     assert_eq!(rows[0].state(), pb::DeliveryState::DeadLettered);
     assert_eq!(rows[0].last_error_code, "MESH_14");
 }
@@ -191,12 +285,19 @@ async fn retention_removes_old_settled_rows_only() {
     let old = event(6, &["A"], false, 100);
     let fresh = event(7, &["A"], false, 10_000);
     s.writer().write(move |tx| accept(tx, &old)).await.unwrap();
-    s.writer().write(move |tx| accept(tx, &fresh)).await.unwrap();
+    s.writer()
+        .write(move |tx| accept(tx, &fresh))
+        .await
+        .unwrap();
     let d = lease(&s, "A", 20_000).await;
     assert_eq!(d.len(), 2);
     complete(&s, d[0].delivery_id, 1, sent("M"), 20_100).await;
     // The fresh event's delivery stays in flight.
-    let swept = s.writer().write(|tx| ledger::sweep(tx, 20_200, 5_000, 1_000_000, 100)).await.unwrap();
+    let swept = s
+        .writer()
+        .write(|tx| ledger::sweep(tx, 20_200, 5_000, 1_000_000, 100))
+        .await
+        .unwrap();
     assert_eq!(swept.deliveries_removed, 1);
     assert_eq!(swept.events_removed, 1);
     assert!(s.read_now(|tx| get_by_id(tx, 6)).unwrap().is_none());
@@ -217,6 +318,9 @@ async fn the_queue_survives_reopening() {
     }
     let s = store(dir.path());
     let heads = s.read_now(ledger::queue_heads).unwrap();
-    assert_eq!(heads, vec![("A".to_string(), 1_200), ("B".to_string(), 100)]);
+    assert_eq!(
+        heads,
+        vec![("A".to_string(), 1_200), ("B".to_string(), 100)]
+    );
     assert_eq!(s.read_now(ledger::pending).unwrap(), 2);
 }

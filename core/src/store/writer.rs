@@ -173,7 +173,10 @@ impl Writer {
         Ok(())
     }
 
-    #[allow(clippy::type_complexity, reason = "private helper returning a job and its reply")]
+    #[allow(
+        clippy::type_complexity,
+        reason = "private helper returning a job and its reply"
+    )]
     fn job<T, F>(f: F) -> (Box<dyn Job>, oneshot::Receiver<Result<T, StoreError>>)
     where
         T: Send + 'static,
@@ -239,7 +242,9 @@ fn apply_and_commit(
     let micros = started.elapsed().as_micros() as u64;
     stats.commits.fetch_add(1, Ordering::Relaxed);
     stats.jobs.fetch_add(batch.len() as u64, Ordering::Relaxed);
-    stats.max_batch.fetch_max(batch.len() as u64, Ordering::Relaxed);
+    stats
+        .max_batch
+        .fetch_max(batch.len() as u64, Ordering::Relaxed);
     stats.commit_micros.fetch_add(micros, Ordering::Relaxed);
     if started.elapsed() > Duration::from_secs(1) {
         tracing::warn!(micros, batch = batch.len(), "slow store commit");

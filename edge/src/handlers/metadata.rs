@@ -9,7 +9,12 @@ use crate::negotiate::{Formats, response_format};
 
 /// Serves the CapabilityStatement.
 pub fn get(state: &AppState, headers: &HeaderMap, ctx: &Ctx) -> HttpResponse {
-    let format = match response_format(headers, ctx.query.as_deref(), Formats::XmlOrJson, Format::Xml) {
+    let format = match response_format(
+        headers,
+        ctx.query.as_deref(),
+        Formats::XmlOrJson,
+        Format::Xml,
+    ) {
         Ok(f) => f,
         Err(e) => return error_response(&e, Format::Xml, &ctx.request_id),
     };

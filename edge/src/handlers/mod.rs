@@ -100,9 +100,10 @@ pub fn notices_body(notices: &[pb::Notice], format: Format, request_id: &str) ->
 pub fn fhir_response(status: StatusCode, format: Format, body: Vec<u8>) -> HttpResponse {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
     response
 }
 
@@ -123,13 +124,19 @@ where
     match limited.collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) => {
-            let too_large = e.downcast_ref::<http_body_util::LengthLimitError>().is_some()
-                || std::error::Error::source(&*e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            let too_large = e
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+                || std::error::Error::source(&*e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
                 || e.to_string().contains("length limit");
             if too_large {
                 Err(too_large_error(limit))
             } else {
-                Err(EdgeError::new(SpineCode::BadRequest, "the request body could not be read"))
+                Err(EdgeError::new(
+                    SpineCode::BadRequest,
+                    "the request body could not be read",
+                ))
             }
         }
     }
@@ -145,7 +152,12 @@ pub fn too_large_error(limit: usize) -> EdgeError {
 }
 
 /// Checks the Spine headers with the configured policy.
-pub fn check_headers(config: &EdgeConfig, headers: &HeaderMap, op: Operation, request_id: &str) -> Result<Checked, EdgeError> {
+pub fn check_headers(
+    config: &EdgeConfig,
+    headers: &HeaderMap,
+    op: Operation,
+    request_id: &str,
+) -> Result<Checked, EdgeError> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)

@@ -7,7 +7,10 @@ use nems_proto::spine::SpineCode;
 use nems_proto::v1 as pb;
 
 use super::subscription::fhir_error;
-use super::{AppState, Ctx, HttpResponse, check_headers, empty_response, error_response, fhir_response, notices_body};
+use super::{
+    AppState, Ctx, HttpResponse, check_headers, empty_response, error_response, fhir_response,
+    notices_body,
+};
 use crate::error::EdgeError;
 use crate::fhir::Format;
 use crate::jwt::Operation;
@@ -15,7 +18,12 @@ use crate::negotiate::{Formats, request_format, response_format};
 use crate::translate::bundle;
 
 /// Publishes one event message.
-pub async fn publish(state: &AppState, headers: &HeaderMap, body: bytes::Bytes, ctx: &Ctx) -> HttpResponse {
+pub async fn publish(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: bytes::Bytes,
+    ctx: &Ctx,
+) -> HttpResponse {
     let result = async {
         request_format(headers, Formats::XmlOnly)?;
         response_format(headers, ctx.query.as_deref(), Formats::XmlOnly, Format::Xml)?;

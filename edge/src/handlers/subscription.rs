@@ -6,7 +6,10 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use nems_proto::spine::SpineCode;
 use nems_proto::v1 as pb;
 
-use super::{AppState, Ctx, HttpResponse, check_headers, empty_response, error_response, fhir_response, notices_body};
+use super::{
+    AppState, Ctx, HttpResponse, check_headers, empty_response, error_response, fhir_response,
+    notices_body,
+};
 use crate::error::EdgeError;
 use crate::fhir::{FhirError, Format};
 use crate::jwt::Operation;
@@ -22,12 +25,22 @@ pub fn fhir_error(e: FhirError) -> EdgeError {
 }
 
 /// `POST /STU3/Subscription`.
-pub async fn create(state: &AppState, headers: &HeaderMap, body: bytes::Bytes, ctx: &Ctx) -> HttpResponse {
+pub async fn create(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: bytes::Bytes,
+    ctx: &Ctx,
+) -> HttpResponse {
     let body_format = match request_format(headers, Formats::XmlOrJson) {
         Ok(f) => f,
         Err(e) => return error_response(&e, Format::Xml, &ctx.request_id),
     };
-    let format = match response_format(headers, ctx.query.as_deref(), Formats::XmlOrJson, body_format) {
+    let format = match response_format(
+        headers,
+        ctx.query.as_deref(),
+        Formats::XmlOrJson,
+        body_format,
+    ) {
         Ok(f) => f,
         Err(e) => return error_response(&e, Format::Xml, &ctx.request_id),
     };
@@ -47,7 +60,10 @@ async fn create_inner(
 ) -> Result<HttpResponse, EdgeError> {
     let checked = check_headers(&state.config, headers, Operation::Create, &ctx.request_id)?;
     if body.is_empty() {
-        return Err(EdgeError::new(SpineCode::BadRequest, "a Subscription resource is required in the body"));
+        return Err(EdgeError::new(
+            SpineCode::BadRequest,
+            "a Subscription resource is required in the body",
+        ));
     }
     let resource = translate::parse(body_format, &body).map_err(fhir_error)?;
     let request = pb::CreateSubscriptionRequest {
@@ -78,15 +94,29 @@ async fn create_inner(
 }
 
 /// `GET /STU3/Subscription/{id}`.
-pub async fn read(state: &AppState, headers: &HeaderMap, id: &str, body: bytes::Bytes, ctx: &Ctx) -> HttpResponse {
-    let format = match response_format(headers, ctx.query.as_deref(), Formats::XmlOrJson, Format::Xml) {
+pub async fn read(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+    body: bytes::Bytes,
+    ctx: &Ctx,
+) -> HttpResponse {
+    let format = match response_format(
+        headers,
+        ctx.query.as_deref(),
+        Formats::XmlOrJson,
+        Format::Xml,
+    ) {
         Ok(f) => f,
         Err(e) => return error_response(&e, Format::Xml, &ctx.request_id),
     };
     let result = async {
         let checked = check_headers(&state.config, headers, Operation::Read, &ctx.request_id)?;
         if !body.is_empty() {
-            return Err(EdgeError::new(SpineCode::BadRequest, "a read must not carry a body"));
+            return Err(EdgeError::new(
+                SpineCode::BadRequest,
+                "a read must not carry a body",
+            ));
         }
         let request = pb::GetSubscriptionRequest {
             caller: Some(checked.caller),
@@ -101,7 +131,8 @@ pub async fn read(state: &AppState, headers: &HeaderMap, id: &str, body: bytes::
             .map_err(|s| EdgeError::from_core(&s, &ctx.request_id))?
             .into_inner();
         let resource = got.subscription.unwrap_or_default();
-        let mut response = fhir_response(StatusCode::OK, format, translate::write(format, &resource));
+        let mut response =
+            fhir_response(StatusCode::OK, format, translate::write(format, &resource));
         version_headers(response.headers_mut(), &resource);
         Ok(response)
     }
@@ -111,7 +142,12 @@ pub async fn read(state: &AppState, headers: &HeaderMap, id: &str, body: bytes::
 
 /// `DELETE /STU3/Subscription/{id}`.
 pub async fn delete(state: &AppState, headers: &HeaderMap, id: &str, ctx: &Ctx) -> HttpResponse {
-    let format = match response_format(headers, ctx.query.as_deref(), Formats::XmlOrJson, Format::Xml) {
+    let format = match response_format(
+        headers,
+        ctx.query.as_deref(),
+        Formats::XmlOrJson,
+        Format::Xml,
+    ) {
         Ok(f) => f,
         Err(e) => return error_response(&e, Format::Xml, &ctx.request_id),
     };
@@ -156,7 +192,9 @@ fn http_date(instant: &str) -> Option<String> {
     let t = time::OffsetDateTime::parse(instant, &Rfc3339).ok()?;
     let t = t.to_offset(time::UtcOffset::UTC);
     let days = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
-    let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let months = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     Some(format!(
         "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
         days[t.weekday().number_days_from_monday() as usize],

@@ -32,38 +32,128 @@ fn valid_token_gives_the_caller() {
     assert_eq!(c.user, None);
     // The American spelling is accepted too.
     let mut us = claims();
-    let org = us.as_object_mut().unwrap().remove("requesting_organisation").unwrap();
+    let org = us
+        .as_object_mut()
+        .unwrap()
+        .remove("requesting_organisation")
+        .unwrap();
     us["requesting_organization"] = org;
     assert!(check(&bearer(&us), Operation::Create, NOW, 60).is_ok());
     // With a user, sub must be the user.
     let mut with_user = claims();
     with_user["requesting_user"] = json!("https://fhir.nhs.uk/Id/sds-role-profile-id|555");
     with_user["sub"] = json!("https://fhir.nhs.uk/Id/sds-role-profile-id|555");
-    assert_eq!(check(&bearer(&with_user), Operation::Read, NOW, 60).unwrap().user.as_deref(), Some("https://fhir.nhs.uk/Id/sds-role-profile-id|555"));
+    assert_eq!(
+        check(&bearer(&with_user), Operation::Read, NOW, 60)
+            .unwrap()
+            .user
+            .as_deref(),
+        Some("https://fhir.nhs.uk/Id/sds-role-profile-id|555")
+    );
 }
 
 #[test]
 fn claim_rules() {
     type Edit = fn(&mut Value);
     let cases: Vec<(Edit, Operation, &str)> = vec![
-        (|c| { c.as_object_mut().unwrap().remove("iss"); }, Operation::Create, "`iss`"),
+        (
+            |c| {
+                c.as_object_mut().unwrap().remove("iss");
+            },
+            Operation::Create,
+            "`iss`",
+        ),
         (|c| c["aud"] = json!(""), Operation::Create, "`aud`"),
-        (|c| { c.as_object_mut().unwrap().remove("sub"); }, Operation::Create, "`sub`"),
-        (|c| c["exp"] = json!(1_700_000_400), Operation::Create, "300"),
-        (|c| c["exp"] = json!("1700000300"), Operation::Create, "`exp`"),
-        (|c| { c["iat"] = json!(1_699_000_000); c["exp"] = json!(1_699_000_300); }, Operation::Create, "expired"),
-        (|c| { c["iat"] = json!(1_700_010_000); c["exp"] = json!(1_700_010_300); }, Operation::Create, "future"),
-        (|c| c["reason_for_request"] = json!("curiosity"), Operation::Create, "reason_for_request"),
-        (|c| c["scope"] = json!("patient/Subscription.read"), Operation::Create, "patient/Subscription.write"),
-        (|c| c["scope"] = json!("patient/Subscription.read"), Operation::Delete, "patient/Subscription.write"),
-        (|c| c["scope"] = json!("patient/Bundle.write"), Operation::Read, "Subscription.read"),
-        (|c| c["scope"] = json!("patient/Bundle.write patient/Subscription.write"), Operation::Publish, "exactly patient/Bundle.write"),
-        (|c| c["requesting_system"] = json!("200000000111"), Operation::Create, "requesting_system"),
-        (|c| { c.as_object_mut().unwrap().remove("requesting_organisation"); }, Operation::Create, "requesting_organisation"),
-        (|c| c["requesting_organisation"] = json!("RR8"), Operation::Create, "requesting_organisation"),
-        (|c| c["sub"] = json!("someone"), Operation::Create, "`sub` must equal `requesting_system`"),
-        (|c| c["requesting_user"] = json!("u1"), Operation::Create, "`sub` must equal `requesting_user`"),
-        (|c| c["requesting_patient"] = json!("http://fhir.nhs.net/Id/nhs-number|9434765918"), Operation::Read, "not a valid NHS number"),
+        (
+            |c| {
+                c.as_object_mut().unwrap().remove("sub");
+            },
+            Operation::Create,
+            "`sub`",
+        ),
+        (
+            |c| c["exp"] = json!(1_700_000_400),
+            Operation::Create,
+            "300",
+        ),
+        (
+            |c| c["exp"] = json!("1700000300"),
+            Operation::Create,
+            "`exp`",
+        ),
+        (
+            |c| {
+                c["iat"] = json!(1_699_000_000);
+                c["exp"] = json!(1_699_000_300);
+            },
+            Operation::Create,
+            "expired",
+        ),
+        (
+            |c| {
+                c["iat"] = json!(1_700_010_000);
+                c["exp"] = json!(1_700_010_300);
+            },
+            Operation::Create,
+            "future",
+        ),
+        (
+            |c| c["reason_for_request"] = json!("curiosity"),
+            Operation::Create,
+            "reason_for_request",
+        ),
+        (
+            |c| c["scope"] = json!("patient/Subscription.read"),
+            Operation::Create,
+            "patient/Subscription.write",
+        ),
+        (
+            |c| c["scope"] = json!("patient/Subscription.read"),
+            Operation::Delete,
+            "patient/Subscription.write",
+        ),
+        (
+            |c| c["scope"] = json!("patient/Bundle.write"),
+            Operation::Read,
+            "Subscription.read",
+        ),
+        (
+            |c| c["scope"] = json!("patient/Bundle.write patient/Subscription.write"),
+            Operation::Publish,
+            "exactly patient/Bundle.write",
+        ),
+        (
+            |c| c["requesting_system"] = json!("200000000111"),
+            Operation::Create,
+            "requesting_system",
+        ),
+        (
+            |c| {
+                c.as_object_mut().unwrap().remove("requesting_organisation");
+            },
+            Operation::Create,
+            "requesting_organisation",
+        ),
+        (
+            |c| c["requesting_organisation"] = json!("RR8"),
+            Operation::Create,
+            "requesting_organisation",
+        ),
+        (
+            |c| c["sub"] = json!("someone"),
+            Operation::Create,
+            "`sub` must equal `requesting_system`",
+        ),
+        (
+            |c| c["requesting_user"] = json!("u1"),
+            Operation::Create,
+            "`sub` must equal `requesting_user`",
+        ),
+        (
+            |c| c["requesting_patient"] = json!("http://fhir.nhs.net/Id/nhs-number|9434765918"),
+            Operation::Read,
+            "not a valid NHS number",
+        ),
     ];
     for (edit, op, needle) in cases {
         let mut c = claims();
@@ -89,12 +179,23 @@ fn token_shape_rules() {
         let e = check(header, Operation::Read, NOW, 60).unwrap_err();
         assert!(e.contains(needle), "{header}: `{e}`");
     }
-    let signed = format!("Bearer {}", encode(&claims()).trim_end_matches('.').to_string() + ".c2ln");
-    assert!(check(&signed, Operation::Create, NOW, 60).unwrap_err().contains("unsigned"));
+    let signed = format!(
+        "Bearer {}",
+        encode(&claims()).trim_end_matches('.').to_string() + ".c2ln"
+    );
+    assert!(
+        check(&signed, Operation::Create, NOW, 60)
+            .unwrap_err()
+            .contains("unsigned")
+    );
     let hs = format!(
         "Bearer {}.{}.",
         URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256"}"#),
         URL_SAFE_NO_PAD.encode(claims().to_string())
     );
-    assert!(check(&hs, Operation::Create, NOW, 60).unwrap_err().contains("alg"));
+    assert!(
+        check(&hs, Operation::Create, NOW, 60)
+            .unwrap_err()
+            .contains("alg")
+    );
 }

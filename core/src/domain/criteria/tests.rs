@@ -10,8 +10,7 @@ use crate::domain::catalogue::Catalogue;
 const NHS: &str = "9434765919";
 
 fn ok(criteria: &str) -> pb::Criteria {
-    parse(criteria, &Catalogue::default())
-        .unwrap_or_else(|e| panic!("{criteria} rejected: {e}"))
+    parse(criteria, &Catalogue::default()).unwrap_or_else(|e| panic!("{criteria} rejected: {e}"))
 }
 
 fn err(criteria: &str) -> (SpineCode, String) {
@@ -25,24 +24,32 @@ fn err(criteria: &str) -> (SpineCode, String) {
 fn accepted_explicit_shapes() {
     for (criteria, events, ages) in [
         (
-            format!("/Bundle?type=message&serviceType=GP&Patient.identifier=http://fhir.nhs.net/Id/nhs-number|{NHS}&MessageHeader.event=pds-change-of-address-1"),
+            format!(
+                "/Bundle?type=message&serviceType=GP&Patient.identifier=http://fhir.nhs.net/Id/nhs-number|{NHS}&MessageHeader.event=pds-change-of-address-1"
+            ),
             vec!["pds-change-of-address-1"],
             0,
         ),
         (
-            format!("/Bundle?type=message&Patient.identifier=https://fhir.nhs.uk/Id/nhs-number|{NHS}&MessageHeader.event=vaccinations-1&MessageHeader.event=pds-death-notification-1"),
+            format!(
+                "/Bundle?type=message&Patient.identifier=https://fhir.nhs.uk/Id/nhs-number|{NHS}&MessageHeader.event=vaccinations-1&MessageHeader.event=pds-death-notification-1"
+            ),
             vec!["vaccinations-1", "pds-death-notification-1"],
             0,
         ),
         // Bare NHS number, components in another order, a range of ages, a tag.
         (
-            format!("/Bundle?type=message&MessageHeader.event=vaccinations-1&Patient.age=gt5&Patient.age=lt19&Patient.identifier={NHS}&tag=site-1|a,b_c"),
+            format!(
+                "/Bundle?type=message&MessageHeader.event=vaccinations-1&Patient.age=gt5&Patient.age=lt19&Patient.identifier={NHS}&tag=site-1|a,b_c"
+            ),
             vec!["vaccinations-1"],
             2,
         ),
         // Without the leading slash; percent-encoded system separator.
         (
-            format!("Bundle?type=message&Patient.identifier=http://fhir.nhs.net/Id/nhs-number%7C{NHS}&MessageHeader.event=nipe-outcome-1&Patient.age=3&GPRegistration=RegisteredOnly"),
+            format!(
+                "Bundle?type=message&Patient.identifier=http://fhir.nhs.net/Id/nhs-number%7C{NHS}&MessageHeader.event=nipe-outcome-1&Patient.age=3&GPRegistration=RegisteredOnly"
+            ),
             vec!["nipe-outcome-1"],
             1,
         ),
@@ -145,8 +152,14 @@ fn rejected_criteria_give_their_spine_code() {
     for (criteria, code, needle) in cases {
         let (got, text) = err(&criteria);
         assert_eq!(got, code, "{criteria}: {text}");
-        assert!(text.contains(needle), "{criteria}: `{text}` lacks `{needle}`");
-        assert!(!text.contains(NHS), "diagnostics echo the NHS number: {text}");
+        assert!(
+            text.contains(needle),
+            "{criteria}: `{text}` lacks `{needle}`"
+        );
+        assert!(
+            !text.contains(NHS),
+            "diagnostics echo the NHS number: {text}"
+        );
     }
 }
 

@@ -61,7 +61,11 @@ pub(crate) fn vaccination() -> pb::EventMessage {
             last_updated: "2017-11-01T15:00:33+00:00".into(),
             profile: vec![],
             event: vec![coding(EVENT_TYPE_SYSTEM, "vaccinations-1", "Vaccinations")],
-            message_event_type: vec![coding(MESSAGE_EVENT_TYPE_SYSTEM, "new", "New event message")],
+            message_event_type: vec![coding(
+                MESSAGE_EVENT_TYPE_SYSTEM,
+                "new",
+                "New event message",
+            )],
             message_event_type_extensions: 1,
             routing: vec![pb::RoutingDemographics {
                 nhs_number_system: NHS_NUMBER_SYSTEM.into(),
@@ -110,41 +114,163 @@ fn valid_message_gives_routing_facts() {
 fn rule_table() {
     type Edit = fn(&mut pb::EventMessage);
     let cases: Vec<(Edit, SpineCode, &str)> = vec![
-        (|m| m.bundle_type = "document".into(), SpineCode::InvalidResource, "Bundle.type"),
-        (|m| m.entries.swap(0, 1), SpineCode::InvalidResource, "first entry"),
-        (|m| m.header = None, SpineCode::InvalidResource, "first entry"),
-        (|m| { header(m).element_counts.insert("receiver".into(), 1); }, SpineCode::InvalidResource, "receiver must not be present"),
-        (|m| { header(m).element_counts.insert("focus".into(), 2); }, SpineCode::InvalidResource, "focus must appear exactly 1"),
-        (|m| { header(m).element_counts.remove("timestamp"); }, SpineCode::InvalidResource, "timestamp"),
-        (|m| header(m).responsible = vec![String::new()], SpineCode::InvalidResource, "responsible.reference"),
-        (|m| header(m).event[0].system = "http://other".into(), SpineCode::InvalidCodeSystem, "event.system"),
-        (|m| header(m).event[0].code = "referral-1".into(), SpineCode::InvalidCodeValue, "not an event type NEMS supports"),
-        (|m| header(m).event[0].code = "nonsense".into(), SpineCode::InvalidCodeValue, "not a code"),
-        (|m| header(m).event[0].code = "newborn-hearing-1".into(), SpineCode::MissingOrInvalidHeader, "InteractionID names vaccinations-1"),
-        (|m| header(m).event[0].display = String::new(), SpineCode::InvalidResource, "display"),
-        (|m| header(m).event[0].user_selected_present = true, SpineCode::InvalidResource, "userSelected"),
-        (|m| header(m).message_event_type_extensions = 0, SpineCode::InvalidResource, "MessageEventType"),
-        (|m| header(m).message_event_type[0].system = "x".into(), SpineCode::InvalidCodeSystem, "system"),
-        (|m| header(m).message_event_type[0].code = "upsert".into(), SpineCode::InvalidCodeValue, "new, update or delete"),
-        (|m| header(m).message_event_type[0].display = "New".into(), SpineCode::InvalidResource, "New event message"),
-        (|m| header(m).focus = vec!["urn:uuid:missing".into()], SpineCode::ReferenceNotFound, "does not resolve"),
-        (|m| header(m).focus = vec!["urn:uuid:pat".into()], SpineCode::InvalidResource, "must reference a Immunization"),
-        (|m| header(m).routing.clear(), SpineCode::InvalidResource, "routing demographics"),
-        (|m| header(m).routing[0].nhs_number = "9912003887".into(), SpineCode::InvalidNhsNumber, "Modulus 11"),
-        (|m| header(m).routing[0].nhs_number_system = "http://fhir.nhs.net/Id/nhs-number".into(), SpineCode::InvalidIdentifierSystem, "system"),
-        (|m| header(m).routing[0].name_present = false, SpineCode::InvalidResource, "name and birthDateTime"),
-        (|m| header(m).routing[0].birth_date_time = "02/10/2017".into(), SpineCode::InvalidValue, "birthDateTime"),
-        (|m| header(m).timestamp = "2017-11-01T16:02:04+58:00".into(), SpineCode::InvalidValue, "timestamp"),
-        (|m| header(m).timestamp = "2017-11-01T16:02:04".into(), SpineCode::InvalidValue, "timestamp"),
-        (|m| header(m).last_updated = String::new(), SpineCode::InvalidResource, "lastUpdated is required"),
-        (|m| header(m).last_updated = "yesterday".into(), SpineCode::InvalidValue, "lastUpdated"),
+        (
+            |m| m.bundle_type = "document".into(),
+            SpineCode::InvalidResource,
+            "Bundle.type",
+        ),
+        (
+            |m| m.entries.swap(0, 1),
+            SpineCode::InvalidResource,
+            "first entry",
+        ),
+        (
+            |m| m.header = None,
+            SpineCode::InvalidResource,
+            "first entry",
+        ),
+        (
+            |m| {
+                header(m).element_counts.insert("receiver".into(), 1);
+            },
+            SpineCode::InvalidResource,
+            "receiver must not be present",
+        ),
+        (
+            |m| {
+                header(m).element_counts.insert("focus".into(), 2);
+            },
+            SpineCode::InvalidResource,
+            "focus must appear exactly 1",
+        ),
+        (
+            |m| {
+                header(m).element_counts.remove("timestamp");
+            },
+            SpineCode::InvalidResource,
+            "timestamp",
+        ),
+        (
+            |m| header(m).responsible = vec![String::new()],
+            SpineCode::InvalidResource,
+            "responsible.reference",
+        ),
+        (
+            |m| header(m).event[0].system = "http://other".into(),
+            SpineCode::InvalidCodeSystem,
+            "event.system",
+        ),
+        (
+            |m| header(m).event[0].code = "referral-1".into(),
+            SpineCode::InvalidCodeValue,
+            "not an event type NEMS supports",
+        ),
+        (
+            |m| header(m).event[0].code = "nonsense".into(),
+            SpineCode::InvalidCodeValue,
+            "not a code",
+        ),
+        (
+            |m| header(m).event[0].code = "newborn-hearing-1".into(),
+            SpineCode::MissingOrInvalidHeader,
+            "InteractionID names vaccinations-1",
+        ),
+        (
+            |m| header(m).event[0].display = String::new(),
+            SpineCode::InvalidResource,
+            "display",
+        ),
+        (
+            |m| header(m).event[0].user_selected_present = true,
+            SpineCode::InvalidResource,
+            "userSelected",
+        ),
+        (
+            |m| header(m).message_event_type_extensions = 0,
+            SpineCode::InvalidResource,
+            "MessageEventType",
+        ),
+        (
+            |m| header(m).message_event_type[0].system = "x".into(),
+            SpineCode::InvalidCodeSystem,
+            "system",
+        ),
+        (
+            |m| header(m).message_event_type[0].code = "upsert".into(),
+            SpineCode::InvalidCodeValue,
+            "new, update or delete",
+        ),
+        (
+            |m| header(m).message_event_type[0].display = "New".into(),
+            SpineCode::InvalidResource,
+            "New event message",
+        ),
+        (
+            |m| header(m).focus = vec!["urn:uuid:missing".into()],
+            SpineCode::ReferenceNotFound,
+            "does not resolve",
+        ),
+        (
+            |m| header(m).focus = vec!["urn:uuid:pat".into()],
+            SpineCode::InvalidResource,
+            "must reference a Immunization",
+        ),
+        (
+            |m| header(m).routing.clear(),
+            SpineCode::InvalidResource,
+            "routing demographics",
+        ),
+        (
+            |m| header(m).routing[0].nhs_number = "9912003887".into(),
+            SpineCode::InvalidNhsNumber,
+            "Modulus 11",
+        ),
+        (
+            |m| header(m).routing[0].nhs_number_system = "http://fhir.nhs.net/Id/nhs-number".into(),
+            SpineCode::InvalidIdentifierSystem,
+            "system",
+        ),
+        (
+            |m| header(m).routing[0].name_present = false,
+            SpineCode::InvalidResource,
+            "name and birthDateTime",
+        ),
+        (
+            |m| header(m).routing[0].birth_date_time = "02/10/2017".into(),
+            SpineCode::InvalidValue,
+            "birthDateTime",
+        ),
+        (
+            |m| header(m).timestamp = "2017-11-01T16:02:04+58:00".into(),
+            SpineCode::InvalidValue,
+            "timestamp",
+        ),
+        (
+            |m| header(m).timestamp = "2017-11-01T16:02:04".into(),
+            SpineCode::InvalidValue,
+            "timestamp",
+        ),
+        (
+            |m| header(m).last_updated = String::new(),
+            SpineCode::InvalidResource,
+            "lastUpdated is required",
+        ),
+        (
+            |m| header(m).last_updated = "yesterday".into(),
+            SpineCode::InvalidValue,
+            "lastUpdated",
+        ),
     ];
     for (edit, code, needle) in cases {
         let mut m = vaccination();
         edit(&mut m);
         let e = check(&m).unwrap_err();
         assert_eq!(e.code, code, "{}", e.diagnostics);
-        assert!(e.diagnostics.contains(needle), "`{}` lacks `{needle}`", e.diagnostics);
+        assert!(
+            e.diagnostics.contains(needle),
+            "`{}` lacks `{needle}`",
+            e.diagnostics
+        );
         assert!(!e.diagnostics.contains(NHS));
     }
 }
@@ -152,7 +278,11 @@ fn rule_table() {
 #[test]
 fn delete_messages_may_omit_name_and_birth_date() {
     let mut m = vaccination();
-    header(&mut m).message_event_type = vec![coding(MESSAGE_EVENT_TYPE_SYSTEM, "delete", "Delete event message")];
+    header(&mut m).message_event_type = vec![coding(
+        MESSAGE_EVENT_TYPE_SYSTEM,
+        "delete",
+        "Delete event message",
+    )];
     header(&mut m).routing[0].name_present = false;
     header(&mut m).routing[0].birth_date_time = String::new();
     let v = check(&m).unwrap();
@@ -164,8 +294,16 @@ fn delete_messages_may_omit_name_and_birth_date() {
 fn disallowed_message_event_type_for_the_event() {
     let c = Catalogue::default();
     let mut m = vaccination();
-    header(&mut m).event = vec![coding(EVENT_TYPE_SYSTEM, "newborn-hearing-1", "Newborn Hearing")];
-    header(&mut m).message_event_type = vec![coding(MESSAGE_EVENT_TYPE_SYSTEM, "update", "Update event message")];
+    header(&mut m).event = vec![coding(
+        EVENT_TYPE_SYSTEM,
+        "newborn-hearing-1",
+        "Newborn Hearing",
+    )];
+    header(&mut m).message_event_type = vec![coding(
+        MESSAGE_EVENT_TYPE_SYSTEM,
+        "update",
+        "Update event message",
+    )];
     m.entries[1].resource_type = "Encounter".into();
     let interaction = c.get("newborn-hearing-1").unwrap().clone();
     let e = validate(&m, &interaction, &c).unwrap_err();
@@ -181,7 +319,11 @@ fn interaction_ids() {
         "urn:nhs:names:services:events:vaccinations-1.Write",
         "urn:nhs:names:services:events:VACCINATIONS.Write",
     ] {
-        assert_eq!(interaction_event(ok, &c).unwrap().code, "vaccinations-1", "{ok}");
+        assert_eq!(
+            interaction_event(ok, &c).unwrap().code,
+            "vaccinations-1",
+            "{ok}"
+        );
     }
     for bad in [
         "",
@@ -190,7 +332,11 @@ fn interaction_ids() {
         "urn:nhs:names:services:events:Nothing.Write",
         "urn:nhs:names:services:events:.Write",
     ] {
-        assert_eq!(interaction_event(bad, &c).unwrap_err().code, SpineCode::MissingOrInvalidHeader, "{bad}");
+        assert_eq!(
+            interaction_event(bad, &c).unwrap_err().code,
+            SpineCode::MissingOrInvalidHeader,
+            "{bad}"
+        );
     }
 }
 
@@ -199,7 +345,11 @@ fn birth_notification_without_mother_routes_by_baby() {
     let c = Catalogue::default();
     let birth = c.get("pds-birth-notification-1").unwrap().clone();
     let mut m = vaccination();
-    header(&mut m).event = vec![coding(EVENT_TYPE_SYSTEM, "pds-birth-notification-1", "PDS Birth Notification")];
+    header(&mut m).event = vec![coding(
+        EVENT_TYPE_SYSTEM,
+        "pds-birth-notification-1",
+        "PDS Birth Notification",
+    )];
     header(&mut m).routing.clear();
     header(&mut m).last_updated = String::new();
     m.entries[1].resource_type = "Communication".into();

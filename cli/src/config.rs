@@ -1,0 +1,333 @@
+//! The nems configuration file (TOML) and its environment overrides.
+//!
+//! ```toml
+//! version = 1
+//! [log]          # format = "human" | "json"; level = an EnvFilter directive
+//! [core]         # nems_core::CoreConfig
+//! [edge]         # nems_edge::EdgeConfig
+//! [mesh_adapter] # nems_mesh_adapter::AdapterConfig (with [mesh_adapter.mesh])
+//! ```
+//!
+//! Every key is optional; unknown keys and bad values stop start-up with a message naming
+//! the key. Environment variables override the file (the list is [`ENV_OVERRIDES`]); a bad
+//! value names the variable. Secrets are never printed.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use nems_core::CoreConfig;
+use nems_edge::EdgeConfig;
+use nems_mesh_adapter::{AdapterConfig, SinkKind};
+use serde::Deserialize;
+
+/// Where configuration values come from besides the file (the process environment in
+/// production, a map in tests).
+pub trait Source {
+    /// Returns the value of `name`, if set.
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy)]
+pub struct Environment;
+
+impl Source for Environment {
+    fn get(&self, name: &str) -> Option<String> {
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "this is the one place that reads the environment"
+        )]
+        std::env::var(name).ok()
+    }
+}
+
+impl Source for HashMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        HashMap::get(self, name).cloned()
+    }
+}
+
+/// Log output settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `human` or `json`. Env: `NEMS_LOG_FORMAT`.
+    pub format: LogFormat,
+    /// An EnvFilter directive, e.g. `info` or `info,nems_core=debug`. Env: `NEMS_LOG`.
+    pub level: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Human,
+            level: "info".into(),
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NemsConfig {
+    /// File format version (1).
+    pub version: u32,
+    /// Logging.
+    pub log: LogConfig,
+    /// Core.
+    pub core: CoreConfig,
+    /// Edge.
+    pub edge: EdgeConfig,
+    /// Delivery adapter.
+    pub mesh_adapter: AdapterConfig,
+}
+
+impl Default for NemsConfig {
+    fn default() -> Self {
+        NemsConfig {
+            version: 1,
+            log: LogConfig::default(),
+            core: CoreConfig::default(),
+            edge: EdgeConfig::default(),
+            mesh_adapter: AdapterConfig::default(),
+        }
+    }
+}
+
+/// The environment variables that override the file, with what they set.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("NEMS_LOG", "log.level"),
+    ("NEMS_LOG_FORMAT", "log.format"),
+    ("NEMS_DATA_DIR", "core.data_dir"),
+    ("NEMS_DIRECTORY_FILE", "core.directory_file"),
+    ("NEMS_CORE_LISTEN", "core.listen"),
+    ("NEMS_CORE_OPERATOR_LISTEN", "core.operator_listen"),
+    ("NEMS_CORE_URL", "edge.core_url and mesh_adapter.core_url"),
+    ("NEMS_EDGE_LISTEN", "edge.listen"),
+    ("NEMS_BASE_URL", "edge.base_url"),
+    ("NEMS_SERVICE_ASID", "edge.service_asid"),
+    ("NEMS_SINK", "mesh_adapter.sink"),
+    ("NEMS_OUTBOX_DIR", "mesh_adapter.folder"),
+    ("NEMS_MESH_URL", "mesh_adapter.mesh.base_url"),
+    ("NEMS_MESH_MAILBOX", "mesh_adapter.mesh.mailbox"),
+    ("NEMS_MESH_PASSWORD", "mesh_adapter.mesh.password"),
+    ("NEMS_MESH_SHARED_KEY", "mesh_adapter.mesh.shared_key"),
+    ("NEMS_MESH_CA_FILE", "mesh_adapter.mesh.ca_file"),
+    (
+        "NEMS_MESH_CLIENT_CERT",
+        "mesh_adapter.mesh.client_cert_file",
+    ),
+    ("NEMS_MESH_CLIENT_KEY", "mesh_adapter.mesh.client_key_file"),
+];
+
+fn parsed<T: std::str::FromStr>(name: &str, value: &str) -> anyhow::Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    value
+        .parse()
+        .map_err(|e| anyhow::anyhow!("environment variable {name}: `{value}` is not valid: {e}"))
+}
+
+impl NemsConfig {
+    /// Reads `path` (or the defaults when `None`), then applies `source` overrides, then
+    /// validates every section.
+    pub fn load(path: Option<&Path>, source: &dyn Source) -> anyhow::Result<Self> {
+        let mut config = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read config file {}", p.display()))?;
+                Self::parse(&text).with_context(|| format!("config file {}", p.display()))?
+            }
+            None => NemsConfig::default(),
+        };
+        config.apply(source)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text (no overrides, no validation).
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let config: NemsConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if config.version != 1 {
+            bail!(
+                "version = {} is not supported (this build reads version 1)",
+                config.version
+            );
+        }
+        Ok(config)
+    }
+
+    /// Applies environment overrides.
+    pub fn apply(&mut self, source: &dyn Source) -> anyhow::Result<()> {
+        let get = |name: &str| source.get(name).filter(|v| !v.is_empty());
+        if let Some(v) = get("NEMS_LOG") {
+            self.log.level = v;
+        }
+        if let Some(v) = get("NEMS_LOG_FORMAT") {
+            self.log.format = match v.as_str() {
+                "human" => LogFormat::Human,
+                "json" => LogFormat::Json,
+                _ => bail!("environment variable NEMS_LOG_FORMAT: `{v}` must be human or json"),
+            };
+        }
+        if let Some(v) = get("NEMS_DATA_DIR") {
+            self.core.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = get("NEMS_DIRECTORY_FILE") {
+            self.core.directory_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("NEMS_CORE_LISTEN") {
+            self.core.listen = parsed("NEMS_CORE_LISTEN", &v)?;
+        }
+        if let Some(v) = get("NEMS_CORE_OPERATOR_LISTEN") {
+            self.core.operator_listen = Some(parsed("NEMS_CORE_OPERATOR_LISTEN", &v)?);
+        }
+        if let Some(v) = get("NEMS_CORE_URL") {
+            self.edge.core_url.clone_from(&v);
+            self.mesh_adapter.core_url = v;
+        }
+        if let Some(v) = get("NEMS_EDGE_LISTEN") {
+            self.edge.listen = parsed("NEMS_EDGE_LISTEN", &v)?;
+        }
+        if let Some(v) = get("NEMS_BASE_URL") {
+            self.edge.base_url = v;
+        }
+        if let Some(v) = get("NEMS_SERVICE_ASID") {
+            self.edge.service_asid = v;
+        }
+        if let Some(v) = get("NEMS_SINK") {
+            self.mesh_adapter.sink = match v.as_str() {
+                "folder" => SinkKind::Folder,
+                "mesh" => SinkKind::Mesh,
+                _ => bail!("environment variable NEMS_SINK: `{v}` must be folder or mesh"),
+            };
+        }
+        if let Some(v) = get("NEMS_OUTBOX_DIR") {
+            self.mesh_adapter.folder = PathBuf::from(v);
+        }
+        let mesh = &mut self.mesh_adapter.mesh;
+        for (name, slot) in [
+            ("NEMS_MESH_URL", &mut mesh.base_url),
+            ("NEMS_MESH_MAILBOX", &mut mesh.mailbox),
+            ("NEMS_MESH_PASSWORD", &mut mesh.password),
+            ("NEMS_MESH_SHARED_KEY", &mut mesh.shared_key),
+        ] {
+            if let Some(v) = get(name) {
+                *slot = v;
+            }
+        }
+        for (name, slot) in [
+            ("NEMS_MESH_CA_FILE", &mut mesh.ca_file),
+            ("NEMS_MESH_CLIENT_CERT", &mut mesh.client_cert_file),
+            ("NEMS_MESH_CLIENT_KEY", &mut mesh.client_key_file),
+        ] {
+            if let Some(v) = get(name) {
+                *slot = Some(PathBuf::from(v));
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates every section.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.core.validate().map_err(anyhow::Error::msg)?;
+        self.edge.validate().map_err(anyhow::Error::msg)?;
+        self.mesh_adapter.validate().map_err(anyhow::Error::msg)?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
+            anyhow::anyhow!("log.level `{}` is not a valid filter: {e}", self.log.level)
+        })?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_validate() {
+        NemsConfig::load(None, &env(&[])).unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let e = format!(
+            "{:#}",
+            NemsConfig::parse("[core]\ncolour = 1\n").unwrap_err()
+        );
+        assert!(e.contains("colour"), "{e}");
+        let e = format!(
+            "{:#}",
+            NemsConfig::parse("[edge]\nrequest_timeout = \"soon\"\n").unwrap_err()
+        );
+        assert!(e.contains("request_timeout") && e.contains("soon"), "{e}");
+        let e = format!("{:#}", NemsConfig::parse("version = 2\n").unwrap_err());
+        assert!(e.contains("version"), "{e}");
+        let mut c = NemsConfig::parse("[edge]\nservice_asid = \"12\"\n").unwrap();
+        c.apply(&env(&[])).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("edge.service_asid"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_and_errors_name_the_variable() {
+        let c = NemsConfig::load(
+            None,
+            &env(&[
+                ("NEMS_DATA_DIR", "/tmp/d"),
+                ("NEMS_CORE_LISTEN", "127.0.0.1:7777"),
+                ("NEMS_CORE_URL", "http://127.0.0.1:7777"),
+                ("NEMS_SINK", "mesh"),
+                ("NEMS_MESH_URL", "http://127.0.0.1:8700"),
+                ("NEMS_MESH_MAILBOX", "NEMSSVC01"),
+                ("NEMS_MESH_PASSWORD", "hunter2"),
+                ("NEMS_MESH_SHARED_KEY", "TestKey"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.core.data_dir, PathBuf::from("/tmp/d"));
+        assert_eq!(c.core.listen.port(), 7777);
+        assert_eq!(c.mesh_adapter.core_url, "http://127.0.0.1:7777");
+        assert_eq!(c.mesh_adapter.sink, SinkKind::Mesh);
+        assert!(!format!("{c:?}").contains("hunter2"));
+
+        let e = NemsConfig::load(None, &env(&[("NEMS_CORE_LISTEN", "nowhere")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("NEMS_CORE_LISTEN"), "{e}");
+        let e = NemsConfig::load(None, &env(&[("NEMS_SINK", "pigeon")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("NEMS_SINK"), "{e}");
+        let e = NemsConfig::load(None, &env(&[("NEMS_SINK", "mesh")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mesh_adapter.mesh.base_url"), "{e}");
+    }
+
+    #[test]
+    fn the_documented_example_file_parses() {
+        let text = include_str!("../../config/nems.example.toml");
+        let c = NemsConfig::parse(text).unwrap();
+        c.validate().unwrap();
+    }
+}

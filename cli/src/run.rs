@@ -1,0 +1,172 @@
+//! Running the services: all three together (`nems up`) or one each (`nems core`,
+//! `nems edge`, `nems mesh-adapter`), stopped cleanly by Ctrl-C or SIGTERM.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use nems_core::{Core, CoreListeners};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::NemsConfig;
+use crate::embedded;
+
+/// A shutdown signal many tasks can wait on.
+#[derive(Debug, Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    /// Completes when shutdown was requested.
+    pub async fn wait(mut self) {
+        let _ = self.0.wait_for(|s| *s).await;
+    }
+}
+
+/// Returns a shutdown signal set by Ctrl-C or SIGTERM.
+pub fn on_signal() -> Shutdown {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => {
+                        let _ = ctrl_c.await;
+                        tx.send_replace(true);
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutdown requested");
+        tx.send_replace(true);
+    });
+    Shutdown(rx)
+}
+
+fn url_of(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}
+
+/// `nems up`: core, edge and the adapter in one process on embedded defaults.
+pub async fn up(mut config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+    if config.core.directory_file.is_none() {
+        config.core.directory_file = Some(embedded::write_sample_directory(&config.core.data_dir)?);
+    }
+    let core_listeners = CoreListeners::bind(&config.core)
+        .await
+        .context("binding core's gRPC listener")?;
+    let (core_addr, operator_addr) = core_listeners.addrs()?;
+    let edge_listener = TcpListener::bind(config.edge.listen)
+        .await
+        .context("binding the edge's HTTP listener")?;
+    let edge_addr = edge_listener.local_addr()?;
+    config.edge.core_url = url_of(core_addr);
+    config.mesh_adapter.core_url = url_of(core_addr);
+    if config.edge.base_url == nems_edge::EdgeConfig::default().base_url {
+        config.edge.base_url = url_of(edge_addr);
+    }
+    let operator_url = url_of(operator_addr.unwrap_or(core_addr));
+
+    let core = Core::open(config.core.clone())
+        .await
+        .context("opening core")?;
+    let core_task = tokio::spawn(core.serve(core_listeners, shutdown.clone().wait()));
+    embedded::load_reference_data(&operator_url).await?;
+    let edge_task = tokio::spawn(nems_edge::run(
+        config.edge.clone(),
+        edge_listener,
+        shutdown.clone().wait(),
+    ));
+    let adapter_task = tokio::spawn(nems_mesh_adapter::run(
+        config.mesh_adapter.clone(),
+        shutdown.clone().wait(),
+    ));
+
+    let sink = match config.mesh_adapter.sink {
+        nems_mesh_adapter::SinkKind::Folder => {
+            format!("folder {}", config.mesh_adapter.folder.display())
+        }
+        nems_mesh_adapter::SinkKind::Mesh => format!("MESH {}", config.mesh_adapter.mesh.base_url),
+    };
+    #[allow(
+        clippy::print_stdout,
+        reason = "the run command prints where it listens"
+    )]
+    {
+        println!("nems up");
+        println!(
+            "  FHIR API   {}/STU3  (edge on {edge_addr})",
+            config.edge.base_url
+        );
+        println!("  core gRPC  {core_addr}  (health, reflection, services)");
+        println!("  operator   {}", operator_addr.unwrap_or(core_addr));
+        println!("  data       {}", config.core.data_dir.display());
+        println!("  deliveries {sink}");
+        println!("  Ctrl-C stops all three");
+    }
+    let (core_result, edge_result, adapter_result) =
+        tokio::join!(core_task, edge_task, adapter_task);
+    core_result.context("core task")?.context("core")?;
+    edge_result.context("edge task")?.context("edge")?;
+    adapter_result
+        .context("adapter task")?
+        .context("mesh adapter")?;
+    Ok(())
+}
+
+/// `nems core`.
+pub async fn core(config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+    let listeners = CoreListeners::bind(&config.core)
+        .await
+        .context("binding core's listeners")?;
+    let (addr, operator) = listeners.addrs()?;
+    #[allow(
+        clippy::print_stdout,
+        reason = "the run command prints where it listens"
+    )]
+    {
+        println!(
+            "nems core: gRPC on {addr}, operator API on {}",
+            operator.unwrap_or(addr)
+        );
+    }
+    nems_core::run(config.core, listeners, shutdown.wait())
+        .await
+        .context("core")
+}
+
+/// `nems edge`.
+pub async fn edge(config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.edge.listen)
+        .await
+        .context("binding the edge listener")?;
+    #[allow(
+        clippy::print_stdout,
+        reason = "the run command prints where it listens"
+    )]
+    {
+        println!(
+            "nems edge: FHIR API on http://{}/STU3, core at {}",
+            listener.local_addr()?,
+            config.edge.core_url
+        );
+    }
+    nems_edge::run(config.edge, listener, shutdown.wait())
+        .await
+        .context("edge")
+}
+
+/// `nems mesh-adapter`.
+pub async fn adapter(config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+    nems_mesh_adapter::run(config.mesh_adapter, shutdown.wait())
+        .await
+        .context("mesh adapter")
+}

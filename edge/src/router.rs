@@ -1,0 +1,198 @@
+//! Exact NEMS paths → handlers (decisions.md §1, §7): search is `400 BAD_REQUEST`, `PUT`
+//! is `405 MSG_RESOURCE_ID_FAIL`, other methods on known paths `405`, unknown paths `404`,
+//! each with a Spine OperationOutcome.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Method, Request, StatusCode};
+use http_body::Body;
+use nems_proto::spine::SpineCode;
+
+use crate::error::EdgeError;
+use crate::fhir::Format;
+use crate::handlers::{self, AppState, Ctx, HttpResponse, error_response, read_body};
+
+/// The header carrying the request id (set by the request-id layer).
+pub const REQUEST_ID: &str = "x-request-id";
+
+enum Route<'p> {
+    Metadata,
+    Publish,
+    Subscriptions,
+    Subscription(&'p str),
+    History,
+    Unknown,
+}
+
+fn route_of(path: &str) -> Route<'_> {
+    let Some(rest) = path.strip_prefix("/STU3/") else {
+        return Route::Unknown;
+    };
+    let segments: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["metadata"] => Route::Metadata,
+        ["Events", "1", "$process-message" | "%24process-message"] => Route::Publish,
+        ["Subscription"] => Route::Subscriptions,
+        ["Subscription", id] => Route::Subscription(id),
+        ["Subscription", _, "_history", ..] => Route::History,
+        _ => Route::Unknown,
+    }
+}
+
+fn method_not_allowed(method: &Method, allowed: &str) -> EdgeError {
+    if method == Method::PUT {
+        return EdgeError::with_status(
+            SpineCode::MsgResourceIdFail,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "NEMS does not update subscriptions: delete it and create a new one",
+        );
+    }
+    EdgeError::with_status(
+        SpineCode::BadRequest,
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not supported here; use {allowed}"),
+    )
+}
+
+fn id_is_well_formed(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Routes one request.
+pub async fn route<B>(state: Arc<AppState>, req: Request<B>) -> HttpResponse
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let request_id = parts
+        .headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64)
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let ctx = Ctx {
+        request_id,
+        query: parts.uri.query().map(str::to_string),
+    };
+    let method = parts.method.clone();
+    let path = parts.uri.path().to_string();
+    let route = route_of(&path);
+    let limit = state.config.max_body_bytes;
+    let response = match (route, &method) {
+        (Route::Metadata, &Method::GET) => handlers::metadata::get(&state, &parts.headers, &ctx),
+        (Route::Metadata, m) => {
+            error_response(&method_not_allowed(m, "GET"), Format::Xml, &ctx.request_id)
+        }
+        (Route::Publish, &Method::POST) => match read_body(body, limit).await {
+            Ok(bytes) => handlers::publish::publish(&state, &parts.headers, bytes, &ctx).await,
+            Err(e) => error_response(&e, Format::Xml, &ctx.request_id),
+        },
+        (Route::Publish, m) => {
+            error_response(&method_not_allowed(m, "POST"), Format::Xml, &ctx.request_id)
+        }
+        (Route::Subscriptions, &Method::POST) => match read_body(body, limit).await {
+            Ok(bytes) => handlers::subscription::create(&state, &parts.headers, bytes, &ctx).await,
+            Err(e) => error_response(&e, Format::Xml, &ctx.request_id),
+        },
+        (Route::Subscriptions, &Method::GET) => error_response(
+            &EdgeError::new(
+                SpineCode::BadRequest,
+                "Malformed request syntax. NEMS Search command invalid syntax: subscriptions cannot be searched",
+            ),
+            Format::Xml,
+            &ctx.request_id,
+        ),
+        (Route::Subscriptions, m) => {
+            error_response(&method_not_allowed(m, "POST"), Format::Xml, &ctx.request_id)
+        }
+        (Route::Subscription(id), m)
+            if (m == Method::GET || m == Method::DELETE) && !id_is_well_formed(id) =>
+        {
+            error_response(
+                &EdgeError::new(
+                    SpineCode::BadRequest,
+                    "Malformed request syntax: a subscription id is 32 hexadecimal characters",
+                ),
+                Format::Xml,
+                &ctx.request_id,
+            )
+        }
+        (Route::Subscription(id), &Method::GET) => match read_body(body, limit).await {
+            Ok(bytes) => {
+                handlers::subscription::read(&state, &parts.headers, id, bytes, &ctx).await
+            }
+            Err(e) => error_response(&e, Format::Xml, &ctx.request_id),
+        },
+        (Route::Subscription(id), &Method::DELETE) => {
+            handlers::subscription::delete(&state, &parts.headers, id, &ctx).await
+        }
+        (Route::Subscription(_), m) => error_response(
+            &method_not_allowed(m, "GET or DELETE"),
+            Format::Xml,
+            &ctx.request_id,
+        ),
+        (Route::History, _) => error_response(
+            &EdgeError::new(
+                SpineCode::BadRequest,
+                "versioned reads (_history) are not supported",
+            ),
+            Format::Xml,
+            &ctx.request_id,
+        ),
+        (Route::Unknown, _) => error_response(
+            &EdgeError::with_status(
+                SpineCode::NoRecordFound,
+                StatusCode::NOT_FOUND,
+                "no such endpoint: NEMS serves /STU3/Subscription, /STU3/Events/1/$process-message and /STU3/metadata",
+            ),
+            Format::Xml,
+            &ctx.request_id,
+        ),
+    };
+    tracing::info!(
+        request_id = %ctx.request_id,
+        method = %method,
+        status = response.status().as_u16(),
+        micros = started.elapsed().as_micros() as u64,
+        "http request"
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert!(matches!(route_of("/STU3/metadata"), Route::Metadata));
+        assert!(matches!(
+            route_of("/STU3/Events/1/$process-message"),
+            Route::Publish
+        ));
+        assert!(matches!(
+            route_of("/STU3/Events/1/%24process-message"),
+            Route::Publish
+        ));
+        assert!(matches!(
+            route_of("/STU3/Subscription"),
+            Route::Subscriptions
+        ));
+        assert!(matches!(
+            route_of("/STU3/Subscription/abc"),
+            Route::Subscription("abc")
+        ));
+        assert!(matches!(
+            route_of("/STU3/Subscription/abc/_history/1"),
+            Route::History
+        ));
+        assert!(matches!(route_of("/STU3/Patient/1"), Route::Unknown));
+        assert!(matches!(route_of("/metadata"), Route::Unknown));
+        assert!(id_is_well_formed("ea0a485187204b49b978bdcf7102388c"));
+        assert!(!id_is_well_formed("ea0a4851-8720-4b49-b978-bdcf7102388c"));
+    }
+}

@@ -1,0 +1,208 @@
+//! The edge's HTTP server: a hyper 1 accept loop (HTTP/1.1 and HTTP/2, TCP_NODELAY, a
+//! connection limit, a header-read timeout against slow clients) serving the router behind
+//! tower-http layers: request id, tracing, whole-request timeout and body-size limit. The
+//! bare `408`/`413` answers of those layers are turned into Spine OperationOutcomes.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use nems_proto::spine::SpineCode;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::ServiceBuilder;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::config::EdgeConfig;
+use crate::core_client::CoreClient;
+use crate::error::EdgeError;
+use crate::fhir::Format;
+use crate::handlers::{AppState, error_response, too_large_error};
+use crate::router;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type BoxBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Why the edge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeRunError {
+    /// The configuration is invalid.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The core channel could not be built.
+    #[error("core channel: {0}")]
+    Core(#[from] tonic::transport::Error),
+    /// The listener failed.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Replaces the bare `408` and `413` answers of the tower-http layers with Spine
+/// OperationOutcomes, and boxes every body.
+fn fix_layer_errors<B>(response: Response<B>) -> Response<BoxBody>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let bare = !response.headers().contains_key(CONTENT_TYPE);
+    let error = match response.status() {
+        StatusCode::REQUEST_TIMEOUT if bare => Some(EdgeError::with_status(
+            SpineCode::BadRequest,
+            StatusCode::REQUEST_TIMEOUT,
+            "the request took too long to arrive or to process",
+        )),
+        StatusCode::PAYLOAD_TOO_LARGE if bare => Some(too_large_error(0)),
+        _ => None,
+    };
+    match error {
+        Some(mut e) => {
+            if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                e.diagnostics = "the request body is larger than the size limit".into();
+            }
+            let id = uuid::Uuid::new_v4().to_string();
+            error_response(&e, Format::Xml, &id)
+                .map(|b| b.map_err(|never| match never {}).boxed_unsync())
+        }
+        None => response.map(|b| b.map_err(Into::into).boxed_unsync()),
+    }
+}
+
+/// Serves the edge on `listener` until `shutdown` completes, then lets open requests
+/// finish (up to 10 s).
+pub async fn run(
+    config: EdgeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), EdgeRunError> {
+    config.validate().map_err(EdgeRunError::Config)?;
+    let core = CoreClient::connect_lazy(&config.core_url, config.core_timeout)?;
+    let limits = (
+        config.max_body_bytes,
+        config.request_timeout,
+        config.header_read_timeout,
+        config.max_header_bytes,
+        config.max_connections,
+    );
+    let (max_body, request_timeout, header_timeout, max_header, max_connections) = limits;
+    let state = Arc::new(AppState { config, core });
+    let service = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(
+            router::REQUEST_ID
+                .parse()
+                .map_err(|_| EdgeRunError::Config("request id header".into()))?,
+            MakeRequestUuid,
+        ))
+        .layer(PropagateRequestIdLayer::new(
+            router::REQUEST_ID
+                .parse()
+                .map_err(|_| EdgeRunError::Config("request id header".into()))?,
+        ))
+        .layer(TraceLayer::new_for_http())
+        .map_response(fix_layer_errors)
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
+        .layer(RequestBodyLimitLayer::new(max_body))
+        .service_fn(move |req: Request<_>| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(router::route(state, req).await) }
+        });
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(max_header.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(max_header as u32);
+    let connections = Arc::new(Semaphore::new(max_connections));
+    let graceful = GracefulShutdown::new();
+    tracing::info!(addr = %listener.local_addr()?, "edge serving HTTP");
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let hyper_service = TowerToHyperService::new(service.clone());
+        let connection = builder.serve_connection(TokioIo::new(stream), hyper_service);
+        let watched = graceful.watch(connection.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = watched.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!("edge shutting down");
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(Duration::from_secs(10)) => {
+            tracing::warn!("edge shutdown timed out with connections still open");
+        }
+    }
+    tracing::info!("edge stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_layer_errors_become_operation_outcomes() {
+        let bare = Response::builder()
+            .status(StatusCode::PAYLOAD_TOO_LARGE)
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let fixed = fix_layer_errors(bare);
+        assert_eq!(fixed.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(
+            fixed
+                .headers()
+                .get(CONTENT_TYPE)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .contains("fhir+xml")
+        );
+        let ok = Response::builder()
+            .status(StatusCode::OK)
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        assert!(fix_layer_errors(ok).headers().get(CONTENT_TYPE).is_none());
+    }
+}

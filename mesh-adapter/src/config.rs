@@ -1,0 +1,244 @@
+//! The adapter's configuration: the `[mesh_adapter]` section of the nems TOML file.
+//! Secrets (`mesh.password`, `mesh.shared_key`) are best given by environment
+//! (`NEMS_MESH_PASSWORD`, `NEMS_MESH_SHARED_KEY`); they are never printed.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::mesh::{MeshClientConfig, Secret, TlsConfig};
+use crate::retry::RetryPolicy;
+
+/// Where deliveries go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SinkKind {
+    /// One `.dat` + `.ctl` pair per delivery under `folder` (the embedded default).
+    Folder,
+    /// The MESH API.
+    Mesh,
+}
+
+/// The `[mesh_adapter]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdapterConfig {
+    /// Core's gRPC service API URL. Env: `NEMS_CORE_URL`.
+    pub core_url: String,
+    /// This adapter's name in core's logs.
+    pub consumer: String,
+    /// `folder` or `mesh`. Env: `NEMS_SINK`.
+    pub sink: SinkKind,
+    /// Root of the folder sink. Env: `NEMS_OUTBOX_DIR`.
+    pub folder: PathBuf,
+    /// Most deliveries in flight at once (across all mailboxes).
+    pub max_in_flight: u32,
+    /// Most deliveries in flight per mailbox, so one slow mailbox cannot take every slot.
+    pub max_in_flight_per_mailbox: u32,
+    /// First retry delay.
+    #[serde(with = "duration")]
+    pub retry_initial: Duration,
+    /// Longest retry delay.
+    #[serde(with = "duration")]
+    pub retry_max_delay: Duration,
+    /// How long after acceptance a delivery is retried before it is dead-lettered.
+    #[serde(with = "duration")]
+    pub retry_max_elapsed: Duration,
+    /// MESH settings (used when `sink = "mesh"`).
+    pub mesh: MeshSettings,
+}
+
+/// The `[mesh_adapter.mesh]` section.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeshSettings {
+    /// MESH base URL. Env: `NEMS_MESH_URL`.
+    pub base_url: String,
+    /// The service's own mailbox (sender, and where reports arrive). Env: `NEMS_MESH_MAILBOX`.
+    pub mailbox: String,
+    /// Mailbox password. Env: `NEMS_MESH_PASSWORD`.
+    pub password: String,
+    /// Environment shared secret. Env: `NEMS_MESH_SHARED_KEY`.
+    pub shared_key: String,
+    /// CA certificates (PEM) to trust for MESH. Env: `NEMS_MESH_CA_FILE`.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) for mutual TLS. Env: `NEMS_MESH_CLIENT_CERT`.
+    pub client_cert_file: Option<PathBuf>,
+    /// Client private key (PEM). Env: `NEMS_MESH_CLIENT_KEY`.
+    pub client_key_file: Option<PathBuf>,
+    /// Payloads above this many bytes are sent in gzip chunks.
+    pub chunk_size: usize,
+    /// Time allowed to connect.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// Time allowed for one MESH request.
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
+    /// How often the service mailbox is polled for non-delivery reports.
+    #[serde(with = "duration")]
+    pub report_poll_interval: Duration,
+}
+
+impl std::fmt::Debug for MeshSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshSettings")
+            .field("base_url", &self.base_url)
+            .field("mailbox", &self.mailbox)
+            .field("password", &"***")
+            .field("shared_key", &"***")
+            .field("ca_file", &self.ca_file)
+            .field("client_cert_file", &self.client_cert_file)
+            .field("client_key_file", &self.client_key_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for MeshSettings {
+    fn default() -> Self {
+        MeshSettings {
+            base_url: String::new(),
+            mailbox: String::new(),
+            password: String::new(),
+            shared_key: String::new(),
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            chunk_size: crate::mesh::DEFAULT_CHUNK_SIZE,
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(120),
+            report_poll_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Default for AdapterConfig {
+    fn default() -> Self {
+        AdapterConfig {
+            core_url: "http://127.0.0.1:9090".into(),
+            consumer: "nems-mesh-adapter".into(),
+            sink: SinkKind::Folder,
+            folder: PathBuf::from("nems-data/outbox"),
+            max_in_flight: 64,
+            max_in_flight_per_mailbox: 4,
+            retry_initial: Duration::from_secs(2),
+            retry_max_delay: Duration::from_secs(600),
+            retry_max_elapsed: Duration::from_secs(3 * 24 * 3600),
+            mesh: MeshSettings::default(),
+        }
+    }
+}
+
+impl AdapterConfig {
+    /// Checks values serde cannot; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.core_url.starts_with("http://") || self.core_url.starts_with("https://")) {
+            return Err("mesh_adapter.core_url must be an http:// or https:// URL".into());
+        }
+        if self.max_in_flight == 0 || self.max_in_flight_per_mailbox == 0 {
+            return Err(
+                "mesh_adapter.max_in_flight and max_in_flight_per_mailbox must be at least 1"
+                    .into(),
+            );
+        }
+        if self.retry_initial > self.retry_max_delay {
+            return Err("mesh_adapter.retry_initial must not exceed retry_max_delay".into());
+        }
+        if self.sink == SinkKind::Mesh {
+            let m = &self.mesh;
+            for (key, value) in [
+                ("mesh_adapter.mesh.base_url", &m.base_url),
+                ("mesh_adapter.mesh.mailbox", &m.mailbox),
+                (
+                    "mesh_adapter.mesh.password (or NEMS_MESH_PASSWORD)",
+                    &m.password,
+                ),
+                (
+                    "mesh_adapter.mesh.shared_key (or NEMS_MESH_SHARED_KEY)",
+                    &m.shared_key,
+                ),
+            ] {
+                if value.is_empty() {
+                    return Err(format!("{key} is required when sink = \"mesh\""));
+                }
+            }
+            if m.client_cert_file.is_some() != m.client_key_file.is_some() {
+                return Err(
+                    "mesh_adapter.mesh.client_cert_file and client_key_file go together".into(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The retry policy.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy::new(
+            self.retry_initial,
+            self.retry_max_delay,
+            self.retry_max_elapsed,
+        )
+    }
+
+    /// The MESH client settings.
+    pub fn mesh_client_config(&self) -> MeshClientConfig {
+        let m = &self.mesh;
+        let mut config = MeshClientConfig::new(
+            m.base_url.clone(),
+            m.mailbox.clone(),
+            Secret::new(m.password.clone()),
+            Secret::new(m.shared_key.clone()),
+        );
+        if m.ca_file.is_some() || m.client_cert_file.is_some() {
+            config.tls = Some(TlsConfig {
+                ca_pem: m.ca_file.clone(),
+                client_cert_pem: m.client_cert_file.clone(),
+                client_key_pem: m.client_key_file.clone(),
+            });
+        }
+        config.chunk_size = m.chunk_size;
+        config.connect_timeout = m.connect_timeout;
+        config.request_timeout = m.request_timeout;
+        config
+    }
+}
+
+/// Serde support for human-readable durations (`humantime`).
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    /// Deserializes `"90s"`, `"5m"`, `"3days"`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not a duration ({e}); write e.g. 2s, 10m, 3days"
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mesh_sink_needs_its_settings_and_secrets_are_hidden() {
+        let mut c: AdapterConfig = toml::from_str("sink = \"mesh\"\n[mesh]\nbase_url = \"http://x\"\nmailbox = \"MB\"\npassword = \"hunter2\"\n").unwrap();
+        let e = c.validate().unwrap_err();
+        assert!(e.contains("shared_key"), "{e}");
+        c.mesh.shared_key = "key".into();
+        c.validate().unwrap();
+        let printed = format!("{c:?}");
+        assert!(
+            !printed.contains("hunter2") && !printed.contains("\"key\""),
+            "{printed}"
+        );
+        let e = toml::from_str::<AdapterConfig>("sink = \"pigeon\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sink"), "{e}");
+    }
+}

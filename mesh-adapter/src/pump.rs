@@ -1,0 +1,260 @@
+//! The pump: keeps a delivery stream open to core (reconnecting with backoff), hands each
+//! leased delivery to the sink on its own task, and reports the outcome back to core.
+//! Core bounds how many deliveries are in flight, overall and per mailbox, so a failing
+//! mailbox can hold at most its own share of the slots.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use nems_proto::v1 as pb;
+use nems_proto::v1::delivery_service_client::DeliveryServiceClient;
+use tokio::task::JoinSet;
+use tonic::transport::Channel;
+
+use crate::retry::RetryPolicy;
+use crate::sink::{Sink, SinkOutcome};
+
+/// Code of a delivery given up because its retry time ran out.
+pub const RETRY_EXHAUSTED: &str = "RETRY_EXHAUSTED";
+
+/// How the pump runs.
+#[derive(Debug, Clone)]
+pub struct PumpSettings {
+    /// Name in core's logs.
+    pub consumer: String,
+    /// Most deliveries in flight.
+    pub max_in_flight: u32,
+    /// Most deliveries in flight per mailbox.
+    pub max_in_flight_per_mailbox: u32,
+    /// Retry policy for transient failures.
+    pub retry: RetryPolicy,
+    /// How long to wait for in-flight deliveries at shutdown.
+    pub drain_timeout: Duration,
+}
+
+/// Turns a sink outcome into the report to core.
+pub fn to_report(
+    d: &pb::Delivery,
+    outcome: SinkOutcome,
+    retry: &RetryPolicy,
+    now: SystemTime,
+) -> pb::CompleteDeliveryRequest {
+    use pb::complete_delivery_request::Outcome;
+    let outcome = match outcome {
+        SinkOutcome::Sent { message_id } => Outcome::Sent(pb::DeliverySent {
+            mesh_message_id: message_id,
+        }),
+        SinkOutcome::Refused { code, reason } => {
+            Outcome::Refused(pb::DeliveryRefused { code, reason })
+        }
+        SinkOutcome::Retry {
+            code,
+            reason,
+            retry_after,
+        } => {
+            let accepted = d
+                .accepted_at
+                .and_then(|t| SystemTime::try_from(t).ok())
+                .unwrap_or(now);
+            if retry.exhausted(accepted, now) {
+                Outcome::Refused(pb::DeliveryRefused {
+                    code: RETRY_EXHAUSTED.into(),
+                    reason: format!(
+                        "still failing when the retry time ran out; last error {code}: {reason}"
+                    ),
+                })
+            } else {
+                let delay = retry.delay(d.attempt, retry_after);
+                Outcome::Retry(pb::DeliveryRetry {
+                    code,
+                    reason,
+                    retry_after: prost_types::Duration::try_from(delay).ok(),
+                })
+            }
+        }
+    };
+    pb::CompleteDeliveryRequest {
+        delivery_id: d.delivery_id,
+        attempt: d.attempt,
+        outcome: Some(outcome),
+    }
+}
+
+/// Reports an outcome, retrying while core is unreachable (a few times: if core stays
+/// away, the lease expires and the delivery is offered again, and the MESH sink's tracking
+/// check prevents a second copy).
+async fn complete(
+    client: &mut DeliveryServiceClient<Channel>,
+    report: pb::CompleteDeliveryRequest,
+) {
+    let mut delay = Duration::from_millis(200);
+    for attempt in 1..=8 {
+        match client.complete_delivery(report.clone()).await {
+            Ok(_) => return,
+            Err(status) if status.code() == tonic::Code::NotFound => return,
+            Err(status) => {
+                tracing::warn!(delivery = report.delivery_id, attempt, code = ?status.code(), "reporting a delivery outcome failed");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    tracing::error!(
+        delivery = report.delivery_id,
+        "gave up reporting a delivery outcome; its lease will expire"
+    );
+}
+
+/// Runs until `shutdown`: streams deliveries from core into `sink`.
+pub async fn run<S: Sink>(
+    channel: Channel,
+    sink: Arc<S>,
+    settings: PumpSettings,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) {
+    tokio::pin!(shutdown);
+    let mut tasks = JoinSet::new();
+    let mut backoff = Duration::from_millis(100);
+    'connect: loop {
+        let mut client =
+            DeliveryServiceClient::new(channel.clone()).max_decoding_message_size(64 * 1024 * 1024);
+        let request = pb::StreamDeliveriesRequest {
+            consumer: settings.consumer.clone(),
+            max_in_flight: settings.max_in_flight,
+            max_in_flight_per_mailbox: settings.max_in_flight_per_mailbox,
+        };
+        let opened = tokio::select! {
+            r = client.stream_deliveries(request) => r,
+            () = &mut shutdown => break 'connect,
+        };
+        let mut stream = match opened {
+            Ok(response) => {
+                tracing::info!("delivery stream open");
+                backoff = Duration::from_millis(100);
+                response.into_inner()
+            }
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), "cannot open the delivery stream; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = &mut shutdown => break 'connect,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                m = stream.message() => m,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+                () = &mut shutdown => break 'connect,
+            };
+            match next {
+                Ok(Some(message)) => {
+                    let Some(delivery) = message.delivery else {
+                        continue;
+                    };
+                    let sink = sink.clone();
+                    let retry = settings.retry.clone();
+                    let mut client = client.clone();
+                    tasks.spawn(async move {
+                        let outcome = sink.deliver(&delivery).await;
+                        tracing::debug!(delivery = delivery.delivery_id, attempt = delivery.attempt, mailbox = %delivery.mailbox, ?outcome, "delivery attempted");
+                        let report = to_report(&delivery, outcome, &retry, SystemTime::now());
+                        complete(&mut client, report).await;
+                    });
+                }
+                Ok(None) => {
+                    tracing::info!("delivery stream ended by core; reconnecting");
+                    break;
+                }
+                Err(status) => {
+                    tracing::warn!(code = ?status.code(), "delivery stream broke; reconnecting");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = &mut shutdown => break 'connect,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+    let drained = tokio::time::timeout(settings.drain_timeout, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            left = tasks.len(),
+            "shutdown with deliveries still in flight; their leases will expire"
+        );
+        tasks.abort_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(accepted_secs_ago: u64) -> pb::Delivery {
+        let accepted = SystemTime::now() - Duration::from_secs(accepted_secs_ago);
+        pb::Delivery {
+            delivery_id: 9,
+            attempt: 3,
+            accepted_at: Some(prost_types::Timestamp::from(accepted)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn outcomes_become_reports() {
+        use pb::complete_delivery_request::Outcome;
+        let policy = RetryPolicy::new(
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+            Duration::from_secs(3600),
+        );
+        let now = SystemTime::now();
+        let sent = to_report(
+            &delivery(0),
+            SinkOutcome::Sent {
+                message_id: "M".into(),
+            },
+            &policy,
+            now,
+        );
+        assert!(matches!(sent.outcome, Some(Outcome::Sent(ref s)) if s.mesh_message_id == "M"));
+        assert_eq!((sent.delivery_id, sent.attempt), (9, 3));
+
+        let retry = SinkOutcome::Retry {
+            code: "503".into(),
+            reason: "busy".into(),
+            retry_after: Some(Duration::from_secs(30)),
+        };
+        let r = to_report(&delivery(10), retry.clone(), &policy, now);
+        let Some(Outcome::Retry(r)) = r.outcome else {
+            panic!("retry expected")
+        };
+        assert!(
+            r.retry_after.unwrap().seconds >= 30,
+            "Retry-After is a floor"
+        );
+
+        let exhausted = to_report(&delivery(7200), retry, &policy, now);
+        assert!(
+            matches!(exhausted.outcome, Some(Outcome::Refused(ref r)) if r.code == RETRY_EXHAUSTED)
+        );
+
+        let refused = to_report(
+            &delivery(0),
+            SinkOutcome::Refused {
+                code: "12".into(),
+                reason: "x".into(),
+            },
+            &policy,
+            now,
+        );
+        assert!(matches!(refused.outcome, Some(Outcome::Refused(ref r)) if r.code == "12"));
+    }
+}

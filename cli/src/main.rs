@@ -1,22 +1,11 @@
-//! The `nems` launcher: runs core, edge and mesh-adapter together (`nems up`) or one at a
-//! time, imports reference data, and runs operator commands.
-//!
-//! # Layout
-//! - `config.rs`: the TOML file and environment overrides; `logging.rs`: tracing.
-//! - `run.rs`: `up`, `core`, `edge`, `mesh-adapter`; `embedded.rs`: `up`'s defaults.
-//! - `import.rs`: streaming imports with progress; `admin.rs`: operator commands.
+//! The `nems` binary: argument parsing only; everything else is in the `nems_cli` library.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-mod admin;
-mod config;
-mod embedded;
-mod import;
-mod logging;
-mod run;
+use nems_cli::{admin, config, import, logging, run};
 
 /// National Events Management Service: FHIR STU3 publish/subscribe over MESH.
 #[derive(Debug, Parser)]
@@ -90,6 +79,10 @@ async fn main() -> anyhow::Result<()> {
             #[allow(clippy::print_stdout, reason = "prints the configuration")]
             {
                 println!("{config:#?}");
+                println!("\nenvironment overrides:");
+                for (name, key) in config::ENV_OVERRIDES {
+                    println!("  {name:28} {key}");
+                }
             }
             Ok(())
         }

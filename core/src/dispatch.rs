@@ -217,6 +217,7 @@ impl Dispatcher {
     }
 
     /// Deliveries in flight per this process, in total.
+    #[cfg(test)]
     pub(crate) fn in_flight(&self) -> u64 {
         self.with(|s| s.leases.len() as u64)
     }

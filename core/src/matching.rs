@@ -11,13 +11,178 @@ use redb::ReadTransaction;
 use time::Date;
 
 use crate::domain::datetime;
+use crate::domain::patient::EventFacts;
 use crate::store::StoreError;
 use crate::store::keys::id_hex;
 use crate::store::records::MatchEntry;
+use crate::store::subscriptions::rule_key;
 use crate::store::tables::{SUBS_BY_NHS, SUBS_BY_RULE};
+use crate::store::{demographics, refdata};
 
 /// MESH's limit on `Mex-PartnerID`.
 pub(crate) const PARTNER_ID_MAX: usize = 500;
+
+/// The event and what it says about its patient; [`resolve`] completes it from the
+/// demographics store and the reference data.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Event {
+    /// Event code.
+    pub(crate) event_code: String,
+    /// Routing NHS number.
+    pub(crate) nhs: Option<u64>,
+    /// Birth date stated by the event.
+    pub(crate) birth_date: Option<Date>,
+    /// The event's patient facts.
+    pub(crate) facts: EventFacts,
+    /// Acceptance time.
+    pub(crate) accepted_ms: u64,
+}
+
+/// The patient as matching sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Patient {
+    /// Home postcodes (normalised) for postcode rules.
+    pub(crate) postcodes: Vec<String>,
+    /// Registered practice; empty when unregistered.
+    pub(crate) practice: String,
+    /// Flagged sensitive or invalid: no deliveries.
+    pub(crate) flagged: bool,
+    /// Birth date for age filters.
+    pub(crate) birth_date: Option<Date>,
+}
+
+/// Completes the event's patient facts from the store: PDS events' own facts win; for
+/// other events the store's record wins and the event's Patient fills in when the store
+/// knows nothing (decisions.md §17).
+pub(crate) fn resolve(tx: &ReadTransaction, event: &Event) -> Result<Patient, StoreError> {
+    let record = match event.nhs {
+        Some(nhs) => demographics::get(tx, nhs)?,
+        None => None,
+    };
+    let facts = &event.facts;
+    let event_practice = facts
+        .patient
+        .as_ref()
+        .filter(|p| p.gp_present)
+        .map(|p| p.gp_practice_code.to_ascii_uppercase());
+    let stored_postcode = record
+        .as_ref()
+        .map(|r| r.postcode.clone())
+        .filter(|p| !p.is_empty());
+    let postcodes = if facts.authoritative && !facts.postcodes.is_empty() {
+        facts.postcodes.clone()
+    } else if let Some(p) = stored_postcode {
+        vec![p]
+    } else {
+        facts.postcodes.clone()
+    };
+    let practice = match (facts.authoritative, &event_practice, &record) {
+        (true, Some(p), _) => p.clone(),
+        (_, _, Some(r)) => r.gp_practice.clone(),
+        (_, Some(p), None) => p.clone(),
+        _ => String::new(),
+    };
+    let flag = facts.flag.unwrap_or_else(|| {
+        record
+            .as_ref()
+            .map_or(pb::PatientFlag::Unspecified, |r| r.flag())
+    });
+    let stored_birth = record
+        .as_ref()
+        .and_then(|r| datetime::parse_date_time(&r.birth_date))
+        .map(|d| d.date);
+    Ok(Patient {
+        postcodes,
+        practice,
+        flagged: matches!(flag, pb::PatientFlag::Sensitive | pb::PatientFlag::Invalid),
+        birth_date: event.birth_date.or(stored_birth),
+    })
+}
+
+/// A code and the codes the code map declares equivalent (GSS ↔ ODS).
+fn with_equivalents(
+    tx: &ReadTransaction,
+    code: &str,
+    out: &mut Vec<String>,
+) -> Result<(), StoreError> {
+    let upper = code.to_ascii_uppercase();
+    if upper.is_empty() || out.contains(&upper) {
+        return Ok(());
+    }
+    let others = refdata::equivalents(tx, &upper)?;
+    out.push(upper);
+    for other in others {
+        if !out.contains(&other) {
+            out.push(other);
+        }
+    }
+    Ok(())
+}
+
+/// The generic index keys a patient's areas give for `event_code`: each postcode's
+/// sub-ICB location, local authority and country, the practice and its parent sub-ICB,
+/// each in every code form known. Lookups only, no scans.
+pub(crate) fn generic_keys(
+    tx: &ReadTransaction,
+    patient: &Patient,
+    event_code: &str,
+) -> Result<Vec<String>, StoreError> {
+    let mut sub_icb = Vec::new();
+    let mut local_authority = Vec::new();
+    let mut country = Vec::new();
+    for postcode in &patient.postcodes {
+        if let Some(row) = refdata::postcode(tx, postcode)? {
+            for code in &row.sub_icb {
+                with_equivalents(tx, code, &mut sub_icb)?;
+            }
+            for code in &row.local_authority {
+                with_equivalents(tx, code, &mut local_authority)?;
+            }
+            with_equivalents(tx, &row.country, &mut country)?;
+        }
+    }
+    let mut practice_parent = Vec::new();
+    if !patient.practice.is_empty()
+        && let Some(row) = refdata::practice(tx, &patient.practice)?
+    {
+        with_equivalents(tx, &row.parent_sub_icb, &mut practice_parent)?;
+    }
+    let mut keys = Vec::new();
+    let mut add = |rule: pb::RuleType, codes: &[String]| {
+        for code in codes {
+            keys.push(rule_key(rule, code, event_code));
+        }
+    };
+    add(pb::RuleType::ChoPostcodeCcg, &sub_icb);
+    add(pb::RuleType::UhvPostcodeLacode, &local_authority);
+    add(pb::RuleType::Countrycode, &country);
+    add(pb::RuleType::ChoGpCcg, &practice_parent);
+    if !patient.practice.is_empty() {
+        add(
+            pb::RuleType::GpGpGp,
+            std::slice::from_ref(&patient.practice),
+        );
+    }
+    Ok(keys)
+}
+
+/// Resolves the patient and finds every match: the result and whether the patient is
+/// flagged (then every delivery is recorded as suppressed).
+pub(crate) fn match_event(
+    tx: &ReadTransaction,
+    event: &Event,
+) -> Result<(Vec<MailboxMatch>, bool), StoreError> {
+    let patient = resolve(tx, event)?;
+    let subject = Subject {
+        event_code: event.event_code.clone(),
+        nhs: event.nhs,
+        birth_date: patient.birth_date,
+        registered: !patient.practice.is_empty(),
+        generic_keys: generic_keys(tx, &patient, &event.event_code)?,
+        accepted_ms: event.accepted_ms,
+    };
+    Ok((find(tx, &subject)?, patient.flagged))
+}
 
 /// What matching knows about the event and its patient.
 #[derive(Debug, Clone, Default)]
@@ -117,7 +282,7 @@ pub(crate) fn find(
 }
 
 fn passes(entry: &MatchEntry, subject: &Subject, age: Option<u32>) -> bool {
-    if !entry.event_codes.iter().any(|c| *c == subject.event_code) {
+    if !entry.event_codes.contains(&subject.event_code) {
         return false;
     }
     if entry.created_ms > subject.accepted_ms {

@@ -96,7 +96,7 @@ impl CoreState {
     {
         let _serial = self.directory_changes.lock().await;
         let out = self.store.writer().write(f).await?;
-        let (systems, mailboxes) = self.store.read(|tx| dir_store::load(tx)).await?;
+        let (systems, mailboxes) = self.store.read(dir_store::load).await?;
         let fresh = Arc::new(Directory::new(systems, mailboxes));
         match self.directory.write() {
             Ok(mut d) => *d = fresh,

@@ -137,7 +137,6 @@ fn format_param(query: Option<&str>) -> Option<String> {
                 .replace("%2b", "+")
                 .replace("%2F", "/")
                 .replace("%2f", "/")
-                .replace('+', "+")
         })
 }
 

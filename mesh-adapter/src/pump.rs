@@ -155,7 +155,7 @@ pub async fn run<S: Sink>(
                         continue;
                     };
                     let sink = sink.clone();
-                    let retry = settings.retry.clone();
+                    let retry = settings.retry;
                     let mut client = client.clone();
                     tasks.spawn(async move {
                         let outcome = sink.deliver(&delivery).await;

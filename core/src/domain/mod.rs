@@ -9,6 +9,7 @@ pub mod criteria;
 pub mod datetime;
 pub mod event;
 pub mod nhs;
+pub mod patient;
 pub mod subscription;
 
 /// A NEMS rule broken by a request.

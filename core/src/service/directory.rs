@@ -109,7 +109,7 @@ impl DirectoryService for DirectoryAdmin {
         let (mut systems, _) = self
             .state
             .store
-            .read(|tx| store::load(tx))
+            .read(store::load)
             .await
             .map_err(|e| store_status(e, "directory"))?;
         systems.sort_by(|a, b| a.asid.cmp(&b.asid));
@@ -163,7 +163,7 @@ impl DirectoryService for DirectoryAdmin {
         let (_, mut mailboxes) = self
             .state
             .store
-            .read(|tx| store::load(tx))
+            .read(store::load)
             .await
             .map_err(|e| store_status(e, "directory"))?;
         mailboxes.sort_by(|a, b| a.mailbox_id.cmp(&b.mailbox_id));

@@ -12,11 +12,12 @@ use tonic::{Request, Response, Status};
 use super::{missing, store_status};
 use crate::domain::Rejection;
 use crate::domain::event::{self as rules, ValidEvent};
-use crate::matching::{self, MailboxMatch, Subject};
+use crate::domain::patient;
+use crate::matching::{self, MailboxMatch};
 use crate::state::{CoreState, audit_record};
 use crate::store::events::{self as store, NewDelivery, NewEvent};
 use crate::store::keys::{id_hex, new_id, nhs_key, now_ms};
-use crate::store::{StoreError, audit};
+use crate::store::{StoreError, audit, demographics};
 
 /// The event service.
 #[derive(Debug, Clone)]
@@ -73,14 +74,12 @@ impl Events {
 }
 
 /// What matching needs from a valid event.
-fn subject(valid: &ValidEvent, accepted_ms: u64) -> Subject {
-    let patient = valid.subject.as_ref().or(valid.baby.as_ref());
-    Subject {
+fn matching_event(valid: &ValidEvent, accepted_ms: u64) -> matching::Event {
+    matching::Event {
         event_code: valid.event_type.code.clone(),
         nhs: valid.nhs_number.as_deref().and_then(nhs_key),
         birth_date: valid.birth_date,
-        registered: patient.is_some_and(|p| !p.gp_practice_code.is_empty()),
-        generic_keys: Vec::new(),
+        facts: patient::facts(valid),
         accepted_ms,
     }
 }
@@ -117,13 +116,14 @@ impl EventService for Events {
         self.check_backpressure()?;
 
         let accepted_ms = now_ms();
-        let subject = subject(&valid, accepted_ms);
-        let matches = self
+        let event = matching_event(&valid, accepted_ms);
+        let (matches, suppressed) = self
             .state
             .store
-            .read(move |tx| matching::find(tx, &subject))
+            .read(move |tx| matching::match_event(tx, &event))
             .await
             .map_err(|e| store_status(e, &caller.request_id))?;
+        let demographic_updates = patient::updates(&valid, accepted_ms);
         let matched_subscriptions: usize = matches.iter().map(|m| m.subscriptions.len()).sum();
         let event_id = new_id();
         let event_hex = id_hex(event_id);
@@ -134,7 +134,7 @@ impl EventService for Events {
             publisher_asid: system.asid.clone(),
             workflow_id: valid.event_type.workflow_id.clone(),
             payload: std::mem::take(&mut req.payload),
-            deliveries: deliveries(&matches, false),
+            deliveries: deliveries(&matches, suppressed),
             matched_subscriptions: matched_subscriptions as u32,
             accepted_ms,
         };
@@ -145,6 +145,9 @@ impl EventService for Events {
             .writer()
             .try_write(move |tx| {
                 let accepted = store::accept(tx, &event)?;
+                for update in &demographic_updates {
+                    demographics::apply(tx, update)?;
+                }
                 audit::append(tx, accepted_ms, &audit_ok)?;
                 Ok(accepted)
             })
@@ -164,6 +167,7 @@ impl EventService for Events {
         tracing::info!(
             event = %event_hex,
             event_code = %valid.event_type.code,
+            suppressed,
             mailboxes = accepted.queued_mailboxes.len(),
             subscriptions = matched_subscriptions,
             "event accepted"

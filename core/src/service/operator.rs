@@ -11,10 +11,11 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{missing, store_status};
 use crate::domain::datetime;
+use crate::domain::patient::DemographicUpdate;
 use crate::refdata::normalise_postcode;
 use crate::service::subscriptions::current_resource;
 use crate::state::CoreState;
-use crate::store::demographics::{self, PatientUpdate};
+use crate::store::demographics;
 use crate::store::events::{self as event_store, NewDelivery, NewEvent};
 use crate::store::keys::{id_hex, new_id, nhs_key, now_ms, parse_id};
 use crate::store::ledger::{self, Query, Selection};
@@ -133,7 +134,7 @@ impl Operator {
 }
 
 /// Builds the demographics update of an imported record; `None` for a bad NHS number.
-fn import_update(r: &pb::PatientRecord) -> Option<PatientUpdate> {
+fn import_update(r: &pb::PatientRecord) -> Option<DemographicUpdate> {
     let nhs = nhs_key(&r.nhs_number).filter(|_| crate::domain::nhs::is_valid(&r.nhs_number))?;
     let at_ms = datetime::parse_instant(&r.last_updated).map_or(0, datetime::to_ms);
     let norm = |p: &str| {
@@ -143,7 +144,7 @@ fn import_update(r: &pb::PatientRecord) -> Option<PatientUpdate> {
             normalise_postcode(p).unwrap_or_else(|| p.to_ascii_uppercase())
         }
     };
-    Some(PatientUpdate {
+    Some(DemographicUpdate {
         nhs,
         at_ms,
         postcode: Some((norm(&r.postcode), norm(&r.previous_postcode))),
@@ -420,7 +421,7 @@ impl OperatorService for Operator {
         let mut stream = request.into_inner();
         let (mut written, mut skipped) = (0u64, 0u64);
         while let Some(message) = stream.next().await {
-            let updates: Vec<PatientUpdate> =
+            let updates: Vec<DemographicUpdate> =
                 message?.patients.iter().filter_map(import_update).collect();
             let (w, s) = self
                 .state

@@ -8,6 +8,7 @@ use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransacti
 
 use super::StoreError;
 use super::tables::PATIENTS;
+use crate::domain::patient::DemographicUpdate;
 
 /// A stored patient: the record and when each group of facts last changed.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -32,18 +33,6 @@ pub(crate) struct StoredPatient {
     pub(crate) birth_ms: u64,
 }
 
-/// Facts about one patient from one source at one time; `None` leaves a fact alone.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct PatientUpdate {
-    pub(crate) nhs: u64,
-    pub(crate) at_ms: u64,
-    pub(crate) postcode: Option<(String, String)>,
-    pub(crate) gp_practice: Option<String>,
-    pub(crate) flag: Option<pb::PatientFlag>,
-    pub(crate) date_of_death: Option<String>,
-    pub(crate) birth_date: Option<String>,
-}
-
 /// Reads a patient.
 pub(crate) fn get(tx: &ReadTransaction, nhs: u64) -> Result<Option<pb::PatientRecord>, StoreError> {
     let table = tx.open_table(PATIENTS)?;
@@ -55,7 +44,7 @@ pub(crate) fn get(tx: &ReadTransaction, nhs: u64) -> Result<Option<pb::PatientRe
 
 /// Applies an update fact by fact: each fact is written only when it is at least as new
 /// as what is held. Returns true when anything changed.
-pub(crate) fn apply(tx: &WriteTransaction, u: &PatientUpdate) -> Result<bool, StoreError> {
+pub(crate) fn apply(tx: &WriteTransaction, u: &DemographicUpdate) -> Result<bool, StoreError> {
     let mut table = tx.open_table(PATIENTS)?;
     let mut stored = match table.get(u.nhs)? {
         Some(bytes) => StoredPatient::decode(bytes.value())?,

@@ -393,12 +393,15 @@ pub(crate) struct Selection {
     pub(crate) limit: usize,
 }
 
-/// Queues selected dead letters again; returns (redriven ids with mailboxes, skipped ids).
+/// What a redrive did: (redriven delivery, mailbox) pairs and skipped ids.
+pub(crate) type Redriven = (Vec<(u64, String)>, Vec<u64>);
+
+/// Queues selected dead letters again.
 pub(crate) fn redrive(
     tx: &WriteTransaction,
     selection: &Selection,
     now: u64,
-) -> Result<(Vec<(u64, String)>, Vec<u64>), StoreError> {
+) -> Result<Redriven, StoreError> {
     let candidates = if selection.ids.is_empty() {
         let by_state = tx.open_table(DELIVERIES_BY_STATE)?;
         let deliveries = tx.open_table(DELIVERIES)?;

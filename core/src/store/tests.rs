@@ -8,7 +8,6 @@ use super::events::{NewDelivery, NewEvent, accept, get_by_id};
 use super::ledger::{self, Outcome, Query, Selection};
 use super::tables::PAYLOADS;
 use super::{Store, StoreOptions};
-use redb::ReadableTable;
 
 fn store(dir: &std::path::Path) -> Store {
     Store::open(dir, StoreOptions::default()).unwrap()

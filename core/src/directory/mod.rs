@@ -267,7 +267,7 @@ impl Directory {
         }
         for workflow in &subscription.workflow_ids {
             let needed = format!("{BAG_EVENT_PREFIX}{workflow}");
-            if !system.category_bags.iter().any(|b| *b == needed) {
+            if !system.category_bags.contains(&needed) {
                 return Err(denied(format!(
                     "ASID {} may not subscribe to {workflow} events (category bag {needed} missing)",
                     system.asid

@@ -100,7 +100,7 @@ impl CoreConfig {
         if self.sweep_interval < Duration::from_secs(1) {
             return Err("core.sweep_interval must be at least 1s".into());
         }
-        if self.operator_listen == Some(self.listen) {
+        if self.listen.port() != 0 && self.operator_listen == Some(self.listen) {
             return Err("core.operator_listen must differ from core.listen".into());
         }
         crate::domain::catalogue::Catalogue::new(&self.event_types)

@@ -159,17 +159,16 @@ impl Core {
         tracing::info!(%service_addr, operator_addr = ?operator_addr, "core serving gRPC");
 
         let state = self.state.clone();
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(nems_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|e| CoreError::Config(format!("reflection: {e}")))?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(nems_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()
-            .map_err(|e| CoreError::Config(format!("reflection: {e}")))?;
-
+        let separate_operator = listeners.operator.is_some();
+        let mut service_names = vec![
+            service_names::SUBSCRIPTION,
+            service_names::EVENT,
+            service_names::DELIVERY,
+        ];
+        if !separate_operator {
+            service_names.extend([service_names::DIRECTORY, service_names::OPERATOR]);
+        }
+        let (reflection_v1, reflection_v1alpha) = reflection(&service_names)?;
         let mut service_router = Server::builder()
             .add_service(health_service.clone())
             .add_service(reflection_v1.clone())
@@ -183,12 +182,13 @@ impl Core {
             .add_service(DeliveryServiceServer::new(Deliveries {
                 state: state.clone(),
             }));
-        let operator_router = if listeners.operator.is_some() {
+        let operator_reflection = reflection(&[service_names::DIRECTORY, service_names::OPERATOR])?;
+        let operator_router = if separate_operator {
             Some(
                 Server::builder()
                     .add_service(health_service)
-                    .add_service(reflection_v1)
-                    .add_service(reflection_v1alpha)
+                    .add_service(operator_reflection.0)
+                    .add_service(operator_reflection.1)
                     .add_service(DirectoryServiceServer::new(DirectoryAdmin {
                         state: state.clone(),
                     }))
@@ -250,6 +250,42 @@ impl Core {
         tracing::info!("core stopped");
         Ok(())
     }
+}
+
+/// Reflection services (v1 for modern clients, v1alpha for grpcurl 1.8) advertising
+/// `names` plus health and reflection themselves.
+fn reflection(
+    names: &[&str],
+) -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    CoreError,
+> {
+    let builder = || {
+        let mut b = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(nems_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+        for name in names {
+            b = b.with_service_name(*name);
+        }
+        b
+    };
+    let v1 = builder()
+        .build_v1()
+        .map_err(|e| CoreError::Config(format!("reflection: {e}")))?;
+    let v1alpha = builder()
+        .build_v1alpha()
+        .map_err(|e| CoreError::Config(format!("reflection: {e}")))?;
+    Ok((v1, v1alpha))
 }
 
 /// Opens core with `config` and serves on `listeners` until `shutdown`.

@@ -1,6 +1,8 @@
 //! End-to-end tests: one binary, one module per area.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
+mod foundation;
+
 mod mesh_faults;
 mod mesh_sandbox_interop;
 mod mesh_tls;

@@ -1,6 +1,7 @@
 //! End-to-end tests: one binary, one module per area.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
+mod crash;
 mod foundation;
 
 mod mesh_faults;

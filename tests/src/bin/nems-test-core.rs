@@ -1,0 +1,48 @@
+//! Core as a child process for crash tests: `nems-test-core DATA_DIR DIRECTORY_FILE`.
+//! Binds both listeners on `127.0.0.1:0`, prints one line
+//! `READY <service addr> <operator addr>` on stdout, and serves until killed.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use nems_core::{Core, CoreConfig, CoreListeners};
+use tokio::net::TcpListener;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args_os().skip(1);
+    let data_dir = PathBuf::from(
+        args.next()
+            .ok_or("usage: nems-test-core DATA_DIR DIRECTORY_FILE")?,
+    );
+    let directory = PathBuf::from(
+        args.next()
+            .ok_or("usage: nems-test-core DATA_DIR DIRECTORY_FILE")?,
+    );
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let config = CoreConfig {
+        listen: loopback,
+        operator_listen: Some(loopback),
+        data_dir,
+        directory_file: Some(directory),
+        ..Default::default()
+    };
+    let listeners = CoreListeners {
+        service: TcpListener::bind(loopback).await?,
+        operator: Some(TcpListener::bind(loopback).await?),
+    };
+    let (service, operator) = listeners.addrs()?;
+    let core = Core::open(config).await?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "READY {service} {}",
+            operator.ok_or("operator listener")?
+        )?;
+        out.flush()?;
+    }
+    core.serve(listeners, std::future::pending()).await?;
+    Ok(())
+}

@@ -79,10 +79,10 @@ impl CoreChild {
 /// Which mailboxes subscribe to patient `i` (RR8MBX01 always, 02 for even, 03 for multiples of 3).
 fn mailboxes_for(i: u64) -> BTreeSet<String> {
     let mut set = BTreeSet::from(["RR8MBX01".to_string()]);
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         set.insert("RR8MBX02".into());
     }
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         set.insert("RR8MBX03".into());
     }
     set

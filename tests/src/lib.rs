@@ -9,6 +9,7 @@
 //! - `mesh_sandbox.rs`: the real local `mesh-sandbox` as a child process.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test harness")]
 
+pub mod bench;
 pub mod events;
 pub mod eventually;
 pub mod http;

@@ -59,17 +59,28 @@ impl Latencies {
 
 /// CPU seconds (user + system) a process has used, from `/proc/<pid>/stat`.
 pub fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
-    let Some(after) = stat.rsplit_once(')').map(|(_, rest)| rest) else { return 0.0 };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let Some(after) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+        return 0.0;
+    };
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // After the command name: state is field 0, utime 11, stime 12 (clock ticks of 1/100 s).
     (ticks(11) + ticks(12)) / 100.0
 }
 
 /// (VmRSS, VmHWM) in MiB, from `/proc/<pid>/status`.
 pub fn memory_mib(pid: u32) -> (f64, f64) {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return (0.0, 0.0) };
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return (0.0, 0.0);
+    };
     let field = |name: &str| {
         status
             .lines()
@@ -99,11 +110,18 @@ impl Service {
 
 async fn spawn(nems: &Path, args: &[&str], env: &[(&str, String)], marker: &str) -> Service {
     let mut command = Command::new(nems);
-    command.args(args).stdout(Stdio::piped()).stderr(Stdio::null()).kill_on_drop(true).env("NEMS_LOG", "warn");
+    command
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .env("NEMS_LOG", "warn");
     for (k, v) in env {
         command.env(k, v);
     }
-    let mut child = command.spawn().unwrap_or_else(|e| panic!("start {}: {e}", nems.display()));
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", nems.display()));
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     loop {
@@ -116,7 +134,13 @@ async fn spawn(nems: &Path, args: &[&str], env: &[(&str, String)], marker: &str)
             let addr = rest
                 .split_whitespace()
                 .next()
-                .and_then(|a| a.trim_start_matches("http://").trim_end_matches(',').split('/').next().map(str::to_string))
+                .and_then(|a| {
+                    a.trim_start_matches("http://")
+                        .trim_end_matches(',')
+                        .split('/')
+                        .next()
+                        .map(str::to_string)
+                })
                 .and_then(|a| a.parse().ok())
                 .unwrap_or_else(|| panic!("no address in `{line}`"));
             tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
@@ -139,8 +163,14 @@ pub async fn start_core(nems: &Path, dir: &Path, durable: bool) -> Service {
         nems,
         &["--config", &config.to_string_lossy(), "core"],
         &[
-            ("NEMS_DATA_DIR", dir.join("db").to_string_lossy().into_owned()),
-            ("NEMS_DIRECTORY_FILE", directory.to_string_lossy().into_owned()),
+            (
+                "NEMS_DATA_DIR",
+                dir.join("db").to_string_lossy().into_owned(),
+            ),
+            (
+                "NEMS_DIRECTORY_FILE",
+                directory.to_string_lossy().into_owned(),
+            ),
             ("NEMS_CORE_LISTEN", "127.0.0.1:0".into()),
         ],
         "gRPC on ",
@@ -192,7 +222,14 @@ impl Phase {
 
 /// Runs `op(index)` from `concurrency` closed-loop workers for indices `start..end`, or
 /// open-loop at `rate` per second when `rate > 0`, for at most `duration`.
-pub async fn drive<F, Fut>(start: u64, end: u64, concurrency: usize, rate: u64, duration: Duration, op: F) -> Phase
+pub async fn drive<F, Fut>(
+    start: u64,
+    end: u64,
+    concurrency: usize,
+    rate: u64,
+    duration: Duration,
+    op: F,
+) -> Phase
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send,
@@ -246,52 +283,92 @@ where
 /// Creates explicit subscriptions `start..end` (one per patient, mailbox RR8MBX01) over gRPC.
 pub async fn create_grpc(core: SocketAddr, start: u64, end: u64, concurrency: usize) -> Phase {
     let channel = channel(core);
-    drive(start, end, concurrency, 0, Duration::from_secs(86_400), move |i| {
-        let mut client = SubscriptionServiceClient::new(channel.clone());
-        async move {
-            let criteria = spine::explicit(&nhs_number(i), &["vaccinations-1"], "");
-            client
-                .create_subscription(pb::CreateSubscriptionRequest {
-                    caller: Some(spine::pb_caller(SUBSCRIBER)),
-                    subscription: Some(spine::subscription_pb("RR8", "RR8MBX01", &criteria)),
-                })
-                .await
-                .is_ok()
-        }
-    })
+    drive(
+        start,
+        end,
+        concurrency,
+        0,
+        Duration::from_secs(86_400),
+        move |i| {
+            let mut client = SubscriptionServiceClient::new(channel.clone());
+            async move {
+                let criteria = spine::explicit(&nhs_number(i), &["vaccinations-1"], "");
+                client
+                    .create_subscription(pb::CreateSubscriptionRequest {
+                        caller: Some(spine::pb_caller(SUBSCRIBER)),
+                        subscription: Some(spine::subscription_pb("RR8", "RR8MBX01", &criteria)),
+                    })
+                    .await
+                    .is_ok()
+            }
+        },
+    )
     .await
 }
 
 /// Creates explicit subscriptions `start..end` over HTTP (XML).
 pub async fn create_http(edge: SocketAddr, start: u64, end: u64, concurrency: usize) -> Phase {
     let http = HttpClient::new(edge);
-    let headers = Arc::new(spine::with_media(SUBSCRIBER, Op::Create, "application/fhir+xml", None));
-    drive(start, end, concurrency, 0, Duration::from_secs(86_400), move |i| {
-        let (http, headers) = (http.clone(), headers.clone());
-        async move {
-            let criteria = spine::explicit(&nhs_number(i), &["vaccinations-1"], "");
-            let body = spine::subscription_xml("RR8", "RR8MBX01", &criteria);
-            http.post("/STU3/Subscription", &headers, body).await.status == 201
-        }
-    })
+    let headers = Arc::new(spine::with_media(
+        SUBSCRIBER,
+        Op::Create,
+        "application/fhir+xml",
+        None,
+    ));
+    drive(
+        start,
+        end,
+        concurrency,
+        0,
+        Duration::from_secs(86_400),
+        move |i| {
+            let (http, headers) = (http.clone(), headers.clone());
+            async move {
+                let criteria = spine::explicit(&nhs_number(i), &["vaccinations-1"], "");
+                let body = spine::subscription_xml("RR8", "RR8MBX01", &criteria);
+                http.post("/STU3/Subscription", &headers, body).await.status == 201
+            }
+        },
+    )
     .await
 }
 
 /// Publishes ~`event_bytes` vaccinations events for patients `0..patients` over HTTP.
-pub async fn publish_http(edge: SocketAddr, patients: u64, event_bytes: usize, concurrency: usize, rate: u64, duration: Duration) -> Phase {
+pub async fn publish_http(
+    edge: SocketAddr,
+    patients: u64,
+    event_bytes: usize,
+    concurrency: usize,
+    rate: u64,
+    duration: Duration,
+) -> Phase {
     let http = HttpClient::new(edge);
-    let headers = Arc::new(spine::with_media(SUBSCRIBER, Op::Publish("Vaccinations"), "application/fhir+xml", None));
+    let headers = Arc::new(spine::with_media(
+        SUBSCRIBER,
+        Op::Publish("Vaccinations"),
+        "application/fhir+xml",
+        None,
+    ));
     // A pool of distinct events (different patients) prepared up front.
     let pool: Arc<Vec<bytes::Bytes>> = Arc::new(
         (0..1024u64)
-            .map(|k| bytes::Bytes::from(vaccination(&nhs_number((k * 977) % patients), "2015-06-01", event_bytes)))
+            .map(|k| {
+                bytes::Bytes::from(vaccination(
+                    &nhs_number((k * 977) % patients),
+                    "2015-06-01",
+                    event_bytes,
+                ))
+            })
             .collect(),
     );
     drive(0, u64::MAX, concurrency, rate, duration, move |i| {
         let (http, headers, pool) = (http.clone(), headers.clone(), pool.clone());
         async move {
             let body = pool[(i % pool.len() as u64) as usize].clone();
-            http.post("/STU3/Events/1/$process-message", &headers, body).await.status == 202
+            http.post("/STU3/Events/1/$process-message", &headers, body)
+                .await
+                .status
+                == 202
         }
     })
     .await
@@ -299,10 +376,13 @@ pub async fn publish_http(edge: SocketAddr, patients: u64, event_bytes: usize, c
 
 /// Size of the database file.
 pub fn db_size(dir: &Path) -> u64 {
-    std::fs::metadata(dir.join("db").join(nems_core::store::DB_FILE)).map(|m| m.len()).unwrap_or(0)
+    std::fs::metadata(dir.join("db").join(nems_core::store::DB_FILE))
+        .map(|m| m.len())
+        .unwrap_or(0)
 }
 
 /// Finds the release `nems` binary (`NEMS_BIN` or `target/release/nems`).
 pub fn nems_binary(explicit: Option<PathBuf>) -> PathBuf {
-    explicit.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/nems"))
+    explicit
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/nems"))
 }

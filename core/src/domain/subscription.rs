@@ -88,12 +88,26 @@ pub fn validate(
     })
 }
 
-/// Returns the resource to store and read back: the request's content with the
-/// service-assigned `id` and `meta`, and `status` `active`.
-pub fn stored_resource(
-    request: &pb::SubscriptionResource,
+/// The part of a create request that is stored: what the client sent, without anything
+/// the service assigns or rejects.
+pub fn stored_content(request: &pb::SubscriptionResource) -> pb::SubscriptionResource {
+    pb::SubscriptionResource {
+        contact: request.contact.clone(),
+        end: request.end.clone(),
+        reason: request.reason.clone(),
+        criteria: request.criteria.clone(),
+        channel: request.channel.clone(),
+        ..Default::default()
+    }
+}
+
+/// The resource as it is read back: the stored content with the service-assigned `id`
+/// and `meta`, and `status` `active` (or `off` once `end` has passed at `now_ms`).
+pub fn read_back(
+    content: &pb::SubscriptionResource,
     id: &str,
     created_ms: u64,
+    ended: bool,
 ) -> pb::SubscriptionResource {
     pb::SubscriptionResource {
         id: id.to_string(),
@@ -102,16 +116,15 @@ pub fn stored_resource(
             last_updated: datetime::format_instant_ms(created_ms),
             profile: vec![PROFILE.into()],
         }),
-        status: "active".into(),
-        contact: request.contact.clone(),
-        end: request.end.clone(),
-        reason: request.reason.clone(),
-        criteria: request.criteria.clone(),
-        error: String::new(),
-        channel: request.channel.clone(),
-        tag: Vec::new(),
-        other_elements: Vec::new(),
+        status: if ended { "off".into() } else { "active".into() },
+        ..content.clone()
     }
+}
+
+/// The 16-byte hash of [`dedup_key`], the duplicate index key.
+pub fn dedup_hash(v: &ValidSubscription) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(dedup_key(v).as_bytes())[..16].to_vec()
 }
 
 /// The key under which an identical live subscription is a duplicate (decisions.md §5):
@@ -448,10 +461,19 @@ mod tests {
         r.end = "2099-01-01T00:00:00+00:00".into();
         let v = validate(&r, &Catalogue::default(), NOW).unwrap();
         assert!(v.end_ms.is_some());
-        let stored = stored_resource(&r, "0123", NOW);
+        let content = stored_content(&r);
+        assert!(
+            content.other_elements.is_empty()
+                && content.meta.is_none()
+                && content.status.is_empty()
+        );
+        let stored = read_back(&content, "0123", NOW, false);
         assert_eq!(stored.status, "active");
-        assert!(stored.other_elements.is_empty());
+        assert_eq!(stored.id, "0123");
+        assert_eq!(stored.end, r.end);
         assert_eq!(stored.meta.unwrap().profile, vec![PROFILE.to_string()]);
+        assert_eq!(read_back(&content, "0123", NOW, true).status, "off");
+        assert_eq!(dedup_hash(&v).len(), 16);
     }
 
     #[test]

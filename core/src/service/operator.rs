@@ -70,7 +70,7 @@ impl Operator {
         };
         pb::SubscriptionRecord {
             id: id_hex(id),
-            resource: Some(current_resource(&sub, now)),
+            resource: Some(current_resource(id, &sub, now)),
             criteria: sub.criteria,
             owner_asid: sub.owner_asid,
             owner_ods_code: sub.owner_ods,

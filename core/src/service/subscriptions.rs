@@ -37,12 +37,14 @@ fn not_found(id: &str) -> Status {
 }
 
 /// The resource as read back now: `status` `off` once `end` has passed.
-pub(crate) fn current_resource(sub: &StoredSubscription, now: u64) -> pb::SubscriptionResource {
-    let mut resource = sub.resource.clone().unwrap_or_default();
-    if sub.end_ms != 0 && sub.end_ms <= now {
-        resource.status = "off".into();
-    }
-    resource
+pub(crate) fn current_resource(
+    id: u128,
+    sub: &StoredSubscription,
+    now: u64,
+) -> pb::SubscriptionResource {
+    let content = sub.resource.clone().unwrap_or_default();
+    let ended = sub.end_ms != 0 && sub.end_ms <= now;
+    rules::read_back(&content, &id_hex(id), sub.created_ms, ended)
 }
 
 impl Subscriptions {
@@ -75,8 +77,8 @@ impl Subscriptions {
         };
         let id = new_id();
         let id_text = id_hex(id);
-        let record = stored_record(&resource, &valid, &system, &id_text, now);
-        let stored_resource = record.resource.clone().unwrap_or_default();
+        let record = stored_record(&resource, &valid, &system, now);
+        let stored_resource = current_resource(id, &record, now);
         let audit_ok = audit_record(&caller, "create", "Subscription", &id_text, "ok");
         let outcome = self
             .state
@@ -119,11 +121,10 @@ fn stored_record(
     request: &pb::SubscriptionResource,
     valid: &ValidSubscription,
     system: &pb::SpineSystem,
-    id: &str,
     now: u64,
 ) -> StoredSubscription {
     StoredSubscription {
-        resource: Some(rules::stored_resource(request, id, now)),
+        resource: Some(rules::stored_content(request)),
         criteria: Some(valid.criteria.clone()),
         owner_asid: system.asid.clone(),
         owner_ods: valid.contact_ods.clone(),
@@ -131,7 +132,7 @@ fn stored_record(
         created_ms: now,
         end_ms: valid.end_ms.unwrap_or(0),
         deleted_ms: 0,
-        dedup_key: rules::dedup_key(valid),
+        dedup_hash: rules::dedup_hash(valid),
     }
 }
 
@@ -181,7 +182,7 @@ impl SubscriptionService for Subscriptions {
         self.state
             .audit_detached(audit_record(&caller, "read", "Subscription", &req.id, "ok"));
         Ok(Response::new(pb::GetSubscriptionResponse {
-            subscription: Some(current_resource(&sub, now_ms())),
+            subscription: Some(current_resource(id, &sub, now_ms())),
         }))
     }
 

@@ -6,7 +6,8 @@ use nems_proto::v1 as pb;
 /// A stored subscription.
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct StoredSubscription {
-    /// The resource as it is read back (id, meta, status `active` filled in).
+    /// The resource as the client sent it, without what the service assigns (`id`, `meta`,
+    /// `status`), which are rebuilt on read.
     #[prost(message, optional, tag = "1")]
     pub(crate) resource: Option<pb::SubscriptionResource>,
     /// The parsed criteria.
@@ -30,9 +31,19 @@ pub(crate) struct StoredSubscription {
     /// Deletion time (0: live).
     #[prost(uint64, tag = "8")]
     pub(crate) deleted_ms: u64,
-    /// Duplicate-detection key.
-    #[prost(string, tag = "9")]
-    pub(crate) dedup_key: String,
+    /// Hash of the duplicate-detection key.
+    #[prost(bytes = "vec", tag = "9")]
+    pub(crate) dedup_hash: Vec<u8>,
+}
+
+impl StoredSubscription {
+    /// The duplicate-detection key hash as a table key.
+    pub(crate) fn dedup_key(&self) -> u128 {
+        let mut bytes = [0u8; 16];
+        let n = self.dedup_hash.len().min(16);
+        bytes[..n].copy_from_slice(&self.dedup_hash[..n]);
+        u128::from_be_bytes(bytes)
+    }
 }
 
 /// What matching needs of a subscription, stored as the value of the match indexes so

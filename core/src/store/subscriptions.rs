@@ -45,7 +45,7 @@ pub(crate) fn insert(
 ) -> Result<Result<(), u128>, StoreError> {
     let mut dedup = tx.open_table(SUBS_BY_DEDUP)?;
     let mut subs = tx.open_table(SUBSCRIPTIONS)?;
-    let existing = dedup.get(sub.dedup_key.as_str())?.map(|v| v.value());
+    let existing = dedup.get(sub.dedup_key())?.map(|v| v.value());
     if let Some(existing) = existing {
         let live = match subs.get(existing)? {
             Some(bytes) => {
@@ -59,7 +59,7 @@ pub(crate) fn insert(
         }
     }
     subs.insert(id, sub.encode_to_vec().as_slice())?;
-    dedup.insert(sub.dedup_key.as_str(), id)?;
+    dedup.insert(sub.dedup_key(), id)?;
     add_match_index(tx, id, sub)?;
     tx.open_table(SUBS_BY_OWNER)?
         .insert((sub.owner_ods.as_str(), id), ())?;
@@ -156,9 +156,9 @@ pub(crate) fn delete(
     drop(subs);
     remove_match_index(tx, id, &sub)?;
     let mut dedup = tx.open_table(SUBS_BY_DEDUP)?;
-    let same = dedup.get(sub.dedup_key.as_str())?.map(|v| v.value()) == Some(id);
+    let same = dedup.get(sub.dedup_key())?.map(|v| v.value()) == Some(id);
     if same {
-        dedup.remove(sub.dedup_key.as_str())?;
+        dedup.remove(sub.dedup_key())?;
     }
     bump(tx, "subscriptions-live", -1)?;
     Ok(true)

@@ -22,8 +22,9 @@ pub(crate) const SUBS_BY_NHS: TableDefinition<'_, (u64, u128), &[u8]> =
 pub(crate) const SUBS_BY_RULE: TableDefinition<'_, (&str, u128), &[u8]> =
     TableDefinition::new("subs-by-rule-v1");
 
-/// Duplicate detection: canonical subscription key → subscription id (live ones only).
-pub(crate) const SUBS_BY_DEDUP: TableDefinition<'_, &str, u128> =
+/// Duplicate detection: 128-bit hash of the canonical subscription key → subscription id
+/// (live ones only).
+pub(crate) const SUBS_BY_DEDUP: TableDefinition<'_, u128, u128> =
     TableDefinition::new("subs-by-dedup-v1");
 
 /// Owner listing: (contact ODS code, subscription id) → ().

@@ -8,7 +8,11 @@
 //!                                   [--rate 0|5000] [--bytes 10240] [--durable true|false]
 //! ```
 //! Options: `--nems PATH` (default `target/release/nems`), `--dir DIR` (default a temp dir).
-#![allow(clippy::print_stdout, clippy::print_stderr, reason = "a benchmark prints its report")]
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a benchmark prints its report"
+)]
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -47,7 +51,9 @@ async fn main() {
     let (command, o) = args();
     let nems = bench::nems_binary(o.get("nems").map(Into::into));
     let temp = tempfile::tempdir().expect("temp dir");
-    let dir = o.get("dir").map_or_else(|| temp.path().to_path_buf(), Into::into);
+    let dir = o
+        .get("dir")
+        .map_or_else(|| temp.path().to_path_buf(), Into::into);
     std::fs::create_dir_all(&dir).expect("dir");
     let concurrency: usize = opt(&o, "concurrency", 64);
     match command.as_str() {
@@ -55,7 +61,9 @@ async fn main() {
             let count: u64 = opt(&o, "count", 1_000_000);
             let http_count: u64 = opt(&o, "http", 20_000);
             let core = bench::start_core(&nems, &dir, true).await;
-            println!("subscription creation, {count} over gRPC then {http_count} over HTTP, concurrency {concurrency}, durable");
+            println!(
+                "subscription creation, {count} over gRPC then {http_count} over HTTP, concurrency {concurrency}, durable"
+            );
             let started = Instant::now();
             let window = (count / 10).max(1);
             let mut done = 0;
@@ -68,7 +76,11 @@ async fn main() {
                 last = Some(p);
             }
             let total = started.elapsed();
-            println!("grpc overall: {count} in {:.1}s = {:.0}/s", total.as_secs_f64(), count as f64 / total.as_secs_f64());
+            println!(
+                "grpc overall: {count} in {:.1}s = {:.0}/s",
+                total.as_secs_f64(),
+                count as f64 / total.as_secs_f64()
+            );
             let (rss, hwm) = memory_mib(core.pid());
             let size = bench::db_size(&dir);
             let millions = count as f64 / 1e6;
@@ -97,22 +109,54 @@ async fn main() {
             line("preload", &mut p);
             let edge = bench::start_edge(&nems, core.addr).await;
             // Warm up connections and caches.
-            let _ = bench::publish_http(edge.addr, subscriptions, bytes, concurrency.min(8), 0, Duration::from_secs(2)).await;
-            let (core_cpu, edge_cpu, self_cpu) = (cpu_seconds(core.pid()), cpu_seconds(edge.pid()), cpu_seconds(std::process::id()));
-            let mut p = bench::publish_http(edge.addr, subscriptions, bytes, concurrency, rate, Duration::from_secs(seconds)).await;
+            let _ = bench::publish_http(
+                edge.addr,
+                subscriptions,
+                bytes,
+                concurrency.min(8),
+                0,
+                Duration::from_secs(2),
+            )
+            .await;
+            let (core_cpu, edge_cpu, self_cpu) = (
+                cpu_seconds(core.pid()),
+                cpu_seconds(edge.pid()),
+                cpu_seconds(std::process::id()),
+            );
+            let mut p = bench::publish_http(
+                edge.addr,
+                subscriptions,
+                bytes,
+                concurrency,
+                rate,
+                Duration::from_secs(seconds),
+            )
+            .await;
             let wall = p.elapsed.as_secs_f64();
-            let mode = if rate > 0 { format!("open loop at {rate}/s") } else { format!("closed loop, {concurrency} clients") };
-            println!("publish over HTTP, ~{bytes}-byte events, {subscriptions} subscriptions stored, durable={durable}, {mode}");
+            let mode = if rate > 0 {
+                format!("open loop at {rate}/s")
+            } else {
+                format!("closed loop, {concurrency} clients")
+            };
+            println!(
+                "publish over HTTP, ~{bytes}-byte events, {subscriptions} subscriptions stored, durable={durable}, {mode}"
+            );
             line("publishes", &mut p);
             println!(
                 "cpu (cores busy): core {:.2}, edge {:.2}, load generator {:.2}, total {:.2} of 2",
                 (cpu_seconds(core.pid()) - core_cpu) / wall,
                 (cpu_seconds(edge.pid()) - edge_cpu) / wall,
                 (cpu_seconds(std::process::id()) - self_cpu) / wall,
-                (cpu_seconds(core.pid()) - core_cpu + cpu_seconds(edge.pid()) - edge_cpu + cpu_seconds(std::process::id()) - self_cpu) / wall
+                (cpu_seconds(core.pid()) - core_cpu + cpu_seconds(edge.pid()) - edge_cpu
+                    + cpu_seconds(std::process::id())
+                    - self_cpu)
+                    / wall
             );
             let (rss, hwm) = memory_mib(core.pid());
-            println!("core RSS {rss:.1} MiB (peak {hwm:.1}), redb file {:.1} MiB", bench::db_size(&dir) as f64 / 1048576.0);
+            println!(
+                "core RSS {rss:.1} MiB (peak {hwm:.1}), redb file {:.1} MiB",
+                bench::db_size(&dir) as f64 / 1048576.0
+            );
         }
         _ => {
             eprintln!("usage: nems-bench subscriptions|publish [--options]; see the source header");

@@ -12,6 +12,7 @@ use nems_proto::spine::SpineCode;
 use crate::error::EdgeError;
 use crate::fhir::Format;
 use crate::handlers::{self, AppState, Ctx, HttpResponse, error_response, read_body};
+use crate::negotiate::{Formats, response_format};
 
 /// The header carrying the request id (set by the request-id layer).
 pub const REQUEST_ID: &str = "x-request-id";
@@ -42,9 +43,9 @@ fn route_of(path: &str) -> Route<'_> {
 
 fn method_not_allowed(method: &Method, allowed: &str) -> EdgeError {
     if method == Method::PUT {
-        return EdgeError::with_status(
+        // 405 with `issue.code` `forbidden`, from the Spine table.
+        return EdgeError::new(
             SpineCode::MsgResourceIdFail,
-            StatusCode::METHOD_NOT_ALLOWED,
             "NEMS does not update subscriptions: delete it and create a new one",
         );
     }
@@ -81,34 +82,45 @@ where
     let method = parts.method.clone();
     let path = parts.uri.path().to_string();
     let route = route_of(&path);
+    // Errors answered here follow `_format` and `Accept` where they can, XML otherwise.
+    let formats = match route {
+        Route::Publish => Formats::XmlOnly,
+        _ => Formats::XmlOrJson,
+    };
+    let error_format = response_format(&parts.headers, ctx.query.as_deref(), formats, Format::Xml)
+        .unwrap_or(Format::Xml);
     let limit = state.config.max_body_bytes;
     let response = match (route, &method) {
         (Route::Metadata, &Method::GET) => handlers::metadata::get(&state, &parts.headers, &ctx),
         (Route::Metadata, m) => {
-            error_response(&method_not_allowed(m, "GET"), Format::Xml, &ctx.request_id)
+            error_response(&method_not_allowed(m, "GET"), error_format, &ctx.request_id)
         }
         (Route::Publish, &Method::POST) => match read_body(body, limit).await {
             Ok(bytes) => handlers::publish::publish(&state, &parts.headers, bytes, &ctx).await,
-            Err(e) => error_response(&e, Format::Xml, &ctx.request_id),
+            Err(e) => error_response(&e, error_format, &ctx.request_id),
         },
-        (Route::Publish, m) => {
-            error_response(&method_not_allowed(m, "POST"), Format::Xml, &ctx.request_id)
-        }
+        (Route::Publish, m) => error_response(
+            &method_not_allowed(m, "POST"),
+            error_format,
+            &ctx.request_id,
+        ),
         (Route::Subscriptions, &Method::POST) => match read_body(body, limit).await {
             Ok(bytes) => handlers::subscription::create(&state, &parts.headers, bytes, &ctx).await,
-            Err(e) => error_response(&e, Format::Xml, &ctx.request_id),
+            Err(e) => error_response(&e, error_format, &ctx.request_id),
         },
         (Route::Subscriptions, &Method::GET) => error_response(
             &EdgeError::new(
                 SpineCode::BadRequest,
                 "Malformed request syntax. NEMS Search command invalid syntax: subscriptions cannot be searched",
             ),
-            Format::Xml,
+            error_format,
             &ctx.request_id,
         ),
-        (Route::Subscriptions, m) => {
-            error_response(&method_not_allowed(m, "POST"), Format::Xml, &ctx.request_id)
-        }
+        (Route::Subscriptions, m) => error_response(
+            &method_not_allowed(m, "POST"),
+            error_format,
+            &ctx.request_id,
+        ),
         (Route::Subscription(id), m)
             if (m == Method::GET || m == Method::DELETE) && !id_is_well_formed(id) =>
         {
@@ -117,7 +129,7 @@ where
                     SpineCode::BadRequest,
                     "Malformed request syntax: a subscription id is 32 hexadecimal characters",
                 ),
-                Format::Xml,
+                error_format,
                 &ctx.request_id,
             )
         }
@@ -125,14 +137,14 @@ where
             Ok(bytes) => {
                 handlers::subscription::read(&state, &parts.headers, id, bytes, &ctx).await
             }
-            Err(e) => error_response(&e, Format::Xml, &ctx.request_id),
+            Err(e) => error_response(&e, error_format, &ctx.request_id),
         },
         (Route::Subscription(id), &Method::DELETE) => {
             handlers::subscription::delete(&state, &parts.headers, id, &ctx).await
         }
         (Route::Subscription(_), m) => error_response(
             &method_not_allowed(m, "GET or DELETE"),
-            Format::Xml,
+            error_format,
             &ctx.request_id,
         ),
         (Route::History, _) => error_response(
@@ -140,7 +152,7 @@ where
                 SpineCode::BadRequest,
                 "versioned reads (_history) are not supported",
             ),
-            Format::Xml,
+            error_format,
             &ctx.request_id,
         ),
         (Route::Unknown, _) => error_response(
@@ -149,7 +161,7 @@ where
                 StatusCode::NOT_FOUND,
                 "no such endpoint: NEMS serves /STU3/Subscription, /STU3/Events/1/$process-message and /STU3/metadata",
             ),
-            Format::Xml,
+            error_format,
             &ctx.request_id,
         ),
     };

@@ -7,3 +7,8 @@ mod foundation;
 mod mesh_faults;
 mod mesh_sandbox_interop;
 mod mesh_tls;
+
+mod subscription_api;
+mod subscription_errors;
+mod subscription_grpc;
+mod subscription_oracle;

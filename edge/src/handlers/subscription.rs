@@ -31,18 +31,20 @@ pub async fn create(
     body: bytes::Bytes,
     ctx: &Ctx,
 ) -> HttpResponse {
-    let body_format = match request_format(headers, Formats::XmlOrJson) {
-        Ok(f) => f,
-        Err(e) => return error_response(&e, Format::Xml, &ctx.request_id),
-    };
-    let format = match response_format(
+    let body_format = request_format(headers, Formats::XmlOrJson);
+    let format = response_format(
         headers,
         ctx.query.as_deref(),
         Formats::XmlOrJson,
-        body_format,
-    ) {
-        Ok(f) => f,
-        Err(e) => return error_response(&e, Format::Xml, &ctx.request_id),
+        *body_format.as_ref().unwrap_or(&Format::Xml),
+    );
+    // An unsupported Content-Type is answered in the format `_format` or `Accept` asks for.
+    let (body_format, format) = match (body_format, format) {
+        (Ok(body_format), Ok(format)) => (body_format, format),
+        (Err(e), format) => {
+            return error_response(&e, format.unwrap_or(Format::Xml), &ctx.request_id);
+        }
+        (Ok(_), Err(e)) => return error_response(&e, Format::Xml, &ctx.request_id),
     };
     match create_inner(state, headers, body, body_format, format, ctx).await {
         Ok(response) => response,

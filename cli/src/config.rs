@@ -77,6 +77,22 @@ impl Default for LogConfig {
     }
 }
 
+/// The operations endpoint (`/metrics`, `/livez`, `/readyz`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsConfig {
+    /// Listen address; absent: no endpoint. Env: `NEMS_OPS_LISTEN`.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        OpsConfig {
+            listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9100))),
+        }
+    }
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -85,6 +101,8 @@ pub struct NemsConfig {
     pub version: u32,
     /// Logging.
     pub log: LogConfig,
+    /// Operations endpoint.
+    pub ops: OpsConfig,
     /// Core.
     pub core: CoreConfig,
     /// Edge.
@@ -98,6 +116,7 @@ impl Default for NemsConfig {
         NemsConfig {
             version: 1,
             log: LogConfig::default(),
+            ops: OpsConfig::default(),
             core: CoreConfig::default(),
             edge: EdgeConfig::default(),
             mesh_adapter: AdapterConfig::default(),
@@ -109,6 +128,7 @@ impl Default for NemsConfig {
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("NEMS_LOG", "log.level"),
     ("NEMS_LOG_FORMAT", "log.format"),
+    ("NEMS_OPS_LISTEN", "ops.listen (\"off\" disables)"),
     ("NEMS_DATA_DIR", "core.data_dir"),
     ("NEMS_DIRECTORY_FILE", "core.directory_file"),
     ("NEMS_CORE_LISTEN", "core.listen"),
@@ -180,6 +200,13 @@ impl NemsConfig {
                 "human" => LogFormat::Human,
                 "json" => LogFormat::Json,
                 _ => bail!("environment variable NEMS_LOG_FORMAT: `{v}` must be human or json"),
+            };
+        }
+        if let Some(v) = get("NEMS_OPS_LISTEN") {
+            self.ops.listen = if v == "off" {
+                None
+            } else {
+                Some(parsed("NEMS_OPS_LISTEN", &v)?)
             };
         }
         if let Some(v) = get("NEMS_DATA_DIR") {

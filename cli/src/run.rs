@@ -51,6 +51,19 @@ pub fn on_signal() -> Shutdown {
     Shutdown(rx)
 }
 
+/// Starts the operations endpoint when configured; returns its address.
+async fn start_ops(config: &NemsConfig, shutdown: &Shutdown) -> anyhow::Result<Option<SocketAddr>> {
+    let Some(addr) = config.ops.listen else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the ops endpoint on {addr}"))?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(crate::ops::serve(listener, shutdown.clone().wait()));
+    Ok(Some(bound))
+}
+
 fn url_of(addr: SocketAddr) -> String {
     format!("http://{addr}")
 }
@@ -60,6 +73,7 @@ pub async fn up(mut config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()
     if config.core.directory_file.is_none() {
         config.core.directory_file = Some(embedded::write_sample_directory(&config.core.data_dir)?);
     }
+    let ops = start_ops(&config, &shutdown).await?;
     let core_listeners = CoreListeners::bind(&config.core)
         .await
         .context("binding core's gRPC listener")?;
@@ -110,6 +124,9 @@ pub async fn up(mut config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()
         println!("  operator   {}", operator_addr.unwrap_or(core_addr));
         println!("  data       {}", config.core.data_dir.display());
         println!("  deliveries {sink}");
+        if let Some(ops) = ops {
+            println!("  ops        http://{ops}/metrics /livez /readyz");
+        }
         println!("  Ctrl-C stops all three");
     }
     let (core_result, edge_result, adapter_result) =
@@ -124,6 +141,7 @@ pub async fn up(mut config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()
 
 /// `nems core`.
 pub async fn core(config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+    start_ops(&config, &shutdown).await?;
     let listeners = CoreListeners::bind(&config.core)
         .await
         .context("binding core's listeners")?;
@@ -145,6 +163,7 @@ pub async fn core(config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()> 
 
 /// `nems edge`.
 pub async fn edge(config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+    start_ops(&config, &shutdown).await?;
     let listener = TcpListener::bind(config.edge.listen)
         .await
         .context("binding the edge listener")?;
@@ -166,6 +185,7 @@ pub async fn edge(config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()> 
 
 /// `nems mesh-adapter`.
 pub async fn adapter(config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+    start_ops(&config, &shutdown).await?;
     nems_mesh_adapter::run(config.mesh_adapter, shutdown.wait())
         .await
         .context("mesh adapter")

@@ -17,6 +17,7 @@ pub mod directory;
 pub(crate) mod dispatch;
 pub mod domain;
 mod matching;
+mod metrics;
 pub mod refdata;
 mod server;
 mod service;

@@ -36,6 +36,10 @@ pub struct EdgeConfig {
     pub clock_skew: Duration,
     /// Most concurrent connections; further ones wait to be accepted.
     pub max_connections: usize,
+    /// Requests per second allowed per calling ASID (0: no limit); beyond it `429`.
+    pub rate_limit_per_asid: u32,
+    /// Burst of requests allowed per calling ASID above the steady rate.
+    pub rate_limit_burst: u32,
 }
 
 impl Default for EdgeConfig {
@@ -52,6 +56,8 @@ impl Default for EdgeConfig {
             core_timeout: Duration::from_secs(10),
             clock_skew: Duration::from_secs(60),
             max_connections: 4096,
+            rate_limit_per_asid: 1000,
+            rate_limit_burst: 2000,
         }
     }
 }

@@ -54,6 +54,7 @@ impl EdgeError {
             Some(StatusCode::METHOD_NOT_ALLOWED) => {
                 (StatusCode::METHOD_NOT_ALLOWED, "not-supported")
             }
+            Some(StatusCode::TOO_MANY_REQUESTS) => (StatusCode::TOO_MANY_REQUESTS, "throttled"),
             Some(other) => (other, issue),
             None => (status, issue),
         }

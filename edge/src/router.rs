@@ -26,6 +26,21 @@ enum Route<'p> {
     Unknown,
 }
 
+/// The metrics label of a request.
+fn route_label(route: &Route<'_>, method: &Method) -> &'static str {
+    match (route, method) {
+        (Route::Metadata, &Method::GET) => "metadata",
+        (Route::Publish, &Method::POST) => "publish",
+        (Route::Subscriptions, &Method::POST) => "subscription_create",
+        (Route::Subscriptions, &Method::GET) => "subscription_search",
+        (Route::Subscription(_), &Method::GET) => "subscription_read",
+        (Route::Subscription(_), &Method::DELETE) => "subscription_delete",
+        (Route::History, _) => "subscription_history",
+        (Route::Unknown, _) => "unknown",
+        _ => "method_not_allowed",
+    }
+}
+
 fn route_of(path: &str) -> Route<'_> {
     let Some(rest) = path.strip_prefix("/STU3/") else {
         return Route::Unknown;
@@ -82,6 +97,7 @@ where
     let method = parts.method.clone();
     let path = parts.uri.path().to_string();
     let route = route_of(&path);
+    let route_name = route_label(&route, &method);
     // Errors answered here follow `_format` and `Accept` where they can, XML otherwise.
     let formats = match route {
         Route::Publish => Formats::XmlOnly,
@@ -165,6 +181,16 @@ where
             &ctx.request_id,
         ),
     };
+    let m = crate::metrics::metrics();
+    m.requests
+        .get_or_create(&crate::metrics::RequestLabels {
+            route: route_name,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    m.duration
+        .get_or_create(&crate::metrics::RouteLabel { route: route_name })
+        .observe(started.elapsed().as_secs_f64());
     tracing::info!(
         request_id = %ctx.request_id,
         method = %method,

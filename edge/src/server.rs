@@ -97,7 +97,13 @@ pub async fn run(
         config.max_connections,
     );
     let (max_body, request_timeout, header_timeout, max_header, max_connections) = limits;
-    let state = Arc::new(AppState { config, core });
+    let limiter =
+        crate::ratelimit::RateLimiter::new(config.rate_limit_per_asid, config.rate_limit_burst);
+    let state = Arc::new(AppState {
+        config,
+        core,
+        limiter,
+    });
     let service = ServiceBuilder::new()
         .layer(SetRequestIdLayer::new(
             router::REQUEST_ID

@@ -78,6 +78,9 @@ pub struct MeshSettings {
     /// How often the service mailbox is polled for non-delivery reports.
     #[serde(with = "duration")]
     pub report_poll_interval: Duration,
+    /// Readiness turns false once MESH has been unreachable for longer than this.
+    #[serde(with = "duration")]
+    pub unready_after: Duration,
 }
 
 impl std::fmt::Debug for MeshSettings {
@@ -108,6 +111,7 @@ impl Default for MeshSettings {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(120),
             report_poll_interval: Duration::from_secs(300),
+            unready_after: Duration::from_secs(300),
         }
     }
 }

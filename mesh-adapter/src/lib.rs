@@ -24,6 +24,7 @@ use tonic::transport::{Channel, Endpoint};
 pub mod config;
 pub mod error;
 pub mod mesh;
+pub mod metrics;
 pub mod pump;
 pub mod reports;
 pub mod retry;
@@ -64,7 +65,13 @@ pub async fn run(
         max_in_flight_per_mailbox: config.max_in_flight_per_mailbox,
         retry: config.retry_policy(),
         drain_timeout: Duration::from_secs(15),
+        sink_name: match config.sink {
+            SinkKind::Folder => "folder",
+            SinkKind::Mesh => "mesh",
+        },
+        health: Arc::new(metrics::MeshHealth::default()),
     };
+    let _ = metrics::metrics();
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -86,6 +93,9 @@ pub async fn run(
             let client = mesh::MeshClient::new(config.mesh_client_config())
                 .map_err(|e| AdapterError::Config(format!("mesh_adapter.mesh: {e}")))?;
             tracing::info!(base_url = %client.base_url(), mailbox = %client.mailbox(), "mesh adapter delivering to MESH");
+            let health = settings.health.clone();
+            let after = config.mesh.unready_after;
+            nems_proto::ops::set_check("mesh", move || health.check(after));
             let sink = Arc::new(sink::mesh::MeshSink::new(client.clone()));
             let reporter = DeliveryServiceClient::new(channel.clone());
             let handler = move |report: reports::MeshReport| {
@@ -110,6 +120,7 @@ pub async fn run(
             );
         }
     }
+    nems_proto::ops::remove_check("mesh");
     tracing::info!("mesh adapter stopped");
     Ok(())
 }

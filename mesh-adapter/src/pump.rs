@@ -30,6 +30,10 @@ pub struct PumpSettings {
     pub retry: RetryPolicy,
     /// How long to wait for in-flight deliveries at shutdown.
     pub drain_timeout: Duration,
+    /// Metrics label of the sink (`folder` or `mesh`).
+    pub sink_name: &'static str,
+    /// Tracks whether the destination answers (for readiness).
+    pub health: Arc<crate::metrics::MeshHealth>,
 }
 
 /// Turns a sink outcome into the report to core.
@@ -156,9 +160,14 @@ pub async fn run<S: Sink>(
                     };
                     let sink = sink.clone();
                     let retry = settings.retry;
+                    let sink_name = settings.sink_name;
+                    let health = settings.health.clone();
                     let mut client = client.clone();
                     tasks.spawn(async move {
+                        let started = std::time::Instant::now();
                         let outcome = sink.deliver(&delivery).await;
+                        crate::metrics::record(sink_name, &outcome, started.elapsed());
+                        health.note(&outcome);
                         tracing::debug!(delivery = delivery.delivery_id, attempt = delivery.attempt, mailbox = %delivery.mailbox, ?outcome, "delivery attempted");
                         let report = to_report(&delivery, outcome, &retry, SystemTime::now());
                         complete(&mut client, report).await;

@@ -27,6 +27,7 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("gen/nems.core.v1.fds.bin");
 
 pub mod ids;
+pub mod ops;
 pub mod spine;
 
 /// Fully qualified gRPC service names, for health reporting and listener routing.

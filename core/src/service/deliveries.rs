@@ -200,6 +200,11 @@ impl DeliveryService for Deliveries {
         {
             self.state.note_settled(1);
         }
+        let state_name = format!("{:?}", done.state).to_ascii_lowercase();
+        crate::metrics::metrics()
+            .deliveries_completed
+            .get_or_create(&crate::metrics::StateLabel { state: state_name })
+            .inc();
         if let Some(at) = done.requeued_at {
             self.state.dispatcher.available(&done.mailbox, at);
         }

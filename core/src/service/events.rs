@@ -64,6 +64,7 @@ impl Events {
                 pending,
                 "delivery backlog above its bound; shedding publishes"
             );
+            crate::metrics::metrics().publishes_shed.inc();
             return Err(spine::unavailable(
                 "the delivery backlog is full; retry later",
                 Duration::from_secs(5),
@@ -102,6 +103,7 @@ impl EventService for Events {
         &self,
         request: Request<pb::PublishEventRequest>,
     ) -> Result<Response<pb::PublishEventResponse>, Status> {
+        let received = std::time::Instant::now();
         let mut req = request.into_inner();
         let caller = req.caller.take().ok_or_else(|| missing("caller"))?;
         let (system, valid) = self
@@ -155,12 +157,22 @@ impl EventService for Events {
             .map_err(|e| match e {
                 StoreError::Busy => {
                     tracing::warn!("store write queue full; shedding publishes");
+                    crate::metrics::metrics().publishes_shed.inc();
                     store_status(e, &caller.request_id)
                 }
                 other => store_status(other, &caller.request_id),
             })?;
         self.state
             .note_queued(accepted.queued_mailboxes.len() as u64);
+        let m = crate::metrics::metrics();
+        m.events_accepted
+            .get_or_create(&crate::metrics::EventLabel {
+                event_code: valid.event_type.code.clone(),
+            })
+            .inc();
+        m.publish_seconds.observe(received.elapsed().as_secs_f64());
+        m.mailboxes_per_event
+            .observe(accepted.queued_mailboxes.len() as f64);
         for mailbox in &accepted.queued_mailboxes {
             self.state.dispatcher.available(mailbox, accepted_ms);
         }

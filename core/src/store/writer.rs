@@ -246,6 +246,9 @@ fn apply_and_commit(
         .max_batch
         .fetch_max(batch.len() as u64, Ordering::Relaxed);
     stats.commit_micros.fetch_add(micros, Ordering::Relaxed);
+    let m = crate::metrics::metrics();
+    m.commit_seconds.observe(micros as f64 / 1e6);
+    m.commit_batch.observe(batch.len() as f64);
     if started.elapsed() > Duration::from_secs(1) {
         tracing::warn!(micros, batch = batch.len(), "slow store commit");
     }

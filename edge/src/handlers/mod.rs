@@ -30,6 +30,8 @@ pub struct AppState {
     pub config: EdgeConfig,
     /// Core's gRPC clients.
     pub core: CoreClient,
+    /// The per-ASID rate limit.
+    pub limiter: crate::ratelimit::RateLimiter,
 }
 
 /// The context of one request.
@@ -151,18 +153,19 @@ pub fn too_large_error(limit: usize) -> EdgeError {
     )
 }
 
-/// Checks the Spine headers with the configured policy.
+/// Checks the Spine headers with the configured policy, then the caller's rate limit.
 pub fn check_headers(
-    config: &EdgeConfig,
+    state: &AppState,
     headers: &HeaderMap,
     op: Operation,
     request_id: &str,
 ) -> Result<Checked, EdgeError> {
+    let config = &state.config;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_secs() as i64;
-    headers::check(
+    let checked = headers::check(
         headers,
         op,
         Policy {
@@ -171,5 +174,17 @@ pub fn check_headers(
             skew: config.clock_skew.as_secs() as i64,
         },
         request_id,
-    )
+    )?;
+    if let Err(wait) = state.limiter.check(&checked.caller.asid) {
+        crate::metrics::metrics().rate_limited.inc();
+        return Err(EdgeError {
+            retry_after: Some(wait.max(Duration::from_secs(1))),
+            ..EdgeError::with_status(
+                SpineCode::BadRequest,
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many requests from this ASID; slow down and retry after the Retry-After delay",
+            )
+        });
+    }
+    Ok(checked)
 }

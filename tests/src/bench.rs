@@ -115,6 +115,7 @@ async fn spawn(nems: &Path, args: &[&str], env: &[(&str, String)], marker: &str)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
+        .env("NEMS_OPS_LISTEN", "127.0.0.1:0")
         .env("NEMS_LOG", "warn");
     for (k, v) in env {
         command.env(k, v);

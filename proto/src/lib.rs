@@ -29,6 +29,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("gen/nems.core.v1.fds.bin"
 pub mod ids;
 pub mod ops;
 pub mod spine;
+pub mod tls;
 
 /// Fully qualified gRPC service names, for health reporting and listener routing.
 pub mod service_names {

@@ -16,6 +16,10 @@ pub struct Caller {
     /// Correlation id of the request (the OperationOutcome id on errors), for logs and audit.
     #[prost(string, tag = "4")]
     pub request_id: ::prost::alloc::string::String,
+    /// DER of the TLS client certificate the edge verified (mutual TLS); empty without one.
+    /// Core checks that it names the identity the directory registers for `asid`.
+    #[prost(bytes = "vec", tag = "5")]
+    pub client_certificate: ::prost::alloc::vec::Vec<u8>,
 }
 /// Notice is a non-fatal message returned with a successful answer, such as an event
 /// type being deprecated. The edge renders each as an information OperationOutcome issue.

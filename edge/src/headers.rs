@@ -109,6 +109,7 @@ pub fn check(
             ods_code: claims.ods_code,
             user: claims.user.unwrap_or_default(),
             request_id: request_id.to_string(),
+            client_certificate: Vec::new(),
         },
         interaction_id: interaction.to_string(),
     })

@@ -50,31 +50,41 @@ pub enum EdgeRunError {
     Io(#[from] std::io::Error),
 }
 
-/// Replaces the bare `408` and `413` answers of the tower-http layers with Spine
-/// OperationOutcomes, and boxes every body.
-fn fix_layer_errors<B>(response: Response<B>) -> Response<BoxBody>
+/// Replaces the `408` and `413` answers of the tower-http layers (empty, or tower-http's
+/// `text/plain` "length limit exceeded") with Spine OperationOutcomes whose `id` is the
+/// request id, and boxes every body. The handlers' own answers carry a FHIR media type and
+/// pass unchanged.
+fn fix_layer_errors<B>(response: Response<B>, max_body: usize) -> Response<BoxBody>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let bare = !response.headers().contains_key(CONTENT_TYPE);
+    let fhir = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/fhir+"));
     let error = match response.status() {
-        StatusCode::REQUEST_TIMEOUT if bare => Some(EdgeError::with_status(
+        StatusCode::REQUEST_TIMEOUT if !fhir => Some(EdgeError::with_status(
             SpineCode::BadRequest,
             StatusCode::REQUEST_TIMEOUT,
             "the request took too long to arrive or to process",
         )),
-        StatusCode::PAYLOAD_TOO_LARGE if bare => Some(too_large_error(0)),
+        StatusCode::PAYLOAD_TOO_LARGE if !fhir => Some(too_large_error(max_body)),
         _ => None,
     };
     match error {
-        Some(mut e) => {
-            if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                e.diagnostics = "the request body is larger than the size limit".into();
+        Some(e) => {
+            let request_id = response.headers().get(router::REQUEST_ID).cloned();
+            let id = request_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
+            let mut fixed = error_response(&e, Format::Xml, &id);
+            if let Some(value) = request_id {
+                fixed.headers_mut().insert(router::REQUEST_ID, value);
             }
-            let id = uuid::Uuid::new_v4().to_string();
-            error_response(&e, Format::Xml, &id)
-                .map(|b| b.map_err(|never| match never {}).boxed_unsync())
+            fixed.map(|b| b.map_err(|never| match never {}).boxed_unsync())
         }
         None => response.map(|b| b.map_err(Into::into).boxed_unsync()),
     }
@@ -111,13 +121,14 @@ pub async fn run(
                 .map_err(|_| EdgeRunError::Config("request id header".into()))?,
             MakeRequestUuid,
         ))
+        // Outside the propagation layer, so that the request id is on the answers it fixes.
+        .map_response(move |response| fix_layer_errors(response, max_body))
         .layer(PropagateRequestIdLayer::new(
             router::REQUEST_ID
                 .parse()
                 .map_err(|_| EdgeRunError::Config("request id header".into()))?,
         ))
         .layer(TraceLayer::new_for_http())
-        .map_response(fix_layer_errors)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             request_timeout,
@@ -194,7 +205,7 @@ mod tests {
             .status(StatusCode::PAYLOAD_TOO_LARGE)
             .body(http_body_util::Empty::<Bytes>::new())
             .unwrap();
-        let fixed = fix_layer_errors(bare);
+        let fixed = fix_layer_errors(bare, 1024);
         assert_eq!(fixed.status(), StatusCode::PAYLOAD_TOO_LARGE);
         assert!(
             fixed
@@ -209,6 +220,32 @@ mod tests {
             .status(StatusCode::OK)
             .body(http_body_util::Empty::<Bytes>::new())
             .unwrap();
-        assert!(fix_layer_errors(ok).headers().get(CONTENT_TYPE).is_none());
+        assert!(
+            fix_layer_errors(ok, 1024)
+                .headers()
+                .get(CONTENT_TYPE)
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn tower_http_text_413_becomes_an_operation_outcome_with_the_request_id() {
+        // tower-http's own answer when `Content-Length` is over the limit.
+        let plain = Response::builder()
+            .status(StatusCode::PAYLOAD_TOO_LARGE)
+            .header(CONTENT_TYPE, "text/plain; charset=utf-8")
+            .header(router::REQUEST_ID, "req-413")
+            .body(http_body_util::Full::new(Bytes::from_static(
+                b"length limit exceeded",
+            )))
+            .unwrap();
+        let fixed = fix_layer_errors(plain, 3 * 1024 * 1024);
+        assert_eq!(fixed.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(fixed.headers()[router::REQUEST_ID], "req-413");
+        let body = fixed.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("<id value=\"req-413\"/>"), "{body}");
+        assert!(body.contains("INVALID_REQUEST_MESSAGE"), "{body}");
+        assert!(body.contains("3145728-byte limit"), "{body}");
     }
 }

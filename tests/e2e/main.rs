@@ -8,6 +8,16 @@ mod mesh_faults;
 mod mesh_sandbox_interop;
 mod mesh_tls;
 
+mod publish_common;
+mod publish_fixtures;
+mod publish_grpc;
+mod publish_ledger;
+mod publish_matching;
+mod publish_outcome;
+mod publish_permissions;
+mod publish_transport;
+mod publish_validation;
+
 mod subscription_api;
 mod subscription_errors;
 mod subscription_grpc;

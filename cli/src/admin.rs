@@ -5,8 +5,6 @@ use anyhow::Context;
 use clap::Subcommand;
 use nems_proto::v1 as pb;
 
-use crate::import::operator_client;
-
 /// Operator commands.
 #[derive(Debug, Subcommand)]
 pub enum Admin {
@@ -113,7 +111,16 @@ fn out(line: String) {
 
 /// Runs an operator command against `url`.
 pub async fn run(command: Admin, url: &str) -> anyhow::Result<()> {
-    let mut client = operator_client(url)?;
+    run_with(command, url, None).await
+}
+
+/// [`run`] over TLS when `tls` is given.
+pub async fn run_with(
+    command: Admin,
+    url: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> anyhow::Result<()> {
+    let mut client = crate::import::operator_client_with(url, tls)?;
     match command {
         Admin::Status => {
             let s = client

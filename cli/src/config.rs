@@ -103,6 +103,9 @@ pub struct NemsConfig {
     pub log: LogConfig,
     /// Operations endpoint.
     pub ops: OpsConfig,
+    /// TLS for the operator commands' connection to core's operator API
+    /// (`[operator_tls]`: the operators' client certificate and the CA of core).
+    pub operator_tls: Option<nems_proto::tls::ClientTls>,
     /// Core.
     pub core: CoreConfig,
     /// Edge.
@@ -117,6 +120,7 @@ impl Default for NemsConfig {
             version: 1,
             log: LogConfig::default(),
             ops: OpsConfig::default(),
+            operator_tls: None,
             core: CoreConfig::default(),
             edge: EdgeConfig::default(),
             mesh_adapter: AdapterConfig::default(),
@@ -272,6 +276,9 @@ impl NemsConfig {
         self.core.validate().map_err(anyhow::Error::msg)?;
         self.edge.validate().map_err(anyhow::Error::msg)?;
         self.mesh_adapter.validate().map_err(anyhow::Error::msg)?;
+        if let Some(tls) = &self.operator_tls {
+            tls.check("operator_tls").map_err(anyhow::Error::msg)?;
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
             anyhow::anyhow!("log.level `{}` is not a valid filter: {e}", self.log.level)
         })?;

@@ -40,8 +40,11 @@ pub fn write_sample_directory(data_dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// Imports the synthetic data set through the operator API when the store has none.
-pub async fn load_reference_data(operator_url: &str) -> anyhow::Result<()> {
-    let mut operator = import::operator_client(operator_url)?;
+pub async fn load_reference_data(
+    operator_url: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> anyhow::Result<()> {
+    let mut operator = import::operator_client_with(operator_url, tls.clone())?;
     let status = operator
         .get_status(nems_proto::v1::GetStatusRequest {})
         .await
@@ -53,7 +56,8 @@ pub async fn load_reference_data(operator_url: &str) -> anyhow::Result<()> {
         if (is_demographics && status.patients > 0) || (!is_demographics && !empty_reference) {
             continue;
         }
-        let summary = import::import(*bytes, name, operator_url, false).await?;
+        let summary =
+            import::import_with(*bytes, name, operator_url, tls.clone(), false, None).await?;
         tracing::info!(
             file = name,
             rows = summary.rows,

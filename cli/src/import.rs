@@ -29,8 +29,19 @@ pub struct Summary {
 
 /// A client for core's operator API.
 pub fn operator_client(url: &str) -> anyhow::Result<OperatorServiceClient<Channel>> {
-    let channel = Endpoint::from_shared(url.to_string())
-        .context("operator URL")?
+    operator_client_with(url, None)
+}
+
+/// A client for core's operator API over TLS when `tls` is given (`https://` URL).
+pub fn operator_client_with(
+    url: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> anyhow::Result<OperatorServiceClient<Channel>> {
+    let mut endpoint = Endpoint::from_shared(url.to_string()).context("operator URL")?;
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls).context("operator TLS")?;
+    }
+    let channel = endpoint
         .connect_timeout(Duration::from_secs(5))
         .connect_lazy();
     Ok(OperatorServiceClient::new(channel)
@@ -69,6 +80,18 @@ pub async fn import_with_size<R: Read + Send + 'static>(
     show_progress: bool,
     size: Option<u64>,
 ) -> anyhow::Result<Summary> {
+    import_with(source, name, operator_url, None, show_progress, size).await
+}
+
+/// Like [`import_with_size`], over TLS when `tls` is given.
+pub async fn import_with<R: Read + Send + 'static>(
+    source: R,
+    name: &str,
+    operator_url: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+    show_progress: bool,
+    size: Option<u64>,
+) -> anyhow::Result<Summary> {
     let mut reader = std::io::BufReader::with_capacity(1 << 16, source);
     let head = {
         use std::io::BufRead;
@@ -81,7 +104,7 @@ pub async fn import_with_size<R: Read + Send + 'static>(
         read: read.clone(),
     };
     let progress = show_progress.then(|| Progress::start(name, size, read.clone()));
-    let mut client = operator_client(operator_url)?;
+    let mut client = operator_client_with(operator_url, tls)?;
     let (tx, rx) = mpsc::channel::<Batch>(4);
     let parse = tokio::task::spawn_blocking(move || {
         refdata::read_any(counting, DEFAULT_BATCH_SIZE, |batch| {

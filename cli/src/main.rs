@@ -43,6 +43,16 @@ enum Command {
     Config,
 }
 
+fn operator_tls(
+    config: &config::NemsConfig,
+) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
+    config
+        .operator_tls
+        .as_ref()
+        .map(|t| t.to_tonic().map_err(anyhow::Error::msg))
+        .transpose()
+}
+
 fn operator_url(config: &config::NemsConfig) -> String {
     format!(
         "http://{}",
@@ -70,11 +80,14 @@ async fn main() -> anyhow::Result<()> {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             let started = std::time::Instant::now();
-            let s = import::import_with_size(reader, &name, &url, true, size).await?;
+            let s = import::import_with(reader, &name, &url, operator_tls(&config)?, true, size)
+                .await?;
             tracing::info!(kind = %s.kind, rows = s.rows, bad = s.bad, seconds = started.elapsed().as_secs_f64(), "import finished");
             Ok(())
         }
-        Command::Admin(command) => admin::run(command, &operator_url(&config)).await,
+        Command::Admin(command) => {
+            admin::run_with(command, &operator_url(&config), operator_tls(&config)?).await
+        }
         Command::Config => {
             #[allow(clippy::print_stdout, reason = "prints the configuration")]
             {

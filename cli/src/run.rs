@@ -64,8 +64,12 @@ async fn start_ops(config: &NemsConfig, shutdown: &Shutdown) -> anyhow::Result<O
     Ok(Some(bound))
 }
 
-fn url_of(addr: SocketAddr) -> String {
-    format!("http://{addr}")
+fn url_of(addr: SocketAddr, tls: bool) -> String {
+    if tls {
+        format!("https://{addr}")
+    } else {
+        format!("http://{addr}")
+    }
 }
 
 /// `nems up`: core, edge and the adapter in one process on embedded defaults.
@@ -82,18 +86,27 @@ pub async fn up(mut config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()
         .await
         .context("binding the edge's HTTP listener")?;
     let edge_addr = edge_listener.local_addr()?;
-    config.edge.core_url = url_of(core_addr);
-    config.mesh_adapter.core_url = url_of(core_addr);
+    let core_tls = config.core.tls.is_some();
+    config.edge.core_url = url_of(core_addr, core_tls);
+    config.mesh_adapter.core_url = url_of(core_addr, core_tls);
     if config.edge.base_url == nems_edge::EdgeConfig::default().base_url {
-        config.edge.base_url = url_of(edge_addr);
+        config.edge.base_url = url_of(edge_addr, config.edge.tls.is_some());
     }
-    let operator_url = url_of(operator_addr.unwrap_or(core_addr));
+    let operator_url = url_of(
+        operator_addr.unwrap_or(core_addr),
+        config.operator_tls.is_some(),
+    );
+    let operator_tls = config
+        .operator_tls
+        .as_ref()
+        .map(|t| t.to_tonic().map_err(anyhow::Error::msg))
+        .transpose()?;
 
     let core = Core::open(config.core.clone())
         .await
         .context("opening core")?;
     let core_task = tokio::spawn(core.serve(core_listeners, shutdown.clone().wait()));
-    embedded::load_reference_data(&operator_url).await?;
+    embedded::load_reference_data(&operator_url, operator_tls).await?;
     let edge_task = tokio::spawn(nems_edge::run(
         config.edge.clone(),
         edge_listener,

@@ -55,6 +55,12 @@ pub struct CoreConfig {
     pub max_pending_deliveries: u64,
     /// Event catalogue overrides and additions (`[[core.event_types]]`).
     pub event_types: Vec<EventTypeOverride>,
+    /// TLS for the service API (`[core.tls]`); with `client_ca_file`, clients (edge,
+    /// adapters) must present a certificate from that CA.
+    pub tls: Option<nems_proto::tls::ServerTls>,
+    /// TLS for the operator API (`[core.operator_tls]`); give it the operators' CA as
+    /// `client_ca_file` so that the edge's and adapters' certificates cannot reach it.
+    pub operator_tls: Option<nems_proto::tls::ServerTls>,
 }
 
 impl Default for CoreConfig {
@@ -76,6 +82,8 @@ impl Default for CoreConfig {
             sweep_interval: Duration::from_secs(600),
             max_pending_deliveries: 1_000_000,
             event_types: Vec::new(),
+            tls: None,
+            operator_tls: None,
         }
     }
 }
@@ -102,6 +110,18 @@ impl CoreConfig {
         }
         if self.listen.port() != 0 && self.operator_listen == Some(self.listen) {
             return Err("core.operator_listen must differ from core.listen".into());
+        }
+        if let Some(tls) = &self.tls {
+            tls.check("core.tls")?;
+        }
+        if let Some(tls) = &self.operator_tls {
+            tls.check("core.operator_tls")?;
+            if self.operator_listen.is_none() {
+                return Err(
+                    "core.operator_tls needs core.operator_listen (a separate operator listener)"
+                        .into(),
+                );
+            }
         }
         crate::domain::catalogue::Catalogue::new(&self.event_types)
             .map_err(|e| format!("core.event_types: {e}"))?;

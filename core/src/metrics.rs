@@ -45,9 +45,7 @@ pub(crate) fn metrics() -> &'static CoreMetrics {
         let m = CoreMetrics {
             events_accepted: Family::default(),
             publish_seconds: Histogram::new(exponential_buckets(0.0002, 2.0, 16)),
-            mailboxes_per_event: Histogram::new(
-                [0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0],
-            ),
+            mailboxes_per_event: Histogram::new([0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0]),
             publishes_shed: Counter::default(),
             deliveries_completed: Family::default(),
             commit_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),

@@ -171,7 +171,19 @@ impl Core {
             service_names.extend([service_names::DIRECTORY, service_names::OPERATOR]);
         }
         let (reflection_v1, reflection_v1alpha) = reflection(&service_names)?;
-        let mut service_router = Server::builder()
+        let mut service_builder = Server::builder();
+        if let Some(tls) = &state.config.tls {
+            service_builder = service_builder
+                .tls_config(tls.to_tonic().map_err(CoreError::Config)?)
+                .map_err(|e| CoreError::Config(format!("core.tls: {e}")))?;
+        }
+        let mut operator_builder = Server::builder();
+        if let Some(tls) = &state.config.operator_tls {
+            operator_builder = operator_builder
+                .tls_config(tls.to_tonic().map_err(CoreError::Config)?)
+                .map_err(|e| CoreError::Config(format!("core.operator_tls: {e}")))?;
+        }
+        let mut service_router = service_builder
             .add_service(health_service.clone())
             .add_service(reflection_v1.clone())
             .add_service(reflection_v1alpha.clone())
@@ -187,7 +199,7 @@ impl Core {
         let operator_reflection = reflection(&[service_names::DIRECTORY, service_names::OPERATOR])?;
         let operator_router = if separate_operator {
             Some(
-                Server::builder()
+                operator_builder
                     .add_service(health_service)
                     .add_service(operator_reflection.0)
                     .add_service(operator_reflection.1)

@@ -40,6 +40,11 @@ pub struct EdgeConfig {
     pub rate_limit_per_asid: u32,
     /// Burst of requests allowed per calling ASID above the steady rate.
     pub rate_limit_burst: u32,
+    /// HTTPS (`[edge.tls]`); with `client_ca_file`, mutual TLS: clients must present a
+    /// certificate from that CA naming their ASID's registered identity.
+    pub tls: Option<nems_proto::tls::ServerTls>,
+    /// TLS to core's service API (`[edge.core_tls]`; `core_url` must be `https://`).
+    pub core_tls: Option<nems_proto::tls::ClientTls>,
 }
 
 impl Default for EdgeConfig {
@@ -58,6 +63,8 @@ impl Default for EdgeConfig {
             max_connections: 4096,
             rate_limit_per_asid: 1000,
             rate_limit_burst: 2000,
+            tls: None,
+            core_tls: None,
         }
     }
 }
@@ -81,6 +88,15 @@ impl EdgeConfig {
         }
         if self.max_header_bytes < 8192 {
             return Err("edge.max_header_bytes must be at least 8192".into());
+        }
+        if let Some(tls) = &self.tls {
+            tls.check("edge.tls")?;
+        }
+        if let Some(tls) = &self.core_tls {
+            tls.check("edge.core_tls")?;
+            if !self.core_url.starts_with("https://") {
+                return Err("edge.core_tls needs an https:// edge.core_url".into());
+            }
         }
         if self.max_connections == 0 {
             return Err("edge.max_connections must be at least 1".into());

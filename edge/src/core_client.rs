@@ -21,8 +21,13 @@ impl CoreClient {
     pub fn connect_lazy(
         url: &str,
         call_timeout: Duration,
+        tls: Option<tonic::transport::ClientTlsConfig>,
     ) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(url.to_string())?
+        let mut endpoint = Endpoint::from_shared(url.to_string())?;
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls)?;
+        }
+        let channel = endpoint
             .connect_timeout(Duration::from_secs(5))
             .timeout(call_timeout)
             .tcp_nodelay(true)

@@ -25,6 +25,7 @@ pub mod negotiate;
 pub mod ratelimit;
 pub mod router;
 pub mod server;
+pub mod tls;
 pub mod translate;
 
 pub use config::EdgeConfig;

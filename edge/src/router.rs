@@ -93,6 +93,11 @@ where
     let ctx = Ctx {
         request_id,
         query: parts.uri.query().map(str::to_string),
+        client_certificate: parts
+            .extensions
+            .get::<Option<crate::tls::PeerCertificate>>()
+            .cloned()
+            .flatten(),
     };
     let method = parts.method.clone();
     let path = parts.uri.path().to_string();

@@ -32,6 +32,7 @@ use crate::error::EdgeError;
 use crate::fhir::Format;
 use crate::handlers::{AppState, error_response, too_large_error};
 use crate::router;
+use crate::tls::Stream;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type BoxBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -98,7 +99,18 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), EdgeRunError> {
     config.validate().map_err(EdgeRunError::Config)?;
-    let core = CoreClient::connect_lazy(&config.core_url, config.core_timeout)?;
+    let core_tls = match &config.core_tls {
+        Some(tls) => Some(
+            tls.to_tonic()
+                .map_err(|e| EdgeRunError::Config(format!("edge.core_tls: {e}")))?,
+        ),
+        None => None,
+    };
+    let acceptor = match &config.tls {
+        Some(tls) => Some(crate::tls::acceptor(tls).map_err(EdgeRunError::Config)?),
+        None => None,
+    };
+    let core = CoreClient::connect_lazy(&config.core_url, config.core_timeout, core_tls)?;
     let limits = (
         config.max_body_bytes,
         config.request_timeout,
@@ -173,11 +185,34 @@ pub async fn run(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let hyper_service = TowerToHyperService::new(service.clone());
-        let connection = builder.serve_connection(TokioIo::new(stream), hyper_service);
-        let watched = graceful.watch(connection.into_owned());
+        let service = service.clone();
+        let builder = builder.clone();
+        let acceptor = acceptor.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(e) = watched.await {
+            let io = match acceptor {
+                None => Stream::Plain(stream),
+                Some(acceptor) => {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => Stream::Tls(Box::new(tls)),
+                        Ok(Err(e)) => {
+                            tracing::info!(error = %e, "tls handshake refused");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!("tls handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            let peer = io.peer_certificate();
+            let service = tower::ServiceBuilder::new()
+                .layer(tower_http::add_extension::AddExtensionLayer::new(peer))
+                .service(service);
+            let connection =
+                builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
+            if let Err(e) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             drop(permit);

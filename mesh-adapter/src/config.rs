@@ -47,6 +47,8 @@ pub struct AdapterConfig {
     pub retry_max_elapsed: Duration,
     /// MESH settings (used when `sink = "mesh"`).
     pub mesh: MeshSettings,
+    /// TLS to core's service API (`[mesh_adapter.core_tls]`; `core_url` must be `https://`).
+    pub core_tls: Option<nems_proto::tls::ClientTls>,
 }
 
 /// The `[mesh_adapter.mesh]` section.
@@ -129,6 +131,7 @@ impl Default for AdapterConfig {
             retry_max_delay: Duration::from_secs(600),
             retry_max_elapsed: Duration::from_secs(3 * 24 * 3600),
             mesh: MeshSettings::default(),
+            core_tls: None,
         }
     }
 }
@@ -144,6 +147,12 @@ impl AdapterConfig {
                 "mesh_adapter.max_in_flight and max_in_flight_per_mailbox must be at least 1"
                     .into(),
             );
+        }
+        if let Some(tls) = &self.core_tls {
+            tls.check("mesh_adapter.core_tls")?;
+            if !self.core_url.starts_with("https://") {
+                return Err("mesh_adapter.core_tls needs an https:// mesh_adapter.core_url".into());
+            }
         }
         if self.retry_initial > self.retry_max_delay {
             return Err("mesh_adapter.retry_initial must not exceed retry_max_delay".into());

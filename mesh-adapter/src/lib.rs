@@ -43,8 +43,15 @@ pub enum AdapterError {
     Core(#[from] tonic::transport::Error),
 }
 
-fn core_channel(url: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(url.to_string())?
+fn core_channel(
+    url: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut endpoint = Endpoint::from_shared(url.to_string())?;
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    Ok(endpoint
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
@@ -58,7 +65,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AdapterError> {
     config.validate().map_err(AdapterError::Config)?;
-    let channel = core_channel(&config.core_url)?;
+    let tls = match &config.core_tls {
+        Some(tls) => Some(
+            tls.to_tonic()
+                .map_err(|e| AdapterError::Config(format!("mesh_adapter.core_tls: {e}")))?,
+        ),
+        None => None,
+    };
+    let channel = core_channel(&config.core_url, tls)?;
     let settings = pump::PumpSettings {
         consumer: config.consumer.clone(),
         max_in_flight: config.max_in_flight,

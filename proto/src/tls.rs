@@ -41,7 +41,10 @@ fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>, String> {
 impl ServerTls {
     /// Reads the files into tonic's server TLS settings.
     pub fn to_tonic(&self) -> Result<ServerTlsConfig, String> {
-        let identity = Identity::from_pem(read(&self.cert_file, "certificate")?, read(&self.key_file, "key")?);
+        let identity = Identity::from_pem(
+            read(&self.cert_file, "certificate")?,
+            read(&self.key_file, "key")?,
+        );
         let mut config = ServerTlsConfig::new().identity(identity);
         if let Some(ca) = &self.client_ca_file {
             config = config.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
@@ -63,10 +66,14 @@ impl ServerTls {
 impl ClientTls {
     /// Reads the files into tonic's client TLS settings.
     pub fn to_tonic(&self) -> Result<ClientTlsConfig, String> {
-        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&self.ca_file, "CA")?));
+        let mut config = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(&self.ca_file, "CA")?));
         match (&self.cert_file, &self.key_file) {
             (Some(cert), Some(key)) => {
-                config = config.identity(Identity::from_pem(read(cert, "certificate")?, read(key, "key")?));
+                config = config.identity(Identity::from_pem(
+                    read(cert, "certificate")?,
+                    read(key, "key")?,
+                ));
             }
             (None, None) => {}
             _ => return Err("cert_file and key_file go together".into()),
@@ -79,6 +86,8 @@ impl ClientTls {
 
     /// Checks the files exist and are readable (start-up validation).
     pub fn check(&self, key: &str) -> Result<(), String> {
-        self.to_tonic().map(|_| ()).map_err(|e| format!("{key}: {e}"))
+        self.to_tonic()
+            .map(|_| ())
+            .map_err(|e| format!("{key}: {e}"))
     }
 }

@@ -8,6 +8,8 @@ mod mesh_faults;
 mod mesh_sandbox_interop;
 mod mesh_tls;
 
+mod security;
+
 mod publish_common;
 mod publish_fixtures;
 mod publish_grpc;

@@ -16,6 +16,7 @@ pub mod http;
 pub mod mesh_fake;
 pub mod mesh_sandbox;
 pub mod outbox;
+pub mod pki;
 pub mod spine;
 pub mod stack;
 pub mod tools;

@@ -125,6 +125,7 @@ pub fn pb_caller(caller: Caller) -> pb::Caller {
         ods_code: caller.ods.into(),
         user: String::new(),
         request_id: "test".into(),
+        client_certificate: Vec::new(),
     }
 }
 

@@ -238,6 +238,7 @@ impl Directory {
                 ),
             )
         })?;
+        check_certificate(system, &caller.client_certificate)?;
         let ods = caller.ods_code.to_ascii_uppercase();
         if !system.ods_codes.contains(&ods) {
             return Err(denied(format!(
@@ -350,6 +351,33 @@ impl Directory {
     /// True when the system owns a subscription whose contact organisation is `owner_ods`.
     pub fn owns(system: &pb::SpineSystem, owner_ods: &str) -> bool {
         system.ods_codes.iter().any(|c| c == owner_ods)
+    }
+}
+
+/// With mutual TLS at the edge, the client certificate must name the identity the
+/// directory registers for the ASID (a DNS name in its subjectAltName).
+fn check_certificate(system: &pb::SpineSystem, der: &[u8]) -> Result<(), Rejection> {
+    if der.is_empty() {
+        return Ok(());
+    }
+    if system.certificate_identity.is_empty() {
+        return Err(denied(format!(
+            "ASID {} has no certificate identity registered for mutual TLS",
+            system.asid
+        )));
+    }
+    let cert = rustls_pki_types::CertificateDer::from(der);
+    let matches = webpki::EndEntityCert::try_from(&cert).is_ok_and(|ee| {
+        rustls_pki_types::ServerName::try_from(system.certificate_identity.as_str())
+            .is_ok_and(|name| ee.verify_is_valid_for_subject_name(&name).is_ok())
+    });
+    if matches {
+        Ok(())
+    } else {
+        Err(denied(format!(
+            "the TLS client certificate does not belong to ASID {}",
+            system.asid
+        )))
     }
 }
 

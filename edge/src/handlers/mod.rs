@@ -41,6 +41,8 @@ pub struct Ctx {
     pub request_id: String,
     /// Query string, if any.
     pub query: Option<String>,
+    /// The verified TLS client certificate (mutual TLS), if any.
+    pub client_certificate: Option<crate::tls::PeerCertificate>,
 }
 
 /// The response type of every handler.
@@ -158,8 +160,9 @@ pub fn check_headers(
     state: &AppState,
     headers: &HeaderMap,
     op: Operation,
-    request_id: &str,
+    ctx: &Ctx,
 ) -> Result<Checked, EdgeError> {
+    let request_id = ctx.request_id.as_str();
     let config = &state.config;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -175,6 +178,10 @@ pub fn check_headers(
         },
         request_id,
     )?;
+    let mut checked = checked;
+    if let Some(cert) = &ctx.client_certificate {
+        checked.caller.client_certificate = cert.0.as_ref().clone();
+    }
     if let Err(wait) = state.limiter.check(&checked.caller.asid) {
         crate::metrics::metrics().rate_limited.inc();
         return Err(EdgeError {

@@ -27,7 +27,7 @@ pub async fn publish(
     let result = async {
         request_format(headers, Formats::XmlOnly)?;
         response_format(headers, ctx.query.as_deref(), Formats::XmlOnly, Format::Xml)?;
-        let checked = check_headers(state, headers, Operation::Publish, &ctx.request_id)?;
+        let checked = check_headers(state, headers, Operation::Publish, ctx)?;
         if body.is_empty() {
             return Err(EdgeError::new(SpineCode::BadRequest, "an event message Bundle is required in the body"));
         }

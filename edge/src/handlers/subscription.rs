@@ -60,7 +60,7 @@ async fn create_inner(
     format: Format,
     ctx: &Ctx,
 ) -> Result<HttpResponse, EdgeError> {
-    let checked = check_headers(state, headers, Operation::Create, &ctx.request_id)?;
+    let checked = check_headers(state, headers, Operation::Create, ctx)?;
     if body.is_empty() {
         return Err(EdgeError::new(
             SpineCode::BadRequest,
@@ -113,7 +113,7 @@ pub async fn read(
         Err(e) => return error_response(&e, Format::Xml, &ctx.request_id),
     };
     let result = async {
-        let checked = check_headers(state, headers, Operation::Read, &ctx.request_id)?;
+        let checked = check_headers(state, headers, Operation::Read, ctx)?;
         if !body.is_empty() {
             return Err(EdgeError::new(
                 SpineCode::BadRequest,
@@ -154,7 +154,7 @@ pub async fn delete(state: &AppState, headers: &HeaderMap, id: &str, ctx: &Ctx) 
         Err(e) => return error_response(&e, Format::Xml, &ctx.request_id),
     };
     let result = async {
-        let checked = check_headers(state, headers, Operation::Delete, &ctx.request_id)?;
+        let checked = check_headers(state, headers, Operation::Delete, ctx)?;
         let request = pb::DeleteSubscriptionRequest {
             caller: Some(checked.caller),
             id: id.to_ascii_lowercase(),

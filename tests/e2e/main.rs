@@ -1,8 +1,10 @@
 //! End-to-end tests: one binary, one module per area.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
+mod abuse;
 mod crash;
 mod foundation;
+mod ops;
 
 mod mesh_faults;
 mod mesh_sandbox_interop;

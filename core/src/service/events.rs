@@ -59,7 +59,7 @@ impl Events {
     /// Publish answers 503 rather than growing the backlog without bound.
     fn check_backpressure(&self) -> Result<(), Status> {
         let pending = self.state.pending_deliveries();
-        if pending > self.state.config.max_pending_deliveries {
+        if pending >= self.state.config.max_pending_deliveries {
             tracing::warn!(
                 pending,
                 "delivery backlog above its bound; shedding publishes"

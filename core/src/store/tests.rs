@@ -323,3 +323,63 @@ async fn the_queue_survives_reopening() {
     );
     assert_eq!(s.read_now(ledger::pending).unwrap(), 2);
 }
+
+#[tokio::test]
+async fn audit_records_are_listed_filtered_and_pruned_by_age() {
+    use super::audit::{self, AuditFilter};
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    s.writer()
+        .write(|tx| {
+            for (at, action) in [(1_000, "read"), (2_000, "create"), (3_000, "publish")] {
+                let record = pb::AuditRecord {
+                    action: action.into(),
+                    asid: "200000000111".into(),
+                    outcome: "ok".into(),
+                    ..Default::default()
+                };
+                audit::append(tx, at, &record)?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let all = s
+        .read_now(|tx| audit::list(tx, &AuditFilter::default(), "", 10))
+        .unwrap()
+        .0;
+    assert_eq!(
+        all.iter().map(|r| r.action.as_str()).collect::<Vec<_>>(),
+        vec!["read", "create", "publish"]
+    );
+    let since = AuditFilter {
+        since_ms: 1_500,
+        ..Default::default()
+    };
+    assert_eq!(
+        s.read_now(|tx| audit::list(tx, &since, "", 10))
+            .unwrap()
+            .0
+            .len(),
+        2
+    );
+    let (page, token) = s
+        .read_now(|tx| audit::list(tx, &AuditFilter::default(), "", 2))
+        .unwrap();
+    assert_eq!(page.len(), 2);
+    let (rest, _) = s
+        .read_now(|tx| audit::list(tx, &AuditFilter::default(), &token, 2))
+        .unwrap();
+    assert_eq!(rest[0].action, "publish");
+    let pruned = s
+        .writer()
+        .write(|tx| audit::prune(tx, 2_500, 100))
+        .await
+        .unwrap();
+    assert_eq!(pruned, 2);
+    let left = s
+        .read_now(|tx| audit::list(tx, &AuditFilter::default(), "", 10))
+        .unwrap()
+        .0;
+    assert_eq!(left.len(), 1);
+}

@@ -23,6 +23,9 @@ pub struct Summary {
     pub rows: u64,
     /// Rows refused as malformed.
     pub bad: u64,
+    /// The first malformed rows (line number and reason, never the values), in file order;
+    /// at most [`refdata::MAX_BAD_ROW_EXAMPLES`].
+    pub bad_rows: Vec<refdata::BadRow>,
     /// The detected kind.
     pub kind: String,
 }
@@ -148,6 +151,7 @@ pub async fn import_with_size<R: Read + Send + 'static>(
     Ok(Summary {
         rows,
         bad: report.bad,
+        bad_rows: report.bad_rows,
         kind: kind.format_name().to_string(),
     })
 }

@@ -3,6 +3,11 @@
 
 mod foundation;
 
+mod generic_demographics;
+mod generic_refdata;
+mod generic_rules;
+mod generic_support;
+
 mod mesh_faults;
 mod mesh_sandbox_interop;
 mod mesh_tls;

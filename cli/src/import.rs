@@ -1,7 +1,9 @@
 //! `nems import FILE`: detects the file's official shape, reads it as a stream and sends
 //! its rows to core's operator API in batches. Core replaces the previous data set in one
-//! commit at the end (demographics are upserted). A progress bar with rate and ETA shows on
-//! a terminal; otherwise a plain line every few seconds.
+//! commit at the end (demographics are upserted); the request stream ends cleanly only
+//! after the whole file was read, so a file that fails part-way leaves the previous set in
+//! force. A progress bar with rate and ETA shows on a terminal; otherwise a plain line
+//! every few seconds.
 
 use std::io::{IsTerminal, Read};
 use std::sync::Arc;
@@ -23,6 +25,9 @@ pub struct Summary {
     pub rows: u64,
     /// Rows refused as malformed.
     pub bad: u64,
+    /// The first malformed rows (line number and reason, never the values), in file order;
+    /// at most [`refdata::MAX_BAD_ROW_EXAMPLES`].
+    pub bad_rows: Vec<refdata::BadRow>,
     /// The detected kind.
     pub kind: String,
 }
@@ -105,25 +110,40 @@ pub async fn import_with<R: Read + Send + 'static>(
     };
     let progress = show_progress.then(|| Progress::start(name, size, read.clone()));
     let mut client = operator_client_with(operator_url, tls)?;
-    let (tx, rx) = mpsc::channel::<Batch>(4);
+    // `None` marks the end of the file. Core commits a reference data set when the request
+    // stream ends cleanly, so only a file read to its end may end it: after a failed read
+    // the stream stays open and the call is dropped, which resets it, and core abandons
+    // the import with the previous set still in force.
+    let (tx, rx) = mpsc::channel::<Option<Batch>>(4);
     let parse = tokio::task::spawn_blocking(move || {
-        refdata::read_any(counting, DEFAULT_BATCH_SIZE, |batch| {
-            tx.blocking_send(batch)
+        let report = refdata::read_any(counting, DEFAULT_BATCH_SIZE, |batch| {
+            tx.blocking_send(Some(batch))
                 .map_err(|_| "core stopped the import")
-        })
+        })?;
+        tx.blocking_send(None)
+            .map_err(|_| ReadError::Sink("core stopped the import"))?;
+        Ok(report)
     });
+    let batches = ReceiverStream::new(rx)
+        .chain(tokio_stream::pending())
+        .map_while(|batch| batch);
     let (rows, report) = match kind {
         FileKind::Demographics => {
-            let stream = ReceiverStream::new(rx).filter_map(|b| match b {
+            let stream = batches.filter_map(|b| match b {
                 Batch::Patients(patients) => Some(pb::ImportDemographicsRequest { patients }),
                 _ => None,
             });
-            let sent = client.import_demographics(stream).await;
-            let report = parse.await.context("reader task")?;
-            let response = sent
-                .context("core refused the demographics import")?
-                .into_inner();
-            (response.written + response.skipped_older, report)
+            let (sent, report) = while_reading(client.import_demographics(stream), parse).await?;
+            let rows = match sent {
+                Some(sent) => {
+                    let response = sent
+                        .context("core refused the demographics import")?
+                        .into_inner();
+                    response.written + response.skipped_older
+                }
+                None => 0,
+            };
+            (rows, report)
         }
         other => {
             let data_set = other.data_set().context("not a reference data set")?;
@@ -136,7 +156,7 @@ pub async fn import_with<R: Read + Send + 'static>(
                     },
                 )),
             };
-            let batches = ReceiverStream::new(rx).map(|b| {
+            let batches = batches.map(|b| {
                 use pb::import_reference_data_request::Item;
                 let item = match b {
                     Batch::Postcodes(rows) => Item::Postcodes(pb::PostcodeBatch { rows }),
@@ -147,10 +167,12 @@ pub async fn import_with<R: Read + Send + 'static>(
                 pb::ImportReferenceDataRequest { item: Some(item) }
             });
             let stream = tokio_stream::once(header).chain(batches);
-            let sent = client.import_reference_data(stream).await;
-            let report = parse.await.context("reader task")?;
-            let response = sent.context("core refused the import")?.into_inner();
-            (response.rows, report)
+            let (sent, report) = while_reading(client.import_reference_data(stream), parse).await?;
+            let rows = match sent {
+                Some(sent) => sent.context("core refused the import")?.into_inner().rows,
+                None => 0,
+            };
+            (rows, report)
         }
     };
     if let Some(p) = progress {
@@ -171,11 +193,41 @@ pub async fn import_with<R: Read + Send + 'static>(
     Ok(Summary {
         rows,
         bad: report.bad,
+        bad_rows: report.bad_rows,
         kind: kind.format_name().to_string(),
     })
 }
 
 use tokio_stream::StreamExt;
+
+/// What the reader task gives back.
+type ReadOutcome = Result<refdata::ReadReport, ReadError<&'static str>>;
+
+/// Drives `call` while the reader task reads the file. Returns core's answer, or `None`
+/// when the read failed first: the call is then dropped without its request stream ever
+/// ending, which cancels it, so core commits nothing.
+async fn while_reading<T>(
+    call: impl std::future::Future<Output = T>,
+    mut parse: tokio::task::JoinHandle<ReadOutcome>,
+) -> anyhow::Result<(Option<T>, ReadOutcome)> {
+    let mut call = std::pin::pin!(call);
+    tokio::select! {
+        // Core answered first: it refused the import (it cannot succeed before the end of
+        // the file); the reader stops at its next send.
+        answer = &mut call => {
+            let report = parse.await.context("reader task")?;
+            Ok((Some(answer), report))
+        }
+        report = &mut parse => {
+            let report = report.context("reader task")?;
+            if report.is_ok() {
+                Ok((Some(call.await), report))
+            } else {
+                Ok((None, report))
+            }
+        }
+    }
+}
 
 struct Progress {
     bar: Option<indicatif::ProgressBar>,

@@ -11,7 +11,10 @@
 //! - `service/`: thin gRPC services over the domain and the store.
 //! - `store/`: synchronous redb code; one writer thread with group commit.
 //! - `refdata/`: readers for the official reference files and the demographics CSV.
+//! - `bench.rs`: hidden benchmarking hooks over crate-private matching (not an API).
 
+#[doc(hidden)]
+pub mod bench;
 pub mod config;
 pub mod directory;
 pub(crate) mod dispatch;

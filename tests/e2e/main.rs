@@ -6,6 +6,11 @@ mod crash;
 mod foundation;
 mod ops;
 
+mod generic_demographics;
+mod generic_refdata;
+mod generic_rules;
+mod generic_support;
+
 mod mesh_faults;
 mod mesh_sandbox_interop;
 mod mesh_tls;

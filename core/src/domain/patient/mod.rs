@@ -48,10 +48,16 @@ pub struct EventFacts {
     pub flag: Option<pb::PatientFlag>,
 }
 
+/// The normalised home postcodes of a Patient (and the previous ones with `include_old`).
+/// An address without `use` is the home address when no address says `home`: the
+/// published birth notification example gives the baby's address so.
 fn home_postcodes(patient: &pb::PatientSummary, include_old: bool) -> Vec<String> {
+    let has_home = patient.addresses.iter().any(|a| a.r#use == "home");
     let mut out: Vec<String> = Vec::new();
     for address in &patient.addresses {
-        let wanted = address.r#use == "home" || (include_old && address.r#use == "old");
+        let wanted = address.r#use == "home"
+            || (!has_home && address.r#use.is_empty())
+            || (include_old && address.r#use == "old");
         if let Some(pc) = wanted
             .then(|| normalise_postcode(&address.postal_code))
             .flatten()

@@ -147,3 +147,28 @@ fn birth_without_mother_uses_and_records_the_baby() {
     assert_eq!(u[0].birth_date.as_deref(), Some("2024-05-01"));
     assert_eq!(u[0].gp_practice.as_deref(), Some("B86001"));
 }
+
+#[test]
+fn an_address_without_use_is_home_only_when_none_says_home() {
+    let mut e = event("pds-birth-notification-1", pb::PatientSummary::default());
+    e.nhs_number = None;
+    e.subject = None;
+    e.baby = Some(pb::PatientSummary {
+        nhs_numbers: vec!["9990000018".into()],
+        addresses: vec![address("", "LS1 4AP")],
+        ..Default::default()
+    });
+    assert_eq!(facts(&e).postcodes, vec!["LS14AP"]);
+    assert_eq!(
+        updates(&e, 9)[0].postcode,
+        Some(("LS14AP".into(), String::new()))
+    );
+    let both = pb::PatientSummary {
+        addresses: vec![address("", "B1 1AA"), address("home", "LS17 7DF")],
+        ..Default::default()
+    };
+    assert_eq!(
+        facts(&event("vaccinations-1", both)).postcodes,
+        vec!["LS177DF"]
+    );
+}

@@ -43,7 +43,22 @@ fn setting(name: &str, default: usize) -> usize {
 async fn bench_stack(fake: &MeshFake, mailboxes: usize) -> TestStack {
     let ids: Vec<String> = (0..mailboxes).map(|i| format!("BENCH{i:05}")).collect();
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let stack = fake_stack(fake, &refs).adapter_stopped().start().await;
+    let max_in_flight = setting("NEMS_BENCH_MAX_IN_FLIGHT", 64) as u32;
+    let durable = setting("NEMS_BENCH_DURABLE", 1) != 0;
+    let stack = fake_stack(fake, &refs)
+        .core(move |c| c.durable = durable)
+        .adapter(move |c| {
+            c.max_in_flight = max_in_flight;
+            // Production's report poll interval: the fake lists its whole store per poll,
+            // which a real MESH inbox listing does not.
+            c.mesh.report_poll_interval = Duration::from_secs(300);
+        })
+        .adapter_stopped()
+        .start()
+        .await;
+    eprintln!(
+        "  core durable (fsync per commit): {durable}; adapter max_in_flight {max_in_flight}, per mailbox 4"
+    );
     let started = Instant::now();
     let criteria = explicit(NHS_NUMBER, &["vaccinations-1"], "");
     for id in &ids {
@@ -135,6 +150,25 @@ fn check_one_copy_each(fake: &MeshFake, expected: usize, mailboxes: usize) {
     assert_eq!(recipients.len(), mailboxes);
 }
 
+/// Prints what the adapter asked MESH, by kind (sends, tracking, inbox polls, other).
+fn print_requests(fake: &MeshFake) {
+    let (mut sends, mut tracking, mut inbox, mut other) = (0, 0, 0, 0);
+    for request in fake.requests() {
+        if request.is_send() {
+            sends += 1;
+        } else if request.path.contains("/outbox/tracking") {
+            tracking += 1;
+        } else if request.path.contains("/inbox") {
+            inbox += 1;
+        } else {
+            other += 1;
+        }
+    }
+    eprintln!(
+        "  MESH requests: {sends} sends, {tracking} tracking, {inbox} inbox polls, {other} other"
+    );
+}
+
 fn per_second(count: usize, elapsed: Duration) -> f64 {
     count as f64 / elapsed.as_secs_f64()
 }
@@ -160,6 +194,7 @@ async fn delivery_bench_throughput_1000_mailboxes() {
     let done = until_delivered(&stack, &fake, expected as u64, Duration::from_secs(600)).await;
     let elapsed = done.duration_since(start);
     check_one_copy_each(&fake, expected, mailboxes);
+    print_requests(&fake);
     eprintln!(
         "RESULT throughput: {expected} deliveries to {mailboxes} mailboxes in {elapsed:.2?} = {:.0} deliveries/s (publishing took {published:.2?})",
         per_second(expected, elapsed)
@@ -201,6 +236,7 @@ async fn delivery_bench_backlog_drain_100k() {
     let done = until_delivered(&stack, &fake, expected as u64, Duration::from_secs(1800)).await;
     let elapsed = done.duration_since(start);
     check_one_copy_each(&fake, expected, mailboxes);
+    print_requests(&fake);
     eprintln!(
         "RESULT backlog drain: {expected} deliveries to {mailboxes} mailboxes drained in {elapsed:.2?} = {:.0} deliveries/s",
         per_second(expected, elapsed)

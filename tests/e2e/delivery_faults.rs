@@ -292,7 +292,7 @@ async fn delivery_survives_an_adapter_killed_mid_send_without_a_second_copy() {
     // MESH takes a while to store the message: the adapter dies while the send is open.
     fake.set_behaviour(MAILBOX, Behaviour::Slow(Duration::from_millis(700)));
     let stack = fake_stack(&fake, &[MAILBOX])
-        .core(|c| c.lease_timeout = Duration::from_secs(2))
+        .core(|c| c.lease_timeout = Duration::from_secs(3))
         .adapter_stopped()
         .start()
         .await;
@@ -378,6 +378,27 @@ async fn delivery_reported_undelivered_by_mesh_is_dead_lettered_mesh_14() {
         })
         .await;
     }
+    // A reported message's payload went when it was delivered (decisions §22): such a
+    // dead letter is a record for the operator, and a redrive skips it.
+    let redrive = stack
+        .operator()
+        .redrive_deliveries(pb::RedriveDeliveriesRequest {
+            mailbox: MAILBOX.into(),
+            error_code: "MESH_14".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(redrive.redriven, 0);
+    assert_eq!(
+        redrive
+            .skipped
+            .iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>(),
+        [rows[0].delivery_id, rows[1].delivery_id].into()
+    );
     let untouched = delivery(&stack, &rows[2].event_id, rows[2].delivery_id).await;
     assert_eq!(untouched.state(), pb::DeliveryState::Delivered);
     let counts = stats(&stack, MAILBOX).await;

@@ -58,22 +58,21 @@ async fn retried_no_sooner_than_asked(status: u16, mailbox: &str) {
     let stack = fake_stack(&fake, &[mailbox]).start().await;
     let (event_id, id) = inject(&stack, mailbox, &payload(mailbox)).await;
 
-    // While waiting, the ledger shows the delivery queued with the error and a next attempt
+    // While waiting, the ledger shows the delivery queued with the error, its next attempt
     // at least the asked delay after the failure was recorded.
     let waiting = eventually("the failure to be recorded", WAIT, || async {
         let row = delivery(&stack, &event_id, id).await;
-        (row.last_error_code == status.to_string()).then_some(row)
+        let queued = row.state() == pb::DeliveryState::Queued;
+        (queued && row.last_error_code == status.to_string()).then_some(row)
     })
     .await;
-    if waiting.state() == pb::DeliveryState::Queued {
-        let next = waiting.next_attempt_at.expect("next attempt time");
-        let updated = waiting.updated_at.expect("updated time");
-        assert!(
-            next.seconds * 1000 + i64::from(next.nanos / 1_000_000)
-                >= updated.seconds * 1000 + i64::from(updated.nanos / 1_000_000) + 2000,
-            "next attempt {next:?} is at least 2 s after {updated:?}"
-        );
-    }
+    let ms = |t: prost_types::Timestamp| t.seconds * 1000 + i64::from(t.nanos / 1_000_000);
+    let next = ms(waiting.next_attempt_at.expect("next attempt time"));
+    let failed = ms(waiting.updated_at.expect("updated time"));
+    assert!(
+        next >= failed + 2000,
+        "next attempt {next} is at least 2 s after the failure at {failed}"
+    );
 
     let row = wait_for_state(&stack, &event_id, id, pb::DeliveryState::Delivered).await;
     assert_eq!(row.attempts, 2, "one failed attempt, one successful");

@@ -87,7 +87,11 @@ async fn delivery_states_are_counted_listed_and_redriven_per_mailbox() {
             w.sort();
             w
         };
-        (all == wanted).then_some(())
+        // Queued also describes the waiting mailbox before its first attempt: wait for the
+        // attempts to have failed.
+        let waiting = deliveries_to(&stack, WAITING).await;
+        let attempted = waiting.iter().all(|d| d.last_error_code == "503");
+        (all == wanted && attempted).then_some(())
     })
     .await;
     for (mailbox, count) in expected {

@@ -105,12 +105,17 @@ pub async fn up(mut config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()
     let core = Core::open(config.core.clone())
         .await
         .context("opening core")?;
-    let core_task = tokio::spawn(core.serve(core_listeners, shutdown.clone().wait()));
+    // Core and the edge stop only after the adapter: an adapter stopping with deliveries in
+    // flight still reports their outcomes to core (otherwise it waits out its drain timeout
+    // and the deliveries come back only when their leases expire).
+    let (stop_services, services_stop) = watch::channel(false);
+    let services_shutdown = Shutdown(services_stop);
+    let core_task = tokio::spawn(core.serve(core_listeners, services_shutdown.clone().wait()));
     embedded::load_reference_data(&operator_url, operator_tls).await?;
     let edge_task = tokio::spawn(nems_edge::run(
         config.edge.clone(),
         edge_listener,
-        shutdown.clone().wait(),
+        services_shutdown.wait(),
     ));
     let adapter_task = tokio::spawn(nems_mesh_adapter::run(
         config.mesh_adapter.clone(),
@@ -142,8 +147,10 @@ pub async fn up(mut config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()
         }
         println!("  Ctrl-C stops all three");
     }
-    let (core_result, edge_result, adapter_result) =
-        tokio::join!(core_task, edge_task, adapter_task);
+    shutdown.wait().await;
+    let adapter_result = adapter_task.await;
+    stop_services.send_replace(true);
+    let (core_result, edge_result) = tokio::join!(core_task, edge_task);
     core_result.context("core task")?.context("core")?;
     edge_result.context("edge task")?.context("edge")?;
     adapter_result

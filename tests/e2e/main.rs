@@ -11,6 +11,12 @@ mod generic_refdata;
 mod generic_rules;
 mod generic_support;
 
+mod delivery_bench;
+mod delivery_faults;
+mod delivery_operator;
+mod delivery_sandbox;
+mod delivery_support;
+
 mod mesh_faults;
 mod mesh_sandbox_interop;
 mod mesh_tls;

@@ -179,11 +179,13 @@ pub async fn start_core(nems: &Path, dir: &Path, durable: bool) -> Service {
     .await
 }
 
-/// Starts `nems edge` pointing at `core`.
+/// Starts `nems edge` pointing at `core` (per-ASID rate limit off: one ASID drives the load).
 pub async fn start_edge(nems: &Path, core: SocketAddr) -> Service {
+    let config = std::env::temp_dir().join(format!("nems-bench-edge-{}.toml", std::process::id()));
+    std::fs::write(&config, "version = 1\n[edge]\nrate_limit_per_asid = 0\n").expect("edge config");
     spawn(
         nems,
-        &["edge"],
+        &["--config", &config.to_string_lossy(), "edge"],
         &[
             ("NEMS_CORE_URL", format!("http://{core}")),
             ("NEMS_EDGE_LISTEN", "127.0.0.1:0".into()),

@@ -2,6 +2,10 @@
 //! (listeners bound before the services start, so no sleeps and no fixed ports), with a
 //! temporary data directory, a test Spine directory, and clients for every API.
 //! [`TestStack::shutdown`] stops all three and re-raises any error or panic.
+//!
+//! With [`TestStackBuilder::adapter_stopped`] the adapter is configured but not started: a
+//! test starts (and stops or kills) adapters itself with [`TestStack::spawn_adapter`], e.g.
+//! to queue a backlog first or to kill an adapter mid-send and start a new one.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -103,6 +107,7 @@ pub struct TestStackBuilder {
     core: Box<dyn FnOnce(&mut CoreConfig) + Send>,
     edge: Box<dyn FnOnce(&mut EdgeConfig) + Send>,
     adapter: Box<dyn FnOnce(&mut AdapterConfig) + Send>,
+    adapter_stopped: bool,
 }
 
 impl std::fmt::Debug for TestStackBuilder {
@@ -130,7 +135,18 @@ pub struct TestStack {
     pub http: HttpClient,
     stop: watch::Sender<bool>,
     tasks: Vec<(&'static str, JoinHandle<Result<(), String>>)>,
+    /// The adapter the stack started itself (stopped first at shutdown).
+    adapter: Option<AdapterHandle>,
+    /// The adapter's configuration (`None` with [`Sink::None`]), for [`TestStack::spawn_adapter`].
+    adapter_config: Option<AdapterConfig>,
     _temp: Option<tempfile::TempDir>,
+}
+
+/// An adapter started by [`TestStack::spawn_adapter`]; the test stops or kills it.
+#[derive(Debug)]
+pub struct AdapterHandle {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), String>>,
 }
 
 impl TestStack {
@@ -143,6 +159,7 @@ impl TestStack {
             core: Box::new(|_| {}),
             edge: Box::new(|_| {}),
             adapter: Box::new(|_| {}),
+            adapter_stopped: false,
         }
     }
 
@@ -195,8 +212,28 @@ impl TestStack {
         format!("http://{}", self.edge_addr)
     }
 
-    /// Stops everything, waits for it, and fails the test on any error or panic.
+    /// Returns the adapter configuration the stack was built with (`None` with [`Sink::None`]).
+    pub fn adapter_config(&self) -> Option<&AdapterConfig> {
+        self.adapter_config.as_ref()
+    }
+
+    /// Starts another adapter with the stack's adapter configuration; the caller stops it
+    /// ([`AdapterHandle::stop`]) or kills it ([`AdapterHandle::kill`]) before
+    /// [`TestStack::shutdown`]. Panics with [`Sink::None`].
+    pub fn spawn_adapter(&self) -> AdapterHandle {
+        let config = self
+            .adapter_config
+            .clone()
+            .expect("spawn_adapter needs a stack with a sink");
+        AdapterHandle::spawn(config)
+    }
+
+    /// Stops everything, waits for it, and fails the test on any error or panic. The adapter
+    /// stops first, while core can still take the outcomes of its in-flight deliveries.
     pub async fn shutdown(mut self) {
+        if let Some(adapter) = self.adapter.take() {
+            adapter.stop().await;
+        }
         self.stop.send_replace(true);
         for (name, task) in self.tasks.drain(..) {
             match tokio::time::timeout(Duration::from_secs(30), task).await {
@@ -243,6 +280,12 @@ impl TestStackBuilder {
     /// Adjusts the adapter's configuration.
     pub fn adapter(mut self, f: impl FnOnce(&mut AdapterConfig) + Send + 'static) -> Self {
         self.adapter = Box::new(f);
+        self
+    }
+
+    /// Configures the adapter but does not start it (see [`TestStack::spawn_adapter`]).
+    pub fn adapter_stopped(mut self) -> Self {
+        self.adapter_stopped = true;
         self
     }
 
@@ -344,17 +387,8 @@ impl TestStackBuilder {
             }
         };
         (self.adapter)(&mut adapter_config);
-        if start_adapter {
-            let adapter_stop = stopped();
-            tasks.push((
-                "mesh-adapter",
-                tokio::spawn(async move {
-                    nems_mesh_adapter::run(adapter_config, adapter_stop)
-                        .await
-                        .map_err(|e| e.to_string())
-                }),
-            ));
-        }
+        let adapter = (start_adapter && !self.adapter_stopped)
+            .then(|| AdapterHandle::spawn(adapter_config.clone()));
         TestStack {
             core_addr,
             operator_addr,
@@ -364,7 +398,49 @@ impl TestStackBuilder {
             http: HttpClient::new(edge_addr),
             stop,
             tasks,
+            adapter,
+            adapter_config: start_adapter.then_some(adapter_config),
             _temp: temp,
+        }
+    }
+}
+
+// === AdapterHandle ===
+
+impl AdapterHandle {
+    fn spawn(config: AdapterConfig) -> Self {
+        let (stop, mut stop_rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            };
+            nems_mesh_adapter::run(config, stopped)
+                .await
+                .map_err(|e| e.to_string())
+        });
+        Self { stop, task }
+    }
+
+    /// Stops the adapter gracefully (in-flight sends finish) and fails the test on an error
+    /// or panic.
+    pub async fn stop(self) {
+        self.stop.send_replace(true);
+        match tokio::time::timeout(Duration::from_secs(30), self.task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => panic!("mesh-adapter failed: {e}"),
+            Ok(Err(join)) => std::panic::resume_unwind(join.into_panic()),
+            Err(_) => panic!("mesh-adapter did not stop within 30 s"),
+        }
+    }
+
+    /// Kills the adapter as a crash would: its task is aborted wherever it is (mid-send
+    /// included), nothing is reported to core, and its leases are left to expire.
+    pub async fn kill(self) {
+        self.task.abort();
+        match self.task.await {
+            Err(join) if join.is_cancelled() => {}
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+            Ok(_) => {}
         }
     }
 }

@@ -63,6 +63,9 @@ pub enum Behaviour {
     StoreThenHang,
     /// Store it, then close the connection without an answer.
     StoreThenDrop,
+    /// Store nothing and never answer (an unresponsive mailbox route): the connection is
+    /// held open until the client gives up or the fake stops.
+    Hang,
     /// An unregistered recipient: 417 with MESH error code 12.
     Dead,
     /// Wait this long, then store and answer 202.
@@ -89,6 +92,8 @@ pub struct RecordedRequest {
     pub body: Bytes,
     /// The status answered; `None` while unanswered or when the connection was dropped.
     pub status: Option<u16>,
+    /// When the request arrived (its body fully read).
+    pub at: std::time::Instant,
 }
 
 /// A message held by the fake (sent through the outbox or injected).
@@ -154,6 +159,8 @@ struct Inner {
     requests: Vec<RecordedRequest>,
     seen_nonces: HashSet<(String, String, String)>,
     page_size: Option<usize>,
+    /// Leave request bodies out of the request log (benchmarks: stored messages keep theirs).
+    drop_request_bodies: bool,
 }
 
 // === MeshFake ===
@@ -203,6 +210,17 @@ impl MeshFake {
         self.inner()
             .behaviours
             .insert(recipient.to_ascii_uppercase(), behaviour);
+    }
+
+    /// Keeps request bodies out of [`MeshFake::requests`] (stored messages keep their
+    /// payloads), so a benchmark's request log stays small.
+    pub fn drop_request_bodies(&self) {
+        self.inner().drop_request_bodies = true;
+    }
+
+    /// Returns how many messages are stored, without copying them.
+    pub fn message_count(&self) -> usize {
+        self.inner().messages.len()
     }
 
     /// Sets the default inbox page size (MESH's is 500) to exercise pagination.

@@ -79,6 +79,7 @@ async fn handle(
         .uri
         .path_and_query()
         .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
+    let at = std::time::Instant::now();
     let recorded = RecordedRequest {
         method: parts.method.to_string(),
         path: path.clone(),
@@ -94,9 +95,14 @@ async fn handle(
             .collect(),
         body: body.clone(),
         status: None,
+        at,
     };
     let (index, action, stored) = {
         let mut inner = state.inner.lock().expect("mesh fake state");
+        let mut recorded = recorded;
+        if inner.drop_request_bodies {
+            recorded.body = Bytes::new();
+        }
         inner.requests.push(recorded);
         let index = inner.requests.len() - 1;
         let action = route(&mut inner, parts.method, &path, parts.headers, body);
@@ -306,6 +312,7 @@ fn send(inner: &mut Inner, request: &Call) -> Action {
     let id = message.message_id.clone();
     match behaviour {
         Behaviour::Slow(delay) => Action::SlowAccept(delay, message),
+        Behaviour::Hang => Action::Hang,
         Behaviour::StoreThenHang => {
             inner.messages.push(message);
             Action::Hang

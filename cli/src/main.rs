@@ -7,6 +7,11 @@ use clap::{Parser, Subcommand};
 
 use nems_cli::{admin, config, import, logging, run};
 
+/// mimalloc: the services move many 10 KB message buffers between threads, where glibc's
+/// allocator spends a measurable share of the CPU (see the publish benchmark in the README).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// National Events Management Service: FHIR STU3 publish/subscribe over MESH.
 #[derive(Debug, Parser)]
 #[command(name = "nems", version)]

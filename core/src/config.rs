@@ -32,6 +32,8 @@ pub struct CoreConfig {
     pub write_queue: usize,
     /// Most write jobs in one group commit.
     pub max_batch: usize,
+    /// Memory for the store's page cache, in MiB (hot subscription indexes, queued rows).
+    pub cache_mib: usize,
     /// How long a delivery handed to an adapter stays leased before it is handed out again.
     #[serde(with = "duration")]
     pub lease_timeout: Duration,
@@ -73,6 +75,7 @@ impl Default for CoreConfig {
             durable: true,
             write_queue: 8192,
             max_batch: 1024,
+            cache_mib: 256,
             lease_timeout: Duration::from_secs(120),
             max_in_flight: 256,
             max_in_flight_per_mailbox: 8,
@@ -96,6 +99,9 @@ impl CoreConfig {
         }
         if self.max_batch == 0 {
             return Err("core.max_batch must be at least 1".into());
+        }
+        if self.cache_mib < 16 {
+            return Err("core.cache_mib must be at least 16".into());
         }
         if self.lease_timeout < Duration::from_secs(1) {
             return Err("core.lease_timeout must be at least 1s".into());
@@ -190,5 +196,11 @@ mod tests {
             ..Default::default()
         };
         assert!(c.validate().unwrap_err().contains("core.max_batch"));
+        let c = CoreConfig {
+            cache_mib: 1,
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().contains("core.cache_mib"));
+        assert!(CoreConfig::default().validate().is_ok());
     }
 }

@@ -145,7 +145,7 @@ async fn acknowledged_events_survive_sigkill() {
                         caller: Some(spine::pb_caller(SUBSCRIBER)),
                         interaction_id: "urn:nhs:names:services:events:Vaccinations.Write".into(),
                         message: Some(message.clone()),
-                        payload: payload.clone(),
+                        payload: payload.clone().into(),
                     };
                     match client.publish_event(request).await {
                         Ok(response) => {

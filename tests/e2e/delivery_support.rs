@@ -156,7 +156,7 @@ pub(crate) async fn inject(stack: &TestStack, mailbox: &str, payload: &[u8]) -> 
         .inject_delivery(pb::InjectDeliveryRequest {
             mailbox: mailbox.into(),
             event_code: "vaccinations-1".into(),
-            payload: payload.to_vec(),
+            payload: payload.to_vec().into(),
             partner_id: String::new(),
         })
         .await

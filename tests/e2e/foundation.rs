@@ -215,7 +215,7 @@ async fn core_hands_a_delivery_to_the_folder_sink() {
         .inject_delivery(pb::InjectDeliveryRequest {
             mailbox: "RR8MBX01".into(),
             event_code: "vaccinations-1".into(),
-            payload: payload.clone(),
+            payload: payload.clone().into(),
             partner_id: "sub1|tag1".into(),
         })
         .await

@@ -44,7 +44,7 @@ fn delivery(mailbox: &str, local_id: &str, attempt: u32) -> pb::Delivery {
         mailbox: mailbox.into(),
         workflow_id: "NEMS_PDS_WF".into(),
         partner_id: "sub-1|tag-a~~~sub-2".into(),
-        payload: b"<Bundle xmlns=\"http://hl7.org/fhir\"/>".to_vec(),
+        payload: b"<Bundle xmlns=\"http://hl7.org/fhir\"/>".to_vec().into(),
         ..Default::default()
     }
 }

@@ -171,7 +171,7 @@ fn delivery(mailbox: &str, local_id: &str, attempt: u32) -> pb::Delivery {
         event_code: "vaccinations-1".into(),
         mailbox: mailbox.into(),
         workflow_id: "NEMS_TEST_WF".into(),
-        payload: b"<Bundle/>".to_vec(),
+        payload: b"<Bundle/>".to_vec().into(),
         ..Default::default()
     }
 }

@@ -25,7 +25,7 @@ async fn publish_grpc(
         caller: Some(spine::pb_caller(caller)),
         interaction_id: format!("urn:nhs:names:services:events:{interaction}.Write"),
         message: Some(message),
-        payload: body.as_bytes().to_vec(),
+        payload: body.as_bytes().to_vec().into(),
     };
     match stack.events().publish_event(request).await {
         Ok(response) => Ok(response.into_inner().event_id),

@@ -122,8 +122,7 @@ impl EventService for Events {
         let (matches, suppressed) = self
             .state
             .store
-            .read(move |tx| matching::match_event(tx, &event))
-            .await
+            .read_inline(|tx| matching::match_event(tx, &event))
             .map_err(|e| store_status(e, &caller.request_id))?;
         let demographic_updates = patient::updates(&valid, accepted_ms);
         let matched_subscriptions: usize = matches.iter().map(|m| m.subscriptions.len()).sum();

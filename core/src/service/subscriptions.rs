@@ -165,8 +165,7 @@ impl SubscriptionService for Subscriptions {
         let found = self
             .state
             .store
-            .read(move |tx| store::get(tx, id))
-            .await
+            .read_inline(|tx| store::get(tx, id))
             .map_err(|e| store_status(e, &caller.request_id))?;
         let sub = found.filter(|s| s.deleted_ms == 0 && Directory::owns(&system, &s.owner_ods));
         let Some(sub) = sub else {

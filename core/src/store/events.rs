@@ -33,7 +33,7 @@ pub(crate) struct NewEvent {
     pub(crate) message_event_type: String,
     pub(crate) publisher_asid: String,
     pub(crate) workflow_id: String,
-    pub(crate) payload: Vec<u8>,
+    pub(crate) payload: bytes::Bytes,
     pub(crate) deliveries: Vec<NewDelivery>,
     pub(crate) matched_subscriptions: u32,
     pub(crate) accepted_ms: u64,
@@ -90,7 +90,7 @@ pub(crate) fn accept(tx: &WriteTransaction, e: &NewEvent) -> Result<Accepted, St
         .insert(seq, stored.encode_to_vec().as_slice())?;
     tx.open_table(EVENTS_BY_ID)?.insert(e.event_id, seq)?;
     if queued > 0 {
-        tx.open_table(PAYLOADS)?.insert(seq, e.payload.as_slice())?;
+        tx.open_table(PAYLOADS)?.insert(seq, &e.payload[..])?;
     }
 
     let mut deliveries = tx.open_table(DELIVERIES)?;

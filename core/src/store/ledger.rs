@@ -198,7 +198,7 @@ pub(crate) fn lease(
             };
             let payload = payloads
                 .get(d.event_seq)?
-                .map(|p| p.value().to_vec())
+                .map(|p| bytes::Bytes::copy_from_slice(p.value()))
                 .ok_or_else(|| StoreError::Corrupt(format!("delivery {id} has no payload")))?;
             ledger.transition(id, &mut d, pb::DeliveryState::InFlight, Some(until), now)?;
             d.attempts += 1;

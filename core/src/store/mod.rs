@@ -1,6 +1,7 @@
 //! The redb store: synchronous code over `WriteTransaction`/`ReadTransaction`, testable
 //! without a runtime. Async starts in `service/`: writes go through the single
-//! [`writer::Writer`] (group commit), reads run in `spawn_blocking`.
+//! [`writer::Writer`] (group commit), short reads run inline
+//! ([`Store::read_inline`]), long ones in `spawn_blocking`.
 //!
 //! # Layout
 //! - `tables.rs`: every table definition (versioned names); `keys.rs`: id encodings.
@@ -115,6 +116,8 @@ pub struct StoreOptions {
     pub queue: usize,
     /// Most write jobs in one transaction.
     pub max_batch: usize,
+    /// Page cache size in bytes.
+    pub cache_bytes: usize,
 }
 
 impl Default for StoreOptions {
@@ -123,6 +126,7 @@ impl Default for StoreOptions {
             durable: true,
             queue: 8192,
             max_batch: 1024,
+            cache_bytes: 256 << 20,
         }
     }
 }
@@ -149,7 +153,9 @@ impl Store {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| StoreError::Database(format!("create {}: {e}", data_dir.display())))?;
         let path = data_dir.join(DB_FILE);
-        let db = Database::create(&path)?;
+        let db = Database::builder()
+            .set_cache_size(options.cache_bytes)
+            .create(&path)?;
         schema::migrate(&db)?;
         let db = Arc::new(db);
         let settings = WriterSettings {
@@ -207,6 +213,16 @@ impl Store {
         })
         .await
         .map_err(|e| StoreError::Storage(format!("read task failed: {e}")))?
+    }
+
+    /// Runs a short read-only closure (point lookups, index reads) on the calling task.
+    /// redb reads do not lock and mostly hit the page cache; a hand-off to a blocking
+    /// thread would cost more than the read. Long reads (listings, scans) use [`Store::read`].
+    pub(crate) fn read_inline<T>(
+        &self,
+        f: impl FnOnce(&ReadTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.read_now(f)
     }
 
     /// Runs a read-only closure synchronously (for start-up and tests).

@@ -20,7 +20,7 @@ fn event(id: u128, mailboxes: &[&str], suppressed: bool, at: u64) -> NewEvent {
         message_event_type: "new".into(),
         publisher_asid: "200000000111".into(),
         workflow_id: "VACCINATIONS_1".into(),
-        payload: b"<Bundle/>".to_vec(),
+        payload: bytes::Bytes::from_static(b"<Bundle/>"),
         deliveries: mailboxes
             .iter()
             .map(|m| NewDelivery {
@@ -83,7 +83,7 @@ async fn payload_lives_until_every_delivery_is_settled() {
     let a = lease(&s, "A", 200).await;
     assert_eq!(a.len(), 1);
     assert_eq!(a[0].attempt, 1);
-    assert_eq!(a[0].payload, b"<Bundle/>");
+    assert_eq!(&a[0].payload[..], b"<Bundle/>");
     assert_eq!(a[0].local_id, format!("{:032x}-0", 1));
     assert_eq!(
         complete(&s, a[0].delivery_id, 1, sent("M1"), 300).await,

@@ -41,7 +41,7 @@ pub async fn publish(
             caller: Some(checked.caller),
             interaction_id: checked.interaction_id,
             message: Some(message),
-            payload: body.to_vec(),
+            payload: body,
         };
         let accepted = state
             .core

@@ -138,7 +138,7 @@ mod tests {
             mailbox: "MB01".into(),
             workflow_id: "VACCINATIONS_1".into(),
             partner_id: "s1|t&1".into(),
-            payload: b"<Bundle xmlns=\"http://hl7.org/fhir\"/>".to_vec(),
+            payload: b"<Bundle xmlns=\"http://hl7.org/fhir\"/>".to_vec().into(),
             ..Default::default()
         };
         assert_eq!(

@@ -8,7 +8,6 @@
 //!
 //! Headers follow `shared/spec/decisions.md` §21; subject and file name carry no patient data.
 
-use bytes::Bytes;
 use nems_proto::v1 as pb;
 use tracing::{info, warn};
 
@@ -175,7 +174,7 @@ pub fn outbound(delivery: &pb::Delivery) -> OutboundMessage {
         subject: Some(format!("NEMS {}", delivery.event_code)),
         file_name: Some(format!("{}.xml", delivery.local_id)),
         content_type: Some(CONTENT_TYPE.to_owned()),
-        payload: Bytes::from(delivery.payload.clone()),
+        payload: delivery.payload.clone(),
     }
 }
 
@@ -194,7 +193,7 @@ mod tests {
             mailbox: "X26ABC2".into(),
             workflow_id: "NEMS_WF".into(),
             partner_id: String::new(),
-            payload: b"<Bundle/>".to_vec(),
+            payload: b"<Bundle/>".to_vec().into(),
             ..Default::default()
         };
         let message = outbound(&delivery);

@@ -1108,8 +1108,8 @@ pub struct PublishEventRequest {
     #[prost(message, optional, tag = "3")]
     pub message: ::core::option::Option<EventMessage>,
     /// The published bytes (FHIR XML), stored and delivered unchanged.
-    #[prost(bytes = "vec", tag = "4")]
-    pub payload: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bytes = "bytes", tag = "4")]
+    pub payload: ::prost::bytes::Bytes,
 }
 /// PublishEventResponse answers an accepted event.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -1618,8 +1618,8 @@ pub struct Delivery {
     #[prost(string, tag = "8")]
     pub partner_id: ::prost::alloc::string::String,
     /// The published bytes, unchanged.
-    #[prost(bytes = "vec", tag = "9")]
-    pub payload: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bytes = "bytes", tag = "9")]
+    pub payload: ::prost::bytes::Bytes,
     /// When the event was accepted.
     #[prost(message, optional, tag = "10")]
     pub accepted_at: ::core::option::Option<::prost_types::Timestamp>,
@@ -3315,8 +3315,8 @@ pub struct InjectDeliveryRequest {
     #[prost(string, tag = "2")]
     pub event_code: ::prost::alloc::string::String,
     /// The bytes to deliver.
-    #[prost(bytes = "vec", tag = "3")]
-    pub payload: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bytes = "bytes", tag = "3")]
+    pub payload: ::prost::bytes::Bytes,
     /// `Mex-PartnerID` to send, if any.
     #[prost(string, tag = "4")]
     pub partner_id: ::prost::alloc::string::String,

@@ -20,7 +20,9 @@ pub struct EdgeConfig {
     pub service_asid: String,
     /// Largest request body accepted (publish: 3 MB).
     pub max_body_bytes: usize,
-    /// Largest request header block accepted.
+    /// Largest request header block accepted: larger ones get `431` with an
+    /// OperationOutcome. The HTTP/1.1 read buffer is 4× this: beyond that the connection is
+    /// answered with a bare `431` by the HTTP library and closed (memory stays bounded).
     pub max_header_bytes: usize,
     /// Whole-request timeout (reading the body, calling core, answering).
     #[serde(with = "duration")]

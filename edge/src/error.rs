@@ -50,6 +50,9 @@ impl EdgeError {
             Some(StatusCode::SERVICE_UNAVAILABLE) => (StatusCode::SERVICE_UNAVAILABLE, "transient"),
             Some(StatusCode::REQUEST_TIMEOUT) => (StatusCode::REQUEST_TIMEOUT, "timeout"),
             Some(StatusCode::PAYLOAD_TOO_LARGE) => (StatusCode::PAYLOAD_TOO_LARGE, "too-costly"),
+            Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE) => {
+                (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "too-costly")
+            }
             Some(StatusCode::NOT_FOUND) => (StatusCode::NOT_FOUND, "not-found"),
             Some(StatusCode::METHOD_NOT_ALLOWED) => {
                 (StatusCode::METHOD_NOT_ALLOWED, "not-supported")

@@ -75,6 +75,14 @@ fn id_is_well_formed(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// Size of the request line and header block as sent (`name: value\r\n` per field).
+fn header_block_bytes(parts: &http::request::Parts) -> usize {
+    let line = parts.method.as_str().len() + parts.uri.to_string().len() + 12;
+    parts.headers.iter().fold(line, |total, (name, value)| {
+        total + name.as_str().len() + value.len() + 4
+    })
+}
+
 /// Routes one request.
 pub async fn route<B>(state: Arc<AppState>, req: Request<B>) -> HttpResponse
 where
@@ -111,80 +119,94 @@ where
     let error_format = response_format(&parts.headers, ctx.query.as_deref(), formats, Format::Xml)
         .unwrap_or(Format::Xml);
     let limit = state.config.max_body_bytes;
-    let response = match (route, &method) {
-        (Route::Metadata, &Method::GET) => handlers::metadata::get(&state, &parts.headers, &ctx),
-        (Route::Metadata, m) => {
-            error_response(&method_not_allowed(m, "GET"), error_format, &ctx.request_id)
-        }
-        (Route::Publish, &Method::POST) => match read_body(body, limit).await {
-            Ok(bytes) => handlers::publish::publish(&state, &parts.headers, bytes, &ctx).await,
-            Err(e) => error_response(&e, error_format, &ctx.request_id),
-        },
-        (Route::Publish, m) => error_response(
-            &method_not_allowed(m, "POST"),
-            error_format,
-            &ctx.request_id,
-        ),
-        (Route::Subscriptions, &Method::POST) => match read_body(body, limit).await {
-            Ok(bytes) => handlers::subscription::create(&state, &parts.headers, bytes, &ctx).await,
-            Err(e) => error_response(&e, error_format, &ctx.request_id),
-        },
-        (Route::Subscriptions, &Method::GET) => error_response(
-            &EdgeError::new(
-                SpineCode::BadRequest,
-                "Malformed request syntax. NEMS Search command invalid syntax: subscriptions cannot be searched",
+    let header_limit = state.config.max_header_bytes;
+    let response = if header_block_bytes(&parts) > header_limit {
+        let error = EdgeError::with_status(
+            SpineCode::InvalidRequestMessage,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("the request headers are larger than the {header_limit}-byte limit"),
+        );
+        error_response(&error, error_format, &ctx.request_id)
+    } else {
+        match (route, &method) {
+            (Route::Metadata, &Method::GET) => {
+                handlers::metadata::get(&state, &parts.headers, &ctx)
+            }
+            (Route::Metadata, m) => {
+                error_response(&method_not_allowed(m, "GET"), error_format, &ctx.request_id)
+            }
+            (Route::Publish, &Method::POST) => match read_body(body, limit).await {
+                Ok(bytes) => handlers::publish::publish(&state, &parts.headers, bytes, &ctx).await,
+                Err(e) => error_response(&e, error_format, &ctx.request_id),
+            },
+            (Route::Publish, m) => error_response(
+                &method_not_allowed(m, "POST"),
+                error_format,
+                &ctx.request_id,
             ),
-            error_format,
-            &ctx.request_id,
-        ),
-        (Route::Subscriptions, m) => error_response(
-            &method_not_allowed(m, "POST"),
-            error_format,
-            &ctx.request_id,
-        ),
-        (Route::Subscription(id), m)
-            if (m == Method::GET || m == Method::DELETE) && !id_is_well_formed(id) =>
-        {
-            error_response(
+            (Route::Subscriptions, &Method::POST) => match read_body(body, limit).await {
+                Ok(bytes) => {
+                    handlers::subscription::create(&state, &parts.headers, bytes, &ctx).await
+                }
+                Err(e) => error_response(&e, error_format, &ctx.request_id),
+            },
+            (Route::Subscriptions, &Method::GET) => error_response(
                 &EdgeError::new(
                     SpineCode::BadRequest,
-                    "Malformed request syntax: a subscription id is 32 hexadecimal characters",
+                    "Malformed request syntax. NEMS Search command invalid syntax: subscriptions cannot be searched",
                 ),
                 error_format,
                 &ctx.request_id,
-            )
-        }
-        (Route::Subscription(id), &Method::GET) => match read_body(body, limit).await {
-            Ok(bytes) => {
-                handlers::subscription::read(&state, &parts.headers, id, bytes, &ctx).await
+            ),
+            (Route::Subscriptions, m) => error_response(
+                &method_not_allowed(m, "POST"),
+                error_format,
+                &ctx.request_id,
+            ),
+            (Route::Subscription(id), m)
+                if (m == Method::GET || m == Method::DELETE) && !id_is_well_formed(id) =>
+            {
+                error_response(
+                    &EdgeError::new(
+                        SpineCode::BadRequest,
+                        "Malformed request syntax: a subscription id is 32 hexadecimal characters",
+                    ),
+                    error_format,
+                    &ctx.request_id,
+                )
             }
-            Err(e) => error_response(&e, error_format, &ctx.request_id),
-        },
-        (Route::Subscription(id), &Method::DELETE) => {
-            handlers::subscription::delete(&state, &parts.headers, id, &ctx).await
+            (Route::Subscription(id), &Method::GET) => match read_body(body, limit).await {
+                Ok(bytes) => {
+                    handlers::subscription::read(&state, &parts.headers, id, bytes, &ctx).await
+                }
+                Err(e) => error_response(&e, error_format, &ctx.request_id),
+            },
+            (Route::Subscription(id), &Method::DELETE) => {
+                handlers::subscription::delete(&state, &parts.headers, id, &ctx).await
+            }
+            (Route::Subscription(_), m) => error_response(
+                &method_not_allowed(m, "GET or DELETE"),
+                error_format,
+                &ctx.request_id,
+            ),
+            (Route::History, _) => error_response(
+                &EdgeError::new(
+                    SpineCode::BadRequest,
+                    "versioned reads (_history) are not supported",
+                ),
+                error_format,
+                &ctx.request_id,
+            ),
+            (Route::Unknown, _) => error_response(
+                &EdgeError::with_status(
+                    SpineCode::NoRecordFound,
+                    StatusCode::NOT_FOUND,
+                    "no such endpoint: NEMS serves /STU3/Subscription, /STU3/Events/1/$process-message and /STU3/metadata",
+                ),
+                error_format,
+                &ctx.request_id,
+            ),
         }
-        (Route::Subscription(_), m) => error_response(
-            &method_not_allowed(m, "GET or DELETE"),
-            error_format,
-            &ctx.request_id,
-        ),
-        (Route::History, _) => error_response(
-            &EdgeError::new(
-                SpineCode::BadRequest,
-                "versioned reads (_history) are not supported",
-            ),
-            error_format,
-            &ctx.request_id,
-        ),
-        (Route::Unknown, _) => error_response(
-            &EdgeError::with_status(
-                SpineCode::NoRecordFound,
-                StatusCode::NOT_FOUND,
-                "no such endpoint: NEMS serves /STU3/Subscription, /STU3/Events/1/$process-message and /STU3/metadata",
-            ),
-            error_format,
-            &ctx.request_id,
-        ),
     };
     let m = crate::metrics::metrics();
     m.requests

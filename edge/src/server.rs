@@ -156,11 +156,13 @@ pub async fn run(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
-        .max_buf_size(max_header.max(8192));
+        // Room for a block over the limit to be parsed and answered with an OperationOutcome
+        // by the router; only a block over 4× the limit gets hyper's bare 431.
+        .max_buf_size(max_header.saturating_mul(4).max(8192));
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(max_header as u32);
+        .max_header_list_size(max_header.saturating_mul(4) as u32);
     let connections = Arc::new(Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
     tracing::info!(addr = %listener.local_addr()?, "edge serving HTTP");

@@ -34,8 +34,30 @@ async fn oversized_headers_are_refused() {
         .edge(|c| c.max_header_bytes = 16 * 1024)
         .start()
         .await;
+    // Over the limit: 431 with an OperationOutcome carrying the request id.
     let mut headers = spine::headers(SUBSCRIBER, Op::Read);
-    headers.push(("X-Padding", "a".repeat(64 * 1024)));
+    headers.push(("X-Padding", "a".repeat(20 * 1024)));
+    headers.push(("X-Request-ID", "oversized-1".into()));
+    let refused = stack.http.get(UNKNOWN, &headers).await;
+    assert_eq!(refused.status, 431, "{}", refused.text());
+    let text = refused.text();
+    assert!(
+        text.contains("OperationOutcome")
+            && text.contains("too-costly")
+            && text.contains("INVALID_REQUEST_MESSAGE")
+            && text.contains("16384-byte limit")
+            && text.contains("oversized-1"),
+        "{text}"
+    );
+    // Just under the limit: served (here: the unknown subscription's 404).
+    let mut headers = spine::headers(SUBSCRIBER, Op::Read);
+    headers.push(("X-Padding", "a".repeat(12 * 1024)));
+    assert_eq!(stack.http.get(UNKNOWN, &headers).await.status, 404);
+
+    // Far over it (past the 4× read buffer): the HTTP library answers a bare 431 and
+    // closes the connection without buffering the rest.
+    let mut headers = spine::headers(SUBSCRIBER, Op::Read);
+    headers.push(("X-Padding", "a".repeat(256 * 1024)));
     let mut stream = TcpStream::connect(stack.edge_addr).await.unwrap();
     let mut request = format!("GET {UNKNOWN} HTTP/1.1\r\nHost: nems\r\n");
     for (name, value) in &headers {

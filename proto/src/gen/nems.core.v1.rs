@@ -3101,7 +3101,9 @@ pub struct ListSubscriptionsRequest {
     /// Token from the previous page; empty for the first.
     #[prost(string, tag = "6")]
     pub page_token: ::prost::alloc::string::String,
-    /// Include deleted subscriptions.
+    /// Include deleted subscriptions. Applies to unfiltered, `ods_code` and `mailbox`
+    /// listings; the NHS-number and rule indexes hold live subscriptions only (they are what
+    /// matching reads), so those filters never return deleted ones.
     #[prost(bool, tag = "7")]
     pub include_deleted: bool,
     /// The filter; none lists everything.

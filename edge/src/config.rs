@@ -36,7 +36,8 @@ pub struct EdgeConfig {
     /// Tolerated clock difference when checking JWT `iat` and `exp`.
     #[serde(with = "duration")]
     pub clock_skew: Duration,
-    /// Most concurrent connections; further ones wait to be accepted.
+    /// Most concurrent connections; further ones are answered `503` with an
+    /// OperationOutcome and `Retry-After` (256 at a time; beyond that, closed at once).
     pub max_connections: usize,
     /// Requests per second allowed per calling ASID (0: no limit); beyond it `429`.
     pub rate_limit_per_asid: u32,

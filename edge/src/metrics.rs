@@ -33,6 +33,8 @@ pub struct EdgeMetrics {
     pub duration: Family<RouteLabel, Histogram>,
     /// Requests refused by the per-ASID rate limit.
     pub rate_limited: Counter,
+    /// Connections over the connection limit (answered 503 or closed).
+    pub connections_refused: Counter,
 }
 
 /// The process-wide edge metrics, registered on first use.
@@ -45,6 +47,7 @@ pub fn metrics() -> &'static EdgeMetrics {
                 Histogram::new(exponential_buckets(0.0002, 2.0, 16))
             }),
             rate_limited: Counter::default(),
+            connections_refused: Counter::default(),
         };
         nems_proto::ops::register(
             "http_requests",
@@ -60,6 +63,11 @@ pub fn metrics() -> &'static EdgeMetrics {
             "http_rate_limited",
             "Requests answered 429 by the per-ASID rate limit",
             m.rate_limited.clone(),
+        );
+        nems_proto::ops::register(
+            "http_connections_refused",
+            "Connections over edge.max_connections, answered 503 or closed",
+            m.connections_refused.clone(),
         );
         m
     })

@@ -1,5 +1,5 @@
 //! The edge's HTTP server: a hyper 1 accept loop (HTTP/1.1 and HTTP/2, TCP_NODELAY, a
-//! connection limit, a header-read timeout against slow clients) serving the router behind
+//! connection limit (connections over it are answered `503`), a header-read timeout against slow clients) serving the router behind
 //! tower-http layers: request id, tracing, whole-request timeout and body-size limit. The
 //! bare `408`/`413` answers of those layers are turned into Spine OperationOutcomes.
 
@@ -18,8 +18,9 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use nems_proto::spine::SpineCode;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceBuilder;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -89,6 +90,48 @@ where
         }
         None => response.map(|b| b.map_err(Into::into).boxed_unsync()),
     }
+}
+
+/// Most connections being answered `503` at once (beyond the connection limit).
+const MAX_REFUSALS: usize = 256;
+
+/// Answers the requests of a connection over the connection limit with `503`, an
+/// OperationOutcome and `Retry-After`, then closes it; bounded by `timeout`.
+async fn refuse(stream: TcpStream, acceptor: Option<TlsAcceptor>, timeout: Duration) {
+    let work = async {
+        let io = match acceptor {
+            None => Stream::Plain(stream),
+            Some(acceptor) => match acceptor.accept(stream).await {
+                Ok(tls) => Stream::Tls(Box::new(tls)),
+                Err(_) => return,
+            },
+        };
+        let service = hyper::service::service_fn(|_request| async {
+            let error = EdgeError {
+                retry_after: Some(Duration::from_secs(1)),
+                ..EdgeError::with_status(
+                    SpineCode::InternalServerError,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the service is at its connection limit; retry after 1 second",
+                )
+            };
+            let mut response =
+                error_response(&error, Format::Xml, &uuid::Uuid::new_v4().to_string());
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            Ok::<_, Infallible>(response)
+        });
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .keep_alive(false)
+            .timer(TokioTimer::new())
+            .header_read_timeout(timeout);
+        let _ = builder.serve_connection(TokioIo::new(io), service).await;
+    };
+    let _ = tokio::time::timeout(timeout, work).await;
 }
 
 /// Serves the edge on `listener` until `shutdown` completes, then lets open requests
@@ -164,17 +207,13 @@ pub async fn run(
         .timer(TokioTimer::new())
         .max_header_list_size(max_header.saturating_mul(4) as u32);
     let connections = Arc::new(Semaphore::new(max_connections));
+    // Connections over the limit are answered 503 (a few at a time) rather than left
+    // waiting unanswered in the kernel's backlog.
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let graceful = GracefulShutdown::new();
     tracing::info!(addr = %listener.local_addr()?, "edge serving HTTP");
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            permit = connections.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
         let (stream, _peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -187,6 +226,18 @@ pub async fn run(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            crate::metrics::metrics().connections_refused.inc();
+            if let Ok(refusal) = refusals.clone().try_acquire_owned() {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    refuse(stream, acceptor, header_timeout).await;
+                    drop(refusal);
+                });
+            }
+            // Beyond both bounds the connection is closed at once.
+            continue;
+        };
         let service = service.clone();
         let builder = builder.clone();
         let acceptor = acceptor.clone();

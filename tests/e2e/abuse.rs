@@ -1,11 +1,12 @@
 //! Limits that hold under abuse: oversized headers, a client sending its headers one byte
 //! per second (slowloris) and one trickling its body, a flood from one ASID while another
-//! is served normally, and the connection limit. Each is answered with the right status
+//! is served normally, and connections over the limit. Each is answered with the right status
 //! (and an OperationOutcome where HTTP allows one) without disturbing well-behaved clients.
 //! The sleeps in the slow clients are the fault being injected, not synchronisation.
 
 use std::time::{Duration, Instant};
 
+use nems_e2e::eventually::eventually;
 use nems_e2e::http::HttpClient;
 use nems_e2e::spine::{self, OTHER, Op, SUBSCRIBER};
 use nems_e2e::stack::{Sink, TestStack};
@@ -206,13 +207,13 @@ async fn a_flood_from_one_asid_does_not_starve_another() {
 }
 
 #[tokio::test]
-async fn connections_beyond_the_limit_wait_for_a_free_slot() {
+async fn connections_beyond_the_limit_are_answered_503_until_a_slot_frees() {
     let stack = TestStack::builder()
         .sink(Sink::None)
         .edge(|c| c.max_connections = 1)
         .start()
         .await;
-    // Hold the only slot with an open idle connection.
+    // Hold the only slot with an open keep-alive connection.
     let mut holder = TcpStream::connect(stack.edge_addr).await.unwrap();
     holder
         .write_all(b"GET /STU3/metadata HTTP/1.1\r\nHost: nems\r\n\r\n")
@@ -221,23 +222,31 @@ async fn connections_beyond_the_limit_wait_for_a_free_slot() {
     let mut buf = [0u8; 1024];
     let n = holder.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
-    let mut waiting = {
-        let http = HttpClient::new(stack.edge_addr);
-        tokio::spawn(async move { http.get("/STU3/metadata", &[]).await.status })
-    };
+
+    // Another connection is answered at once: 503, Retry-After, an OperationOutcome.
+    let mut other = TcpStream::connect(stack.edge_addr).await.unwrap();
+    other
+        .write_all(b"GET /STU3/metadata HTTP/1.1\r\nHost: nems\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut other).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    let lower = answer.to_ascii_lowercase();
+    assert!(lower.contains("retry-after: 1"), "{answer}");
     assert!(
-        tokio::time::timeout(Duration::from_millis(300), &mut waiting)
-            .await
-            .is_err(),
-        "a connection beyond the limit was served while the slot was taken"
+        answer.contains("OperationOutcome")
+            && answer.contains("transient")
+            && answer.contains("connection limit"),
+        "{answer}"
     );
+
+    // Once the slot is free, requests are served again.
     drop(holder);
-    assert_eq!(
-        tokio::time::timeout(Duration::from_secs(5), waiting)
-            .await
-            .unwrap()
-            .unwrap(),
-        200
-    );
+    let http = HttpClient::new(stack.edge_addr);
+    eventually("a free connection slot", Duration::from_secs(5), || {
+        let http = http.clone();
+        async move { (http.get("/STU3/metadata", &[]).await.status == 200).then_some(()) }
+    })
+    .await;
     stack.shutdown().await;
 }

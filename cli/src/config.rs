@@ -153,6 +153,11 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
         "mesh_adapter.mesh.client_cert_file",
     ),
     ("NEMS_MESH_CLIENT_KEY", "mesh_adapter.mesh.client_key_file"),
+    (
+        "NEMS_PDS_URL",
+        "core.pds.base_url (turns the PDS lookup on)",
+    ),
+    ("NEMS_PDS_TOKEN", "core.pds.bearer_token"),
 ];
 
 fn parsed<T: std::str::FromStr>(name: &str, value: &str) -> anyhow::Result<T>
@@ -268,6 +273,17 @@ impl NemsConfig {
                 *slot = Some(PathBuf::from(v));
             }
         }
+        if let Some(v) = get("NEMS_PDS_URL") {
+            self.core.pds.get_or_insert_with(Default::default).base_url = v;
+        }
+        if let Some(v) = get("NEMS_PDS_TOKEN") {
+            let Some(pds) = self.core.pds.as_mut() else {
+                bail!(
+                    "environment variable NEMS_PDS_TOKEN is set but the PDS lookup is off (set [core.pds] or NEMS_PDS_URL)"
+                );
+            };
+            pds.bearer_token = Some(v);
+        }
         Ok(())
     }
 
@@ -335,9 +351,29 @@ mod tests {
                 ("NEMS_MESH_MAILBOX", "NEMSSVC01"),
                 ("NEMS_MESH_PASSWORD", "hunter2"),
                 ("NEMS_MESH_SHARED_KEY", "TestKey"),
+                (
+                    "NEMS_PDS_URL",
+                    "https://pds.example/personal-demographics/FHIR/R4",
+                ),
+                ("NEMS_PDS_TOKEN", "pds-secret"),
             ]),
         )
         .unwrap();
+        let pds = c
+            .core
+            .pds
+            .as_ref()
+            .expect("NEMS_PDS_URL turns the lookup on");
+        assert_eq!(
+            pds.base_url,
+            "https://pds.example/personal-demographics/FHIR/R4"
+        );
+        assert_eq!(pds.bearer_token.as_deref(), Some("pds-secret"));
+        assert!(!format!("{c:?}").contains("pds-secret"));
+        let e = NemsConfig::load(None, &env(&[("NEMS_PDS_TOKEN", "t")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("NEMS_PDS_TOKEN"), "{e}");
         assert_eq!(c.core.data_dir, PathBuf::from("/tmp/d"));
         assert_eq!(c.core.listen.port(), 7777);
         assert_eq!(c.mesh_adapter.core_url, "http://127.0.0.1:7777");

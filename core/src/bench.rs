@@ -232,6 +232,7 @@ impl MatchBench {
             birth_date: None,
             facts: EventFacts::default(),
             accepted_ms: now_ms(),
+            looked_up: None,
         };
         Ok(MatchBench {
             store,

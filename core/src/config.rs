@@ -63,6 +63,9 @@ pub struct CoreConfig {
     /// TLS for the operator API (`[core.operator_tls]`); give it the operators' CA as
     /// `client_ca_file` so that the edge's and adapters' certificates cannot reach it.
     pub operator_tls: Option<nems_proto::tls::ServerTls>,
+    /// Lookup of patients the demographics store does not know from a PDS FHIR API
+    /// (`[core.pds]`); off when absent.
+    pub pds: Option<crate::pds::PdsConfig>,
 }
 
 impl Default for CoreConfig {
@@ -87,6 +90,7 @@ impl Default for CoreConfig {
             event_types: Vec::new(),
             tls: None,
             operator_tls: None,
+            pds: None,
         }
     }
 }
@@ -102,6 +106,9 @@ impl CoreConfig {
         }
         if self.cache_mib < 16 {
             return Err("core.cache_mib must be at least 16".into());
+        }
+        if let Some(pds) = &self.pds {
+            pds.validate()?;
         }
         if self.lease_timeout < Duration::from_secs(1) {
             return Err("core.lease_timeout must be at least 1s".into());

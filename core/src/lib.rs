@@ -21,6 +21,7 @@ pub(crate) mod dispatch;
 pub mod domain;
 mod matching;
 mod metrics;
+pub mod pds;
 pub mod refdata;
 mod server;
 mod service;

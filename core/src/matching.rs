@@ -36,6 +36,9 @@ pub(crate) struct Event {
     pub(crate) facts: EventFacts,
     /// Acceptance time.
     pub(crate) accepted_ms: u64,
+    /// What PDS answered for a patient the store did not know (`[core.pds]`): stands in
+    /// for the store's record.
+    pub(crate) looked_up: Option<pb::PatientRecord>,
 }
 
 /// The patient as matching sees it.
@@ -56,7 +59,7 @@ pub(crate) struct Patient {
 /// knows nothing (decisions.md §17).
 pub(crate) fn resolve(tx: &ReadTransaction, event: &Event) -> Result<Patient, StoreError> {
     let record = match event.nhs {
-        Some(nhs) => demographics::get(tx, nhs)?,
+        Some(nhs) => demographics::get(tx, nhs)?.or_else(|| event.looked_up.clone()),
         None => None,
     };
     let facts = &event.facts;

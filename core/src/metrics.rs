@@ -26,6 +26,12 @@ pub(crate) struct StateLabel {
     pub(crate) state: String,
 }
 
+/// Labels naming the outcome of a PDS lookup.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct OutcomeLabel {
+    pub(crate) outcome: &'static str,
+}
+
 /// Core's metric handles.
 #[derive(Debug)]
 pub(crate) struct CoreMetrics {
@@ -36,6 +42,7 @@ pub(crate) struct CoreMetrics {
     pub(crate) deliveries_completed: Family<StateLabel, Counter>,
     pub(crate) commit_seconds: Histogram,
     pub(crate) commit_batch: Histogram,
+    pub(crate) pds_lookups: Family<OutcomeLabel, Counter>,
 }
 
 /// The process-wide metrics, registered on first use.
@@ -50,6 +57,7 @@ pub(crate) fn metrics() -> &'static CoreMetrics {
             deliveries_completed: Family::default(),
             commit_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
             commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            pds_lookups: Family::default(),
         };
         nems_proto::ops::register(
             "events_accepted",
@@ -85,6 +93,11 @@ pub(crate) fn metrics() -> &'static CoreMetrics {
             "store_commit_batch_size",
             "Write jobs per redb group commit",
             m.commit_batch.clone(),
+        );
+        nems_proto::ops::register(
+            "pds_lookups",
+            "Lookups of unknown patients in PDS, by outcome (found, unknown, error)",
+            m.pds_lookups.clone(),
         );
         nems_proto::ops::register_collector(Box::new(StoreCollector));
         m

@@ -98,6 +98,10 @@ impl Core {
             Some(path) => Some(DirectoryFile::load(path).map_err(CoreError::Directory)?),
             None => None,
         };
+        let pds = match &config.pds {
+            Some(pds) => Some(crate::pds::PdsClient::new(pds).map_err(CoreError::Config)?),
+            None => None,
+        };
         let options = StoreOptions {
             durable: config.durable,
             queue: config.write_queue,
@@ -119,6 +123,7 @@ impl Core {
             catalogue,
             config,
             Directory::new(systems, mailboxes),
+            pds,
         ));
         if let Some(file) = file {
             apply_directory_file(&state, file).await?;

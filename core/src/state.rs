@@ -20,6 +20,8 @@ pub(crate) struct CoreState {
     pub(crate) catalogue: Catalogue,
     pub(crate) config: CoreConfig,
     pub(crate) dispatcher: Dispatcher,
+    /// The PDS lookup, when configured.
+    pub(crate) pds: Option<crate::pds::PdsClient>,
     /// Set when core shuts down: long-lived delivery streams end.
     pub(crate) stop: tokio::sync::watch::Sender<bool>,
     /// Deliveries queued or in flight (for backpressure and metrics).
@@ -36,12 +38,14 @@ impl CoreState {
         catalogue: Catalogue,
         config: CoreConfig,
         directory: Directory,
+        pds: Option<crate::pds::PdsClient>,
     ) -> Self {
         CoreState {
             store,
             catalogue,
             config,
             dispatcher: Dispatcher::default(),
+            pds,
             stop: tokio::sync::watch::channel(false).0,
             pending: AtomicU64::new(0),
             imports: Default::default(),

@@ -7,6 +7,7 @@ mod foundation;
 mod ops;
 
 mod generic_demographics;
+mod generic_pds_lookup;
 mod generic_refdata;
 mod generic_rules;
 mod generic_support;

@@ -7,6 +7,7 @@
 //! - `tools.rs`: finds the pinned Python venv (mesh-sandbox, mesh-client, fhir.resources).
 //! - `mesh_fake.rs`: an in-process MESH server with scripted faults and a request log.
 //! - `mesh_sandbox.rs`: the real local `mesh-sandbox` as a child process.
+//! - `pds_fake.rs`: an in-process PDS FHIR API (`GET /Patient/{nhs}`) with scripted answers.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test harness")]
 
 pub mod bench;
@@ -16,6 +17,7 @@ pub mod http;
 pub mod mesh_fake;
 pub mod mesh_sandbox;
 pub mod outbox;
+pub mod pds_fake;
 pub mod pki;
 pub mod spine;
 pub mod stack;

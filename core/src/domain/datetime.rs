@@ -62,6 +62,11 @@ pub fn format_instant_ms(ms: u64) -> String {
     )
 }
 
+/// Formats a calendar date as FHIR `date` text, e.g. `2024-01-31`.
+pub fn format_date(d: Date) -> String {
+    format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
+}
+
 /// Milliseconds since the epoch of an instant (0 before the epoch).
 pub fn to_ms(t: OffsetDateTime) -> u64 {
     u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)

@@ -12,8 +12,9 @@ use tonic::{Request, Response, Status};
 use super::{missing, store_status};
 use crate::domain::Rejection;
 use crate::domain::event::{self as rules, ValidEvent};
-use crate::domain::patient;
+use crate::domain::patient::{self, DemographicUpdate};
 use crate::matching::{self, MailboxMatch};
+use crate::pds::Lookup;
 use crate::state::{CoreState, audit_record};
 use crate::store::events::{self as store, NewDelivery, NewEvent};
 use crate::store::keys::{id_hex, new_id, nhs_key, now_ms};
@@ -56,6 +57,46 @@ impl Events {
         Ok((system, valid))
     }
 
+    /// For a patient the demographics store does not know, asks PDS (when `[core.pds]` is
+    /// set; PDS's own events carry their facts). Any failure only logs and counts: the
+    /// event's own Patient then stands in (decisions.md §17).
+    async fn look_up(
+        &self,
+        valid: &ValidEvent,
+        event: &matching::Event,
+    ) -> Result<Option<DemographicUpdate>, Status> {
+        let (Some(pds), Some(nhs_text), Some(nhs)) =
+            (&self.state.pds, valid.nhs_number.as_deref(), event.nhs)
+        else {
+            return Ok(None);
+        };
+        if event.facts.authoritative {
+            return Ok(None);
+        }
+        let known = self
+            .state
+            .store
+            .read_inline(|tx| demographics::get(tx, nhs))
+            .map_err(|e| store_status(e, "pds-lookup"))?
+            .is_some();
+        if known {
+            return Ok(None);
+        }
+        let (outcome, update) = match pds.lookup(nhs_text, event.accepted_ms).await {
+            Ok(Lookup::Found(update)) => ("found", Some(update)),
+            Ok(Lookup::Unknown) => ("unknown", None),
+            Err(e) => {
+                tracing::warn!(error = %e, "PDS lookup failed; using the event's own patient");
+                ("error", None)
+            }
+        };
+        crate::metrics::metrics()
+            .pds_lookups
+            .get_or_create(&crate::metrics::OutcomeLabel { outcome })
+            .inc();
+        Ok(update)
+    }
+
     /// Publish answers 503 rather than growing the backlog without bound.
     fn check_backpressure(&self) -> Result<(), Status> {
         let pending = self.state.pending_deliveries();
@@ -82,6 +123,7 @@ fn matching_event(valid: &ValidEvent, accepted_ms: u64) -> matching::Event {
         birth_date: valid.birth_date,
         facts: patient::facts(valid),
         accepted_ms,
+        looked_up: None,
     }
 }
 
@@ -118,13 +160,16 @@ impl EventService for Events {
         self.check_backpressure()?;
 
         let accepted_ms = now_ms();
-        let event = matching_event(&valid, accepted_ms);
+        let mut event = matching_event(&valid, accepted_ms);
+        let looked_up = self.look_up(&valid, &event).await?;
+        event.looked_up = looked_up.as_ref().map(demographics::record_of);
         let (matches, suppressed) = self
             .state
             .store
             .read_inline(|tx| matching::match_event(tx, &event))
             .map_err(|e| store_status(e, &caller.request_id))?;
-        let demographic_updates = patient::updates(&valid, accepted_ms);
+        let mut demographic_updates = patient::updates(&valid, accepted_ms);
+        demographic_updates.extend(looked_up);
         let matched_subscriptions: usize = matches.iter().map(|m| m.subscriptions.len()).sum();
         let event_id = new_id();
         let event_hex = id_hex(event_id);

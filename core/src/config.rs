@@ -142,22 +142,7 @@ impl CoreConfig {
     }
 }
 
-/// Serde support for human-readable durations (`humantime`).
-pub mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    /// Deserializes `"90s"`, `"5m"`, `"30days"`.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "`{text}` is not a duration ({e}); write e.g. 90s, 5m, 12h, 30days"
-            ))
-        })
-    }
-}
+pub use nems_proto::config::duration;
 
 #[cfg(test)]
 mod tests {

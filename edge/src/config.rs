@@ -108,19 +108,4 @@ impl EdgeConfig {
     }
 }
 
-/// Serde support for human-readable durations (`humantime`).
-pub mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    /// Deserializes `"90s"`, `"5m"`.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "`{text}` is not a duration ({e}); write e.g. 500ms, 30s, 5m"
-            ))
-        })
-    }
-}
+pub use nems_proto::config::duration;

@@ -216,22 +216,7 @@ impl AdapterConfig {
     }
 }
 
-/// Serde support for human-readable durations (`humantime`).
-pub mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    /// Deserializes `"90s"`, `"5m"`, `"3days"`.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "`{text}` is not a duration ({e}); write e.g. 2s, 10m, 3days"
-            ))
-        })
-    }
-}
+pub use nems_proto::config::duration;
 
 #[cfg(test)]
 mod tests {

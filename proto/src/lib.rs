@@ -26,6 +26,7 @@ pub mod v1 {
 /// registering with gRPC server reflection so that `grpcurl describe` shows the docs.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("gen/nems.core.v1.fds.bin");
 
+pub mod config;
 pub mod ids;
 pub mod ops;
 pub mod spine;

@@ -63,7 +63,7 @@ pub struct MatchBench {
     pub seeding: Duration,
 }
 
-fn resource(rule: &str, code: &str, event: &str, mailbox: &str) -> pb::SubscriptionResource {
+fn resource(criteria: String, mailbox: &str) -> pb::SubscriptionResource {
     pb::SubscriptionResource {
         meta: Some(pb::ResourceMeta {
             profile: vec![rules::PROFILE.into()],
@@ -76,9 +76,7 @@ fn resource(rule: &str, code: &str, event: &str, mailbox: &str) -> pb::Subscript
             r#use: "work".into(),
         }],
         reason: "benchmark".into(),
-        criteria: format!(
-            "/Bundle?type=message&subscriptionRuleType={rule}&Organization.identifier={code}&MessageHeader.event={event}"
-        ),
+        criteria,
         channel: Some(pb::SubscriptionChannel {
             r#type: "message".into(),
             endpoint: mailbox.into(),
@@ -97,7 +95,20 @@ fn stored(
     mailbox: &str,
     now: u64,
 ) -> Result<(u128, StoredSubscription), StoreError> {
-    let request = resource(rule, code, event, mailbox);
+    let criteria = format!(
+        "/Bundle?type=message&subscriptionRuleType={rule}&Organization.identifier={code}&MessageHeader.event={event}"
+    );
+    stored_subscription(catalogue, criteria, mailbox, now)
+}
+
+/// A subscription for `criteria` as the subscription service stores it (owned by RR8).
+pub(crate) fn stored_subscription(
+    catalogue: &Catalogue,
+    criteria: String,
+    mailbox: &str,
+    now: u64,
+) -> Result<(u128, StoredSubscription), StoreError> {
+    let request = resource(criteria, mailbox);
     let valid = rules::validate(&request, catalogue, now)
         .map_err(|r| StoreError::Corrupt(format!("benchmark subscription refused: {r:?}")))?;
     let id = new_id();

@@ -126,6 +126,15 @@ impl CoreConfig {
         }
         if let Some(tls) = &self.tls {
             tls.check("core.tls")?;
+            // With TLS on, administration must not be reachable with the edge's or an
+            // adapter's certificate, nor anonymously: its own listener and client CA.
+            let operator_ca = self
+                .operator_tls
+                .as_ref()
+                .is_some_and(|t| t.client_ca_file.is_some());
+            if !operator_ca {
+                return Err("core.tls is set, so the operator API needs its own listener and client CA: set core.operator_listen and core.operator_tls with client_ca_file".into());
+            }
         }
         if let Some(tls) = &self.operator_tls {
             tls.check("core.operator_tls")?;
@@ -194,5 +203,32 @@ mod tests {
         };
         assert!(c.validate().unwrap_err().contains("core.cache_mib"));
         assert!(CoreConfig::default().validate().is_ok());
+        let tls = nems_proto::tls::ServerTls {
+            cert_file: "Cargo.toml".into(),
+            key_file: "Cargo.toml".into(),
+            client_ca_file: Some("Cargo.toml".into()),
+        };
+        let c = CoreConfig {
+            tls: Some(tls.clone()),
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().contains("core.operator_tls"));
+        let c = CoreConfig {
+            tls: Some(tls.clone()),
+            operator_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9091))),
+            operator_tls: Some(nems_proto::tls::ServerTls {
+                client_ca_file: None,
+                ..tls.clone()
+            }),
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().contains("client_ca_file"));
+        let c = CoreConfig {
+            tls: Some(tls.clone()),
+            operator_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9091))),
+            operator_tls: Some(tls),
+            ..Default::default()
+        };
+        assert!(c.validate().is_ok());
     }
 }

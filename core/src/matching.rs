@@ -7,16 +7,16 @@ use std::collections::BTreeMap;
 
 use nems_proto::v1 as pb;
 use prost::Message;
-use redb::ReadTransaction;
+use redb::ReadableTable;
 use time::Date;
 
 use crate::domain::datetime;
 use crate::domain::patient::EventFacts;
-use crate::store::StoreError;
 use crate::store::keys::id_hex;
 use crate::store::records::MatchEntry;
 use crate::store::subscriptions::rule_key;
 use crate::store::tables::{SUBS_BY_NHS, SUBS_BY_RULE};
+use crate::store::{Snapshot, StoreError};
 use crate::store::{demographics, refdata};
 
 /// MESH's limit on `Mex-PartnerID`.
@@ -57,7 +57,7 @@ pub(crate) struct Patient {
 /// Completes the event's patient facts from the store: PDS events' own facts win; for
 /// other events the store's record wins and the event's Patient fills in when the store
 /// knows nothing (decisions.md §17).
-pub(crate) fn resolve(tx: &ReadTransaction, event: &Event) -> Result<Patient, StoreError> {
+pub(crate) fn resolve(tx: &impl Snapshot, event: &Event) -> Result<Patient, StoreError> {
     let record = match event.nhs {
         Some(nhs) => demographics::get(tx, nhs)?.or_else(|| event.looked_up.clone()),
         None => None,
@@ -104,7 +104,7 @@ pub(crate) fn resolve(tx: &ReadTransaction, event: &Event) -> Result<Patient, St
 
 /// A code and the codes the code map declares equivalent (GSS ↔ ODS).
 fn with_equivalents(
-    tx: &ReadTransaction,
+    tx: &impl Snapshot,
     code: &str,
     out: &mut Vec<String>,
 ) -> Result<(), StoreError> {
@@ -126,7 +126,7 @@ fn with_equivalents(
 /// sub-ICB location, local authority and country, the practice and its parent sub-ICB,
 /// each in every code form known. Lookups only, no scans.
 pub(crate) fn generic_keys(
-    tx: &ReadTransaction,
+    tx: &impl Snapshot,
     patient: &Patient,
     event_code: &str,
 ) -> Result<Vec<String>, StoreError> {
@@ -172,7 +172,7 @@ pub(crate) fn generic_keys(
 /// Resolves the patient and finds every match: the result and whether the patient is
 /// flagged (then every delivery is recorded as suppressed).
 pub(crate) fn match_event(
-    tx: &ReadTransaction,
+    tx: &impl Snapshot,
     event: &Event,
 ) -> Result<(Vec<MailboxMatch>, bool), StoreError> {
     let patient = resolve(tx, event)?;
@@ -239,10 +239,7 @@ impl MailboxMatch {
 }
 
 /// Finds every matching subscription, grouped by mailbox (in mailbox order).
-pub(crate) fn find(
-    tx: &ReadTransaction,
-    subject: &Subject,
-) -> Result<Vec<MailboxMatch>, StoreError> {
+pub(crate) fn find(tx: &impl Snapshot, subject: &Subject) -> Result<Vec<MailboxMatch>, StoreError> {
     let today = datetime::utc_date(subject.accepted_ms);
     let age = subject
         .birth_date
@@ -260,14 +257,14 @@ pub(crate) fn find(
         Ok(())
     };
     if let Some(nhs) = subject.nhs {
-        let table = tx.open_table(SUBS_BY_NHS)?;
+        let table = tx.table(SUBS_BY_NHS)?;
         for item in table.range((nhs, 0)..=(nhs, u128::MAX))? {
             let (k, v) = item?;
             consider(k.value().1, v.value())?;
         }
     }
     if !subject.generic_keys.is_empty() {
-        let table = tx.open_table(SUBS_BY_RULE)?;
+        let table = tx.table(SUBS_BY_RULE)?;
         for key in &subject.generic_keys {
             for item in table.range((key.as_str(), 0)..=(key.as_str(), u128::MAX))? {
                 let (k, v) = item?;
@@ -455,5 +452,50 @@ mod tests {
             p.len() <= PARTNER_ID_MAX && p.split("~~~").all(|e| e.len() == 53),
             "{p}"
         );
+    }
+
+    #[tokio::test]
+    async fn matching_in_a_write_sees_what_the_same_transaction_wrote_before_it() {
+        use crate::domain::catalogue::Catalogue;
+        use crate::store::{Store, StoreOptions, keys, subscriptions};
+
+        const NHS: &str = "9434765919";
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path(),
+            StoreOptions {
+                durable: false,
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap();
+        let now = keys::now_ms();
+        let criteria = format!(
+            "/Bundle?type=message&Patient.identifier=https://fhir.nhs.uk/Id/nhs-number|{NHS}&MessageHeader.event=vaccinations-1"
+        );
+        let (id, record) =
+            crate::bench::stored_subscription(&Catalogue::default(), criteria, "MB1", now).unwrap();
+        let event = Event {
+            event_code: "vaccinations-1".into(),
+            nhs: keys::nhs_key(NHS),
+            accepted_ms: now + 1,
+            ..Default::default()
+        };
+        let (before, after) = store
+            .writer()
+            .write(move |tx| {
+                let before = match_event(tx, &event)?.0;
+                subscriptions::insert(tx, id, &record, now)?
+                    .map_err(|_| StoreError::Corrupt("duplicate".into()))?;
+                let after = match_event(tx, &event)?.0;
+                Ok((before, after))
+            })
+            .await
+            .unwrap();
+        assert!(before.is_empty());
+        assert_eq!(after.len(), 1);
+        assert_eq!(after[0].mailbox, "MB1");
+        assert_eq!(after[0].subscriptions[0].0, id_hex(id));
+        store.close();
     }
 }

@@ -115,6 +115,14 @@ impl Events {
     }
 }
 
+/// What the acceptance write did.
+struct Outcome {
+    accepted: crate::store::events::Accepted,
+    accepted_ms: u64,
+    suppressed: bool,
+    matched: usize,
+}
+
 /// What matching needs from a valid event.
 fn matching_event(valid: &ValidEvent, accepted_ms: u64) -> matching::Event {
     matching::Event {
@@ -159,43 +167,52 @@ impl EventService for Events {
         }
         self.check_backpressure()?;
 
-        let accepted_ms = now_ms();
-        let mut event = matching_event(&valid, accepted_ms);
-        let looked_up = self.look_up(&valid, &event).await?;
-        event.looked_up = looked_up.as_ref().map(demographics::record_of);
-        let (matches, suppressed) = self
-            .state
-            .store
-            .read_inline(|tx| matching::match_event(tx, &event))
-            .map_err(|e| store_status(e, &caller.request_id))?;
-        let mut demographic_updates = patient::updates(&valid, accepted_ms);
+        let planned_ms = now_ms();
+        let mut subject = matching_event(&valid, planned_ms);
+        let looked_up = self.look_up(&valid, &subject).await?;
+        subject.looked_up = looked_up.as_ref().map(demographics::record_of);
+        let mut demographic_updates = patient::updates(&valid, planned_ms);
         demographic_updates.extend(looked_up);
-        let matched_subscriptions: usize = matches.iter().map(|m| m.subscriptions.len()).sum();
         let event_id = new_id();
         let event_hex = id_hex(event_id);
-        let event = NewEvent {
+        let mut event = NewEvent {
             event_id,
             event_code: valid.event_type.code.clone(),
             message_event_type: valid.message_event_type.clone(),
             publisher_asid: system.asid.clone(),
             workflow_id: valid.event_type.workflow_id.clone(),
             payload: std::mem::take(&mut req.payload),
-            deliveries: deliveries(&matches, suppressed),
-            matched_subscriptions: matched_subscriptions as u32,
-            accepted_ms,
+            deliveries: Vec::new(),
+            matched_subscriptions: 0,
+            accepted_ms: planned_ms,
         };
         let audit_ok = audit_record(&caller, "publish", "Bundle", &event_hex, "ok");
-        let accepted = self
+        let outcome = self
             .state
             .store
             .writer()
             .try_write(move |tx| {
+                // Matching runs in the acceptance transaction, stamped with the time of the
+                // write: it sees every subscription and demographics change ordered before
+                // this event (even in the same group commit) and none after it.
+                let accepted_ms = now_ms().max(planned_ms);
+                subject.accepted_ms = accepted_ms;
+                let (matches, suppressed) = matching::match_event(tx, &subject)?;
+                let matched: usize = matches.iter().map(|m| m.subscriptions.len()).sum();
+                event.accepted_ms = accepted_ms;
+                event.deliveries = deliveries(&matches, suppressed);
+                event.matched_subscriptions = u32::try_from(matched).unwrap_or(u32::MAX);
                 let accepted = store::accept(tx, &event)?;
                 for update in &demographic_updates {
                     demographics::apply(tx, update)?;
                 }
                 audit::append(tx, accepted_ms, &audit_ok)?;
-                Ok(accepted)
+                Ok(Outcome {
+                    accepted,
+                    accepted_ms,
+                    suppressed,
+                    matched,
+                })
             })
             .await
             .map_err(|e| match e {
@@ -206,6 +223,12 @@ impl EventService for Events {
                 }
                 other => store_status(other, &caller.request_id),
             })?;
+        let Outcome {
+            accepted,
+            accepted_ms,
+            suppressed,
+            matched: matched_subscriptions,
+        } = outcome;
         self.state
             .note_queued(accepted.queued_mailboxes.len() as u64);
         let m = crate::metrics::metrics();

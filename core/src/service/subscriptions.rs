@@ -77,32 +77,39 @@ impl Subscriptions {
         };
         let id = new_id();
         let id_text = id_hex(id);
-        let record = stored_record(&resource, &valid, &system, now);
-        let stored_resource = current_resource(id, &record, now);
+        let mut record = stored_record(&resource, &valid, &system, now);
         let audit_ok = audit_record(&caller, "create", "Subscription", &id_text, "ok");
         let outcome = self
             .state
             .store
             .writer()
             .write(move |tx| {
-                let inserted = store::insert(tx, id, &record, now)?;
+                // Created at the time of the write, the order matching sees (publishes
+                // match inside their own writes): an event accepted after this commit
+                // is matched, one accepted before it is not.
+                record.created_ms = now_ms().max(now);
+                let inserted = store::insert(tx, id, &record, record.created_ms)?;
                 if inserted.is_ok() {
-                    audit::append(tx, now, &audit_ok)?;
+                    audit::append(tx, record.created_ms, &audit_ok)?;
                 }
-                Ok(inserted)
+                Ok(inserted.map(|()| record))
             })
             .await
             .map_err(|e| store_status(e, &caller.request_id))?;
-        if let Err(existing) = outcome {
-            let r = Rejection::new(
-                SpineCode::DuplicateRejected,
-                format!(
-                    "an identical subscription already exists with id {}",
-                    id_hex(existing)
-                ),
-            );
-            return Err(self.refuse(&caller, "create", "", r));
-        }
+        let record = match outcome {
+            Ok(record) => record,
+            Err(existing) => {
+                let r = Rejection::new(
+                    SpineCode::DuplicateRejected,
+                    format!(
+                        "an identical subscription already exists with id {}",
+                        id_hex(existing)
+                    ),
+                );
+                return Err(self.refuse(&caller, "create", "", r));
+            }
+        };
+        let stored_resource = current_resource(id, &record, record.created_ms);
         tracing::info!(
             subscription = %id_text,
             kind = ?valid.criteria.kind(),

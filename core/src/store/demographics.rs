@@ -6,8 +6,8 @@ use nems_proto::v1 as pb;
 use prost::Message;
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
-use super::StoreError;
 use super::tables::PATIENTS;
+use super::{Snapshot, StoreError};
 use crate::domain::patient::DemographicUpdate;
 
 /// A stored patient: the record and when each group of facts last changed.
@@ -34,8 +34,8 @@ pub(crate) struct StoredPatient {
 }
 
 /// Reads a patient.
-pub(crate) fn get(tx: &ReadTransaction, nhs: u64) -> Result<Option<pb::PatientRecord>, StoreError> {
-    let table = tx.open_table(PATIENTS)?;
+pub(crate) fn get(tx: &impl Snapshot, nhs: u64) -> Result<Option<pb::PatientRecord>, StoreError> {
+    let table = tx.table(PATIENTS)?;
     match table.get(nhs)? {
         Some(bytes) => Ok(StoredPatient::decode(bytes.value())?.record),
         None => Ok(None),

@@ -15,7 +15,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use redb::{Database, Durability, ReadTransaction, ReadableDatabase};
+use redb::{
+    Database, Durability, Key, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
+    Table, TableDefinition, Value, WriteTransaction,
+};
 
 pub(crate) mod audit;
 pub(crate) mod demographics;
@@ -103,6 +106,44 @@ from_redb! {
 impl From<prost::DecodeError> for StoreError {
     fn from(e: prost::DecodeError) -> Self {
         StoreError::Corrupt(e.to_string())
+    }
+}
+
+/// Read access common to read and write transactions, for lookups that run in either:
+/// matching runs inside the acceptance write so that it sees every write ordered before
+/// it (subscriptions, demographics), while the operator API reads snapshots.
+pub(crate) trait Snapshot {
+    /// The table handle this transaction opens.
+    type Table<'t, K: Key + 'static, V: Value + 'static>: ReadableTable<K, V>
+    where
+        Self: 't;
+
+    /// Opens a table for reading.
+    fn table<'t, K: Key + 'static, V: Value + 'static>(
+        &'t self,
+        def: TableDefinition<'_, K, V>,
+    ) -> Result<Self::Table<'t, K, V>, StoreError>;
+}
+
+impl Snapshot for ReadTransaction {
+    type Table<'t, K: Key + 'static, V: Value + 'static> = ReadOnlyTable<K, V>;
+
+    fn table<K: Key + 'static, V: Value + 'static>(
+        &self,
+        def: TableDefinition<'_, K, V>,
+    ) -> Result<ReadOnlyTable<K, V>, StoreError> {
+        Ok(self.open_table(def)?)
+    }
+}
+
+impl Snapshot for WriteTransaction {
+    type Table<'t, K: Key + 'static, V: Value + 'static> = Table<'t, K, V>;
+
+    fn table<'t, K: Key + 'static, V: Value + 'static>(
+        &'t self,
+        def: TableDefinition<'_, K, V>,
+    ) -> Result<Table<'t, K, V>, StoreError> {
+        Ok(self.open_table(def)?)
     }
 }
 

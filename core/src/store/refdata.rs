@@ -5,13 +5,11 @@
 
 use nems_proto::v1 as pb;
 use prost::Message;
-use redb::{
-    ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
-};
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 
-use super::StoreError;
 use super::records::RefMeta;
 use super::tables::{REF_META, REF_SLOTS};
+use super::{Snapshot, StoreError};
 
 /// Index of a data set in `REF_SLOTS`.
 pub(crate) fn set_index(set: pb::ReferenceDataSet) -> Option<usize> {
@@ -40,12 +38,12 @@ fn read_meta(
 }
 
 /// The metadata of a data set.
-pub(crate) fn meta(tx: &ReadTransaction, set: usize) -> Result<RefMeta, StoreError> {
-    read_meta(&tx.open_table(REF_META)?, set)
+pub(crate) fn meta(tx: &impl Snapshot, set: usize) -> Result<RefMeta, StoreError> {
+    read_meta(&tx.table(REF_META)?, set)
 }
 
 fn active(
-    tx: &ReadTransaction,
+    tx: &impl Snapshot,
     set: usize,
 ) -> Result<Option<TableDefinition<'static, &'static str, &'static [u8]>>, StoreError> {
     let m = meta(tx, set)?;
@@ -124,13 +122,13 @@ pub(crate) fn finish(
 
 /// Looks a postcode (normalised) up in the active set.
 pub(crate) fn postcode(
-    tx: &ReadTransaction,
+    tx: &impl Snapshot,
     key: &str,
 ) -> Result<Option<pb::PostcodeRow>, StoreError> {
     let Some(def) = active(tx, 0)? else {
         return Ok(None);
     };
-    let table = tx.open_table(def)?;
+    let table = tx.table(def)?;
     match table.get(key)? {
         Some(bytes) => {
             let mut row = pb::PostcodeRow::decode(bytes.value())?;
@@ -143,13 +141,13 @@ pub(crate) fn postcode(
 
 /// Looks a practice up in the active set.
 pub(crate) fn practice(
-    tx: &ReadTransaction,
+    tx: &impl Snapshot,
     code: &str,
 ) -> Result<Option<pb::PracticeRow>, StoreError> {
     let Some(def) = active(tx, 1)? else {
         return Ok(None);
     };
-    let table = tx.open_table(def)?;
+    let table = tx.table(def)?;
     match table.get(code)? {
         Some(bytes) => {
             let mut row = pb::PracticeRow::decode(bytes.value())?;
@@ -161,11 +159,11 @@ pub(crate) fn practice(
 }
 
 /// The codes the code map declares equivalent to `code` (GSS ↔ ODS).
-pub(crate) fn equivalents(tx: &ReadTransaction, code: &str) -> Result<Vec<String>, StoreError> {
+pub(crate) fn equivalents(tx: &impl Snapshot, code: &str) -> Result<Vec<String>, StoreError> {
     let Some(def) = active(tx, 2)? else {
         return Ok(Vec::new());
     };
-    let table = tx.open_table(def)?;
+    let table = tx.table(def)?;
     match table.get(code)? {
         Some(bytes) => Ok(String::from_utf8_lossy(bytes.value())
             .split(',')

@@ -10,7 +10,10 @@
 //!
 //! Every key is optional; unknown keys and bad values stop start-up with a message naming
 //! the key. Environment variables override the file (the list is [`ENV_OVERRIDES`]); a bad
-//! value names the variable. Secrets are never printed.
+//! value names the variable, and any other `NEMS_*` variable gets a warning naming it (a
+//! typo such as `NEMS_DATADIR` would otherwise be ignored; see [`unknown_variables`]).
+//! Secrets are never printed: errors in the file give the key, line and column, never the
+//! line itself.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +29,8 @@ use serde::Deserialize;
 pub trait Source {
     /// Returns the value of `name`, if set.
     fn get(&self, name: &str) -> Option<String>;
+    /// Returns the name of every variable set.
+    fn names(&self) -> Vec<String>;
 }
 
 /// The process environment.
@@ -40,11 +45,22 @@ impl Source for Environment {
         )]
         std::env::var(name).ok()
     }
+
+    fn names(&self) -> Vec<String> {
+        // `vars_os`: `vars` panics on a value that is not UTF-8, and only names are needed.
+        std::env::vars_os()
+            .map(|(name, _)| name.to_string_lossy().into_owned())
+            .collect()
+    }
 }
 
 impl Source for HashMap<String, String> {
     fn get(&self, name: &str) -> Option<String> {
         HashMap::get(self, name).cloned()
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.keys().cloned().collect()
     }
 }
 
@@ -160,6 +176,47 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("NEMS_PDS_TOKEN", "core.pds.bearer_token"),
 ];
 
+/// `NEMS_*` variables read elsewhere than [`ENV_OVERRIDES`], so not typos: the
+/// configuration file path (`nems --config`) and the test and benchmark tooling.
+pub const OTHER_VARIABLES: &[&str] = &[
+    "NEMS_CONFIG",
+    "NEMS_VENV",
+    "NEMS_REQUIRE_TOOLS",
+    "NEMS_BIN",
+    "NEMS_CRASH_SEED",
+];
+
+/// Prefixes of further tooling variables (`NEMS_BENCH_MAILBOXES`, ...).
+const OTHER_PREFIXES: &[&str] = &["NEMS_BENCH_"];
+
+/// The `NEMS_*` variables in `source` that nems does not read, sorted: most likely typos.
+pub fn unknown_variables(source: &dyn Source) -> Vec<String> {
+    let mut unknown: Vec<String> = source
+        .names()
+        .into_iter()
+        .filter(|name| name.starts_with("NEMS_"))
+        .filter(|name| {
+            let known = ENV_OVERRIDES.iter().any(|(known, _)| known == name)
+                || OTHER_VARIABLES.contains(&name.as_str())
+                || OTHER_PREFIXES.iter().any(|p| name.starts_with(p));
+            !known
+        })
+        .collect();
+    unknown.sort();
+    unknown
+}
+
+/// Logs a warning naming each of [`unknown_variables`] (never its value). Called once
+/// logging is set up, right after [`NemsConfig::load`].
+pub fn warn_unknown_variables(source: &dyn Source) {
+    for name in unknown_variables(source) {
+        tracing::warn!(
+            variable = %name,
+            "environment variable {name} is not a nems setting and is ignored (see `nems config` for the list)"
+        );
+    }
+}
+
 fn parsed<T: std::str::FromStr>(name: &str, value: &str) -> anyhow::Result<T>
 where
     T::Err: std::fmt::Display,
@@ -188,7 +245,9 @@ impl NemsConfig {
 
     /// Parses TOML text (no overrides, no validation).
     pub fn parse(text: &str) -> anyhow::Result<Self> {
-        let config: NemsConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        // Never `{e}`: toml's Display quotes the source line, which may hold a secret.
+        let config: NemsConfig = toml::from_str(text)
+            .map_err(|e| anyhow::anyhow!(nems_proto::config::describe_toml_error(text, &e)))?;
         if config.version != 1 {
             bail!(
                 "version = {} is not supported (this build reads version 1)",
@@ -392,6 +451,115 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("mesh_adapter.mesh.base_url"), "{e}");
+    }
+
+    #[test]
+    fn file_errors_never_show_a_secret() {
+        for (text, key) in [
+            // A misspelt secret key.
+            (
+                "[mesh_adapter.mesh]\nmailbox = \"MB\"\npasword = \"hunter2\"\n",
+                "pasword",
+            ),
+            // Unquoted secrets.
+            (
+                "[mesh_adapter.mesh]\npassword = hunter2\n",
+                "mesh_adapter.mesh.password",
+            ),
+            (
+                "[mesh_adapter.mesh]\nshared_key = hunter2\n",
+                "mesh_adapter.mesh.shared_key",
+            ),
+            (
+                "[core.pds]\nbase_url = \"https://pds.example\"\nbearer_token = hunter2\n",
+                "core.pds.bearer_token",
+            ),
+            // A secret that is not a string: serde's message would quote it.
+            (
+                "[mesh_adapter.mesh]\npassword = 2025\n",
+                "mesh_adapter.mesh.password",
+            ),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("nems.toml");
+            std::fs::write(&path, text).unwrap();
+            let e = format!(
+                "{:#}",
+                NemsConfig::load(Some(&path), &env(&[])).unwrap_err()
+            );
+            assert!(e.contains(key), "{e}");
+            assert!(e.contains("line "), "{e}");
+            assert!(!e.contains("hunter2") && !e.contains("2025"), "{e}");
+        }
+    }
+
+    #[test]
+    fn unknown_nems_variables_are_named_and_others_left_alone() {
+        let source = env(&[
+            ("NEMS_DATADIR", "/tmp/typo"),
+            ("NEMS_MESH_PASWORD", "hunter2"),
+            ("NEMS_DATA_DIR", "/tmp/d"),
+            ("NEMS_CONFIG", "/etc/nems.toml"),
+            ("NEMS_VENV", "/opt/venv"),
+            ("NEMS_REQUIRE_TOOLS", "1"),
+            ("NEMS_BENCH_MAILBOXES", "10"),
+            ("HOME", "/root"),
+        ]);
+        assert_eq!(
+            unknown_variables(&source),
+            ["NEMS_DATADIR", "NEMS_MESH_PASWORD"]
+        );
+        // Every documented override is known.
+        let all: HashMap<String, String> = ENV_OVERRIDES
+            .iter()
+            .map(|(name, _)| ((*name).to_string(), String::new()))
+            .collect();
+        assert!(unknown_variables(&all).is_empty());
+
+        // The warning names the variable, never its value.
+        let logged = capture_logs(|| warn_unknown_variables(&source));
+        assert!(
+            logged.contains("NEMS_DATADIR") && logged.contains("NEMS_MESH_PASWORD"),
+            "{logged}"
+        );
+        assert!(logged.contains("WARN"), "{logged}");
+        assert!(
+            !logged.contains("hunter2") && !logged.contains("/tmp/typo"),
+            "{logged}"
+        );
+        assert_eq!(logged.matches("WARN").count(), 2, "{logged}");
+    }
+
+    /// Runs `f` with a subscriber that writes into a buffer; returns what it wrote.
+    fn capture_logs(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = buffer.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn the_readme_lists_every_environment_override() {
+        let readme = include_str!("../../README.md");
+        for (name, _) in ENV_OVERRIDES {
+            assert!(readme.contains(&format!("`{name}`")), "README lacks {name}");
+        }
     }
 
     #[test]

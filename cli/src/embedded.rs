@@ -61,6 +61,7 @@ pub async fn load_reference_data(
         tracing::info!(
             file = name,
             rows = summary.rows,
+            bad = summary.bad,
             "embedded synthetic data loaded"
         );
     }

@@ -2,10 +2,11 @@
 //! its rows to core's operator API in batches. Core replaces the previous data set in one
 //! commit at the end (demographics are upserted); the request stream ends cleanly only
 //! after the whole file was read, so a file that fails part-way leaves the previous set in
-//! force. A progress bar with rate and ETA shows on a terminal; otherwise a plain line
-//! every few seconds.
+//! force. A progress bar with rate and ETA shows on a terminal; otherwise a plain line on
+//! stderr every few seconds. [`write_report`] prints the malformed rows and the totals; both
+//! go to stderr directly, not through tracing, so they show whatever the log level.
 
-use std::io::{IsTerminal, Read};
+use std::io::{IsTerminal, Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -184,12 +185,6 @@ pub async fn import_with<R: Read + Send + 'static>(
         Err(ReadError::Io(e)) => bail!("{name}: read failed: {e}"),
         Err(ReadError::Sink(e)) => bail!("{name}: {e}"),
     };
-    for bad in report.bad_rows.iter().take(20) {
-        tracing::warn!(file = name, "bad row {bad}");
-    }
-    if report.bad > 0 {
-        tracing::warn!(file = name, bad = report.bad, "rows refused as malformed");
-    }
     Ok(Summary {
         rows,
         bad: report.bad,
@@ -199,6 +194,57 @@ pub async fn import_with<R: Read + Send + 'static>(
 }
 
 use tokio_stream::StreamExt;
+
+/// Most malformed rows [`write_report`] lists.
+pub const REPORTED_BAD_ROWS: usize = 20;
+
+/// Writes what an import of `name` did for the person who ran it: the first
+/// [`REPORTED_BAD_ROWS`] malformed rows (line number and reason; reasons never quote
+/// values), how many more there were, and a totals line.
+pub fn write_report(
+    out: &mut dyn Write,
+    name: &str,
+    summary: &Summary,
+    elapsed: Duration,
+) -> std::io::Result<()> {
+    let listed = summary.bad_rows.len().min(REPORTED_BAD_ROWS);
+    for bad in &summary.bad_rows[..listed] {
+        writeln!(out, "import {name}: bad {bad}")?;
+    }
+    let unlisted = summary.bad.saturating_sub(listed as u64);
+    if unlisted > 0 {
+        writeln!(out, "import {name}: {unlisted} more bad rows not listed")?;
+    }
+    writeln!(
+        out,
+        "import {name}: {} rows stored, {} refused as malformed ({}, {:.1}s)",
+        summary.rows,
+        summary.bad,
+        summary.kind,
+        elapsed.as_secs_f64()
+    )
+}
+
+/// The progress line printed every few seconds when stderr is not a terminal.
+fn progress_line(name: &str, done: u64, size: Option<u64>, elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64().max(0.001);
+    let rate = done as f64 / secs;
+    match size {
+        Some(total) if total > 0 && rate > 0.0 => format!(
+            "import {name}: {:.0} of {:.0} MB ({:.0}%), {:.1} MB/s, eta {:.0}s",
+            done as f64 / 1e6,
+            total as f64 / 1e6,
+            100.0 * done as f64 / total as f64,
+            rate / 1e6,
+            (total.saturating_sub(done)) as f64 / rate
+        ),
+        _ => format!(
+            "import {name}: {:.0} MB read, {:.1} MB/s",
+            done as f64 / 1e6,
+            rate / 1e6
+        ),
+    }
+}
 
 /// What the reader task gives back.
 type ReadOutcome = Result<refdata::ReadReport, ReadError<&'static str>>;
@@ -263,24 +309,11 @@ impl Progress {
                 loop {
                     tokio::time::sleep(Duration::from_secs(5)).await;
                     let done = read.load(Ordering::Relaxed);
-                    let secs = started.elapsed().as_secs_f64().max(0.001);
-                    let rate = done as f64 / secs;
-                    let line = match size {
-                        Some(total) if total > 0 && rate > 0.0 => format!(
-                            "import {name}: {:.0} of {:.0} MB ({:.0}%), {:.1} MB/s, eta {:.0}s",
-                            done as f64 / 1e6,
-                            total as f64 / 1e6,
-                            100.0 * done as f64 / total as f64,
-                            rate / 1e6,
-                            (total.saturating_sub(done)) as f64 / rate
-                        ),
-                        _ => format!(
-                            "import {name}: {:.0} MB read, {:.1} MB/s",
-                            done as f64 / 1e6,
-                            rate / 1e6
-                        ),
-                    };
-                    tracing::info!("{line}");
+                    let line = progress_line(&name, done, size, started.elapsed());
+                    // Straight to stderr, not through tracing: progress is for the person
+                    // running the import, whatever the log level. A failed write (stderr
+                    // closed) only loses the line.
+                    let _ = writeln!(std::io::stderr().lock(), "{line}");
                 }
             });
             Progress {
@@ -297,5 +330,92 @@ impl Progress {
         if let Some(bar) = self.bar {
             bar.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_lines_give_the_share_rate_and_eta_when_the_size_is_known() {
+        let line = progress_line(
+            "nhg.csv",
+            50_000_000,
+            Some(200_000_000),
+            Duration::from_secs(10),
+        );
+        assert_eq!(
+            line,
+            "import nhg.csv: 50 of 200 MB (25%), 5.0 MB/s, eta 30s"
+        );
+        let line = progress_line("nhg.csv", 30_000_000, None, Duration::from_secs(10));
+        assert_eq!(line, "import nhg.csv: 30 MB read, 3.0 MB/s");
+        // Nothing read yet: no division by zero, no ETA.
+        let line = progress_line("nhg.csv", 0, Some(1_000), Duration::ZERO);
+        assert_eq!(line, "import nhg.csv: 0 MB read, 0.0 MB/s");
+    }
+
+    #[test]
+    fn the_report_lists_bad_rows_and_the_totals() {
+        let summary = Summary {
+            rows: 3,
+            bad: 5,
+            bad_rows: vec![
+                refdata::BadRow {
+                    line: 2,
+                    reason: "column pcds: not a valid postcode".into(),
+                },
+                refdata::BadRow {
+                    line: 4,
+                    reason: "row has 3 columns, the header 5".into(),
+                },
+            ],
+            kind: "NHSPD".into(),
+        };
+        let mut out = Vec::new();
+        write_report(&mut out, "nhg.csv", &summary, Duration::from_millis(1_500)).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "import nhg.csv: bad line 2: column pcds: not a valid postcode\n\
+             import nhg.csv: bad line 4: row has 3 columns, the header 5\n\
+             import nhg.csv: 3 more bad rows not listed\n\
+             import nhg.csv: 3 rows stored, 5 refused as malformed (NHSPD, 1.5s)\n"
+        );
+        // At most REPORTED_BAD_ROWS are listed, whatever the summary kept.
+        let many = Summary {
+            bad: 30,
+            bad_rows: (1..=25)
+                .map(|line| refdata::BadRow {
+                    line,
+                    reason: "column pcds: not a valid postcode".into(),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        write_report(&mut out, "big.csv", &many, Duration::ZERO).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text.matches(": bad line ").count(),
+            REPORTED_BAD_ROWS,
+            "{text}"
+        );
+        assert!(
+            text.contains("bad line 20:") && !text.contains("bad line 21:"),
+            "{text}"
+        );
+        assert!(text.contains("10 more bad rows not listed"), "{text}");
+        let clean = Summary {
+            rows: 7,
+            kind: "epraccur".into(),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        write_report(&mut out, "epraccur.csv", &clean, Duration::ZERO).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "import epraccur.csv: 7 rows stored, 0 refused as malformed (epraccur, 0.0s)\n"
+        );
     }
 }

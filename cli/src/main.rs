@@ -70,6 +70,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = config::NemsConfig::load(cli.config.as_deref(), &config::Environment)?;
     logging::init(&config.log);
+    config::warn_unknown_variables(&config::Environment);
     match cli.command {
         Command::Up => run::up(config, run::on_signal()).await,
         Command::Core => run::core(config, run::on_signal()).await,
@@ -87,7 +88,8 @@ async fn main() -> anyhow::Result<()> {
             let started = std::time::Instant::now();
             let s = import::import_with(reader, &name, &url, operator_tls(&config)?, true, size)
                 .await?;
-            tracing::info!(kind = %s.kind, rows = s.rows, bad = s.bad, seconds = started.elapsed().as_secs_f64(), "import finished");
+            import::write_report(&mut std::io::stderr().lock(), &name, &s, started.elapsed())
+                .context("writing the import report")?;
             Ok(())
         }
         Command::Admin(command) => {

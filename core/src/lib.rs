@@ -7,7 +7,7 @@
 //! - `config.rs`: the `[core]` configuration section.
 //! - `domain/`: every NEMS rule as pure functions (criteria grammar, subscription and event
 //!   validation, event catalogue, NHS numbers, FHIR dates).
-//! - `directory.rs`: the Spine directory and its permission checks.
+//! - `directory/`: the Spine directory and its permission checks.
 //! - `service/`: thin gRPC services over the domain and the store.
 //! - `store/`: synchronous redb code; one writer thread with group commit.
 //! - `refdata/`: readers for the official reference files and the demographics CSV.

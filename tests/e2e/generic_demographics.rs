@@ -1,8 +1,10 @@
 //! The demographics store behind generic matching, end to end over HTTP: PDS events the
 //! service accepts update the store (change of GP, change of address, record change
-//! setting and clearing the S flag), so later events from other publishers match by the
-//! new facts even when the publisher's own copy of the patient is stale; and a PDS event
-//! older (`MessageHeader.meta.lastUpdated`) than what the store holds never overwrites it.
+//! setting and clearing the S flag, with a `U` label or with none), so later events from
+//! other publishers match by the new facts even when the publisher's own copy of the
+//! patient is stale; a record change is itself matched with the flag it states; and a PDS
+//! event older (`MessageHeader.meta.lastUpdated`) than what the store holds never
+//! overwrites it.
 
 use nems_e2e::stack::TestStack;
 
@@ -118,23 +120,61 @@ async fn generic_a_record_change_sets_and_clears_the_s_flag() {
         &generic("CHO_POSTCODE_CCG", "15F", "vaccinations-1", ""),
     )
     .await;
+    // The record changes themselves go to MBX2: one that sets the flag is suppressed, one
+    // that clears it is delivered.
+    subscribe(
+        &stack,
+        MBX2,
+        &generic("CHO_POSTCODE_CCG", "15F", "pds-record-change-1", ""),
+    )
+    .await;
     let vaccinate = || vaccination(P_RECORD_CHANGE, "1977-07-07", None, None);
     let before = vaccinate();
     let restrict = record_change(P_RECORD_CHANGE, "R", "2025-01-01T00:00:00+00:00");
     let while_flagged = vaccinate();
     let unrestrict = record_change(P_RECORD_CHANGE, "U", "2025-02-01T00:00:00+00:00");
     let after = vaccinate();
-    for event in [&before, &restrict, &while_flagged, &unrestrict, &after] {
+    // Again, now cleared by a record change whose Patient has no security label at all.
+    let restrict_again = record_change(P_RECORD_CHANGE, "R", "2025-03-01T00:00:00+00:00");
+    let flagged_again = vaccinate();
+    let unlabelled = record_change_without_label(P_RECORD_CHANGE, "2025-04-01T00:00:00+00:00");
+    let after_unlabelled = vaccinate();
+    for event in [
+        &before,
+        &restrict,
+        &while_flagged,
+        &unrestrict,
+        &after,
+        &restrict_again,
+        &flagged_again,
+        &unlabelled,
+        &after_unlabelled,
+    ] {
         publish(&stack, event).await;
     }
     let delivered = settled(&stack).await;
     assert_eq!(mailboxes_of(&delivered, &before), set(&[MBX1]));
+    assert_eq!(mailboxes_of(&delivered, &restrict), set(&[]));
     assert_eq!(mailboxes_of(&delivered, &while_flagged), set(&[]));
+    assert_eq!(mailboxes_of(&delivered, &unrestrict), set(&[MBX2]));
     assert_eq!(mailboxes_of(&delivered, &after), set(&[MBX1]));
+    assert_eq!(mailboxes_of(&delivered, &restrict_again), set(&[]));
+    assert_eq!(mailboxes_of(&delivered, &flagged_again), set(&[]));
+    assert_eq!(
+        mailboxes_of(&delivered, &unlabelled),
+        set(&[MBX2]),
+        "a record change without a label clears the flag for itself too"
+    );
+    assert_eq!(mailboxes_of(&delivered, &after_unlabelled), set(&[MBX1]));
     assert_eq!(
         suppressed(&stack, MBX1).await,
-        1,
-        "the flagged event is in the ledger as suppressed"
+        2,
+        "the flagged vaccinations are in the ledger as suppressed"
+    );
+    assert_eq!(
+        suppressed(&stack, MBX2).await,
+        2,
+        "the record changes setting the flag are in the ledger as suppressed"
     );
     stack.shutdown().await;
 }

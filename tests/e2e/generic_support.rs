@@ -306,6 +306,31 @@ pub(crate) fn record_change(nhs: &str, security: &str, last_updated: &str) -> Ev
     )
 }
 
+/// A PDS record change whose Patient has no security label at all (PDS sends the whole
+/// record, so this clears an S or I flag), as of `last_updated`.
+pub(crate) fn record_change_without_label(nhs: &str, last_updated: &str) -> Event {
+    let start = RECORD_CHANGE
+        .find("<security>")
+        .expect("the template has a security label");
+    let end = RECORD_CHANGE
+        .find("</security>")
+        .expect("the template has a security label")
+        + "</security>".len();
+    let template = format!("{}{}", &RECORD_CHANGE[..start], &RECORD_CHANGE[end..]);
+    let event = fill(
+        &template,
+        "pds-record-change-1",
+        PDS,
+        &[
+            ("NHS", nhs.into()),
+            ("BIRTH_DATE", "1977-07-07".into()),
+            ("LAST_UPDATED", last_updated.into()),
+        ],
+    );
+    assert!(!event.xml.contains("<security>"), "{}", event.xml);
+    event
+}
+
 /// Publishes an event over HTTP; it must be accepted (`202`).
 pub(crate) async fn publish(stack: &TestStack, event: &Event) {
     let response = stack

@@ -3,6 +3,7 @@
 
 mod abuse;
 mod crash;
+mod directory_runtime;
 mod foundation;
 mod ops;
 

@@ -1,6 +1,6 @@
 //! Who may publish what, and when (nems.md §2.5, §7; decisions.md §2, §13, §14): an ASID
-//! without the event's message set, a non-PDS ASID publishing a PDS event (under any
-//! InteractionID), an unknown ASID and an organisation not linked to the ASID are refused
+//! without the event's message set (the PDS publisher included: it may publish PDS events
+//! only), a non-PDS ASID publishing a PDS event (under any InteractionID), an unknown ASID and an organisation not linked to the ASID are refused
 //! with `403`; a withdrawn event type is refused with `400 WITHDRAWN`, while deprecated and
 //! no-longer-supported ones are accepted with `202` and an information OperationOutcome.
 
@@ -31,6 +31,17 @@ async fn publish_refuses_asids_not_allowed_to_publish_the_event() {
             status: 403,
             code: "ASID_CHECK_FAILED",
             mentions: &["200000000222", "vaccinations-1"],
+        },
+        // decisions.md §14 reserves pds-* events for the PDS publisher; it grants nothing
+        // else, so the PDS publisher needs the message set like any other ASID.
+        Case {
+            what: "PDS publisher publishing vaccinations without the message set",
+            caller: spine::PDS,
+            interaction: "Vaccinations",
+            body: vaccination(),
+            status: 403,
+            code: "ASID_CHECK_FAILED",
+            mentions: &["200000000333", "vaccinations-1", "message set Vaccinations"],
         },
         Case {
             what: "subscriber ASID publishing a PDS event",

@@ -9,8 +9,9 @@
 //! `INVALID_REQUEST_MESSAGE` (criteria grammar, unknown mailbox, past `end`),
 //! `INVALID_ELEMENT` (client `id`, `meta.versionId`, `meta.lastUpdated`), `ASID_CHECK_FAILED`
 //! (unknown ASID, wrong `toASID`), `ACCESS_DENIED` (organisation not linked, category bags,
-//! another organisation's mailbox), `NO_RECORD_FOUND` (unknown id, another organisation's
-//! subscription, after delete), `ORGANISATION_NOT_FOUND`, `MSG_RESOURCE_ID_FAIL` (`PUT`),
+//! another organisation's mailbox, an unknown contact organisation, answered like one not
+//! linked so that ODS codes are not revealed: decisions.md §13), `NO_RECORD_FOUND` (unknown id,
+//! another organisation's subscription, after delete), `MSG_RESOURCE_ID_FAIL` (`PUT`),
 //! `UNSUPPORTED_MEDIA_TYPE` (`Content-Type`, `Accept`, `_format`), `INVALID_RESOURCE`,
 //! `DUPLICATE_REJECTED` (naming the existing id), and the event lifecycle:
 //! `NO_LONGER_SUPPORTED` and `WITHDRAWN` refuse, `DEPRECATED` creates with an information
@@ -872,12 +873,15 @@ pub(crate) async fn permissions(api: &Api<'_>) {
             "not linked",
             create_as(OTHER, Sub::new("RR8", "RR8MBX01", &vaccinations)),
         ),
+        // decisions.md §13: a contact ODS not linked to the ASID is 403 ACCESS_DENIED; an
+        // unknown one is not linked either, and the same answer does not reveal which ODS
+        // codes the directory holds.
         case(
             "an unknown contact organisation",
-            404,
-            "ORGANISATION_NOT_FOUND",
-            "not-found",
-            "not known",
+            403,
+            "ACCESS_DENIED",
+            "forbidden",
+            "the contact organisation Z99999 is not linked to ASID 200000000111",
             create(Sub::new("Z99999", "RR8MBX01", &vaccinations)),
         ),
     ];

@@ -191,7 +191,7 @@ pub(crate) async fn parity(api: &Api<'_>) {
             "unknown organisation",
             SUBSCRIBER,
             with(|s| s.contact_ods = "Z99999".into()),
-            "ORGANISATION_NOT_FOUND",
+            "ACCESS_DENIED",
         ),
         (
             "unknown ASID",

@@ -23,7 +23,7 @@
 //! description = "Leeds CHO inbox"        # optional
 //! ```
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 
 use nems_proto::spine::SpineCode;
@@ -101,7 +101,9 @@ impl DirectoryFile {
 
     /// Parses and checks directory TOML.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let file: DirectoryFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        // Never `e.to_string()`: toml's Display quotes the source line.
+        let file: DirectoryFile =
+            toml::from_str(text).map_err(|e| nems_proto::config::describe_toml_error(text, &e))?;
         for s in &file.system {
             check_system(&s.to_pb()).map_err(|e| format!("system {}: {e}", s.asid))?;
         }
@@ -185,7 +187,6 @@ fn is_code(s: &str) -> bool {
 pub struct Directory {
     systems: HashMap<String, pb::SpineSystem>,
     mailboxes: HashMap<String, pb::MeshMailbox>,
-    known_ods: HashSet<String>,
 }
 
 fn denied(text: impl Into<String>) -> Rejection {
@@ -195,20 +196,12 @@ fn denied(text: impl Into<String>) -> Rejection {
 impl Directory {
     /// Builds a snapshot.
     pub fn new(systems: Vec<pb::SpineSystem>, mailboxes: Vec<pb::MeshMailbox>) -> Self {
-        let mut known_ods = HashSet::new();
-        for s in &systems {
-            known_ods.extend(s.ods_codes.iter().cloned());
-        }
-        for m in &mailboxes {
-            known_ods.insert(m.ods_code.clone());
-        }
         Directory {
             systems: systems.into_iter().map(|s| (s.asid.clone(), s)).collect(),
             mailboxes: mailboxes
                 .into_iter()
                 .map(|m| (m.mailbox_id.clone(), m))
                 .collect(),
-            known_ods,
         }
     }
 
@@ -275,16 +268,9 @@ impl Directory {
                 )));
             }
         }
+        // An ODS code the directory does not know is answered like any other code not linked
+        // to the ASID (decisions.md §13), so that answers do not reveal which codes exist.
         let contact = &subscription.contact_ods;
-        if !self.known_ods.contains(contact) {
-            return Err(Rejection::new(
-                SpineCode::OrganisationNotFound,
-                format!(
-                    "the contact organisation {} is not known",
-                    shown_code(contact)
-                ),
-            ));
-        }
         if !system.ods_codes.contains(contact) {
             return Err(denied(format!(
                 "the contact organisation {} is not linked to ASID {}",
@@ -330,11 +316,12 @@ impl Directory {
                 ),
             ));
         }
-        let allowed = system.pds_publisher
-            || system.publish_message_sets.iter().any(|m| {
-                m.eq_ignore_ascii_case(&event_type.publish_interaction_code)
-                    || m.eq_ignore_ascii_case(&event_type.code)
-            });
+        // Being the PDS publisher grants pds-* events only; other events need their
+        // message set like any other ASID.
+        let allowed = system.publish_message_sets.iter().any(|m| {
+            m.eq_ignore_ascii_case(&event_type.publish_interaction_code)
+                || m.eq_ignore_ascii_case(&event_type.code)
+        });
         if allowed {
             Ok(())
         } else {

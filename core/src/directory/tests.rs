@@ -110,19 +110,20 @@ fn subscription_permission_table() {
             Some(SpineCode::AccessDenied),
             "NEMS_SUBS_TYPE:EXPLICIT",
         ),
-        // Contact organisation unknown anywhere.
+        // Contact organisation unknown anywhere: answered as not linked, so that answers
+        // do not reveal which ODS codes exist.
         (
             &sys,
             subscription("ZZZ", "RR8MBX01", ADDRESS),
-            Some(SpineCode::OrganisationNotFound),
-            "not known",
+            Some(SpineCode::AccessDenied),
+            "the contact organisation ZZZ is not linked to ASID 200000000111",
         ),
         // Contact organisation known but not linked to the ASID.
         (
             &sys,
             subscription("ABC", "RR8MBX01", ADDRESS),
             Some(SpineCode::AccessDenied),
-            "not linked",
+            "the contact organisation ABC is not linked to ASID 200000000111",
         ),
         // Unknown mailbox.
         (
@@ -173,6 +174,13 @@ fn publish_permissions() {
         d.authorise_publish(pds, c.get("pds-change-of-gp-1").unwrap())
             .is_ok()
     );
+    // Being the PDS publisher grants pds-* events only (decisions.md §14): other events
+    // need their message set, as for any ASID.
+    let e = d
+        .authorise_publish(pds, c.get("vaccinations-1").unwrap())
+        .unwrap_err();
+    assert_eq!(e.code, SpineCode::AsidCheckFailed);
+    assert!(e.diagnostics.contains("Vaccinations"), "{}", e.diagnostics);
 }
 
 #[test]
@@ -183,4 +191,23 @@ fn directory_file_errors_name_the_entry() {
     assert!(e.contains("colour"), "{e}");
     let e = DirectoryFile::parse("[[mailbox]]\nid = \"a b\"\nods_code = \"X\"\n").unwrap_err();
     assert!(e.contains("mailbox a b"), "{e}");
+}
+
+#[test]
+fn directory_file_syntax_errors_give_key_and_position_but_not_the_line() {
+    // toml's own Display would print the whole offending line.
+    let e = DirectoryFile::parse(
+        "[[system]]\nasid = \"200000000111\"\ndescription = Leeds child health\n",
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("system.description") && e.contains("line 3"),
+        "{e}"
+    );
+    assert!(!e.contains("Leeds"), "{e}");
+    let e = DirectoryFile::parse("[[mailbox]]\nid = \"RR8MBX01\"\nods_code = 42\n").unwrap_err();
+    assert!(
+        e.contains("mailbox.ods_code") && e.contains("line 3"),
+        "{e}"
+    );
 }

@@ -99,7 +99,8 @@ pub fn parse(criteria: &str, catalogue: &Catalogue) -> Result<pb::Criteria, Reje
         && !SERVICE_TYPES.contains(&service_type.as_str())
     {
         return Err(invalid(format!(
-            "serviceType must be one of GP, CHO, UHV, EPCHR (got `{service_type}`)"
+            "serviceType must be one of GP, CHO, UHV, EPCHR (got `{}`)",
+            truncate(service_type, 20)
         )));
     }
     out.event_codes = events(&components.events, kind, catalogue)?;
@@ -122,7 +123,8 @@ pub fn parse(criteria: &str, catalogue: &Catalogue) -> Result<pb::Criteria, Reje
             let rule_text = components.rule.as_deref().unwrap_or_default();
             let rule = parse_rule(rule_text).ok_or_else(|| {
                 invalid(format!(
-                    "subscriptionRuleType `{rule_text}` is not one of CHO_POSTCODE_CCG, CHO_GP_CCG, GP_GP_GP, UHV_POSTCODE_LACODE, COUNTRYCODE"
+                    "subscriptionRuleType `{}` is not one of CHO_POSTCODE_CCG, CHO_GP_CCG, GP_GP_GP, UHV_POSTCODE_LACODE, COUNTRYCODE",
+                    truncate(rule_text, 40)
                 ))
             })?;
             let Some(organisation) = components.organisation.as_deref() else {
@@ -179,10 +181,17 @@ fn split(criteria: &str) -> Result<Components, Rejection> {
                 index + 1
             ))
         })?;
-        let value = percent_decode(raw_value)
-            .ok_or_else(|| invalid(format!("{name} has a malformed percent-encoding")))?;
+        let value = percent_decode(raw_value).ok_or_else(|| {
+            invalid(format!(
+                "criteria parameter `{}` has a malformed percent-encoding",
+                truncate(name, 60)
+            ))
+        })?;
         if value.is_empty() {
-            return Err(invalid(format!("{name} has an empty value")));
+            return Err(invalid(format!(
+                "criteria parameter `{}` has an empty value",
+                truncate(name, 60)
+            )));
         }
         if index == 0 {
             if name != "type" || value != "message" {
@@ -364,7 +373,8 @@ fn organisation_code(rule: pb::RuleType, value: &str) -> Result<String, Rejectio
     }
     if rule == pb::RuleType::Countrycode && !COUNTRY_CODES.contains(&code.as_str()) {
         return Err(invalid(format!(
-            "Organization.identifier `{code}` is not a country code: use one of {}",
+            "Organization.identifier `{}` is not a country code: use one of {}",
+            truncate(&code, 20),
             COUNTRY_CODES.join(", ")
         )));
     }

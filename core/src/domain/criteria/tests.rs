@@ -165,12 +165,44 @@ fn rejected_criteria_give_their_spine_code() {
 
 #[test]
 fn diagnostics_never_echo_numbers_given_as_names_or_codes() {
-    let (_, text) = err(&format!(
-        "/Bundle?type=message&Patient.identifier={NHS}&MessageHeader.event={NHS}"
-    ));
-    assert!(!text.contains(NHS), "{text}");
-    let (_, text) = err(&format!(
-        "/Bundle?type=message&Patient.identifier={NHS}&MessageHeader.event=vaccinations-1&{NHS}=x"
-    ));
-    assert!(!text.contains(NHS), "{text}");
+    let explicit = format!("Patient.identifier={NHS}&MessageHeader.event=vaccinations-1");
+    // Each row is rejected for the number it carries where a name or code belongs; the
+    // needle shows that it is that rule (not an earlier one) that answered.
+    for (criteria, needle) in [
+        (
+            format!("/Bundle?type=message&Patient.identifier={NHS}&MessageHeader.event={NHS}"),
+            "EventType-1",
+        ),
+        (
+            format!("/Bundle?type=message&{explicit}&{NHS}=x"),
+            "is not supported",
+        ),
+        (
+            format!("/Bundle?type=message&{explicit}&{NHS}="),
+            "empty value",
+        ),
+        (
+            format!("/Bundle?type=message&{explicit}&{NHS}=%ZZ"),
+            "percent-encoding",
+        ),
+        (
+            format!("/Bundle?type=message&{explicit}&serviceType={NHS}"),
+            "serviceType",
+        ),
+        (
+            format!(
+                "/Bundle?type=message&subscriptionRuleType={NHS}&Organization.identifier=15F&MessageHeader.event=vaccinations-1"
+            ),
+            "subscriptionRuleType",
+        ),
+    ] {
+        let (code, text) = err(&criteria);
+        assert_eq!(code, SpineCode::InvalidRequestMessage, "{criteria}: {text}");
+        assert!(
+            text.contains(needle),
+            "{criteria}: `{text}` lacks `{needle}`"
+        );
+        assert!(!text.contains(NHS), "diagnostics echo the number: {text}");
+        assert!(text.contains("(value not shown)"), "{text}");
+    }
 }

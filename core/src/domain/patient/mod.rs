@@ -44,7 +44,8 @@ pub struct EventFacts {
     /// Home postcodes to test postcode rules against (normalised); for a change of
     /// address both the new and the old.
     pub postcodes: Vec<String>,
-    /// S/I flag stated by the event itself (record change).
+    /// S/I flag stated by the event itself: set for every record change (unspecified when
+    /// its Patient has no S/I label), `None` for other events.
     pub flag: Option<pb::PatientFlag>,
 }
 
@@ -102,6 +103,12 @@ pub fn flag_of(patient: &pb::PatientSummary) -> Option<pb::PatientFlag> {
     }
 }
 
+/// The S/I flag a record change states: PDS sends the whole record, so a Patient without a
+/// meaningful security label says the patient has no flag (the earlier one is cleared).
+fn record_change_flag(patient: &pb::PatientSummary) -> pb::PatientFlag {
+    flag_of(patient).unwrap_or(pb::PatientFlag::Unspecified)
+}
+
 /// The facts of an event for matching.
 pub fn facts(event: &ValidEvent) -> EventFacts {
     let code = event.event_type.code.as_str();
@@ -115,8 +122,10 @@ pub fn facts(event: &ValidEvent) -> EventFacts {
         .as_ref()
         .map(|p| home_postcodes(p, code == "pds-change-of-address-1"))
         .unwrap_or_default();
+    // The same flag the demographics update records (see `updates`), so that the record
+    // change that clears a flag is itself matched without the flag it clears.
     let flag = (code == "pds-record-change-1")
-        .then(|| patient.as_ref().and_then(flag_of))
+        .then(|| patient.as_ref().map(record_change_flag))
         .flatten();
     EventFacts {
         patient,
@@ -164,7 +173,7 @@ pub fn updates(event: &ValidEvent, accepted_ms: u64) -> Vec<DemographicUpdate> {
                 });
             }
             "pds-record-change-1" => {
-                u.flag = Some(flag_of(p).unwrap_or(pb::PatientFlag::Unspecified));
+                u.flag = Some(record_change_flag(p));
                 if !p.birth_date.is_empty() {
                     u.birth_date = Some(p.birth_date.clone());
                 }

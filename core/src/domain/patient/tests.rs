@@ -128,6 +128,25 @@ fn gp_death_and_flags() {
 }
 
 #[test]
+fn a_record_change_without_a_label_states_no_flag_for_matching_and_the_store_alike() {
+    // Regression: facts() gave `None` here (so matching fell back to the stored S flag and
+    // suppressed this very event) while updates() cleared the stored flag.
+    let unlabelled = event(
+        "pds-record-change-1",
+        pb::PatientSummary {
+            birth_date: "1977-07-07".into(),
+            ..Default::default()
+        },
+    );
+    let stated = facts(&unlabelled).flag;
+    assert_eq!(stated, Some(pb::PatientFlag::Unspecified));
+    assert_eq!(updates(&unlabelled, 0)[0].flag, stated);
+    // Other events state no flag: matching reads the stored one.
+    let vaccination = event("vaccinations-1", pb::PatientSummary::default());
+    assert_eq!(facts(&vaccination).flag, None);
+}
+
+#[test]
 fn birth_without_mother_uses_and_records_the_baby() {
     let mut e = event("pds-birth-notification-1", pb::PatientSummary::default());
     e.nhs_number = None;

@@ -567,5 +567,28 @@ mod tests {
         let text = include_str!("../../config/nems.example.toml");
         let c = NemsConfig::parse(text).unwrap();
         c.validate().unwrap();
+        assert!(
+            c.core.lease_timeout > c.mesh_adapter.mesh.attempt_budget(),
+            "the example's lease outlasts a MESH attempt"
+        );
+    }
+
+    #[test]
+    fn the_default_lease_outlasts_a_mesh_attempt_with_room_to_spare() {
+        // One attempt: up to three MESH requests (tracking, send, reconciling tracking),
+        // each bounded by the request timeout (connecting included). A lease that ran out
+        // first would let core hand the delivery out again while its send is still open.
+        let c = NemsConfig::default();
+        let attempt = c.mesh_adapter.mesh.attempt_budget();
+        assert_eq!(attempt, 3 * c.mesh_adapter.mesh.request_timeout);
+        assert!(
+            c.mesh_adapter.mesh.connect_timeout < c.mesh_adapter.mesh.request_timeout,
+            "connecting fits inside a request's timeout"
+        );
+        assert!(
+            c.core.lease_timeout >= attempt + std::time::Duration::from_secs(60),
+            "lease {:?} vs attempt {attempt:?}",
+            c.core.lease_timeout
+        );
     }
 }

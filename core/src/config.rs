@@ -35,6 +35,10 @@ pub struct CoreConfig {
     /// Memory for the store's page cache, in MiB (hot subscription indexes, queued rows).
     pub cache_mib: usize,
     /// How long a delivery handed to an adapter stays leased before it is handed out again.
+    /// Must exceed the longest attempt an adapter may make (the MESH adapter: 3 ×
+    /// `mesh_adapter.mesh.request_timeout`, 3 min by default), else a slow send can be handed
+    /// out a second time while it is still open; it also bounds how long a crashed adapter's
+    /// deliveries wait before they are handed out again.
     #[serde(with = "duration")]
     pub lease_timeout: Duration,
     /// Default most unacknowledged deliveries per adapter stream.
@@ -79,7 +83,7 @@ impl Default for CoreConfig {
             write_queue: 8192,
             max_batch: 1024,
             cache_mib: 256,
-            lease_timeout: Duration::from_secs(120),
+            lease_timeout: Duration::from_secs(5 * 60),
             max_in_flight: 256,
             max_in_flight_per_mailbox: 8,
             ledger_retention: Duration::from_secs(90 * 24 * 3600),

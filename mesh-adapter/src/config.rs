@@ -42,7 +42,8 @@ pub struct AdapterConfig {
     /// Longest retry delay.
     #[serde(with = "duration")]
     pub retry_max_delay: Duration,
-    /// How long after acceptance a delivery is retried before it is dead-lettered.
+    /// How long a transiently failing delivery is retried before it is dead-lettered,
+    /// counted from its acceptance or, when later, its last redrive.
     #[serde(with = "duration")]
     pub retry_max_elapsed: Duration,
     /// MESH settings (used when `sink = "mesh"`).
@@ -71,10 +72,15 @@ pub struct MeshSettings {
     pub client_key_file: Option<PathBuf>,
     /// Payloads above this many bytes are sent in gzip chunks.
     pub chunk_size: usize,
-    /// Time allowed to connect.
+    /// Time allowed to connect (part of each request's `request_timeout`).
     #[serde(with = "duration")]
     pub connect_timeout: Duration,
-    /// Time allowed for one MESH request.
+    /// Time allowed for one MESH request, connecting included. One delivery attempt makes
+    /// up to three unchunked requests (a tracking lookup before a repeated send, the send,
+    /// a tracking lookup after an ambiguous send), so it may take 3 × this; core's
+    /// `lease_timeout` must be longer, or core hands a delivery out again while its send
+    /// may still be open (the adapter warns when it is not). Chunked sends make one request
+    /// per chunk.
     #[serde(with = "duration")]
     pub request_timeout: Duration,
     /// How often the service mailbox is polled for non-delivery reports.
@@ -99,6 +105,19 @@ impl std::fmt::Debug for MeshSettings {
     }
 }
 
+/// Default `request_timeout`: ample for a NEMS message (kilobytes), and 3 × it (one
+/// attempt at worst) stays well inside core's default 5-minute lease.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl MeshSettings {
+    /// The longest one unchunked delivery attempt may take: three requests (tracking
+    /// lookup, send, reconciling lookup), each bounded by `request_timeout`, which covers
+    /// connecting too.
+    pub fn attempt_budget(&self) -> Duration {
+        self.request_timeout.saturating_mul(3)
+    }
+}
+
 impl Default for MeshSettings {
     fn default() -> Self {
         MeshSettings {
@@ -111,7 +130,7 @@ impl Default for MeshSettings {
             client_key_file: None,
             chunk_size: crate::mesh::DEFAULT_CHUNK_SIZE,
             connect_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(120),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
             report_poll_interval: Duration::from_secs(300),
             unready_after: Duration::from_secs(300),
         }

@@ -84,6 +84,10 @@ pub async fn run(
             SinkKind::Mesh => "mesh",
         },
         health: Arc::new(metrics::MeshHealth::default()),
+        attempt_budget: match config.sink {
+            SinkKind::Folder => None,
+            SinkKind::Mesh => Some(config.mesh.attempt_budget()),
+        },
     };
     let _ = metrics::metrics();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -109,7 +113,8 @@ pub async fn run(
             tracing::info!(base_url = %client.base_url(), mailbox = %client.mailbox(), "mesh adapter delivering to MESH");
             let health = settings.health.clone();
             let after = config.mesh.unready_after;
-            nems_proto::ops::set_check("mesh", move || health.check(after));
+            let check = health.clone();
+            nems_proto::ops::set_check("mesh", move || check.check(after));
             let sink = Arc::new(sink::mesh::MeshSink::new(client.clone()));
             let reporter = DeliveryServiceClient::new(channel.clone());
             let handler = move |report: reports::MeshReport| {
@@ -129,6 +134,7 @@ pub async fn run(
                     client,
                     config.mesh.report_poll_interval,
                     handler,
+                    health,
                     stopped(stop_rx)
                 ),
             );

@@ -10,6 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
+use crate::error::DeliveryError;
 use crate::sink::SinkOutcome;
 
 /// Sink and outcome labels.
@@ -102,30 +103,53 @@ pub fn record(sink: &'static str, outcome: &SinkOutcome, took: Duration) {
     }
 }
 
-/// Tracks whether MESH answers: failing since the first unanswered attempt after the last
-/// answer. MESH counts as answering when it accepted, refused, or throttled a send.
+/// The prefix the MESH sink puts before the code of a failed tracking lookup.
+pub const TRACKING_PREFIX: &str = "TRACKING_";
+
+/// True when a failure code means MESH did not answer: a 5xx, a request that could not be
+/// sent (`CONNECT`), a connection that broke or timed out before the answer (`CONNECTION`,
+/// `TIMEOUT`) or an ambiguous send tracking could not settle (`AMBIGUOUS`). A failed
+/// tracking lookup (`TRACKING_<code>`) is classified by its own code. Any other code (4xx,
+/// 429, a MESH error code, an unreadable answer) means MESH answered.
+pub fn means_unreachable(code: &str) -> bool {
+    let code = code.strip_prefix(TRACKING_PREFIX).unwrap_or(code);
+    code.starts_with('5') || matches!(code, "CONNECT" | "CONNECTION" | "TIMEOUT" | "AMBIGUOUS")
+}
+
+/// Tracks whether MESH answers: failing since the first unanswered call after the last
+/// answer. MESH counts as answering when it accepted, refused, or throttled a request.
+/// Delivery attempts ([`MeshHealth::note`]) and the report poller's handshakes and polls
+/// ([`MeshHealth::note_call`]) feed the same state.
 #[derive(Debug, Default)]
 pub struct MeshHealth {
     failing_since: Mutex<Option<Instant>>,
 }
 
 impl MeshHealth {
-    /// Notes an attempt's outcome.
+    /// Notes a delivery attempt's outcome.
     pub fn note(&self, outcome: &SinkOutcome) {
         let unreachable = match outcome {
-            SinkOutcome::Retry { code, .. } => {
-                code.starts_with('5')
-                    || code == "CONNECT"
-                    || code == "AMBIGUOUS"
-                    || code == "TIMEOUT"
-            }
-            _ => false,
+            SinkOutcome::Retry { code, .. } => means_unreachable(code),
+            SinkOutcome::Sent { .. } | SinkOutcome::Refused { .. } => false,
         };
+        self.note_reachable(!unreachable);
+    }
+
+    /// Notes the result of any other MESH call (handshake, inbox poll).
+    pub fn note_call<T>(&self, result: &Result<T, DeliveryError>) {
+        let unreachable = result
+            .as_ref()
+            .err()
+            .is_some_and(|e| means_unreachable(e.code()));
+        self.note_reachable(!unreachable);
+    }
+
+    fn note_reachable(&self, reachable: bool) {
         if let Ok(mut since) = self.failing_since.lock() {
-            match (unreachable, since.is_some()) {
-                (true, false) => *since = Some(Instant::now()),
-                (false, _) => *since = None,
-                (true, true) => {}
+            match (reachable, since.is_some()) {
+                (false, false) => *since = Some(Instant::now()),
+                (true, _) => *since = None,
+                (false, true) => {}
             }
         }
     }
@@ -167,6 +191,86 @@ mod tests {
         h.note(&SinkOutcome::Sent {
             message_id: "m".into(),
         });
+        assert!(h.check(Duration::ZERO).is_ok());
+    }
+
+    fn retry(code: &str) -> SinkOutcome {
+        SinkOutcome::Retry {
+            code: code.into(),
+            reason: "r".into(),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn classifies_failure_codes_including_tracking_lookups() {
+        for code in [
+            "500",
+            "502",
+            "503",
+            "504",
+            "CONNECT",
+            "CONNECTION",
+            "TIMEOUT",
+            "AMBIGUOUS",
+            "TRACKING_503",
+            "TRACKING_CONNECT",
+            "TRACKING_CONNECTION",
+            "TRACKING_TIMEOUT",
+        ] {
+            assert!(means_unreachable(code), "{code} means MESH did not answer");
+        }
+        for code in [
+            "429",
+            "401",
+            "403",
+            "408",
+            "12",
+            "INVALID_RESPONSE",
+            "TRACKING_429",
+            "TRACKING_INVALID_RESPONSE",
+            "GZIP",
+        ] {
+            assert!(!means_unreachable(code), "{code} is an answer from MESH");
+        }
+    }
+
+    #[test]
+    fn repeated_attempts_failing_their_tracking_lookup_keep_mesh_unreachable() {
+        // Every attempt after the first asks tracking first: during an outage those
+        // lookups fail, and must not count as MESH answering.
+        let h = MeshHealth::default();
+        h.note(&retry("CONNECT"));
+        for code in ["TRACKING_CONNECT", "TRACKING_503", "TRACKING_TIMEOUT"] {
+            h.note(&retry(code));
+            assert!(h.check(Duration::ZERO).is_err(), "after {code}");
+        }
+        // A first failure that is a tracking lookup starts the clock too.
+        let h = MeshHealth::default();
+        h.note(&retry("TRACKING_CONNECTION"));
+        assert!(h.check(Duration::ZERO).is_err());
+        h.note(&retry("TRACKING_429"));
+        assert!(
+            h.check(Duration::ZERO).is_ok(),
+            "a throttled lookup is an answer"
+        );
+    }
+
+    #[test]
+    fn report_poller_calls_feed_the_same_state() {
+        let h = MeshHealth::default();
+        h.note_call::<()>(&Err(DeliveryError::transient("CONNECT", "refused")));
+        assert!(h.check(Duration::ZERO).is_err());
+        assert!(h.check(Duration::from_secs(60)).is_ok());
+        // A delivery failing the same way keeps the original start time.
+        h.note(&retry("503"));
+        assert!(h.check(Duration::ZERO).is_err());
+        // A poll MESH refused is still an answer.
+        h.note_call::<()>(&Err(DeliveryError::transient("403", "credentials")));
+        assert!(h.check(Duration::ZERO).is_ok());
+        h.note(&retry("TIMEOUT"));
+        assert!(h.check(Duration::ZERO).is_err());
+        h.note_call(&Ok(3usize));
         assert!(h.check(Duration::ZERO).is_ok());
     }
 }

@@ -34,6 +34,10 @@ pub struct PumpSettings {
     pub sink_name: &'static str,
     /// Tracks whether the destination answers (for readiness).
     pub health: Arc<crate::metrics::MeshHealth>,
+    /// The longest one attempt may take (MESH: its request timeouts); the pump warns once
+    /// when core's leases are shorter, since core would then hand a delivery out again
+    /// while its first send may still be open. `None`: no bound to check (folder sink).
+    pub attempt_budget: Option<Duration>,
 }
 
 /// Turns a sink outcome into the report to core.
@@ -56,11 +60,7 @@ pub fn to_report(
             reason,
             retry_after,
         } => {
-            let accepted = d
-                .accepted_at
-                .and_then(|t| SystemTime::try_from(t).ok())
-                .unwrap_or(now);
-            if retry.exhausted(accepted, now) {
+            if retry.exhausted(retry_window_start(d, now), now) {
                 Outcome::Refused(pb::DeliveryRefused {
                     code: RETRY_EXHAUSTED.into(),
                     reason: format!(
@@ -82,6 +82,23 @@ pub fn to_report(
         attempt: d.attempt,
         outcome: Some(outcome),
     }
+}
+
+/// When the delivery's retry time started: core's `retry_window_start` (acceptance, or the
+/// last redrive if later), else `accepted_at` (a core that predates the field), else `now`.
+pub fn retry_window_start(d: &pb::Delivery, now: SystemTime) -> SystemTime {
+    d.retry_window_start
+        .or(d.accepted_at)
+        .and_then(|t| SystemTime::try_from(t).ok())
+        .unwrap_or(now)
+}
+
+/// Returns the lease time left on a delivery received at `now` when it is shorter than
+/// `budget` (the longest an attempt may take), else `None`.
+pub fn lease_shorter_than(d: &pb::Delivery, budget: Duration, now: SystemTime) -> Option<Duration> {
+    let expires = SystemTime::try_from(d.lease_expires_at?).ok()?;
+    let left = expires.duration_since(now).unwrap_or(Duration::ZERO);
+    (left < budget).then_some(left)
 }
 
 /// Reports an outcome, retrying while core is unreachable (a few times: if core stays
@@ -147,6 +164,8 @@ pub async fn run<S: Sink>(
                 continue;
             }
         };
+        // Checked on each stream's first delivery: core may have restarted with another lease.
+        let mut lease_checked = settings.attempt_budget.is_none();
         loop {
             let next = tokio::select! {
                 m = stream.message() => m,
@@ -158,6 +177,20 @@ pub async fn run<S: Sink>(
                     let Some(delivery) = message.delivery else {
                         continue;
                     };
+                    if !lease_checked && let Some(budget) = settings.attempt_budget {
+                        lease_checked = true;
+                        if let Some(left) = lease_shorter_than(&delivery, budget, SystemTime::now())
+                        {
+                            tracing::warn!(
+                                lease_left_ms = left.as_millis() as u64,
+                                attempt_budget_ms = budget.as_millis() as u64,
+                                "core's delivery lease is shorter than one attempt may take \
+                                 (3 x mesh_adapter.mesh.request_timeout): a slow send may be \
+                                 handed out again while it is still open; raise \
+                                 core.lease_timeout or lower the request timeout"
+                            );
+                        }
+                    }
                     let sink = sink.clone();
                     let retry = settings.retry;
                     let sink_name = settings.sink_name;
@@ -214,6 +247,72 @@ mod tests {
             accepted_at: Some(prost_types::Timestamp::from(accepted)),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_redriven_delivery_retries_within_a_new_window() {
+        use pb::complete_delivery_request::Outcome;
+        let policy = RetryPolicy::new(
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+            Duration::from_secs(3600),
+        );
+        let now = SystemTime::now();
+        let retry = SinkOutcome::Retry {
+            code: "503".into(),
+            reason: "busy".into(),
+            retry_after: None,
+        };
+        // Accepted two hours ago (older than the one-hour window), redriven a minute ago.
+        let redriven = pb::Delivery {
+            retry_window_start: Some(prost_types::Timestamp::from(now - Duration::from_secs(60))),
+            ..delivery(7200)
+        };
+        let report = to_report(&redriven, retry.clone(), &policy, now);
+        assert!(
+            matches!(report.outcome, Some(Outcome::Retry(ref r)) if r.code == "503"),
+            "{report:?}"
+        );
+        // The window from the redrive runs out like any other.
+        let later = now + Duration::from_secs(3600);
+        let report = to_report(&redriven, retry.clone(), &policy, later);
+        assert!(
+            matches!(report.outcome, Some(Outcome::Refused(ref r)) if r.code == RETRY_EXHAUSTED),
+            "{report:?}"
+        );
+        // Without the field (an older core) the window starts at acceptance.
+        let report = to_report(&delivery(7200), retry, &policy, now);
+        assert!(
+            matches!(report.outcome, Some(Outcome::Refused(ref r)) if r.code == RETRY_EXHAUSTED),
+            "{report:?}"
+        );
+    }
+
+    #[test]
+    fn a_lease_shorter_than_an_attempt_is_noticed() {
+        let now = SystemTime::now();
+        let leased = |secs: u64| pb::Delivery {
+            lease_expires_at: Some(prost_types::Timestamp::from(
+                now + Duration::from_secs(secs),
+            )),
+            ..delivery(0)
+        };
+        let budget = Duration::from_secs(180);
+        assert_eq!(
+            lease_shorter_than(&leased(120), budget, now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(lease_shorter_than(&leased(300), budget, now), None);
+        assert_eq!(
+            lease_shorter_than(&leased(0), budget, now + Duration::from_secs(5)),
+            Some(Duration::ZERO),
+            "an already expired lease"
+        );
+        assert_eq!(
+            lease_shorter_than(&delivery(0), budget, now),
+            None,
+            "no lease given"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! the handler succeeded, so a report is never lost. `DATA` messages are left alone.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nems_proto::v1 as pb;
@@ -18,6 +19,7 @@ use crate::mesh::headers::{
     MEX_LINKED_MSG_ID, MEX_STATUS_CODE, MEX_STATUS_DESCRIPTION, MEX_STATUS_EVENT, MEX_WORKFLOW_ID,
 };
 use crate::mesh::{InboxMessage, MeshClient};
+use crate::metrics::MeshHealth;
 
 /// How often [`run`] repeats the handshake MESH asks for.
 const HANDSHAKE_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -145,9 +147,16 @@ pub async fn forward<H: ReportHandler>(
 }
 
 /// Polls for reports every `interval` until `shutdown` completes, handshaking at start and
-/// once a day. Poll failures are logged and retried at the next tick.
-pub async fn run<H, S>(client: MeshClient, interval: Duration, handler: H, shutdown: S)
-where
+/// once a day. Poll failures are logged and retried at the next tick. Every handshake and
+/// poll is noted in `health`, so readiness sees a MESH outage even when nothing is being
+/// delivered.
+pub async fn run<H, S>(
+    client: MeshClient,
+    interval: Duration,
+    handler: H,
+    health: Arc<MeshHealth>,
+    shutdown: S,
+) where
     H: ReportHandler,
     S: Future<Output = ()> + Send,
 {
@@ -161,7 +170,9 @@ where
             _ = ticker.tick() => {}
         }
         if last_handshake.is_none_or(|at| at.elapsed() >= HANDSHAKE_INTERVAL) {
-            match client.handshake().await {
+            let handshake = client.handshake().await;
+            health.note_call(&handshake);
+            match handshake {
                 Ok(()) => last_handshake = Some(Instant::now()),
                 Err(failure) => {
                     warn!(
@@ -176,6 +187,7 @@ where
             () = &mut shutdown => break,
             poll = forward(&client, &handler) => poll,
         };
+        health.note_call(&poll);
         match poll {
             Ok(0) => debug!("mesh report poll found nothing"),
             Ok(handled) => info!(handled, "mesh reports forwarded"),

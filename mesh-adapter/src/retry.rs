@@ -3,7 +3,7 @@
 //! The delay before retry `n` (1 = the first retry) is drawn uniformly from
 //! `[0, min(max_delay, initial * 2^(n-1))]` ("full jitter"), then raised to the server's
 //! `Retry-After` when it asked for longer. A delivery is given up once `max_elapsed` has passed
-//! since it was first seen.
+//! since its retry window started (acceptance, or its last redrive: `pump::retry_window_start`).
 
 use std::time::{Duration, SystemTime};
 

@@ -5,9 +5,10 @@
 //! head-of-line blocking), a permanent refusal dead-lettered with MESH's code and redriven by
 //! the `nems admin redrive` command, an adapter killed mid-send and replaced (the lease
 //! expires, tracking by local id prevents a second copy), a MESH non-delivery REPORT
-//! (`MESH_14`) and an exhausted retry time (`RETRY_EXHAUSTED`).
+//! (`MESH_14`), an exhausted retry time (`RETRY_EXHAUSTED`), and such a dead letter
+//! redriven after its retry time (a new retry time starts at the redrive).
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use nems_cli::admin::Admin;
 use nems_e2e::eventually::eventually;
@@ -439,5 +440,75 @@ async fn delivery_still_failing_when_retry_time_runs_out_is_dead_lettered() {
         "gave up soon after the retry time: {elapsed:?}"
     );
     assert!(fake.messages_to(MAILBOX).is_empty());
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn delivery_redriven_after_its_retry_time_ran_out_gets_a_new_retry_time() {
+    const MAILBOX: &str = "REDRIVEMB01";
+    const WINDOW: Duration = Duration::from_secs(3);
+    let fake = fake().await;
+    fake.set_behaviour(
+        MAILBOX,
+        Behaviour::Fail {
+            times: u32::MAX,
+            status: 503,
+            retry_after: None,
+        },
+    );
+    let stack = fake_stack(&fake, &[MAILBOX])
+        .adapter(|c| {
+            c.retry_initial = Duration::from_millis(50);
+            c.retry_max_delay = Duration::from_millis(200);
+            c.retry_max_elapsed = WINDOW;
+        })
+        .start()
+        .await;
+    let (event_id, id) = inject(&stack, MAILBOX, &payload(MAILBOX)).await;
+    let dead = wait_for_state(&stack, &event_id, id, pb::DeliveryState::DeadLettered).await;
+    assert_eq!(dead.last_error_code, "RETRY_EXHAUSTED");
+    let accepted = SystemTime::try_from(dead.accepted_at.unwrap()).unwrap();
+
+    // MESH recovers but answers 503 once more: a redriven delivery must survive that
+    // failure, although its acceptance is older than the retry time.
+    fake.set_behaviour(
+        MAILBOX,
+        Behaviour::Fail {
+            times: 1,
+            status: 503,
+            retry_after: None,
+        },
+    );
+    let sends_before = sends_to(&fake, MAILBOX).len();
+    let redriven_at = SystemTime::now();
+    assert!(
+        redriven_at.duration_since(accepted).unwrap() >= WINDOW,
+        "accepted longer ago than the retry time"
+    );
+    let redrive = stack
+        .operator()
+        .redrive_deliveries(pb::RedriveDeliveriesRequest {
+            delivery_ids: vec![id],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(redrive.redriven, 1);
+
+    let row = wait_for_state(&stack, &event_id, id, pb::DeliveryState::Delivered).await;
+    assert_eq!(
+        row.attempts,
+        dead.attempts + 2,
+        "one failed attempt after the redrive, then the send: {row:?}"
+    );
+    let statuses: Vec<Option<u16>> = sends_to(&fake, MAILBOX)[sends_before..]
+        .iter()
+        .map(|s| s.status)
+        .collect();
+    assert_eq!(statuses, [Some(503), Some(202)]);
+    let stored = fake.messages_to(MAILBOX);
+    assert_eq!(stored.len(), 1);
+    assert_eq!(row.mesh_message_id, stored[0].message_id);
     stack.shutdown().await;
 }

@@ -16,6 +16,7 @@ mod generic_support;
 mod delivery_bench;
 mod delivery_faults;
 mod delivery_operator;
+mod delivery_outage;
 mod delivery_sandbox;
 mod delivery_support;
 

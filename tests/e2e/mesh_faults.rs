@@ -516,6 +516,7 @@ async fn the_report_loop_forwards_and_stops_on_shutdown() {
         client,
         Duration::from_millis(50),
         handler,
+        std::sync::Arc::default(),
         shutdown,
     ));
     let id = fake.inject_report(

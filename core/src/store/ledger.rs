@@ -215,6 +215,7 @@ pub(crate) fn lease(
                 payload,
                 accepted_at: Some(timestamp(d.accepted_ms)),
                 lease_expires_at: Some(timestamp(until)),
+                retry_window_start: Some(timestamp(d.retry_window_start_ms())),
             });
         }
         let next_ready = ledger
@@ -443,6 +444,8 @@ pub(crate) fn redrive(
         }
         let mut ledger = Ledger::open(tx)?;
         ledger.transition(id, &mut d, pb::DeliveryState::Queued, Some(now), now)?;
+        // The retry time starts again: an old dead letter gets more than one try.
+        d.redriven_ms = now;
         ledger.save(id, &d)?;
         redriven.push((id, d.mailbox.clone()));
     }
@@ -460,6 +463,11 @@ pub(crate) struct Query {
 }
 
 /// Lists one page of ledger rows in delivery order; the token is the last id returned.
+///
+/// The candidate ids come lazily from the narrowest index the query allows (the event's id
+/// range, the mailbox index, the state index, or the ledger itself), and the scan stops at
+/// the row that fills the page, so a page costs `page_size` matches plus the rows the other
+/// filters skip, not the whole index.
 pub(crate) fn list(
     tx: &ReadTransaction,
     query: &Query,
@@ -469,7 +477,7 @@ pub(crate) fn list(
     let deliveries = tx.open_table(DELIVERIES)?;
     let after: u64 = page_token.parse().unwrap_or(0);
     let start = if page_token.is_empty() { 0 } else { after + 1 };
-    let mut ids: Box<dyn Iterator<Item = Result<u64, StoreError>>> = if !query.event_id.is_empty() {
+    let ids: Box<dyn Iterator<Item = Result<u64, StoreError>>> = if !query.event_id.is_empty() {
         let Some(event_id) = parse_id(&query.event_id) else {
             return Ok((Vec::new(), String::new()));
         };
@@ -479,29 +487,22 @@ pub(crate) fn list(
         };
         Box::new(range.filter(move |id| *id >= start).map(Ok))
     } else if !query.mailbox.is_empty() {
-        let table = tx.open_table(DELIVERIES_BY_MAILBOX)?;
-        let mb = query.mailbox.clone();
-        let items: Vec<_> = table
-            .range((mb.as_str(), start)..=(mb.as_str(), u64::MAX))?
-            .map(|r| r.map(|(k, _)| k.value().1).map_err(StoreError::from))
-            .collect();
-        Box::new(items.into_iter())
+        let mb = query.mailbox.as_str();
+        let range = tx
+            .open_table(DELIVERIES_BY_MAILBOX)?
+            .range((mb, start)..=(mb, u64::MAX))?;
+        Box::new(range.map(|r| r.map(|(k, _)| k.value().1).map_err(StoreError::from)))
     } else if let Some(state) = query.state {
-        let table = tx.open_table(DELIVERIES_BY_STATE)?;
-        let items: Vec<_> = table
-            .range((state as u8, start)..=(state as u8, u64::MAX))?
-            .map(|r| r.map(|(k, _)| k.value().1).map_err(StoreError::from))
-            .collect();
-        Box::new(items.into_iter())
+        let range = tx
+            .open_table(DELIVERIES_BY_STATE)?
+            .range((state as u8, start)..=(state as u8, u64::MAX))?;
+        Box::new(range.map(|r| r.map(|(k, _)| k.value().1).map_err(StoreError::from)))
     } else {
-        let items: Vec<_> = deliveries
-            .range(start..)?
-            .map(|r| r.map(|(k, _)| k.value()).map_err(StoreError::from))
-            .collect();
-        Box::new(items.into_iter())
+        let range = deliveries.range(start..)?;
+        Box::new(range.map(|r| r.map(|(k, _)| k.value()).map_err(StoreError::from)))
     };
     let mut out = Vec::new();
-    for id in &mut ids {
+    for id in ids {
         let id = id?;
         let Some(bytes) = deliveries.get(id)? else {
             continue;

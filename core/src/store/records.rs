@@ -163,6 +163,10 @@ pub(crate) struct StoredDelivery {
     /// letter still redrivable); counted in the event's `unsettled`.
     #[prost(bool, tag = "17")]
     pub(crate) holds_payload: bool,
+    /// Time of the last redrive (0: never redriven); the adapter's retry window starts at
+    /// the later of this and `accepted_ms`.
+    #[prost(uint64, tag = "18")]
+    pub(crate) redriven_ms: u64,
 }
 
 /// The state of one reference data set.
@@ -192,5 +196,10 @@ impl StoredDelivery {
     /// The delivery's state as the protobuf enum.
     pub(crate) fn state(&self) -> pb::DeliveryState {
         pb::DeliveryState::try_from(self.state).unwrap_or(pb::DeliveryState::Unspecified)
+    }
+
+    /// When the adapter's retry window starts: acceptance, or the last redrive if later.
+    pub(crate) fn retry_window_start_ms(&self) -> u64 {
+        self.accepted_ms.max(self.redriven_ms)
     }
 }

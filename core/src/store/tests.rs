@@ -176,6 +176,11 @@ async fn dead_letters_keep_their_payload_for_redrive() {
     let e = event(4, &["A"], false, 100);
     let accepted = s.writer().write(move |tx| accept(tx, &e)).await.unwrap();
     let d = lease(&s, "A", 200).await;
+    assert_eq!(
+        d[0].retry_window_start,
+        Some(ledger::timestamp(100)),
+        "the retry window starts at acceptance"
+    );
     let refused = Outcome::Refused {
         code: "12".into(),
         reason: "Unregistered to address".into(),
@@ -215,6 +220,12 @@ async fn dead_letters_keep_their_payload_for_redrive() {
     assert!(skipped.is_empty());
     let again = lease(&s, "A", 400).await;
     assert_eq!(again[0].attempt, 2);
+    assert_eq!(
+        again[0].retry_window_start,
+        Some(ledger::timestamp(400)),
+        "a redrive starts the retry window again"
+    );
+    assert_eq!(again[0].accepted_at, Some(ledger::timestamp(100)));
     assert_eq!(
         complete(&s, again[0].delivery_id, 2, sent("M9"), 500).await,
         pb::DeliveryState::Delivered
@@ -382,4 +393,121 @@ async fn audit_records_are_listed_filtered_and_pruned_by_age() {
         .unwrap()
         .0;
     assert_eq!(left.len(), 1);
+}
+
+/// Every row `query` matches, read one page of `page_size` at a time through the tokens.
+fn list_paged(s: &Store, query: &Query, page_size: usize) -> Vec<u64> {
+    let mut ids = Vec::new();
+    let mut token = String::new();
+    for _ in 0..1_000 {
+        let q = query.clone();
+        let t = token.clone();
+        let (rows, next) = s
+            .read_now(move |tx| ledger::list(tx, &q, &t, page_size))
+            .unwrap();
+        assert!(rows.len() <= page_size);
+        ids.extend(rows.iter().map(|r| r.delivery_id));
+        if next.is_empty() {
+            return ids;
+        }
+        assert_eq!(
+            next,
+            rows.last().expect("a full page").delivery_id.to_string(),
+            "the token is the last id returned"
+        );
+        token = next;
+    }
+    panic!("paging did not end");
+}
+
+#[tokio::test]
+async fn ledger_pages_follow_every_index_and_agree_with_a_full_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    // 12 events to A, B and C; A's deliveries alternately delivered and dead-lettered.
+    for n in 0..12u64 {
+        let e = event(100 + u128::from(n), &["A", "B", "C"], false, 1_000 + n);
+        s.writer().write(move |tx| accept(tx, &e)).await.unwrap();
+    }
+    let leased = lease(&s, "A", 2_000).await;
+    assert_eq!(leased.len(), 10);
+    for (i, d) in leased.iter().enumerate() {
+        let outcome = if i % 2 == 0 {
+            sent(&format!("M{i}"))
+        } else {
+            Outcome::Refused {
+                code: "12".into(),
+                reason: "x".into(),
+            }
+        };
+        complete(&s, d.delivery_id, 1, outcome, 2_100).await;
+    }
+    let rows = |q: &Query| {
+        let q = q.clone();
+        s.read_now(move |tx| ledger::list(tx, &q, "", 1_000))
+            .unwrap()
+            .0
+    };
+    let all = rows(&Query::default());
+    assert_eq!(all.len(), 36);
+    let queries = [
+        Query::default(),
+        Query {
+            mailbox: "A".into(),
+            ..Default::default()
+        },
+        Query {
+            mailbox: "B".into(),
+            ..Default::default()
+        },
+        Query {
+            state: Some(pb::DeliveryState::DeadLettered),
+            ..Default::default()
+        },
+        Query {
+            state: Some(pb::DeliveryState::Queued),
+            ..Default::default()
+        },
+        Query {
+            mailbox: "A".into(),
+            state: Some(pb::DeliveryState::Delivered),
+            ..Default::default()
+        },
+        Query {
+            state: Some(pb::DeliveryState::DeadLettered),
+            error_code: "12".into(),
+            ..Default::default()
+        },
+        Query {
+            mailbox: "NONE".into(),
+            ..Default::default()
+        },
+    ];
+    for query in &queries {
+        let expected: Vec<u64> = all
+            .iter()
+            .filter(|r| query.mailbox.is_empty() || r.mailbox == query.mailbox)
+            .filter(|r| query.state.is_none_or(|st| r.state() == st))
+            .filter(|r| query.error_code.is_empty() || r.last_error_code == query.error_code)
+            .map(|r| r.delivery_id)
+            .collect();
+        assert_eq!(
+            rows(query)
+                .iter()
+                .map(|r| r.delivery_id)
+                .collect::<Vec<_>>(),
+            expected,
+            "{query:?}"
+        );
+        for page_size in [1, 2, 5, 7, 36] {
+            assert_eq!(
+                list_paged(&s, query, page_size),
+                expected,
+                "{query:?} by {page_size}"
+            );
+        }
+    }
+    let dead = rows(&queries[3]);
+    assert_eq!(dead.len(), 5);
+    assert_eq!(rows(&queries[4]).len(), 2 + 12 + 12);
 }

@@ -107,7 +107,7 @@ impl MeshClientConfig {
             shared_key: shared_key.into(),
             tls: None,
             connect_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(120),
+            request_timeout: crate::config::DEFAULT_REQUEST_TIMEOUT,
             chunk_size: DEFAULT_CHUNK_SIZE,
             max_idle_connections: 8,
             chunk_retries: 3,

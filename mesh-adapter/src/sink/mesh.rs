@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use super::{Sink, SinkOutcome};
 use crate::error::DeliveryError;
 use crate::mesh::{LOCAL_ID_NOT_UNIQUE, MeshClient, OutboundMessage};
+use crate::metrics::TRACKING_PREFIX;
 
 /// `mex-Content-Type` of every NEMS delivery.
 pub const CONTENT_TYPE: &str = "application/fhir+xml";
@@ -146,7 +147,7 @@ impl MeshSink {
                     "mesh tracking failed; not sending blindly"
                 );
                 Reconciled::Unknown(SinkOutcome::Retry {
-                    code: format!("TRACKING_{}", failure.code()),
+                    code: format!("{TRACKING_PREFIX}{}", failure.code()),
                     reason: failure.reason().to_owned(),
                     retry_after: failure.retry_after(),
                 })

@@ -1626,6 +1626,11 @@ pub struct Delivery {
     /// When this lease expires and the delivery becomes available again.
     #[prost(message, optional, tag = "11")]
     pub lease_expires_at: ::core::option::Option<::prost_types::Timestamp>,
+    /// Start of the adapter's retry window: the later of `accepted_at` and the delivery's last
+    /// redrive, so a redriven dead letter gets a full retry time again. Unset from a core that
+    /// predates the field: use `accepted_at`.
+    #[prost(message, optional, tag = "12")]
+    pub retry_window_start: ::core::option::Option<::prost_types::Timestamp>,
 }
 /// CompleteDeliveryRequest reports what happened to one attempt.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -3,7 +3,8 @@
 //!
 //! It implements the parts of the MESH API the adapter uses: handshake, outbox send (single and
 //! chunked), tracking by message id and by local id, inbox list (v2 pagination), HEAD/GET,
-//! chunk download and acknowledgement. Every request must carry a well-formed, fresh `NHSMESH`
+//! chunk download and acknowledgement, and an outage of the whole service
+//! ([`MeshFake::set_unreachable`]). Every request must carry a well-formed, fresh `NHSMESH`
 //! token for a registered mailbox (the HMAC is checked, and a reused nonce is refused as real
 //! MESH does) and exactly `Accept: application/vnd.mesh.v2+json`.
 //!
@@ -161,6 +162,8 @@ struct Inner {
     page_size: Option<usize>,
     /// Leave request bodies out of the request log (benchmarks: stored messages keep theirs).
     drop_request_bodies: bool,
+    /// Drop every request unanswered (see [`MeshFake::set_unreachable`]).
+    unreachable: bool,
 }
 
 // === MeshFake ===
@@ -210,6 +213,13 @@ impl MeshFake {
         self.inner()
             .behaviours
             .insert(recipient.to_ascii_uppercase(), behaviour);
+    }
+
+    /// While `true`, every request (any mailbox, any path) is recorded and its connection
+    /// closed without an answer, as when MESH's front end has lost its back ends: clients see
+    /// the connection drop and nothing is stored. `false` answers normally again.
+    pub fn set_unreachable(&self, unreachable: bool) {
+        self.inner().unreachable = unreachable;
     }
 
     /// Keeps request bodies out of [`MeshFake::requests`] (stored messages keep their

@@ -105,7 +105,11 @@ async fn handle(
         }
         inner.requests.push(recorded);
         let index = inner.requests.len() - 1;
-        let action = route(&mut inner, parts.method, &path, parts.headers, body);
+        let action = if inner.unreachable {
+            Action::Drop
+        } else {
+            route(&mut inner, parts.method, &path, parts.headers, body)
+        };
         (index, action, inner.messages.len())
     };
     state.recorded.send_replace(index + 1);

@@ -3,6 +3,7 @@
 
 mod abuse;
 mod crash;
+mod edge_core_faults;
 mod foundation;
 mod ops;
 

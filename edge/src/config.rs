@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// Most HTTP/2 streams per connection `validate` accepts (hyper's own default is 200).
+const MAX_HTTP2_STREAMS: u32 = 256;
+
 /// The `[edge]` section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -43,6 +46,16 @@ pub struct EdgeConfig {
     pub rate_limit_per_asid: u32,
     /// Burst of requests allowed per calling ASID above the steady rate.
     pub rate_limit_burst: u32,
+    /// Most requests (streams) open at once on one HTTP/2 connection; the client queues
+    /// the rest. Kept small so that one connection cannot take the whole service.
+    pub http2_max_concurrent_streams: u32,
+    /// An HTTP/2 connection with nothing received for this long is sent a `PING`.
+    #[serde(with = "duration")]
+    pub http2_keep_alive_interval: Duration,
+    /// A peer that does not answer that `PING` within this time is taken for dead and
+    /// its connection (and connection slot) dropped.
+    #[serde(with = "duration")]
+    pub http2_keep_alive_timeout: Duration,
     /// HTTPS (`[edge.tls]`); with `client_ca_file`, mutual TLS: clients must present a
     /// certificate from that CA naming their ASID's registered identity.
     pub tls: Option<nems_proto::tls::ServerTls>,
@@ -66,6 +79,9 @@ impl Default for EdgeConfig {
             max_connections: 4096,
             rate_limit_per_asid: 1000,
             rate_limit_burst: 2000,
+            http2_max_concurrent_streams: 32,
+            http2_keep_alive_interval: Duration::from_secs(30),
+            http2_keep_alive_timeout: Duration::from_secs(10),
             tls: None,
             core_tls: None,
         }
@@ -104,8 +120,41 @@ impl EdgeConfig {
         if self.max_connections == 0 {
             return Err("edge.max_connections must be at least 1".into());
         }
+        if !(1..=MAX_HTTP2_STREAMS).contains(&self.http2_max_concurrent_streams) {
+            return Err(format!(
+                "edge.http2_max_concurrent_streams must be between 1 and {MAX_HTTP2_STREAMS}"
+            ));
+        }
+        if self.http2_keep_alive_interval.is_zero() {
+            return Err("edge.http2_keep_alive_interval must be more than 0".into());
+        }
+        if self.http2_keep_alive_timeout.is_zero() {
+            return Err("edge.http2_keep_alive_timeout must be more than 0".into());
+        }
         Ok(())
     }
 }
 
 pub use nems_proto::config::duration;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http2_limits_are_validated() {
+        assert!(EdgeConfig::default().validate().is_ok());
+        let refused = |change: fn(&mut EdgeConfig)| {
+            let mut config = EdgeConfig::default();
+            change(&mut config);
+            config.validate().unwrap_err()
+        };
+        let key = "edge.http2_max_concurrent_streams";
+        assert!(refused(|c| c.http2_max_concurrent_streams = 0).contains(key));
+        assert!(refused(|c| c.http2_max_concurrent_streams = 257).contains(key));
+        let key = "edge.http2_keep_alive_interval";
+        assert!(refused(|c| c.http2_keep_alive_interval = Duration::ZERO).contains(key));
+        let key = "edge.http2_keep_alive_timeout";
+        assert!(refused(|c| c.http2_keep_alive_timeout = Duration::ZERO).contains(key));
+    }
+}

@@ -6,12 +6,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Method, Request, StatusCode};
-use http_body::Body;
 use nems_proto::spine::SpineCode;
 
 use crate::error::EdgeError;
 use crate::fhir::Format;
-use crate::handlers::{self, AppState, Ctx, HttpResponse, error_response, read_body};
+use crate::handlers::{self, AppState, Ctx, HttpResponse, RequestBody, error_response};
 use crate::negotiate::{Formats, response_format};
 
 /// The header carrying the request id (set by the request-id layer).
@@ -39,6 +38,21 @@ fn route_label(route: &Route<'_>, method: &Method) -> &'static str {
         (Route::Unknown, _) => "unknown",
         _ => "method_not_allowed",
     }
+}
+
+/// The metrics and tracing label of a `method` request to `path`: never the path itself,
+/// which on an unknown route may carry anything, an NHS number included.
+pub fn label(method: &Method, path: &str) -> &'static str {
+    route_label(&route_of(path), method)
+}
+
+/// Whether a client's `X-Request-ID` can be used as the request id: it becomes the
+/// OperationOutcome `id`, so it must be a FHIR id (`[A-Za-z0-9\-\.]{1,64}`).
+pub fn is_fhir_id(value: &str) -> bool {
+    (1..=64).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 fn route_of(path: &str) -> Route<'_> {
@@ -84,20 +98,17 @@ fn header_block_bytes(parts: &http::request::Parts) -> usize {
 }
 
 /// Routes one request.
-pub async fn route<B>(state: Arc<AppState>, req: Request<B>) -> HttpResponse
-where
-    B: Body,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+pub async fn route(state: Arc<AppState>, req: Request<impl RequestBody>) -> HttpResponse {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
+    // The server's request-id layers have put a valid id in the header; a fresh one is
+    // only a fallback, and the answer carries whichever is used.
     let request_id = parts
         .headers
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 64)
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        .filter(|v| is_fhir_id(v))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
     let ctx = Ctx {
         request_id,
         query: parts.uri.query().map(str::to_string),
@@ -118,9 +129,8 @@ where
     };
     let error_format = response_format(&parts.headers, ctx.query.as_deref(), formats, Format::Xml)
         .unwrap_or(Format::Xml);
-    let limit = state.config.max_body_bytes;
     let header_limit = state.config.max_header_bytes;
-    let response = if header_block_bytes(&parts) > header_limit {
+    let mut response = if header_block_bytes(&parts) > header_limit {
         let error = EdgeError::with_status(
             SpineCode::InvalidRequestMessage,
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -135,21 +145,17 @@ where
             (Route::Metadata, m) => {
                 error_response(&method_not_allowed(m, "GET"), error_format, &ctx.request_id)
             }
-            (Route::Publish, &Method::POST) => match read_body(body, limit).await {
-                Ok(bytes) => handlers::publish::publish(&state, &parts.headers, bytes, &ctx).await,
-                Err(e) => error_response(&e, error_format, &ctx.request_id),
-            },
+            (Route::Publish, &Method::POST) => {
+                handlers::publish::publish(&state, &parts.headers, body, &ctx).await
+            }
             (Route::Publish, m) => error_response(
                 &method_not_allowed(m, "POST"),
                 error_format,
                 &ctx.request_id,
             ),
-            (Route::Subscriptions, &Method::POST) => match read_body(body, limit).await {
-                Ok(bytes) => {
-                    handlers::subscription::create(&state, &parts.headers, bytes, &ctx).await
-                }
-                Err(e) => error_response(&e, error_format, &ctx.request_id),
-            },
+            (Route::Subscriptions, &Method::POST) => {
+                handlers::subscription::create(&state, &parts.headers, body, &ctx).await
+            }
             (Route::Subscriptions, &Method::GET) => error_response(
                 &EdgeError::new(
                     SpineCode::BadRequest,
@@ -175,12 +181,9 @@ where
                     &ctx.request_id,
                 )
             }
-            (Route::Subscription(id), &Method::GET) => match read_body(body, limit).await {
-                Ok(bytes) => {
-                    handlers::subscription::read(&state, &parts.headers, id, bytes, &ctx).await
-                }
-                Err(e) => error_response(&e, error_format, &ctx.request_id),
-            },
+            (Route::Subscription(id), &Method::GET) => {
+                handlers::subscription::read(&state, &parts.headers, id, body, &ctx).await
+            }
             (Route::Subscription(id), &Method::DELETE) => {
                 handlers::subscription::delete(&state, &parts.headers, id, &ctx).await
             }
@@ -208,6 +211,10 @@ where
             ),
         }
     };
+    // The header and the OperationOutcome `id` agree whatever the layers around did.
+    if let Ok(value) = http::HeaderValue::from_str(&ctx.request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
     let m = crate::metrics::metrics();
     m.requests
         .get_or_create(&crate::metrics::RequestLabels {
@@ -259,5 +266,35 @@ mod tests {
         assert!(matches!(route_of("/metadata"), Route::Unknown));
         assert!(id_is_well_formed("ea0a485187204b49b978bdcf7102388c"));
         assert!(!id_is_well_formed("ea0a4851-8720-4b49-b978-bdcf7102388c"));
+    }
+
+    #[test]
+    fn only_fhir_ids_are_taken_as_request_ids() {
+        for ok in ["a", "req-1.2", "ABC-def-012", &"x".repeat(64)] {
+            assert!(is_fhir_id(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "has space",
+            "under_score",
+            "slash/",
+            "é",
+            "<id/>",
+            &"x".repeat(65),
+        ] {
+            assert!(!is_fhir_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn labels_never_carry_the_path() {
+        assert_eq!(
+            label(
+                &Method::GET,
+                "/STU3/Subscription/0123456789abcdef0123456789abcdef"
+            ),
+            "subscription_read"
+        );
+        assert_eq!(label(&Method::GET, "/STU3/Patient/9434765919"), "unknown");
     }
 }

@@ -1,7 +1,10 @@
 //! The edge's HTTP server: a hyper 1 accept loop (HTTP/1.1 and HTTP/2, TCP_NODELAY, a
-//! connection limit (connections over it are answered `503`), a header-read timeout against slow clients) serving the router behind
-//! tower-http layers: request id, tracing, whole-request timeout and body-size limit. The
-//! bare `408`/`413` answers of those layers are turned into Spine OperationOutcomes.
+//! connection limit (connections over it are answered `503`), a header-read timeout against
+//! slow clients, a per-connection HTTP/2 stream limit and keep-alive PINGs that drop dead
+//! peers) serving the router behind tower-http layers: request id (a client's own only if it
+//! is a FHIR id), tracing (spans name the route, never the URI), whole-request timeout and
+//! body-size limit. The bare `408`/`413` answers of those layers are turned into Spine
+//! OperationOutcomes.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,7 +28,8 @@ use tower::ServiceBuilder;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{MakeSpan, TraceLayer};
+use tracing::Span;
 
 use crate::config::EdgeConfig;
 use crate::core_client::CoreClient;
@@ -92,6 +96,44 @@ where
     }
 }
 
+/// The tracing span of each request: method, route label and request id. Never the URI:
+/// a refused search carries its criteria (NHS numbers) in the query, and an unknown path may
+/// carry anything.
+#[derive(Debug, Clone, Copy, Default)]
+struct RequestSpan;
+
+impl<B> MakeSpan<B> for RequestSpan {
+    fn make_span(&mut self, request: &Request<B>) -> Span {
+        let request_id = request
+            .headers()
+            .get(router::REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| router::is_fhir_id(v))
+            .unwrap_or_default();
+        tracing::debug_span!(
+            "request",
+            method = %request.method(),
+            route = router::label(request.method(), request.uri().path()),
+            request_id,
+        )
+    }
+}
+
+/// Drops a client `X-Request-ID` that is not a FHIR id, so that the request-id layer puts a
+/// UUID in its place: the id is the OperationOutcome `id` and is echoed in the header, and
+/// both must be the same valid value.
+fn drop_invalid_request_id<B>(mut request: Request<B>) -> Request<B> {
+    let valid = request
+        .headers()
+        .get(router::REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(router::is_fhir_id);
+    if !valid {
+        request.headers_mut().remove(router::REQUEST_ID);
+    }
+    request
+}
+
 /// Most connections being answered `503` at once (beyond the connection limit).
 const MAX_REFUSALS: usize = 256;
 
@@ -115,12 +157,16 @@ async fn refuse(stream: TcpStream, acceptor: Option<TlsAcceptor>, timeout: Durat
                     "the service is at its connection limit; retry after 1 second",
                 )
             };
-            let mut response =
-                error_response(&error, Format::Xml, &uuid::Uuid::new_v4().to_string());
-            response.headers_mut().insert(
+            let request_id = uuid::Uuid::new_v4().to_string();
+            let mut response = error_response(&error, Format::Xml, &request_id);
+            let headers = response.headers_mut();
+            headers.insert(
                 http::header::CONNECTION,
                 http::HeaderValue::from_static("close"),
             );
+            if let Ok(value) = http::HeaderValue::from_str(&request_id) {
+                headers.insert(router::REQUEST_ID, value);
+            }
             Ok::<_, Infallible>(response)
         });
         let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -154,14 +200,14 @@ pub async fn run(
         None => None,
     };
     let core = CoreClient::connect_lazy(&config.core_url, config.core_timeout, core_tls)?;
-    let limits = (
-        config.max_body_bytes,
-        config.request_timeout,
-        config.header_read_timeout,
-        config.max_header_bytes,
-        config.max_connections,
-    );
-    let (max_body, request_timeout, header_timeout, max_header, max_connections) = limits;
+    let max_body = config.max_body_bytes;
+    let request_timeout = config.request_timeout;
+    let header_timeout = config.header_read_timeout;
+    let max_header = config.max_header_bytes;
+    let max_connections = config.max_connections;
+    let http2_streams = config.http2_max_concurrent_streams;
+    let http2_ping_interval = config.http2_keep_alive_interval;
+    let http2_ping_timeout = config.http2_keep_alive_timeout;
     let limiter =
         crate::ratelimit::RateLimiter::new(config.rate_limit_per_asid, config.rate_limit_burst);
     let state = Arc::new(AppState {
@@ -170,6 +216,7 @@ pub async fn run(
         limiter,
     });
     let service = ServiceBuilder::new()
+        .map_request(drop_invalid_request_id)
         .layer(SetRequestIdLayer::new(
             router::REQUEST_ID
                 .parse()
@@ -183,7 +230,7 @@ pub async fn run(
                 .parse()
                 .map_err(|_| EdgeRunError::Config("request id header".into()))?,
         ))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(RequestSpan))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             request_timeout,
@@ -205,7 +252,12 @@ pub async fn run(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(max_header.saturating_mul(4) as u32);
+        .max_header_list_size(max_header.saturating_mul(4) as u32)
+        // hyper's default is 200 requests at once per connection.
+        .max_concurrent_streams(http2_streams)
+        // Dead peers are found by an unanswered PING and dropped, freeing their slot.
+        .keep_alive_interval(http2_ping_interval)
+        .keep_alive_timeout(http2_ping_timeout);
     let connections = Arc::new(Semaphore::new(max_connections));
     // Connections over the limit are answered 503 (a few at a time) rather than left
     // waiting unanswered in the kernel's backlog.
@@ -285,7 +337,112 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
+    use tower::ServiceExt;
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::{Event, Metadata};
+
     use super::*;
+
+    /// A tracing subscriber that writes down the name and fields of every span and event.
+    #[derive(Debug, Clone, Default)]
+    struct Recorder(Arc<Mutex<String>>);
+
+    impl Recorder {
+        fn text(&self) -> String {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    impl Visit for &Recorder {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            let line = format!("{}={value:?}\n", field.name());
+            self.0.lock().unwrap().push_str(&line);
+        }
+    }
+
+    impl tracing::Subscriber for Recorder {
+        fn enabled(&self, _: &Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, span: &Attributes<'_>) -> Id {
+            let name = format!("span {}\n", span.metadata().name());
+            self.0.lock().unwrap().push_str(&name);
+            span.record(&mut &*self);
+            Id::from_u64(1)
+        }
+        fn record(&self, _: &Id, values: &Record<'_>) {
+            values.record(&mut &*self);
+        }
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, event: &Event<'_>) {
+            event.record(&mut &*self);
+        }
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+
+    /// Sends a refused search (criteria with an NHS number in the query) through a
+    /// `TraceLayer` with `make_span`, and returns what was recorded.
+    async fn trace_search<M>(make_span: M) -> String
+    where
+        M: MakeSpan<http_body_util::Empty<Bytes>> + Clone,
+    {
+        let recorder = Recorder::default();
+        let _guard = tracing::subscriber::set_default(recorder.clone());
+        let service = ServiceBuilder::new()
+            .layer(TraceLayer::new_for_http().make_span_with(make_span))
+            .service_fn(|_request: Request<_>| async {
+                Ok::<_, Infallible>(Response::new(http_body_util::Empty::<Bytes>::new()))
+            });
+        let request = Request::get(
+            "/STU3/Subscription?criteria=/Bundle?Patient.identifier=https://fhir.nhs.uk/Id/nhs-number|9434765919",
+        )
+        .header(router::REQUEST_ID, "req-span-1")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+        let response = service.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        recorder.text()
+    }
+
+    #[tokio::test]
+    async fn request_spans_name_the_route_not_the_query() {
+        let recorded = trace_search(RequestSpan).await;
+        assert!(recorded.contains("span request\n"), "{recorded}");
+        assert!(recorded.contains("method=GET\n"), "{recorded}");
+        assert!(
+            recorded.contains("route=\"subscription_search\"\n"),
+            "{recorded}"
+        );
+        assert!(
+            recorded.contains("request_id=\"req-span-1\"\n"),
+            "{recorded}"
+        );
+        assert!(!recorded.contains("9434765919"), "{recorded}");
+        assert!(!recorded.contains("criteria"), "{recorded}");
+        // The recorder does see URIs: tower-http's default span records this one whole.
+        let default = trace_search(tower_http::trace::DefaultMakeSpan::new()).await;
+        assert!(default.contains("9434765919"), "{default}");
+    }
+
+    #[test]
+    fn only_fhir_request_ids_are_kept() {
+        let with = |value: &str| {
+            Request::get("/STU3/metadata")
+                .header(router::REQUEST_ID, value)
+                .body(())
+                .unwrap()
+        };
+        let kept = drop_invalid_request_id(with("client-id.1"));
+        assert_eq!(kept.headers()[router::REQUEST_ID], "client-id.1");
+        for bad in ["has space", "under_score", "<b>", &"x".repeat(65)] {
+            let dropped = drop_invalid_request_id(with(bad));
+            assert!(dropped.headers().get(router::REQUEST_ID).is_none(), "{bad}");
+        }
+    }
 
     #[test]
     fn bare_layer_errors_become_operation_outcomes() {

@@ -1,7 +1,9 @@
 //! Limits that hold under abuse: oversized headers, a client sending its headers one byte
 //! per second (slowloris) and one trickling its body, a flood from one ASID while another
-//! is served normally, and connections over the limit. Each is answered with the right status
-//! (and an OperationOutcome where HTTP allows one) without disturbing well-behaved clients.
+//! is served normally, connections over the limit, bodies from unauthenticated or throttled
+//! clients (never read), HTTP/2 streams per connection, and HTTP/2 peers that stop
+//! answering. Each is answered with the right status (and an OperationOutcome where HTTP
+//! allows one) without disturbing well-behaved clients.
 //! The sleeps in the slow clients are the fault being injected, not synchronisation.
 
 use std::time::{Duration, Instant};
@@ -239,6 +241,15 @@ async fn connections_beyond_the_limit_are_answered_503_until_a_slot_frees() {
             && answer.contains("connection limit"),
         "{answer}"
     );
+    // Its id is the X-Request-ID answered, as on every other answer.
+    let request_id = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .expect("an X-Request-ID header");
+    assert!(
+        answer.contains(&format!("<id value=\"{}\"/>", request_id.trim())),
+        "{answer}"
+    );
 
     // Once the slot is free, requests are served again.
     drop(holder);
@@ -248,5 +259,286 @@ async fn connections_beyond_the_limit_are_answered_503_until_a_slot_frees() {
         async move { (http.get("/STU3/metadata", &[]).await.status == 200).then_some(()) }
     })
     .await;
+    stack.shutdown().await;
+}
+
+/// Sends the request line, `headers` and `Content-Length: declared`, but only the first
+/// 64 KiB of the body; returns the answer read while the rest is still owed (`None` when
+/// none comes within `wait`).
+async fn answer_before_the_body_ends(
+    stack: &TestStack,
+    path: &str,
+    headers: &[(&str, String)],
+    declared: usize,
+    wait: Duration,
+) -> Option<String> {
+    let mut stream = TcpStream::connect(stack.edge_addr).await.unwrap();
+    let mut head = format!("POST {path} HTTP/1.1\r\nHost: nems\r\nContent-Length: {declared}\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&vec![b' '; 64 * 1024]).await.unwrap();
+    tokio::time::timeout(wait, read_response(&mut stream))
+        .await
+        .ok()
+}
+
+/// Reads one HTTP/1.1 response with a `Content-Length` body (as the edge sends).
+async fn read_response(stream: &mut TcpStream) -> String {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&all).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if body.len() >= length {
+                return text;
+            }
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return text,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Sends `body` with `Transfer-Encoding: chunked` (no `Content-Length`, so nothing is
+/// refused up front); returns the answer. Write errors after the answer are expected.
+async fn send_chunked(
+    stack: &TestStack,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+) -> String {
+    let stream = TcpStream::connect(stack.edge_addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nHost: nems\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n"
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let writing = tokio::spawn(async move {
+        writer.write_all(head.as_bytes()).await?;
+        for chunk in body.chunks(64 * 1024) {
+            writer
+                .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                .await?;
+            writer.write_all(chunk).await?;
+            writer.write_all(b"\r\n").await?;
+        }
+        writer.write_all(b"0\r\n\r\n").await?;
+        Ok::<_, std::io::Error>(writer)
+    });
+    let mut raw = Vec::new();
+    let _ = reader.read_to_end(&mut raw).await;
+    // The write half is dropped only now: dropping it earlier would half-close the
+    // connection, which the server takes as the client going away.
+    let _ = writing.await.unwrap();
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+/// `headers` with `name` replaced by `value` (or removed when `None`).
+fn replaced(
+    mut headers: Vec<(&'static str, String)>,
+    name: &'static str,
+    value: Option<&str>,
+) -> Vec<(&'static str, String)> {
+    headers.retain(|(n, _)| *n != name);
+    if let Some(value) = value {
+        headers.push((name, value.to_string()));
+    }
+    headers
+}
+
+/// The Spine headers, the JWT and the rate limit are checked before a request body is
+/// read: an unauthenticated or throttled client is answered at once, while its body is
+/// still arriving, and never with `413` however large the body it sends.
+#[tokio::test]
+async fn headers_are_checked_before_the_body_is_read() {
+    const PUBLISH: &str = "/STU3/Events/1/$process-message";
+    // How long an answer may take; far less than the request timeout, which waiting for
+    // the rest of a body would run into.
+    const WAIT: Duration = Duration::from_secs(10);
+    let stack = TestStack::builder()
+        .sink(Sink::None)
+        .edge(|c| {
+            c.request_timeout = Duration::from_secs(60);
+            c.rate_limit_per_asid = 1;
+            c.rate_limit_burst = 1;
+        })
+        .start()
+        .await;
+    let xml = "application/fhir+xml";
+    let publish = spine::with_media(SUBSCRIBER, Op::Publish("Vaccinations"), xml, None);
+    let create = spine::with_media(SUBSCRIBER, Op::Create, xml, None);
+    let limit = 3 * 1024 * 1024;
+    let refused = [
+        (
+            PUBLISH,
+            replaced(publish.clone(), "Authorization", Some("Bearer not-a-jwt")),
+            "HTTP/1.1 400",
+            "MISSING_OR_INVALID_HEADER",
+        ),
+        (
+            "/STU3/Subscription",
+            replaced(create.clone(), "Authorization", None),
+            "HTTP/1.1 400",
+            "MISSING_OR_INVALID_HEADER",
+        ),
+        (
+            "/STU3/Subscription",
+            replaced(create.clone(), "toASID", Some("200000000999")),
+            "HTTP/1.1 403",
+            "ASID_CHECK_FAILED",
+        ),
+    ];
+    for (path, headers, status, code) in &refused {
+        // A body within the limit, mostly unsent: the answer does not wait for it.
+        let answer = answer_before_the_body_ends(&stack, path, headers, limit, WAIT)
+            .await
+            .unwrap_or_else(|| panic!("{path} {code}: no answer while the body was owed"));
+        assert!(answer.starts_with(status), "{path} {code}: {answer}");
+        assert!(answer.contains(code), "{path} {code}: {answer}");
+        // A body over the limit sent in chunks: the header error, not 413.
+        let answer = send_chunked(&stack, path, headers, vec![b' '; limit + 1]).await;
+        assert!(answer.starts_with(status), "{path} {code}: {answer}");
+        assert!(answer.contains(code), "{path} {code}: {answer}");
+    }
+    // The same chunked body with valid headers is read, and refused for its size.
+    let answer = send_chunked(&stack, PUBLISH, &publish, vec![b' '; limit + 1]).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+
+    // A throttled caller (one request a second, a bucket of one) is answered 429 without
+    // its body being read either. Its bucket refills within a second: should the create
+    // come that late (a loaded machine), its body is awaited, and the attempt is repeated.
+    let read = spine::headers(SUBSCRIBER, Op::Read);
+    let mut answer = None;
+    for _ in 0..3 {
+        let http = stack.http.clone();
+        eventually("the caller to be throttled", Duration::from_secs(5), || {
+            let (http, read) = (http.clone(), read.clone());
+            async move { (http.get(UNKNOWN, &read).await.status == 429).then_some(()) }
+        })
+        .await;
+        let path = "/STU3/Subscription";
+        let wait = Duration::from_secs(2);
+        answer = answer_before_the_body_ends(&stack, path, &create, limit, wait).await;
+        if answer.is_some() {
+            break;
+        }
+    }
+    let answer = answer.expect("no answer while the body was owed");
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(answer.contains("throttled"), "{answer}");
+    stack.shutdown().await;
+}
+
+/// Connects to the edge with a bare HTTP/2 client (prior knowledge, no TLS) and has one
+/// `GET /STU3/metadata` answered, so that the server's SETTINGS have been applied.
+async fn http2_client(stack: &TestStack) -> h2::client::SendRequest<bytes::Bytes> {
+    let tcp = TcpStream::connect(stack.edge_addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    http2_metadata(client.clone()).await;
+    client
+}
+
+/// `GET /STU3/metadata` over `client`, expecting `200`.
+async fn http2_metadata(client: h2::client::SendRequest<bytes::Bytes>) {
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::get("http://nems/STU3/metadata")
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn http2_connections_are_limited_to_32_streams_or_as_configured() {
+    let stack = TestStack::builder().sink(Sink::None).start().await;
+    let client = http2_client(&stack).await;
+    assert_eq!(client.current_max_send_streams(), 32);
+    stack.shutdown().await;
+
+    let stack = TestStack::builder()
+        .sink(Sink::None)
+        .edge(|c| c.http2_max_concurrent_streams = 4)
+        .start()
+        .await;
+    let client = http2_client(&stack).await;
+    assert_eq!(client.current_max_send_streams(), 4);
+    stack.shutdown().await;
+}
+
+/// The types of the HTTP/2 frames in `bytes` (whole frames only).
+fn frame_types(bytes: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    let mut rest = bytes;
+    while rest.len() >= 9 {
+        let length = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+        if rest.len() < 9 + length {
+            break;
+        }
+        types.push(rest[3]);
+        rest = &rest[9 + length..];
+    }
+    types
+}
+
+/// An HTTP/2 peer that stops answering is PINGed and dropped after the keep-alive timeout,
+/// freeing its connection slot; a live peer on the same edge answers its PINGs and stays.
+#[tokio::test]
+async fn dead_http2_peers_are_dropped_after_an_unanswered_ping() {
+    const PING: u8 = 6;
+    let stack = TestStack::builder()
+        .sink(Sink::None)
+        .edge(|c| {
+            // The live peer has 2 s to answer each PING, even on a loaded machine.
+            c.http2_keep_alive_interval = Duration::from_millis(500);
+            c.http2_keep_alive_timeout = Duration::from_secs(2);
+        })
+        .start()
+        .await;
+    let live = http2_client(&stack).await;
+
+    // The dead peer sends the connection preface and its (empty) SETTINGS, then only
+    // listens: it never acknowledges anything nor answers a PING.
+    let mut dead = TcpStream::connect(stack.edge_addr).await.unwrap();
+    dead.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match dead.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the dead peer's connection is still open");
+    let types = frame_types(&received);
+    assert!(
+        types.contains(&PING),
+        "closed without a PING first: {types:?}"
+    );
+
+    // The live peer has had the same PINGs, answered them, and is still served.
+    http2_metadata(live).await;
     stack.shutdown().await;
 }

@@ -25,7 +25,7 @@ use nems_proto::spine::SpineCode;
 
 use crate::subscription_api::{
     Api, Fmt, NHS, NOT_NHS, Req, Sub, bearer, body_of, check_outcome, claims, echoed_nhs_number,
-    id_of,
+    id_of, outcome,
 };
 
 /// A well-formed id that names no subscription.
@@ -1247,5 +1247,48 @@ on_default_stack! {
 async fn lifecycle_states_refuse_or_warn() {
     let stack = lifecycle_stack().await;
     lifecycle(&Api::new(&stack)).await;
+    stack.shutdown().await;
+}
+
+/// A client's `X-Request-ID` becomes the OperationOutcome `id` only when it is a FHIR id
+/// (`[A-Za-z0-9\-\.]{1,64}`); otherwise the edge uses a UUID of its own. Either way the
+/// `X-Request-ID` answered and the `id` are the same, on the router's answers (a read of an
+/// unknown id) and on those of the server's layers (a `413` over `Content-Length`).
+#[tokio::test]
+async fn client_request_ids_are_used_only_when_they_are_fhir_ids() {
+    let stack = TestStack::builder()
+        .edge(|c| c.max_body_bytes = 1024)
+        .start()
+        .await;
+    let api = Api::new(&stack);
+    let answers = async |id: &str| {
+        let read = Req::read(SUBSCRIBER, Fmt::Xml, UNKNOWN_ID).with("X-Request-ID", id);
+        let read = api.send(read).await;
+        outcome(&read, Fmt::Xml, 404, "NO_RECORD_FOUND", "not-found");
+        let mut create = Req::create(SUBSCRIBER, Fmt::Xml, Fmt::Xml, &valid());
+        create.body = " ".repeat(2048);
+        let create = api.send(create.with("X-Request-ID", id)).await;
+        outcome(
+            &create,
+            Fmt::Xml,
+            413,
+            "INVALID_REQUEST_MESSAGE",
+            "too-costly",
+        );
+        [read, create]
+    };
+    for r in answers("Client-req.42").await {
+        assert_eq!(r.header("x-request-id"), Some("Client-req.42"));
+    }
+    for invalid in ["has space", "under_score", "<id/>", "a/b", &"a".repeat(65)] {
+        for r in answers(invalid).await {
+            // `outcome` has checked that the `id` is the header's value.
+            let echoed = r.header("x-request-id").unwrap_or_default();
+            assert!(
+                uuid::Uuid::parse_str(echoed).is_ok(),
+                "`{invalid}` answered with X-Request-ID `{echoed}`"
+            );
+        }
+    }
     stack.shutdown().await;
 }

@@ -118,12 +118,15 @@ pub fn empty_response(status: StatusCode) -> HttpResponse {
     response
 }
 
+/// A request body as the server hands it over, still unread. Handlers read it (with
+/// [`read_body`]) only after the Spine headers, the JWT and the rate limit have passed, so
+/// that an unauthenticated or throttled client never has its body buffered.
+pub trait RequestBody: Body<Error: Into<Box<dyn std::error::Error + Send + Sync>>> {}
+
+impl<B> RequestBody for B where B: Body<Error: Into<Box<dyn std::error::Error + Send + Sync>>> {}
+
 /// Reads the request body, refusing more than `limit` bytes with `413`.
-pub async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, EdgeError>
-where
-    B: Body,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+pub async fn read_body(body: impl RequestBody, limit: usize) -> Result<Bytes, EdgeError> {
     let limited = http_body_util::Limited::new(body, limit);
     match limited.collect().await {
         Ok(collected) => Ok(collected.to_bytes()),

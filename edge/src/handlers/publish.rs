@@ -1,6 +1,6 @@
-//! `POST /STU3/Events/1/$process-message`: read the Bundle's structure, hand it and the
-//! exact bytes to core, answer `202` (empty, or an information OperationOutcome for a
-//! deprecated event type).
+//! `POST /STU3/Events/1/$process-message`: check the headers, then read the body and the
+//! Bundle's structure, hand it and the exact bytes to core, answer `202` (empty, or an
+//! information OperationOutcome for a deprecated event type).
 
 use http::{HeaderMap, StatusCode};
 use nems_proto::spine::SpineCode;
@@ -8,8 +8,8 @@ use nems_proto::v1 as pb;
 
 use super::subscription::fhir_error;
 use super::{
-    AppState, Ctx, HttpResponse, check_headers, empty_response, error_response, fhir_response,
-    notices_body,
+    AppState, Ctx, HttpResponse, RequestBody, check_headers, empty_response, error_response,
+    fhir_response, notices_body, read_body,
 };
 use crate::error::EdgeError;
 use crate::fhir::Format;
@@ -21,13 +21,14 @@ use crate::translate::bundle;
 pub async fn publish(
     state: &AppState,
     headers: &HeaderMap,
-    body: bytes::Bytes,
+    body: impl RequestBody,
     ctx: &Ctx,
 ) -> HttpResponse {
     let result = async {
         request_format(headers, Formats::XmlOnly)?;
         response_format(headers, ctx.query.as_deref(), Formats::XmlOnly, Format::Xml)?;
         let checked = check_headers(state, headers, Operation::Publish, ctx)?;
+        let body = read_body(body, state.config.max_body_bytes).await?;
         if body.is_empty() {
             return Err(EdgeError::new(SpineCode::BadRequest, "an event message Bundle is required in the body"));
         }

@@ -1,5 +1,6 @@
-//! `POST /STU3/Subscription`, `GET` and `DELETE /STU3/Subscription/{id}`: translate FHIR to
-//! protobuf, call core, translate back. No NEMS rule is applied here.
+//! `POST /STU3/Subscription`, `GET` and `DELETE /STU3/Subscription/{id}`: check the headers,
+//! then read the body, translate FHIR to protobuf, call core, translate back. No NEMS rule is
+//! applied here.
 
 use http::header::{ETAG, LAST_MODIFIED, LOCATION};
 use http::{HeaderMap, HeaderValue, StatusCode};
@@ -7,8 +8,8 @@ use nems_proto::spine::SpineCode;
 use nems_proto::v1 as pb;
 
 use super::{
-    AppState, Ctx, HttpResponse, check_headers, empty_response, error_response, fhir_response,
-    notices_body,
+    AppState, Ctx, HttpResponse, RequestBody, check_headers, empty_response, error_response,
+    fhir_response, notices_body, read_body,
 };
 use crate::error::EdgeError;
 use crate::fhir::{FhirError, Format};
@@ -28,7 +29,7 @@ pub fn fhir_error(e: FhirError) -> EdgeError {
 pub async fn create(
     state: &AppState,
     headers: &HeaderMap,
-    body: bytes::Bytes,
+    body: impl RequestBody,
     ctx: &Ctx,
 ) -> HttpResponse {
     let body_format = request_format(headers, Formats::XmlOrJson);
@@ -55,12 +56,13 @@ pub async fn create(
 async fn create_inner(
     state: &AppState,
     headers: &HeaderMap,
-    body: bytes::Bytes,
+    body: impl RequestBody,
     body_format: Format,
     format: Format,
     ctx: &Ctx,
 ) -> Result<HttpResponse, EdgeError> {
     let checked = check_headers(state, headers, Operation::Create, ctx)?;
+    let body = read_body(body, state.config.max_body_bytes).await?;
     if body.is_empty() {
         return Err(EdgeError::new(
             SpineCode::BadRequest,
@@ -100,7 +102,7 @@ pub async fn read(
     state: &AppState,
     headers: &HeaderMap,
     id: &str,
-    body: bytes::Bytes,
+    body: impl RequestBody,
     ctx: &Ctx,
 ) -> HttpResponse {
     let format = match response_format(
@@ -114,7 +116,10 @@ pub async fn read(
     };
     let result = async {
         let checked = check_headers(state, headers, Operation::Read, ctx)?;
-        if !body.is_empty() {
+        if !read_body(body, state.config.max_body_bytes)
+            .await?
+            .is_empty()
+        {
             return Err(EdgeError::new(
                 SpineCode::BadRequest,
                 "a read must not carry a body",

@@ -26,7 +26,8 @@ tools/node_modules/.bin/buf format --diff --exit-code
 step "tests (includes the codegen drift check)"
 cargo nextest run --workspace --locked --no-fail-fast
 
-step "doc tests"
+step "doc tests and rustdoc warnings"
 cargo test --workspace --doc --locked
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 
 step "all checks passed"

@@ -1,7 +1,7 @@
 //! The redb store: synchronous code over `WriteTransaction`/`ReadTransaction`, testable
 //! without a runtime. Async starts in `service/`: writes go through the single
-//! [`writer::Writer`] (group commit), short reads run inline
-//! ([`Store::read_inline`]), long ones in `spawn_blocking`.
+//! `writer::Writer` (group commit), short reads run inline
+//! (`Store::read_inline`), long ones in `spawn_blocking`.
 //!
 //! # Layout
 //! - `tables.rs`: every table definition (versioned names); `keys.rs`: id encodings.

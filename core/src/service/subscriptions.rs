@@ -59,6 +59,24 @@ impl Subscriptions {
         r.into_status()
     }
 
+    /// The calling system (refused and audited when unknown) and the subscription id
+    /// (`404` when it is not one of ours), for read and delete.
+    fn caller_and_id(
+        &self,
+        caller: &pb::Caller,
+        action: &str,
+        id: &str,
+    ) -> Result<(pb::SpineSystem, u128), Status> {
+        let system = self
+            .state
+            .directory()
+            .caller(caller)
+            .cloned()
+            .map_err(|r| self.refuse(caller, action, id, r))?;
+        let parsed = parse_id(id).ok_or_else(|| not_found(id))?;
+        Ok((system, parsed))
+    }
+
     async fn create(
         &self,
         caller: pb::Caller,
@@ -161,14 +179,7 @@ impl SubscriptionService for Subscriptions {
     ) -> Result<Response<pb::GetSubscriptionResponse>, Status> {
         let req = request.into_inner();
         let caller = req.caller.ok_or_else(|| missing("caller"))?;
-        let directory = self.state.directory();
-        let system = directory
-            .caller(&caller)
-            .cloned()
-            .map_err(|r| self.refuse(&caller, "read", &req.id, r))?;
-        let Some(id) = parse_id(&req.id) else {
-            return Err(not_found(&req.id));
-        };
+        let (system, id) = self.caller_and_id(&caller, "read", &req.id)?;
         let found = self
             .state
             .store
@@ -198,14 +209,7 @@ impl SubscriptionService for Subscriptions {
     ) -> Result<Response<pb::DeleteSubscriptionResponse>, Status> {
         let req = request.into_inner();
         let caller = req.caller.ok_or_else(|| missing("caller"))?;
-        let directory = self.state.directory();
-        let system = directory
-            .caller(&caller)
-            .cloned()
-            .map_err(|r| self.refuse(&caller, "delete", &req.id, r))?;
-        let Some(id) = parse_id(&req.id) else {
-            return Err(not_found(&req.id));
-        };
+        let (system, id) = self.caller_and_id(&caller, "delete", &req.id)?;
         let now = now_ms();
         let audit_ok = audit_record(&caller, "delete", "Subscription", &req.id, "ok");
         let deleted = self

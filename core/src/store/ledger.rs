@@ -216,6 +216,7 @@ pub(crate) fn lease(
                 accepted_at: Some(timestamp(d.accepted_ms)),
                 lease_expires_at: Some(timestamp(until)),
                 retry_window_start: Some(timestamp(d.retry_window_start_ms())),
+                failures: 0,
             });
         }
         let next_ready = ledger

@@ -1599,7 +1599,9 @@ pub struct Delivery {
     /// Attempt number of this lease (1 for the first hand-out).
     #[prost(uint32, tag = "2")]
     pub attempt: u32,
-    /// `Mex-LocalID`: unique per event and mailbox, stable across attempts.
+    /// `Mex-LocalID`: unique per event and mailbox, stable across attempts; a redrive gives the
+    /// delivery a new one (`<event id>-<n>-r<k>` after the k-th redrive), so that MESH
+    /// tracking by local id only ever finds the copies of the current generation.
     #[prost(string, tag = "3")]
     pub local_id: ::prost::alloc::string::String,
     /// The accepted event's id.
@@ -1631,6 +1633,12 @@ pub struct Delivery {
     /// predates the field: use `accepted_at`.
     #[prost(message, optional, tag = "12")]
     pub retry_window_start: ::core::option::Option<::prost_types::Timestamp>,
+    /// Per-message failures (retry outcomes) reported since the retry window started. The
+    /// adapter's backoff grows with it: the delay after this attempt is the one for failure
+    /// `failures + 1`. A redrive resets it; leases given back and deferred attempts (the
+    /// destination as a whole was unavailable) do not count.
+    #[prost(uint32, tag = "13")]
+    pub failures: u32,
 }
 /// CompleteDeliveryRequest reports what happened to one attempt.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1642,7 +1650,7 @@ pub struct CompleteDeliveryRequest {
     #[prost(uint32, tag = "2")]
     pub attempt: u32,
     /// The outcome.
-    #[prost(oneof = "complete_delivery_request::Outcome", tags = "3, 4, 5")]
+    #[prost(oneof = "complete_delivery_request::Outcome", tags = "3, 4, 5, 6")]
     pub outcome: ::core::option::Option<complete_delivery_request::Outcome>,
 }
 /// Nested message and enum types in `CompleteDeliveryRequest`.
@@ -1659,6 +1667,10 @@ pub mod complete_delivery_request {
         /// A permanent refusal: dead-letter it.
         #[prost(message, tag = "5")]
         Refused(super::DeliveryRefused),
+        /// The destination as a whole was unavailable (its circuit is open): offer the delivery
+        /// again without counting a failure or spending its retry time.
+        #[prost(message, tag = "6")]
+        Deferred(super::DeliveryDeferred),
     }
 }
 /// DeliverySent records MESH's acceptance.
@@ -1678,6 +1690,21 @@ pub struct DeliveryRetry {
     #[prost(string, tag = "2")]
     pub reason: ::prost::alloc::string::String,
     /// How long to wait before offering it again.
+    #[prost(message, optional, tag = "3")]
+    pub retry_after: ::core::option::Option<::prost_types::Duration>,
+}
+/// DeliveryDeferred gives a delivery back because its destination as a whole is unavailable
+/// (connection refused, 5xx or timeouts across mailboxes): it is queued again after
+/// `retry_after` with its failure count unchanged.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeliveryDeferred {
+    /// Failure code (HTTP status or a transport error class).
+    #[prost(string, tag = "1")]
+    pub code: ::prost::alloc::string::String,
+    /// Failure text (never patient data).
+    #[prost(string, tag = "2")]
+    pub reason: ::prost::alloc::string::String,
+    /// How long to wait before offering it again (zero: at once).
     #[prost(message, optional, tag = "3")]
     pub retry_after: ::core::option::Option<::prost_types::Duration>,
 }

@@ -89,6 +89,11 @@ pub struct MeshSettings {
     /// Readiness turns false once MESH has been unreachable for longer than this.
     #[serde(with = "duration")]
     pub unready_after: Duration,
+    /// While the MESH endpoint's circuit is open (deliveries held), the longest wait between
+    /// probes (handshakes); the wait starts at 250 ms and doubles up to this. It bounds how
+    /// long after MESH's return the backlog starts to flow.
+    #[serde(with = "duration")]
+    pub circuit_probe_max: Duration,
 }
 
 impl std::fmt::Debug for MeshSettings {
@@ -133,6 +138,7 @@ impl Default for MeshSettings {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             report_poll_interval: Duration::from_secs(300),
             unready_after: Duration::from_secs(300),
+            circuit_probe_max: Duration::from_secs(5),
         }
     }
 }

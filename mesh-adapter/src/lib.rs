@@ -21,6 +21,7 @@ use nems_proto::v1::delivery_service_client::DeliveryServiceClient;
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
+pub mod circuit;
 pub mod config;
 pub mod error;
 pub mod mesh;
@@ -59,6 +60,23 @@ fn core_channel(
         .connect_lazy())
 }
 
+/// The circuit's probe: a MESH handshake, bounded by the connect timeout (at least 1 s, at
+/// most 10 s) so that a hanging endpoint counts as down promptly. Any answer, even a
+/// refusal, means the endpoint is there.
+fn handshake_probe(client: mesh::MeshClient, connect_timeout: Duration) -> circuit::Probe {
+    let limit = connect_timeout.clamp(Duration::from_secs(1), Duration::from_secs(10));
+    Arc::new(move || {
+        let client = client.clone();
+        Box::pin(async move {
+            match tokio::time::timeout(limit, client.handshake()).await {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => !metrics::means_unreachable(e.code()),
+                Err(_) => false,
+            }
+        })
+    })
+}
+
 /// Runs the adapter until `shutdown` completes.
 pub async fn run(
     config: AdapterConfig,
@@ -73,7 +91,7 @@ pub async fn run(
         None => None,
     };
     let channel = core_channel(&config.core_url, tls)?;
-    let settings = pump::PumpSettings {
+    let mut settings = pump::PumpSettings {
         consumer: config.consumer.clone(),
         max_in_flight: config.max_in_flight,
         max_in_flight_per_mailbox: config.max_in_flight_per_mailbox,
@@ -88,6 +106,7 @@ pub async fn run(
             SinkKind::Folder => None,
             SinkKind::Mesh => Some(config.mesh.attempt_budget()),
         },
+        circuit: None,
     };
     let _ = metrics::metrics();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -114,7 +133,23 @@ pub async fn run(
             let health = settings.health.clone();
             let after = config.mesh.unready_after;
             let check = health.clone();
-            nems_proto::ops::set_check("mesh", move || check.check(after));
+            let circuit = circuit::Circuit::new(
+                handshake_probe(client.clone(), config.mesh.connect_timeout),
+                circuit::CircuitSettings {
+                    probe_max: config.mesh.circuit_probe_max,
+                    ..circuit::CircuitSettings::default()
+                },
+            );
+            settings.circuit = Some(circuit.clone());
+            nems_proto::ops::set_check("mesh", move || {
+                if let Some(open) = circuit.open_for() {
+                    return Err(format!(
+                        "MESH unreachable: circuit open for {}s, deliveries held",
+                        open.as_secs()
+                    ));
+                }
+                check.check(after)
+            });
             let sink = Arc::new(sink::mesh::MeshSink::new(client.clone()));
             let reporter = DeliveryServiceClient::new(channel.clone());
             let handler = move |report: reports::MeshReport| {

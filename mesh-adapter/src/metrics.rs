@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
 use crate::error::DeliveryError;
@@ -18,8 +19,15 @@ use crate::sink::SinkOutcome;
 pub struct AttemptLabels {
     /// `folder` or `mesh`.
     pub sink: &'static str,
-    /// `sent`, `retry` or `refused`.
+    /// `sent`, `retry`, `deferred` or `refused`.
     pub outcome: &'static str,
+}
+
+/// Probe result label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabel {
+    /// `answered` or `failed`.
+    pub result: &'static str,
 }
 
 /// Sink label.
@@ -45,6 +53,12 @@ pub struct AdapterMetrics {
     pub duration: Family<SinkLabel, Histogram>,
     /// MESH failures by code.
     pub mesh_errors: Family<CodeLabel, Counter>,
+    /// 1 while the MESH endpoint's circuit is open.
+    pub circuit_open: Gauge,
+    /// Times the circuit opened.
+    pub circuit_opens: Counter,
+    /// Circuit probes (handshakes) by result.
+    pub circuit_probes: Family<ProbeLabel, Counter>,
 }
 
 /// The process-wide adapter metrics, registered on first use.
@@ -57,7 +71,25 @@ pub fn metrics() -> &'static AdapterMetrics {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16))
             }),
             mesh_errors: Family::default(),
+            circuit_open: Gauge::default(),
+            circuit_opens: Counter::default(),
+            circuit_probes: Family::default(),
         };
+        nems_proto::ops::register(
+            "mesh_circuit_open",
+            "1 while the MESH endpoint's circuit is open (deliveries held, probing)",
+            m.circuit_open.clone(),
+        );
+        nems_proto::ops::register(
+            "mesh_circuit_opens",
+            "Times the MESH endpoint's circuit opened",
+            m.circuit_opens.clone(),
+        );
+        nems_proto::ops::register(
+            "mesh_circuit_probes",
+            "MESH circuit probes (handshakes) by result",
+            m.circuit_probes.clone(),
+        );
         nems_proto::ops::register(
             "delivery_attempts",
             "Delivery attempts by sink and outcome",
@@ -77,11 +109,12 @@ pub fn metrics() -> &'static AdapterMetrics {
     })
 }
 
-/// Records one attempt.
-pub fn record(sink: &'static str, outcome: &SinkOutcome, took: Duration) {
+/// Records one attempt; `deferred` when a retry was deferred because the circuit is open.
+pub fn record(sink: &'static str, outcome: &SinkOutcome, deferred: bool, took: Duration) {
     let m = metrics();
     let (name, code) = match outcome {
         SinkOutcome::Sent { .. } => ("sent", None),
+        SinkOutcome::Retry { code, .. } if deferred => ("deferred", Some(code)),
         SinkOutcome::Retry { code, .. } => ("retry", Some(code)),
         SinkOutcome::Refused { code, .. } => ("refused", Some(code)),
     };
@@ -100,6 +133,24 @@ pub fn record(sink: &'static str, outcome: &SinkOutcome, took: Duration) {
         m.mesh_errors
             .get_or_create(&CodeLabel { code: code.clone() })
             .inc();
+    }
+}
+
+/// Records a circuit probe.
+pub fn record_probe(answered: bool) {
+    let result = if answered { "answered" } else { "failed" };
+    metrics()
+        .circuit_probes
+        .get_or_create(&ProbeLabel { result })
+        .inc();
+}
+
+/// Records the circuit opening (`true`) or closing.
+pub fn set_circuit(open: bool) {
+    let m = metrics();
+    m.circuit_open.set(i64::from(open));
+    if open {
+        m.circuit_opens.inc();
     }
 }
 

@@ -3,16 +3,23 @@
 //! Core bounds how many deliveries are in flight, overall and per mailbox, so a failing
 //! mailbox can hold at most its own share of the slots.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use nems_proto::v1 as pb;
 use nems_proto::v1::delivery_service_client::DeliveryServiceClient;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
+use crate::circuit::{Circuit, Verdict};
+use crate::metrics::means_unreachable;
 use crate::retry::RetryPolicy;
 use crate::sink::{Sink, SinkOutcome};
+
+/// Code of a delivery handed back unattempted because the destination's circuit is open.
+pub const CIRCUIT_OPEN: &str = "CIRCUIT_OPEN";
 
 /// Code of a delivery given up because its retry time ran out.
 pub const RETRY_EXHAUSTED: &str = "RETRY_EXHAUSTED";
@@ -38,6 +45,8 @@ pub struct PumpSettings {
     /// when core's leases are shorter, since core would then hand a delivery out again
     /// while its first send may still be open. `None`: no bound to check (folder sink).
     pub attempt_budget: Option<Duration>,
+    /// The destination's circuit breaker (MESH); `None` for the folder sink.
+    pub circuit: Option<Arc<Circuit>>,
 }
 
 /// Turns a sink outcome into the report to core.
@@ -68,7 +77,9 @@ pub fn to_report(
                     ),
                 })
             } else {
-                let delay = retry.delay(d.attempt, retry_after);
+                // The backoff grows with the delivery's own failures (reset by a redrive),
+                // not with its attempts (leases given back and deferrals are not failures).
+                let delay = retry.delay(d.failures.saturating_add(1), retry_after);
                 Outcome::Retry(pb::DeliveryRetry {
                     code,
                     reason,
@@ -81,6 +92,25 @@ pub fn to_report(
         delivery_id: d.delivery_id,
         attempt: d.attempt,
         outcome: Some(outcome),
+    }
+}
+
+/// The report giving a delivery back because its destination as a whole is unavailable:
+/// queued again at once, with no failure counted and no retry time spent.
+pub fn deferred_report(
+    d: &pb::Delivery,
+    code: String,
+    reason: String,
+) -> pb::CompleteDeliveryRequest {
+    use pb::complete_delivery_request::Outcome;
+    pb::CompleteDeliveryRequest {
+        delivery_id: d.delivery_id,
+        attempt: d.attempt,
+        outcome: Some(Outcome::Deferred(pb::DeliveryDeferred {
+            code,
+            reason,
+            retry_after: Some(prost_types::Duration::default()),
+        })),
     }
 }
 
@@ -126,7 +156,74 @@ async fn complete(
     );
 }
 
+/// Deliveries this process is attempting: delivery id → the newest attempt number core
+/// handed out for it. Core may hand a delivery out again while an attempt is still under way
+/// (its lease was given back when a stream closed); the running attempt then reports under
+/// the newest number instead of a second send starting beside it.
+type InProgress = Arc<std::sync::Mutex<HashMap<u64, u32>>>;
+
+fn lock(map: &InProgress) -> std::sync::MutexGuard<'_, HashMap<u64, u32>> {
+    match map.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Resolves once the circuit's open state equals `open` (never without a circuit).
+async fn circuit_is(rx: &mut Option<watch::Receiver<bool>>, open: bool) {
+    match rx {
+        Some(rx) => {
+            if rx.wait_for(|o| *o == open).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// Attempts one delivery and reports the outcome.
+async fn attempt<S: Sink>(
+    sink: Arc<S>,
+    delivery: pb::Delivery,
+    settings: Arc<PumpSettings>,
+    in_progress: InProgress,
+    mut client: DeliveryServiceClient<Channel>,
+) {
+    let started = std::time::Instant::now();
+    let outcome = sink.deliver(&delivery).await;
+    let mut deferred = false;
+    if let Some(circuit) = &settings.circuit {
+        match &outcome {
+            SinkOutcome::Retry { code, .. } if means_unreachable(code) => {
+                deferred = circuit.endpoint_failed(started).await == Verdict::Endpoint;
+            }
+            _ => circuit.note_answer(),
+        }
+    }
+    crate::metrics::record(settings.sink_name, &outcome, deferred, started.elapsed());
+    settings.health.note(&outcome);
+    tracing::debug!(delivery = delivery.delivery_id, attempt = delivery.attempt, mailbox = %delivery.mailbox, ?outcome, deferred, "delivery attempted");
+    // Report under the newest attempt core handed out meanwhile, if any.
+    let attempt = lock(&in_progress)
+        .remove(&delivery.delivery_id)
+        .unwrap_or(delivery.attempt);
+    let current = pb::Delivery {
+        attempt,
+        ..delivery
+    };
+    let report = match outcome {
+        SinkOutcome::Retry { code, reason, .. } if deferred => {
+            deferred_report(&current, code, reason)
+        }
+        outcome => to_report(&current, outcome, &settings.retry, SystemTime::now()),
+    };
+    complete(&mut client, report).await;
+}
+
 /// Runs until `shutdown`: streams deliveries from core into `sink`.
+///
+/// While the destination's circuit is open the pump holds no stream (core gives its leases
+/// back at once) and reopens it as soon as the circuit closes.
 pub async fn run<S: Sink>(
     channel: Channel,
     sink: Arc<S>,
@@ -134,9 +231,23 @@ pub async fn run<S: Sink>(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
     tokio::pin!(shutdown);
+    let settings = Arc::new(settings);
+    let mut circuit_rx = settings.circuit.as_ref().map(|c| c.watch());
+    let in_progress: InProgress = InProgress::default();
     let mut tasks = JoinSet::new();
     let mut backoff = Duration::from_millis(100);
     'connect: loop {
+        if settings.circuit.as_ref().is_some_and(|c| c.is_open()) {
+            tracing::info!("mesh circuit open: delivery stream paused until MESH answers");
+            loop {
+                tokio::select! {
+                    () = circuit_is(&mut circuit_rx, false) => break,
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                    () = &mut shutdown => break 'connect,
+                }
+            }
+            backoff = Duration::from_millis(100);
+        }
         let mut client =
             DeliveryServiceClient::new(channel.clone()).max_decoding_message_size(64 * 1024 * 1024);
         let request = pb::StreamDeliveriesRequest {
@@ -170,6 +281,10 @@ pub async fn run<S: Sink>(
             let next = tokio::select! {
                 m = stream.message() => m,
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+                () = circuit_is(&mut circuit_rx, true) => {
+                    tracing::info!("mesh circuit opened: closing the delivery stream");
+                    continue 'connect;
+                }
                 () = &mut shutdown => break 'connect,
             };
             match next {
@@ -191,20 +306,37 @@ pub async fn run<S: Sink>(
                             );
                         }
                     }
-                    let sink = sink.clone();
-                    let retry = settings.retry;
-                    let sink_name = settings.sink_name;
-                    let health = settings.health.clone();
-                    let mut client = client.clone();
-                    tasks.spawn(async move {
-                        let started = std::time::Instant::now();
-                        let outcome = sink.deliver(&delivery).await;
-                        crate::metrics::record(sink_name, &outcome, started.elapsed());
-                        health.note(&outcome);
-                        tracing::debug!(delivery = delivery.delivery_id, attempt = delivery.attempt, mailbox = %delivery.mailbox, ?outcome, "delivery attempted");
-                        let report = to_report(&delivery, outcome, &retry, SystemTime::now());
-                        complete(&mut client, report).await;
-                    });
+                    if settings.circuit.as_ref().is_some_and(|c| c.is_open()) {
+                        // Sent by core before the stream closed: give it back unattempted.
+                        let report = deferred_report(
+                            &delivery,
+                            CIRCUIT_OPEN.to_owned(),
+                            "the MESH endpoint's circuit is open".to_owned(),
+                        );
+                        let mut client = client.clone();
+                        tasks.spawn(async move { complete(&mut client, report).await });
+                        continue;
+                    }
+                    {
+                        let mut running = lock(&in_progress);
+                        if let Some(newest) = running.get_mut(&delivery.delivery_id) {
+                            *newest = (*newest).max(delivery.attempt);
+                            tracing::debug!(
+                                delivery = delivery.delivery_id,
+                                attempt = delivery.attempt,
+                                "delivery handed out again while its attempt runs; not sending a second copy"
+                            );
+                            continue;
+                        }
+                        running.insert(delivery.delivery_id, delivery.attempt);
+                    }
+                    tasks.spawn(attempt(
+                        sink.clone(),
+                        delivery,
+                        settings.clone(),
+                        in_progress.clone(),
+                        client.clone(),
+                    ));
                 }
                 Ok(None) => {
                     tracing::info!("delivery stream ended by core; reconnecting");

@@ -267,6 +267,97 @@ async fn a_repeated_attempt_finds_the_earlier_copy_without_posting_again() {
 }
 
 #[tokio::test]
+async fn a_copy_mesh_gave_up_on_is_sent_again_not_taken_for_sent() {
+    let fake = fake().await;
+    let sink = MeshSink::new(client(config(&fake)));
+    let SinkOutcome::Sent { message_id: first } =
+        sink.deliver(&delivery("RECIP01", "d-ndr", 1)).await
+    else {
+        panic!("first attempt should send");
+    };
+    for status in ["undeliverable", "error"] {
+        // MESH reported the copy undeliverable; the delivery is attempted again (a redrive
+        // that kept the local id, or a lease given back after the report).
+        let held = fake.messages().len();
+        let last = fake.messages().pop().unwrap().message_id;
+        assert!(fake.set_message_status(&last, status));
+        let outcome = sink.deliver(&delivery("RECIP01", "d-ndr", 2)).await;
+        let SinkOutcome::Sent { message_id } = outcome else {
+            panic!("a {status} copy must be sent anew, got {outcome:?}");
+        };
+        assert_ne!(message_id, first, "not the copy MESH gave up on");
+        assert_ne!(message_id, last);
+        assert_eq!(fake.messages().len(), held + 1, "a new copy after {status}");
+        assert_eq!(fake.message(&message_id).unwrap().status, "accepted");
+        // Local ids are not unique any more; only a redrive generation (a new local id)
+        // keeps later lookups unambiguous, which core gives every redriven delivery.
+        if status == "undeliverable" {
+            let outcome = sink.deliver(&delivery("RECIP01", "d-ndr", 3)).await;
+            assert!(
+                matches!(outcome, SinkOutcome::Refused { ref code, .. } if code == LOCAL_ID_NOT_UNIQUE),
+                "{outcome:?}"
+            );
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_accepted_or_acknowledged_copy_counts_as_sent() {
+    let fake = fake().await;
+    let sink = MeshSink::new(client(config(&fake)));
+    let SinkOutcome::Sent { message_id } = sink.deliver(&delivery("RECIP01", "d-ack", 1)).await
+    else {
+        panic!("first attempt should send");
+    };
+    assert!(fake.set_message_status(&message_id, "acknowledged"));
+    let outcome = sink.deliver(&delivery("RECIP01", "d-ack", 2)).await;
+    assert_eq!(outcome, SinkOutcome::Sent { message_id });
+    assert_eq!(fake.sends().len(), 1);
+}
+
+#[tokio::test]
+async fn a_withdrawn_local_id_route_is_not_taken_for_no_such_message() {
+    let fake = fake().await;
+    let sink = MeshSink::new(client(config(&fake)));
+    // A message MESH accepted from us: the client remembers its local id.
+    let SinkOutcome::Sent { .. } = sink.deliver(&delivery("RECIP01", "d-known", 1)).await else {
+        panic!("first send");
+    };
+    // The deprecated route goes away; a delivery needing reconciliation must not be sent
+    // blindly (MESH may hold an earlier copy we can no longer find).
+    fake.withdraw_local_id_tracking(true);
+    let outcome = sink.deliver(&delivery("RECIP01", "d-unsure", 2)).await;
+    let SinkOutcome::Retry { code, .. } = &outcome else {
+        panic!("expected a retry, got {outcome:?}");
+    };
+    assert_eq!(code, "TRACKING_LOCAL_ID_ROUTE_UNCONFIRMED");
+    assert!(
+        fake.messages()
+            .iter()
+            .all(|m| m.mex_header("mex-localid") != Some("d-unsure")),
+        "nothing sent while the route is in doubt"
+    );
+    // Restored: a 404 means "no such message" again (the known local id is found).
+    fake.withdraw_local_id_tracking(false);
+    let outcome = sink.deliver(&delivery("RECIP01", "d-unsure", 3)).await;
+    assert!(matches!(outcome, SinkOutcome::Sent { .. }), "{outcome:?}");
+
+    // A fresh client knows no local id: the route shows itself by answering another
+    // method with 405, and does not while withdrawn.
+    let fresh = MeshSink::new(client(config(&fake)));
+    let outcome = fresh.deliver(&delivery("RECIP01", "d-fresh", 2)).await;
+    assert!(matches!(outcome, SinkOutcome::Sent { .. }), "{outcome:?}");
+    fake.withdraw_local_id_tracking(true);
+    let fresh = MeshSink::new(client(config(&fake)));
+    let outcome = fresh.deliver(&delivery("RECIP01", "d-fresh-2", 2)).await;
+    assert!(
+        matches!(outcome, SinkOutcome::Retry { ref code, .. } if code == "TRACKING_LOCAL_ID_ROUTE_UNCONFIRMED"),
+        "{outcome:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_dead_mailbox_is_refused_with_code_12() {
     let fake = fake().await;
     fake.set_behaviour("DEADMB01", Behaviour::Dead);

@@ -45,6 +45,7 @@ struct Inner {
     chunk_retries: u32,
     chunk_retry_policy: RetryPolicy,
     os_version: String,
+    local_id_route: std::sync::Mutex<super::tracking::RouteState>,
 }
 
 /// A complete MESH response.
@@ -119,6 +120,7 @@ impl MeshClient {
                 chunk_retries: config.chunk_retries,
                 chunk_retry_policy: config.chunk_retry_policy,
                 os_version: os_version(),
+                local_id_route: std::sync::Mutex::default(),
             }),
         })
     }
@@ -147,6 +149,10 @@ impl MeshClient {
     }
 
     // --- shared plumbing for the operation modules ---
+
+    pub(crate) fn local_id_route_state(&self) -> &std::sync::Mutex<super::tracking::RouteState> {
+        &self.inner.local_id_route
+    }
 
     pub(crate) fn chunk_size(&self) -> usize {
         self.inner.chunk_size

@@ -25,4 +25,4 @@ pub use client::MeshClient;
 pub use config::{ConfigError, DEFAULT_CHUNK_SIZE, MeshClientConfig, Secret, TlsConfig};
 pub use inbox::{Downloaded, InboxMessage};
 pub use outbox::{OutboundMessage, chunk_ranges};
-pub use tracking::{LOCAL_ID_NOT_UNIQUE, Tracked};
+pub use tracking::{LOCAL_ID_NOT_UNIQUE, LOCAL_ID_ROUTE_UNCONFIRMED, Tracked, TrackedState};

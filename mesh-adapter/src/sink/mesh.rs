@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use super::{Sink, SinkOutcome};
 use crate::error::DeliveryError;
-use crate::mesh::{LOCAL_ID_NOT_UNIQUE, MeshClient, OutboundMessage};
+use crate::mesh::{LOCAL_ID_NOT_UNIQUE, MeshClient, OutboundMessage, TrackedState};
 use crate::metrics::TRACKING_PREFIX;
 
 /// `mex-Content-Type` of every NEMS delivery.
@@ -70,6 +70,7 @@ impl MeshSink {
         }
         let failure = match self.client.send(&outbound(delivery)).await {
             Ok(message_id) => {
+                self.client.remember_accepted(&delivery.local_id);
                 info!(
                     delivery_id = delivery.delivery_id,
                     attempt = delivery.attempt,
@@ -118,18 +119,45 @@ impl MeshSink {
         }
     }
 
-    /// Asks MESH whether a message with this delivery's local id exists.
+    /// Asks MESH whether a message with this delivery's local id exists. Only a copy MESH
+    /// accepted or acknowledged counts as sent: one it reported undeliverable, errored or
+    /// expired will never be received, so a new copy goes (its report dead-letters only the
+    /// copy it names).
     async fn reconcile(&self, delivery: &pb::Delivery) -> Reconciled {
         match self.client.track_by_local_id(&delivery.local_id).await {
-            Ok(Some(tracked)) if tracked.is_incomplete() => {
-                warn!(
-                    delivery_id = delivery.delivery_id,
-                    message_id = %tracked.message_id,
-                    "earlier chunked upload is incomplete; sending a new copy"
-                );
-                Reconciled::Absent
-            }
-            Ok(Some(tracked)) => Reconciled::Found(tracked.message_id),
+            Ok(Some(tracked)) => match tracked.state() {
+                TrackedState::Sent => Reconciled::Found(tracked.message_id),
+                TrackedState::Incomplete => {
+                    warn!(
+                        delivery_id = delivery.delivery_id,
+                        message_id = %tracked.message_id,
+                        "earlier chunked upload is incomplete; sending a new copy"
+                    );
+                    Reconciled::Absent
+                }
+                TrackedState::Failed => {
+                    warn!(
+                        delivery_id = delivery.delivery_id,
+                        message_id = %tracked.message_id,
+                        status = tracked.status.as_deref().unwrap_or(""),
+                        status_code = tracked.status_code.as_deref().unwrap_or(""),
+                        "mesh gave up on the earlier copy; sending a new copy"
+                    );
+                    Reconciled::Absent
+                }
+                TrackedState::Unknown => {
+                    warn!(
+                        delivery_id = delivery.delivery_id,
+                        message_id = %tracked.message_id,
+                        "mesh tracking gave no status for the earlier copy; not sending blindly"
+                    );
+                    Reconciled::Unknown(SinkOutcome::Retry {
+                        code: format!("{TRACKING_PREFIX}NO_STATUS"),
+                        reason: "tracking answer without a status".to_owned(),
+                        retry_after: None,
+                    })
+                }
+            },
             Ok(None) => Reconciled::Absent,
             Err(DeliveryError::Permanent { code, reason }) if code == LOCAL_ID_NOT_UNIQUE => {
                 warn!(

@@ -164,6 +164,9 @@ struct Inner {
     drop_request_bodies: bool,
     /// Drop every request unanswered (see [`MeshFake::set_unreachable`]).
     unreachable: bool,
+    /// The deprecated tracking-by-local-id route is gone: 404 for every method
+    /// (see [`MeshFake::withdraw_local_id_tracking`]).
+    local_id_tracking_withdrawn: bool,
 }
 
 // === MeshFake ===
@@ -220,6 +223,30 @@ impl MeshFake {
     /// the connection drop and nothing is stored. `false` answers normally again.
     pub fn set_unreachable(&self, unreachable: bool) {
         self.inner().unreachable = unreachable;
+    }
+
+    /// Withdraws (`true`) or restores the deprecated `GET …/outbox/tracking/{local_id}` route:
+    /// while withdrawn it answers 404 whatever the method, like a route that no longer exists
+    /// (while present, another method gets 405).
+    pub fn withdraw_local_id_tracking(&self, withdrawn: bool) {
+        self.inner().local_id_tracking_withdrawn = withdrawn;
+    }
+
+    /// Sets the tracking status of a stored message, as MESH does when it gives up on one
+    /// (`undeliverable`, `error`); returns false when no message has that id.
+    pub fn set_message_status(&self, message_id: &str, status: &str) -> bool {
+        let mut inner = self.inner();
+        match inner
+            .messages
+            .iter_mut()
+            .find(|m| m.message_id == message_id)
+        {
+            Some(message) => {
+                message.status = status.to_owned();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Keeps request bodies out of [`MeshFake::requests`] (stored messages keep their

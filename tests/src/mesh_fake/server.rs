@@ -184,6 +184,9 @@ fn route(inner: &mut Inner, method: Method, path: &str, headers: HeaderMap, body
     };
     let segments: Vec<&str> = request.segments.iter().map(String::as_str).collect();
     match (&request.method, segments.as_slice()) {
+        (_, ["outbox", "tracking", _]) if inner.local_id_tracking_withdrawn => {
+            Action::Reply(error_response(StatusCode::NOT_FOUND, "", "", "Not Found"))
+        }
         (&Method::POST | &Method::GET, []) => Action::Reply(handshake(&request)),
         (&Method::POST, ["outbox"]) => send(inner, &request),
         (&Method::POST, ["outbox", id, number]) => {
@@ -192,6 +195,14 @@ fn route(inner: &mut Inner, method: Method, path: &str, headers: HeaderMap, body
         (&Method::GET, ["outbox", "tracking"]) => Action::Reply(track_by_id(inner, &request)),
         (&Method::GET, ["outbox", "tracking", local_id]) => {
             Action::Reply(track_by_local_id(inner, &request, local_id))
+        }
+        (&Method::PUT | &Method::DELETE | &Method::PATCH, ["outbox", "tracking", _]) => {
+            Action::Reply(error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "",
+                "",
+                "Method Not Allowed",
+            ))
         }
         (&Method::GET, ["inbox"]) => Action::Reply(inbox::list(inner, &request)),
         (&Method::GET | &Method::HEAD, ["inbox", id]) => {

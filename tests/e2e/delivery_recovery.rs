@@ -1,0 +1,245 @@
+//! Delivery recovery through the whole stack against the in-process MESH fake (issue 11):
+//! a delivery MESH reported undeliverable and an operator redrove is sent as a new MESH
+//! message (never taken for the old one); an outage of the endpoint opens the adapter's
+//! circuit, which holds deliveries without spending their failures, and releases the backlog
+//! as soon as MESH answers; one failing mailbox never opens it.
+//!
+//! Metrics and readiness are process-wide; nextest runs each test in its own process.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use nems_e2e::eventually::eventually;
+use nems_e2e::mesh_fake::{Behaviour, FakeReport};
+use nems_e2e::spine::explicit;
+use nems_proto::v1 as pb;
+
+use crate::delivery_support::{
+    NHS_NUMBER, SERVICE, WAIT, deliveries_to, fake, fake_stack, inject, publish, subscribe,
+    vaccination_event,
+};
+
+/// Reads one sample of the process's metrics (`name` with its labels, as encoded).
+pub(crate) fn metric(sample: &str) -> f64 {
+    nems_proto::ops::encode()
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+/// The readiness failure of the adapter's MESH check, if any.
+fn mesh_unready() -> Option<String> {
+    nems_proto::ops::readiness()
+        .into_iter()
+        .find(|(name, _)| name == "mesh")
+        .map(|(_, why)| why)
+}
+
+#[tokio::test]
+async fn a_redriven_delivery_mesh_reported_undeliverable_is_sent_as_a_new_message() {
+    let fake = fake().await;
+    fake.add_mailbox("RECIP01", "pw");
+    // A second subscriber whose mailbox MESH does not know: its dead letter keeps the
+    // event's payload (dead_letter_retention), so the reported delivery can be redriven.
+    fake.set_behaviour("DEAD01", Behaviour::Dead);
+    let stack = fake_stack(&fake, &["RECIP01", "DEAD01"]).start().await;
+    for mailbox in ["RECIP01", "DEAD01"] {
+        subscribe(
+            &stack,
+            mailbox,
+            &explicit(NHS_NUMBER, &["vaccinations-1"], ""),
+        )
+        .await;
+    }
+    let payload = vaccination_event(NHS_NUMBER, "recovery-ndr-redrive");
+    publish(&stack, payload.as_bytes()).await;
+    let sent = eventually("RECIP01's delivery to be delivered", WAIT, || async {
+        deliveries_to(&stack, "RECIP01")
+            .await
+            .into_iter()
+            .find(|r| r.state() == pb::DeliveryState::Delivered)
+    })
+    .await;
+    eventually("DEAD01's delivery to be dead-lettered", WAIT, || async {
+        deliveries_to(&stack, "DEAD01")
+            .await
+            .into_iter()
+            .find(|r| r.state() == pb::DeliveryState::DeadLettered)
+    })
+    .await;
+
+    // MESH gives up on the message (never collected) and reports it to our mailbox.
+    assert!(fake.set_message_status(&sent.mesh_message_id, "undeliverable"));
+    fake.inject_report(
+        SERVICE,
+        &FakeReport {
+            linked_message_id: sent.mesh_message_id.clone(),
+            local_id: sent.local_id.clone(),
+            workflow_id: sent.workflow_id.clone(),
+            code: "14".into(),
+            description: "Message not collected by recipient after 5 days".into(),
+        },
+    );
+    let dead = eventually("the report to dead-letter the delivery", WAIT, || async {
+        deliveries_to(&stack, "RECIP01")
+            .await
+            .into_iter()
+            .find(|r| r.state() == pb::DeliveryState::DeadLettered)
+    })
+    .await;
+    assert_eq!(dead.last_error_code, "MESH_14");
+
+    let redriven = stack
+        .operator()
+        .redrive_deliveries(pb::RedriveDeliveriesRequest {
+            delivery_ids: vec![dead.delivery_id],
+            ..Default::default()
+        })
+        .await
+        .expect("redrive")
+        .into_inner();
+    assert_eq!(redriven.redriven, 1, "{redriven:?}");
+    let again = eventually("the redriven delivery to be delivered", WAIT, || async {
+        deliveries_to(&stack, "RECIP01")
+            .await
+            .into_iter()
+            .find(|r| r.state() == pb::DeliveryState::Delivered)
+    })
+    .await;
+    assert_ne!(
+        again.mesh_message_id, sent.mesh_message_id,
+        "delivered means a message MESH accepted, not the one it reported undeliverable"
+    );
+    let copies = fake.messages_to("RECIP01");
+    assert_eq!(copies.len(), 2, "the original and the redriven copy");
+    let new_copy = fake
+        .message(&again.mesh_message_id)
+        .expect("the ledger's message id is a message MESH holds");
+    assert_eq!(new_copy.status, "accepted");
+    assert_eq!(new_copy.payload(), payload.as_bytes(), "payload unchanged");
+    assert_ne!(
+        new_copy.mex_header("mex-localid"),
+        Some(sent.local_id.as_str()),
+        "a redrive is a new generation of the local id"
+    );
+    assert_eq!(
+        new_copy.mex_header("mex-localid"),
+        Some(again.local_id.as_str())
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_endpoint_outage_holds_deliveries_and_releases_them_when_mesh_answers() {
+    let fake = fake().await;
+    let mailboxes = ["RECIP01", "RECIP02", "RECIP03"];
+    let stack = fake_stack(&fake, &mailboxes)
+        .adapter(|a| {
+            a.mesh.request_timeout = Duration::from_millis(500);
+            a.mesh.connect_timeout = Duration::from_millis(500);
+            a.mesh.circuit_probe_max = Duration::from_millis(200);
+            // An hour's per-message backoff: a delivery charged a failure for the outage
+            // would wait (a uniform draw of) up to an hour, far past WAIT, so a drain within
+            // WAIT shows the outage was not charged to them.
+            a.retry_initial = Duration::from_secs(3600);
+            a.retry_max_delay = Duration::from_secs(3600);
+        })
+        .start()
+        .await;
+    fake.set_unreachable(true);
+    let mut ids = BTreeMap::new();
+    for i in 0..30 {
+        let mailbox = mailboxes[i % mailboxes.len()];
+        let (event, id) = inject(&stack, mailbox, format!("<outage n='{i}'/>").as_bytes()).await;
+        ids.insert(id, (event, mailbox));
+    }
+    let why = eventually("the circuit to open", WAIT, || async {
+        mesh_unready().filter(|why| why.contains("circuit open"))
+    })
+    .await;
+    assert!(why.starts_with("MESH unreachable"), "{why}");
+    assert_eq!(metric("nems_mesh_circuit_open"), 1.0);
+    // While open: probes fail, and deliveries are neither attempted nor charged.
+    let probes = metric("nems_mesh_circuit_probes_total{result=\"failed\"}");
+    let sends_before = fake.sends().len();
+    eventually("two more failed probes", WAIT, || async {
+        (metric("nems_mesh_circuit_probes_total{result=\"failed\"}") >= probes + 2.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        fake.sends().len(),
+        sends_before,
+        "no delivery attempted while the circuit is open"
+    );
+
+    let back = Instant::now();
+    fake.set_unreachable(false);
+    eventually("every delivery to be delivered", WAIT, || async {
+        let mut delivered = 0;
+        for mailbox in mailboxes {
+            delivered += deliveries_to(&stack, mailbox)
+                .await
+                .iter()
+                .filter(|r| r.state() == pb::DeliveryState::Delivered)
+                .count();
+        }
+        (delivered == ids.len()).then_some(())
+    })
+    .await;
+    let drained = back.elapsed();
+    println!(
+        "circuit: {} deliveries delivered {:.2} s after MESH answered again",
+        ids.len(),
+        drained.as_secs_f64()
+    );
+    assert_eq!(metric("nems_mesh_circuit_open"), 0.0);
+    assert!(mesh_unready().is_none_or(|why| !why.contains("circuit open")));
+    // Exactly one copy of each delivery, none dead-lettered.
+    let mut copies: BTreeMap<String, usize> = BTreeMap::new();
+    for message in fake.messages() {
+        *copies
+            .entry(message.mex_header("mex-localid").unwrap_or("").to_owned())
+            .or_default() += 1;
+    }
+    for mailbox in mailboxes {
+        for row in deliveries_to(&stack, mailbox).await {
+            assert_eq!(row.state(), pb::DeliveryState::Delivered, "{row:?}");
+            assert_eq!(copies.get(&row.local_id), Some(&1), "{}", row.local_id);
+        }
+    }
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn one_failing_mailbox_keeps_its_own_backoff_and_never_opens_the_circuit() {
+    let fake = fake().await;
+    fake.set_behaviour(
+        "BROKEN1",
+        Behaviour::Fail {
+            times: u32::MAX,
+            status: 503,
+            retry_after: None,
+        },
+    );
+    let stack = fake_stack(&fake, &["BROKEN1", "RECIP01"]).start().await;
+    let (broken_event, broken) = inject(&stack, "BROKEN1", b"<broken/>").await;
+    eventually("the broken mailbox to fail twice", WAIT, || async {
+        let row = crate::delivery_support::delivery(&stack, &broken_event, broken).await;
+        (row.attempts >= 2 && row.last_error_code == "503").then_some(())
+    })
+    .await;
+    // A healthy mailbox is delivered meanwhile, and the endpoint is not taken for down.
+    for i in 0..5 {
+        let (event, id) = inject(&stack, "RECIP01", format!("<ok n='{i}'/>").as_bytes()).await;
+        crate::delivery_support::wait_for_state(&stack, &event, id, pb::DeliveryState::Delivered)
+            .await;
+    }
+    let row = crate::delivery_support::delivery(&stack, &broken_event, broken).await;
+    assert_eq!(row.state(), pb::DeliveryState::Queued, "{row:?}");
+    assert_eq!(metric("nems_mesh_circuit_opens_total"), 0.0);
+    assert!(mesh_unready().is_none_or(|why| !why.contains("circuit open")));
+    stack.shutdown().await;
+}

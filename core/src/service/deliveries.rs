@@ -115,6 +115,16 @@ async fn pump(
     tracing::info!(stream, "delivery stream closed");
 }
 
+/// A requested delay in milliseconds: negative or malformed is zero, longer than
+/// [`MAX_RETRY_AFTER`] is clamped to it.
+fn retry_after_ms(after: Option<prost_types::Duration>) -> u64 {
+    after
+        .and_then(|d| Duration::try_from(d).ok())
+        .unwrap_or_default()
+        .min(MAX_RETRY_AFTER)
+        .as_millis() as u64
+}
+
 fn outcome(req: &pb::CompleteDeliveryRequest) -> Result<Outcome, Status> {
     use pb::complete_delivery_request::Outcome as In;
     let clip = |s: &str| s.chars().take(500).collect::<String>();
@@ -122,25 +132,20 @@ fn outcome(req: &pb::CompleteDeliveryRequest) -> Result<Outcome, Status> {
         Some(In::Sent(sent)) => Ok(Outcome::Sent {
             mesh_message_id: clip(&sent.mesh_message_id),
         }),
-        Some(In::Retry(retry)) => {
-            let after = retry
-                .retry_after
-                .and_then(|d| Duration::try_from(d).ok())
-                .unwrap_or_default()
-                .min(MAX_RETRY_AFTER);
-            Ok(Outcome::Retry {
-                code: clip(&retry.code),
-                reason: clip(&retry.reason),
-                retry_after_ms: after.as_millis() as u64,
-            })
-        }
+        Some(In::Retry(retry)) => Ok(Outcome::Retry {
+            code: clip(&retry.code),
+            reason: clip(&retry.reason),
+            retry_after_ms: retry_after_ms(retry.retry_after),
+        }),
+        Some(In::Deferred(deferred)) => Ok(Outcome::Deferred {
+            code: clip(&deferred.code),
+            reason: clip(&deferred.reason),
+            retry_after_ms: retry_after_ms(deferred.retry_after),
+        }),
         Some(In::Refused(refused)) => Ok(Outcome::Refused {
             code: clip(&refused.code),
             reason: clip(&refused.reason),
         }),
-        // Placeholder until the ledger knows deferrals (issue 11): an unavailable
-        // destination is not yet told from a failing message.
-        Some(In::Deferred(_)) => Err(Status::unimplemented("deferred outcomes")),
         None => Err(super::missing("outcome")),
     }
 }

@@ -216,7 +216,7 @@ pub(crate) fn lease(
                 accepted_at: Some(timestamp(d.accepted_ms)),
                 lease_expires_at: Some(timestamp(until)),
                 retry_window_start: Some(timestamp(d.retry_window_start_ms())),
-                failures: 0,
+                failures: d.failures,
             });
         }
         let next_ready = ledger
@@ -249,6 +249,12 @@ pub(crate) enum Outcome {
         code: String,
         reason: String,
     },
+    /// The destination as a whole was unavailable: offered again later, no failure counted.
+    Deferred {
+        code: String,
+        reason: String,
+        retry_after_ms: u64,
+    },
 }
 
 /// The effect of a completion.
@@ -262,8 +268,14 @@ pub(crate) struct Completed {
     pub(crate) requeued_at: Option<u64>,
 }
 
-/// Records an attempt's outcome. Settled deliveries keep their state; a retry or refusal
-/// for an older attempt than the current lease is ignored (stale report).
+/// Records an attempt's outcome. Settled deliveries keep their state. `Sent` settles the
+/// delivery from any attempt (MESH has the message, whichever lease sent it). A retry,
+/// deferral or refusal counts only for the current attempt of an in-flight delivery: one
+/// for an older attempt, or for a delivery no longer in flight (requeued by an earlier
+/// report, or its lease given back when its stream ended or core restarted), is stale and
+/// ignored, since core has already taken that attempt back and will hand the delivery out
+/// again (the next attempt reconciles through MESH tracking and meets the same refusal if
+/// it is permanent).
 pub(crate) fn complete(
     tx: &WriteTransaction,
     id: u64,
@@ -291,7 +303,7 @@ pub(crate) fn complete(
             | pb::DeliveryState::DeadLettered
             | pb::DeliveryState::Suppressed
     );
-    let stale = attempt != d.attempts;
+    let stale = attempt != d.attempts || before != pb::DeliveryState::InFlight;
     match outcome {
         _ if settled => return Ok(Some(done)),
         Outcome::Sent { mesh_message_id } => {
@@ -307,12 +319,27 @@ pub(crate) fn complete(
             release_payload(tx, &mut d)?;
             ledger = Ledger::open(tx)?;
         }
-        Outcome::Retry { .. } | Outcome::Refused { .. } if stale => return Ok(Some(done)),
+        Outcome::Retry { .. } | Outcome::Refused { .. } | Outcome::Deferred { .. } if stale => {
+            return Ok(Some(done));
+        }
         Outcome::Retry {
             code,
             reason,
             retry_after_ms,
         } => {
+            let at = now + retry_after_ms;
+            ledger.transition(id, &mut d, pb::DeliveryState::Queued, Some(at), now)?;
+            d.last_error_code.clone_from(code);
+            d.last_error.clone_from(reason);
+            d.failures = d.failures.saturating_add(1);
+            done.requeued_at = Some(at);
+        }
+        Outcome::Deferred {
+            code,
+            reason,
+            retry_after_ms,
+        } => {
+            // Not the message's fault: its failure count and retry window stay as they are.
             let at = now + retry_after_ms;
             ledger.transition(id, &mut d, pb::DeliveryState::Queued, Some(at), now)?;
             d.last_error_code.clone_from(code);
@@ -330,14 +357,60 @@ pub(crate) fn complete(
     Ok(Some(done))
 }
 
-/// Finds the delivery a MESH report concerns, by local id or MESH message id.
+/// The parts of a `Mex-LocalID`: (event id, delivery index within the event, redrive
+/// generation). `<event hex>-<index>` is generation 0 (also every id minted before
+/// redrive generations existed); `<event hex>-<index>-r<k>` is generation `k`.
+pub(crate) fn parse_local_id(local_id: &str) -> Option<(u128, u64, u32)> {
+    let mut parts = local_id.splitn(3, '-');
+    let event = parse_id(parts.next()?)?;
+    let index = parts.next()?;
+    if index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let index = index.parse().ok()?;
+    let generation = match parts.next() {
+        None => 0,
+        Some(g) => {
+            let k = g.strip_prefix('r')?;
+            if k.is_empty() || !k.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            k.parse().ok()?
+        }
+    };
+    Some((event, index, generation))
+}
+
+/// The local id of generation `redrives` of the delivery at `index` of event `event_hex`.
+pub(crate) fn local_id(event_hex: &str, index: u64, redrives: u32) -> String {
+    if redrives == 0 {
+        format!("{event_hex}-{index}")
+    } else {
+        format!("{event_hex}-{index}-r{redrives}")
+    }
+}
+
+/// Finds the delivery a MESH report concerns, by local id or MESH message id, only if the
+/// report concerns its current generation: a report naming the local id of an earlier
+/// generation (before a redrive), or a MESH message id other than the one the delivery
+/// last recorded, is about a message the delivery has already been resent past and finds
+/// nothing. A local id that names no stored delivery falls back to the MESH message id.
 pub(crate) fn find_reported(
     tx: &WriteTransaction,
     mesh_message_id: &str,
     local_id: &str,
 ) -> Result<Option<u64>, StoreError> {
-    if let Some((event, index)) = local_id.split_once('-')
-        && let (Some(event_id), Ok(index)) = (parse_id(event), index.parse::<u64>())
+    let deliveries = tx.open_table(DELIVERIES)?;
+    let current = |id: u64| -> Result<Option<StoredDelivery>, StoreError> {
+        deliveries
+            .get(id)?
+            .map(|b| StoredDelivery::decode(b.value()))
+            .transpose()
+            .map_err(StoreError::from)
+    };
+    let other_message =
+        |d: &StoredDelivery| !d.mesh_message_id.is_empty() && d.mesh_message_id != mesh_message_id;
+    if let Some((event_id, index, generation)) = parse_local_id(local_id)
         && let Some(seq) = tx
             .open_table(EVENTS_BY_ID)?
             .get(event_id)?
@@ -345,17 +418,27 @@ pub(crate) fn find_reported(
         && let Some(bytes) = tx.open_table(EVENTS)?.get(seq)?
     {
         let event = StoredEvent::decode(bytes.value())?;
-        if index < u64::from(event.deliveries) {
-            return Ok(Some(event.first_delivery + index));
+        if index < u64::from(event.deliveries)
+            && let Some(d) = current(event.first_delivery + index)?
+        {
+            let this_generation =
+                d.redrives == generation && (mesh_message_id.is_empty() || !other_message(&d));
+            return Ok(this_generation.then_some(event.first_delivery + index));
         }
     }
     if mesh_message_id.is_empty() {
         return Ok(None);
     }
-    Ok(tx
+    let Some(id) = tx
         .open_table(DELIVERIES_BY_MESH_ID)?
         .get(mesh_message_id)?
-        .map(|v| v.value()))
+        .map(|v| v.value())
+    else {
+        return Ok(None);
+    };
+    Ok(current(id)?
+        .filter(|d| d.mesh_message_id == mesh_message_id)
+        .map(|_| id))
 }
 
 /// Dead-letters a delivery that MESH reported undelivered (e.g. not collected in time).
@@ -445,8 +528,24 @@ pub(crate) fn redrive(
         }
         let mut ledger = Ledger::open(tx)?;
         ledger.transition(id, &mut d, pb::DeliveryState::Queued, Some(now), now)?;
-        // The retry time starts again: an old dead letter gets more than one try.
+        // The retry time and the backoff start again: an old dead letter gets more than one
+        // try, the first one soon.
         d.redriven_ms = now;
+        d.failures = 0;
+        // A new generation: a new `Mex-LocalID`, so that MESH tracking (and its reports) tell
+        // the resend from the message MESH gave up on.
+        let Some((_, index, _)) = parse_local_id(&d.local_id) else {
+            return Err(StoreError::Corrupt(format!(
+                "delivery {id} has a malformed local id"
+            )));
+        };
+        d.redrives = d.redrives.saturating_add(1);
+        d.local_id = local_id(&d.event_id, index, d.redrives);
+        if !d.mesh_message_id.is_empty() {
+            tx.open_table(DELIVERIES_BY_MESH_ID)?
+                .remove(d.mesh_message_id.as_str())?;
+            d.mesh_message_id.clear();
+        }
         ledger.save(id, &d)?;
         redriven.push((id, d.mailbox.clone()));
     }

@@ -168,25 +168,61 @@ pub(crate) struct Lease {
     pub(crate) next_ready: Option<u64>,
 }
 
-/// Leases up to `max` available deliveries from each picked mailbox until `now + lease_ms`.
+/// What one lease call handed out.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Leased {
+    /// One entry per pick, in order.
+    pub(crate) leases: Vec<Lease>,
+    /// The byte budget stopped the call before a delivery that was available.
+    pub(crate) out_of_budget: bool,
+}
+
+/// The most payload bytes one lease call may hand out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Budget {
+    /// Payload bytes the call may add.
+    pub(crate) bytes: u64,
+    /// Take the first delivery even if it is larger than `bytes` (the stream has nothing
+    /// in flight, so a payload larger than the whole budget still gets through).
+    pub(crate) take_one: bool,
+}
+
+impl Budget {
+    /// No byte limit (tests and tools).
+    #[cfg(test)]
+    pub(crate) const UNLIMITED: Budget = Budget {
+        bytes: u64::MAX,
+        take_one: true,
+    };
+}
+
+/// Leases up to `max` available deliveries from each picked mailbox until `now + lease_ms`,
+/// within `budget` payload bytes. Deliveries of one event share one payload buffer.
 pub(crate) fn lease(
     tx: &WriteTransaction,
     picks: &[(String, u32)],
     now: u64,
     lease_ms: u64,
-) -> Result<Vec<Lease>, StoreError> {
+    budget: Budget,
+) -> Result<Leased, StoreError> {
     let mut ledger = Ledger::open(tx)?;
     let payloads = tx.open_table(PAYLOADS)?;
     let until = now + lease_ms;
     let mut out = Vec::with_capacity(picks.len());
+    let mut shared: std::collections::HashMap<u64, bytes::Bytes> = Default::default();
+    let mut spent = 0u64;
+    let mut taken = 0usize;
+    let mut out_of_budget = false;
     for (mailbox, max) in picks {
         let mb = mailbox.as_str();
         let mut keys = Vec::new();
-        for item in ledger.queue.range((mb, 0, 0)..=(mb, now, u64::MAX))? {
-            let (k, _) = item?;
-            keys.push(k.value().2);
-            if keys.len() >= *max as usize {
-                break;
+        if !out_of_budget {
+            for item in ledger.queue.range((mb, 0, 0)..=(mb, now, u64::MAX))? {
+                let (k, _) = item?;
+                keys.push(k.value().2);
+                if keys.len() >= *max as usize {
+                    break;
+                }
             }
         }
         let mut leased = Vec::with_capacity(keys.len());
@@ -196,10 +232,27 @@ pub(crate) fn lease(
                     "queue names unknown delivery {id}"
                 )));
             };
-            let payload = payloads
-                .get(d.event_seq)?
-                .map(|p| bytes::Bytes::copy_from_slice(p.value()))
-                .ok_or_else(|| StoreError::Corrupt(format!("delivery {id} has no payload")))?;
+            let payload = match shared.get(&d.event_seq) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = payloads
+                        .get(d.event_seq)?
+                        .map(|p| bytes::Bytes::copy_from_slice(p.value()))
+                        .ok_or_else(|| {
+                            StoreError::Corrupt(format!("delivery {id} has no payload"))
+                        })?;
+                    shared.insert(d.event_seq, p.clone());
+                    p
+                }
+            };
+            let size = payload.len() as u64;
+            let first = taken == 0 && budget.take_one;
+            if !first && spent.saturating_add(size) > budget.bytes {
+                out_of_budget = true;
+                break;
+            }
+            spent += size;
+            taken += 1;
             ledger.transition(id, &mut d, pb::DeliveryState::InFlight, Some(until), now)?;
             d.attempts += 1;
             ledger.save(id, &d)?;
@@ -231,7 +284,61 @@ pub(crate) fn lease(
             next_ready,
         });
     }
-    Ok(out)
+    Ok(Leased {
+        leases: out,
+        out_of_budget,
+    })
+}
+
+/// Gives leases back at once: each `(delivery, attempt)` still in flight on that attempt is
+/// queued again, available now, with its attempt count kept (the next hand-out is a later
+/// attempt, so the MESH sink reconciles through tracking before it sends again). A
+/// delivery a report has settled or requeued meanwhile, or that was leased again, is left
+/// alone. Returns the (delivery, mailbox) pairs given back.
+pub(crate) fn give_back(
+    tx: &WriteTransaction,
+    leases: &[(u64, u32)],
+    now: u64,
+) -> Result<Vec<(u64, String)>, StoreError> {
+    let mut ledger = Ledger::open(tx)?;
+    let mut back = Vec::new();
+    for &(id, attempt) in leases {
+        let Some(mut d) = ledger.load(id)? else {
+            continue;
+        };
+        if d.state() != pb::DeliveryState::InFlight || d.attempts != attempt {
+            continue;
+        }
+        ledger.transition(id, &mut d, pb::DeliveryState::Queued, Some(now), now)?;
+        ledger.save(id, &d)?;
+        back.push((id, d.mailbox.clone()));
+    }
+    Ok(back)
+}
+
+/// Gives back every lease in the store (core start-up): no delivery stream from before a
+/// restart can still be open, so no adapter can still report on those attempts except with
+/// `Sent`, which settles a queued delivery too. Returns how many were given back.
+///
+/// redb has exactly one core per store, so "every lease" is "every lease of this core". A
+/// store shared by several cores (the PostgreSQL backend) must scope this to the leases of
+/// the restarting core instance (leases recorded with the instance that handed them out),
+/// or leave other cores' leases to their own stream ends and expiries.
+pub(crate) fn give_back_all(tx: &WriteTransaction, now: u64) -> Result<usize, StoreError> {
+    let in_flight = pb::DeliveryState::InFlight as u8;
+    let held: Vec<(u64, u32)> = {
+        let by_state = tx.open_table(DELIVERIES_BY_STATE)?;
+        let deliveries = tx.open_table(DELIVERIES)?;
+        let mut held = Vec::new();
+        for item in by_state.range((in_flight, 0)..=(in_flight, u64::MAX))? {
+            let id = item?.0.value().1;
+            if let Some(bytes) = deliveries.get(id)? {
+                held.push((id, StoredDelivery::decode(bytes.value())?.attempts));
+            }
+        }
+        held
+    };
+    Ok(give_back(tx, &held, now)?.len())
 }
 
 /// An adapter's report on one attempt.

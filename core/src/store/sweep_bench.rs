@@ -106,7 +106,9 @@ async fn sweep_bench() {
                 for i in first..first + n {
                     accept(tx, &event(1 + u128::from(i), "DEAD", now))?;
                 }
-                let leases = ledger::lease(tx, &[("DEAD".to_string(), n as u32)], now, 60_000)?;
+                let picks = [("DEAD".to_string(), n as u32)];
+                let leases =
+                    ledger::lease(tx, &picks, now, 60_000, ledger::Budget::UNLIMITED)?.leases;
                 let refused = Outcome::Refused {
                     code: "12".into(),
                     reason: "Unregistered to address".into(),

@@ -44,9 +44,10 @@ async fn lease(s: &Store, mailbox: &str, now: u64) -> Vec<pb::Delivery> {
     let picks = vec![(mailbox.to_string(), 10)];
     let mut leases = s
         .writer()
-        .write(move |tx| ledger::lease(tx, &picks, now, 1_000))
+        .write(move |tx| ledger::lease(tx, &picks, now, 1_000, ledger::Budget::UNLIMITED))
         .await
-        .unwrap();
+        .unwrap()
+        .leases;
     leases.remove(0).deliveries
 }
 
@@ -737,4 +738,175 @@ async fn reports_on_an_earlier_generation_leave_the_redriven_delivery_alone() {
         Some(id),
         "the current local id"
     );
+}
+
+async fn give_back(s: &Store, held: Vec<(u64, u32)>, now: u64) -> Vec<u64> {
+    s.writer()
+        .write(move |tx| ledger::give_back(tx, &held, now))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect()
+}
+
+#[tokio::test]
+async fn leases_given_back_are_offered_at_once_and_late_reports_are_judged() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let e = event(30, &["A", "B", "C"], false, 100);
+    s.writer().write(move |tx| accept(tx, &e)).await.unwrap();
+    let a = lease(&s, "A", 200).await[0].delivery_id;
+    let b = lease(&s, "B", 200).await[0].delivery_id;
+    let c = lease(&s, "C", 200).await[0].delivery_id;
+    // The leases run until 1200; given back at 300, all three are available at 300.
+    assert_eq!(
+        give_back(&s, vec![(a, 1), (b, 1), (c, 1)], 300).await,
+        vec![a, b, c]
+    );
+    for id in [a, b, c] {
+        let r = row(&s, id);
+        assert_eq!(r.state(), pb::DeliveryState::Queued);
+        assert_eq!(r.next_attempt_at, Some(ledger::timestamp(300)));
+    }
+    // Late reports on the given-back attempt: Sent still settles (MESH has the message);
+    // a retry, deferral or refusal is stale (core took the attempt back).
+    assert_eq!(
+        complete(&s, a, 1, sent("M-A"), 310).await,
+        pb::DeliveryState::Delivered
+    );
+    assert_eq!(
+        complete(&s, b, 1, retry(0), 310).await,
+        pb::DeliveryState::Queued
+    );
+    assert_eq!(
+        complete(&s, b, 1, deferred(0), 310).await,
+        pb::DeliveryState::Queued
+    );
+    assert_eq!(
+        complete(&s, c, 1, refused(), 310).await,
+        pb::DeliveryState::Queued
+    );
+    assert_eq!(row(&s, b).last_error_code, "", "nothing recorded");
+    // The next hand-out is attempt 2 (the sink reconciles before it sends again).
+    let again = lease(&s, "B", 320).await;
+    assert_eq!((again[0].delivery_id, again[0].attempt), (b, 2));
+    // A give-back that lost the race to a re-lease or a settling report changes nothing.
+    assert!(
+        give_back(&s, vec![(a, 1), (b, 1), (999, 1)], 330)
+            .await
+            .is_empty()
+    );
+    assert_eq!(row(&s, b).state(), pb::DeliveryState::InFlight);
+    assert_eq!(row(&s, a).state(), pb::DeliveryState::Delivered);
+}
+
+#[tokio::test]
+async fn every_lease_is_given_back_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let e = event(31, &["A", "B"], false, 100);
+    s.writer().write(move |tx| accept(tx, &e)).await.unwrap();
+    let a = lease(&s, "A", 200).await;
+    let b = lease(&s, "B", 200).await;
+    complete(&s, b[0].delivery_id, 1, sent("M"), 250).await;
+    let n = s
+        .writer()
+        .write(|tx| ledger::give_back_all(tx, 300))
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "only the delivery in flight");
+    assert_eq!(
+        s.read_now(ledger::queue_heads).unwrap(),
+        vec![("A".to_string(), 300)]
+    );
+    let again = lease(&s, "A", 300).await;
+    assert_eq!(
+        (again[0].delivery_id, again[0].attempt),
+        (a[0].delivery_id, 2)
+    );
+}
+
+#[tokio::test]
+async fn a_lease_shares_payloads_and_keeps_to_its_byte_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    for id in 40..44 {
+        // "<Bundle/>" is 9 bytes.
+        let e = event(id, &["A", "B"], false, 100);
+        s.writer().write(move |tx| accept(tx, &e)).await.unwrap();
+    }
+    let call = |budget: ledger::Budget, now: u64| {
+        let picks = vec![("A".to_string(), 10), ("B".to_string(), 10)];
+        s.writer()
+            .write(move |tx| ledger::lease(tx, &picks, now, 1_000, budget))
+    };
+    let leased = call(
+        ledger::Budget {
+            bytes: 27,
+            take_one: false,
+        },
+        200,
+    )
+    .await
+    .unwrap();
+    assert!(leased.out_of_budget);
+    let a = &leased.leases[0].deliveries;
+    let b = &leased.leases[1].deliveries;
+    assert_eq!((a.len(), b.len()), (3, 0), "27 bytes: three payloads");
+    assert_eq!(
+        leased.leases[1].next_ready,
+        Some(100),
+        "B still has work now"
+    );
+    // Nothing fits and the stream has something in flight: nothing.
+    let leased = call(
+        ledger::Budget {
+            bytes: 5,
+            take_one: false,
+        },
+        200,
+    )
+    .await
+    .unwrap();
+    assert!(leased.out_of_budget);
+    assert!(leased.leases.iter().all(|l| l.deliveries.is_empty()));
+    // With nothing in flight, one delivery passes however small the budget.
+    let leased = call(
+        ledger::Budget {
+            bytes: 0,
+            take_one: true,
+        },
+        200,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        leased
+            .leases
+            .iter()
+            .map(|l| l.deliveries.len())
+            .sum::<usize>(),
+        1
+    );
+    // Unlimited: the rest; the two mailboxes' deliveries of one event share one buffer.
+    let leased = call(ledger::Budget::UNLIMITED, 200).await.unwrap();
+    assert!(!leased.out_of_budget);
+    let a = &leased.leases[0].deliveries;
+    let b = &leased.leases[1].deliveries;
+    assert_eq!((a.len(), b.len()), (0, 4));
+    let leased_a = call(ledger::Budget::UNLIMITED, 1_300).await.unwrap();
+    let (a, b) = (
+        &leased_a.leases[0].deliveries,
+        &leased_a.leases[1].deliveries,
+    );
+    assert_eq!((a.len(), b.len()), (4, 4), "expired leases come back");
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(x.event_id, y.event_id);
+        assert_eq!(
+            x.payload.as_ptr(),
+            y.payload.as_ptr(),
+            "one buffer per event"
+        );
+    }
 }

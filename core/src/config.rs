@@ -45,6 +45,11 @@ pub struct CoreConfig {
     pub max_in_flight: u32,
     /// Default most unacknowledged deliveries per mailbox.
     pub max_in_flight_per_mailbox: u32,
+    /// Most payload MiB leased and unacknowledged per adapter stream; a stream with nothing
+    /// in flight always gets one delivery, however large.
+    pub max_in_flight_mib: u64,
+    /// Most delivery streams open at once; one more is refused with `RESOURCE_EXHAUSTED`.
+    pub max_streams: usize,
     /// How long settled ledger rows (events and deliveries) are kept for audit.
     #[serde(with = "duration")]
     pub ledger_retention: Duration,
@@ -54,6 +59,9 @@ pub struct CoreConfig {
     /// How often the retention sweeper runs.
     #[serde(with = "duration")]
     pub sweep_interval: Duration,
+    /// Most index rows one retention pass reads (each pass is one write; the sweeper runs
+    /// passes until one finds less to do), bounding how long a pass holds up other writes.
+    pub sweep_batch: usize,
     /// How long audit records are kept.
     #[serde(with = "duration")]
     pub audit_retention: Duration,
@@ -86,10 +94,13 @@ impl Default for CoreConfig {
             lease_timeout: Duration::from_secs(5 * 60),
             max_in_flight: 256,
             max_in_flight_per_mailbox: 8,
+            max_in_flight_mib: 64,
+            max_streams: 32,
             ledger_retention: Duration::from_secs(90 * 24 * 3600),
             audit_retention: Duration::from_secs(2 * 365 * 24 * 3600),
             dead_letter_retention: Duration::from_secs(30 * 24 * 3600),
             sweep_interval: Duration::from_secs(600),
+            sweep_batch: 1_000,
             max_pending_deliveries: 1_000_000,
             event_types: Vec::new(),
             tls: None,
@@ -121,6 +132,15 @@ impl CoreConfig {
             return Err(
                 "core.max_in_flight and core.max_in_flight_per_mailbox must be at least 1".into(),
             );
+        }
+        if self.max_in_flight_mib == 0 {
+            return Err("core.max_in_flight_mib must be at least 1".into());
+        }
+        if self.max_streams == 0 {
+            return Err("core.max_streams must be at least 1".into());
+        }
+        if self.sweep_batch == 0 {
+            return Err("core.sweep_batch must be at least 1".into());
         }
         if self.sweep_interval < Duration::from_secs(1) {
             return Err("core.sweep_interval must be at least 1s".into());
@@ -206,6 +226,31 @@ mod tests {
             ..Default::default()
         };
         assert!(c.validate().unwrap_err().contains("core.cache_mib"));
+        for (c, key) in [
+            (
+                CoreConfig {
+                    max_in_flight_mib: 0,
+                    ..Default::default()
+                },
+                "core.max_in_flight_mib",
+            ),
+            (
+                CoreConfig {
+                    max_streams: 0,
+                    ..Default::default()
+                },
+                "core.max_streams",
+            ),
+            (
+                CoreConfig {
+                    sweep_batch: 0,
+                    ..Default::default()
+                },
+                "core.sweep_batch",
+            ),
+        ] {
+            assert!(c.validate().unwrap_err().contains(key), "{key}");
+        }
         assert!(CoreConfig::default().validate().is_ok());
         let tls = nems_proto::tls::ServerTls {
             cert_file: "Cargo.toml".into(),

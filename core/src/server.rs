@@ -128,6 +128,17 @@ impl Core {
         if let Some(file) = file {
             apply_directory_file(&state, file).await?;
         }
+        // No delivery stream from before this start can be open: every lease is given
+        // back, so those deliveries go out again now rather than after `lease_timeout`.
+        let now = crate::store::keys::now_ms();
+        let given_back = state
+            .store
+            .writer()
+            .write(move |tx| ledger::give_back_all(tx, now))
+            .await?;
+        if given_back > 0 {
+            tracing::info!(given_back, "leases from before the start given back");
+        }
         let (heads, pending) = state
             .store
             .read_now(|tx| Ok((ledger::queue_heads(tx)?, ledger::pending(tx)?)))?;

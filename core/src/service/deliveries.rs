@@ -35,6 +35,33 @@ pub(crate) struct Deliveries {
 struct Limits {
     stream: u32,
     mailbox: u32,
+    bytes: u64,
+}
+
+/// The most deliveries a stream may ask to have in flight, and per mailbox.
+const MAX_REQUESTED_IN_FLIGHT: u32 = 10_000;
+const MAX_REQUESTED_PER_MAILBOX: u32 = 1_000;
+
+impl Limits {
+    /// A stream's limits: what it asked for (0: the configured default), bounded.
+    fn new(req: &pb::StreamDeliveriesRequest, config: &crate::config::CoreConfig) -> Self {
+        let bounded = |asked: u32, default: u32, max: u32| {
+            if asked == 0 { default } else { asked.min(max) }
+        };
+        Limits {
+            stream: bounded(
+                req.max_in_flight,
+                config.max_in_flight,
+                MAX_REQUESTED_IN_FLIGHT,
+            ),
+            mailbox: bounded(
+                req.max_in_flight_per_mailbox,
+                config.max_in_flight_per_mailbox,
+                MAX_REQUESTED_PER_MAILBOX,
+            ),
+            bytes: config.max_in_flight_mib.saturating_mul(1 << 20),
+        }
+    }
 }
 
 async fn pump(
@@ -69,14 +96,15 @@ async fn pump(
             }
             continue;
         }
+        let (budget, mark) = state.dispatcher.byte_budget(stream, limits.bytes);
         let job_picks = picks.clone();
         let leased = state
             .store
             .writer()
-            .write(move |t| ledger::lease(t, &job_picks, now, lease_ms))
+            .write(move |t| ledger::lease(t, &job_picks, now, lease_ms, budget))
             .await;
-        let leases = match leased {
-            Ok(leases) => leases,
+        let leased = match leased {
+            Ok(leased) => leased,
             Err(e) => {
                 tracing::error!(error = %e, "leasing deliveries failed");
                 let back: Vec<_> = picks
@@ -92,27 +120,78 @@ async fn pump(
         };
         let results: Vec<_> = picks
             .iter()
-            .zip(&leases)
+            .zip(&leased.leases)
             .map(|((mb, n), lease)| {
-                let ids = lease.deliveries.iter().map(|d| d.delivery_id).collect();
-                (mb.clone(), *n, ids, lease.next_ready)
+                let held = lease
+                    .deliveries
+                    .iter()
+                    .map(|d| (d.delivery_id, d.attempt, d.payload.len() as u64))
+                    .collect();
+                (mb.clone(), *n, held, lease.next_ready)
             })
             .collect();
         state.dispatcher.leased(stream, now + lease_ms, &results);
-        for lease in leases {
+        if leased.out_of_budget {
+            state.dispatcher.out_of_budget(stream, mark);
+        }
+        for lease in leased.leases {
             for delivery in lease.deliveries {
                 let response = pb::StreamDeliveriesResponse {
                     delivery: Some(delivery),
                 };
                 if tx.send(Ok(response)).await.is_err() {
-                    // The adapter went away: the leases expire and come back.
                     break 'outer;
                 }
             }
         }
     }
-    state.dispatcher.close_stream(stream);
+    give_back(&state, stream).await;
     tracing::info!(stream, "delivery stream closed");
+}
+
+/// Gives back, in one write, every lease still held by a stream that ended (the adapter
+/// went away, the stream broke, or core is stopping): nobody will report on those
+/// attempts but with a late `Sent`, which still settles them, so they are offered again
+/// at once instead of after `lease_timeout`.
+async fn give_back(state: &CoreState, stream: u64) {
+    let held = state.dispatcher.close_stream(stream);
+    if held.is_empty() {
+        return;
+    }
+    let now = now_ms();
+    match state
+        .store
+        .writer()
+        .write(move |tx| ledger::give_back(tx, &held, now))
+        .await
+    {
+        Ok(back) => {
+            let mut mailboxes: Vec<&str> = back.iter().map(|(_, mb)| mb.as_str()).collect();
+            mailboxes.sort_unstable();
+            mailboxes.dedup();
+            for mailbox in mailboxes {
+                state.dispatcher.available(mailbox, now);
+            }
+            tracing::info!(
+                stream,
+                given_back = back.len(),
+                "leases of the stream given back"
+            );
+        }
+        Err(e) => {
+            tracing::warn!(stream, error = %e, "leases not given back; they come back when they expire");
+        }
+    }
+}
+
+/// A requested delay in milliseconds: negative or malformed is zero, longer than
+/// [`MAX_RETRY_AFTER`] is clamped to it.
+fn retry_after_ms(after: Option<prost_types::Duration>) -> u64 {
+    after
+        .and_then(|d| Duration::try_from(d).ok())
+        .unwrap_or_default()
+        .min(MAX_RETRY_AFTER)
+        .as_millis() as u64
 }
 
 fn outcome(req: &pb::CompleteDeliveryRequest) -> Result<Outcome, Status> {
@@ -122,25 +201,20 @@ fn outcome(req: &pb::CompleteDeliveryRequest) -> Result<Outcome, Status> {
         Some(In::Sent(sent)) => Ok(Outcome::Sent {
             mesh_message_id: clip(&sent.mesh_message_id),
         }),
-        Some(In::Retry(retry)) => {
-            let after = retry
-                .retry_after
-                .and_then(|d| Duration::try_from(d).ok())
-                .unwrap_or_default()
-                .min(MAX_RETRY_AFTER);
-            Ok(Outcome::Retry {
-                code: clip(&retry.code),
-                reason: clip(&retry.reason),
-                retry_after_ms: after.as_millis() as u64,
-            })
-        }
+        Some(In::Retry(retry)) => Ok(Outcome::Retry {
+            code: clip(&retry.code),
+            reason: clip(&retry.reason),
+            retry_after_ms: retry_after_ms(retry.retry_after),
+        }),
+        Some(In::Deferred(deferred)) => Ok(Outcome::Deferred {
+            code: clip(&deferred.code),
+            reason: clip(&deferred.reason),
+            retry_after_ms: retry_after_ms(deferred.retry_after),
+        }),
         Some(In::Refused(refused)) => Ok(Outcome::Refused {
             code: clip(&refused.code),
             reason: clip(&refused.reason),
         }),
-        // Placeholder until the ledger knows deferrals (issue 11): an unavailable
-        // destination is not yet told from a failing message.
-        Some(In::Deferred(_)) => Err(Status::unimplemented("deferred outcomes")),
         None => Err(super::missing("outcome")),
     }
 }
@@ -155,20 +229,14 @@ impl DeliveryService for Deliveries {
     ) -> Result<Response<Self::StreamDeliveriesStream>, Status> {
         let req = request.into_inner();
         let config = &self.state.config;
-        let limits = Limits {
-            stream: if req.max_in_flight == 0 {
-                config.max_in_flight
-            } else {
-                req.max_in_flight.min(10_000)
-            },
-            mailbox: if req.max_in_flight_per_mailbox == 0 {
-                config.max_in_flight_per_mailbox
-            } else {
-                req.max_in_flight_per_mailbox.min(1_000)
-            },
+        let limits = Limits::new(&req, config);
+        let Some(stream) = self.state.dispatcher.open_stream(config.max_streams) else {
+            tracing::warn!(consumer = %req.consumer, max_streams = config.max_streams, "delivery stream refused: too many open");
+            return Err(Status::resource_exhausted(
+                "too many delivery streams are open; try again later",
+            ));
         };
         let (tx, rx) = mpsc::channel(limits.stream as usize);
-        let stream = self.state.dispatcher.open_stream();
         tracing::info!(stream, consumer = %req.consumer, max_in_flight = limits.stream, "delivery stream opened");
         tokio::spawn(pump(self.state.clone(), stream, limits, tx));
         Ok(Response::new(ReceiverStream::new(rx)))

@@ -137,6 +137,8 @@ pub(crate) fn accept(tx: &WriteTransaction, e: &NewEvent) -> Result<Accepted, St
             subscription_ids: d.subscription_ids.clone(),
             holds_payload: !d.suppressed,
             redriven_ms: 0,
+            failures: 0,
+            redrives: 0,
         };
         deliveries.insert(id, record.encode_to_vec().as_slice())?;
         by_mailbox.insert((d.mailbox.as_str(), id), ())?;

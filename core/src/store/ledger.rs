@@ -168,25 +168,61 @@ pub(crate) struct Lease {
     pub(crate) next_ready: Option<u64>,
 }
 
-/// Leases up to `max` available deliveries from each picked mailbox until `now + lease_ms`.
+/// What one lease call handed out.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Leased {
+    /// One entry per pick, in order.
+    pub(crate) leases: Vec<Lease>,
+    /// The byte budget stopped the call before a delivery that was available.
+    pub(crate) out_of_budget: bool,
+}
+
+/// The most payload bytes one lease call may hand out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Budget {
+    /// Payload bytes the call may add.
+    pub(crate) bytes: u64,
+    /// Take the first delivery even if it is larger than `bytes` (the stream has nothing
+    /// in flight, so a payload larger than the whole budget still gets through).
+    pub(crate) take_one: bool,
+}
+
+impl Budget {
+    /// No byte limit (tests and tools).
+    #[cfg(test)]
+    pub(crate) const UNLIMITED: Budget = Budget {
+        bytes: u64::MAX,
+        take_one: true,
+    };
+}
+
+/// Leases up to `max` available deliveries from each picked mailbox until `now + lease_ms`,
+/// within `budget` payload bytes. Deliveries of one event share one payload buffer.
 pub(crate) fn lease(
     tx: &WriteTransaction,
     picks: &[(String, u32)],
     now: u64,
     lease_ms: u64,
-) -> Result<Vec<Lease>, StoreError> {
+    budget: Budget,
+) -> Result<Leased, StoreError> {
     let mut ledger = Ledger::open(tx)?;
     let payloads = tx.open_table(PAYLOADS)?;
     let until = now + lease_ms;
     let mut out = Vec::with_capacity(picks.len());
+    let mut shared: std::collections::HashMap<u64, bytes::Bytes> = Default::default();
+    let mut spent = 0u64;
+    let mut taken = 0usize;
+    let mut out_of_budget = false;
     for (mailbox, max) in picks {
         let mb = mailbox.as_str();
         let mut keys = Vec::new();
-        for item in ledger.queue.range((mb, 0, 0)..=(mb, now, u64::MAX))? {
-            let (k, _) = item?;
-            keys.push(k.value().2);
-            if keys.len() >= *max as usize {
-                break;
+        if !out_of_budget {
+            for item in ledger.queue.range((mb, 0, 0)..=(mb, now, u64::MAX))? {
+                let (k, _) = item?;
+                keys.push(k.value().2);
+                if keys.len() >= *max as usize {
+                    break;
+                }
             }
         }
         let mut leased = Vec::with_capacity(keys.len());
@@ -196,10 +232,27 @@ pub(crate) fn lease(
                     "queue names unknown delivery {id}"
                 )));
             };
-            let payload = payloads
-                .get(d.event_seq)?
-                .map(|p| bytes::Bytes::copy_from_slice(p.value()))
-                .ok_or_else(|| StoreError::Corrupt(format!("delivery {id} has no payload")))?;
+            let payload = match shared.get(&d.event_seq) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = payloads
+                        .get(d.event_seq)?
+                        .map(|p| bytes::Bytes::copy_from_slice(p.value()))
+                        .ok_or_else(|| {
+                            StoreError::Corrupt(format!("delivery {id} has no payload"))
+                        })?;
+                    shared.insert(d.event_seq, p.clone());
+                    p
+                }
+            };
+            let size = payload.len() as u64;
+            let first = taken == 0 && budget.take_one;
+            if !first && spent.saturating_add(size) > budget.bytes {
+                out_of_budget = true;
+                break;
+            }
+            spent += size;
+            taken += 1;
             ledger.transition(id, &mut d, pb::DeliveryState::InFlight, Some(until), now)?;
             d.attempts += 1;
             ledger.save(id, &d)?;
@@ -216,7 +269,7 @@ pub(crate) fn lease(
                 accepted_at: Some(timestamp(d.accepted_ms)),
                 lease_expires_at: Some(timestamp(until)),
                 retry_window_start: Some(timestamp(d.retry_window_start_ms())),
-                failures: 0,
+                failures: d.failures,
             });
         }
         let next_ready = ledger
@@ -231,7 +284,61 @@ pub(crate) fn lease(
             next_ready,
         });
     }
-    Ok(out)
+    Ok(Leased {
+        leases: out,
+        out_of_budget,
+    })
+}
+
+/// Gives leases back at once: each `(delivery, attempt)` still in flight on that attempt is
+/// queued again, available now, with its attempt count kept (the next hand-out is a later
+/// attempt, so the MESH sink reconciles through tracking before it sends again). A
+/// delivery a report has settled or requeued meanwhile, or that was leased again, is left
+/// alone. Returns the (delivery, mailbox) pairs given back.
+pub(crate) fn give_back(
+    tx: &WriteTransaction,
+    leases: &[(u64, u32)],
+    now: u64,
+) -> Result<Vec<(u64, String)>, StoreError> {
+    let mut ledger = Ledger::open(tx)?;
+    let mut back = Vec::new();
+    for &(id, attempt) in leases {
+        let Some(mut d) = ledger.load(id)? else {
+            continue;
+        };
+        if d.state() != pb::DeliveryState::InFlight || d.attempts != attempt {
+            continue;
+        }
+        ledger.transition(id, &mut d, pb::DeliveryState::Queued, Some(now), now)?;
+        ledger.save(id, &d)?;
+        back.push((id, d.mailbox.clone()));
+    }
+    Ok(back)
+}
+
+/// Gives back every lease in the store (core start-up): no delivery stream from before a
+/// restart can still be open, so no adapter can still report on those attempts except with
+/// `Sent`, which settles a queued delivery too. Returns how many were given back.
+///
+/// redb has exactly one core per store, so "every lease" is "every lease of this core". A
+/// store shared by several cores (the PostgreSQL backend) must scope this to the leases of
+/// the restarting core instance (leases recorded with the instance that handed them out),
+/// or leave other cores' leases to their own stream ends and expiries.
+pub(crate) fn give_back_all(tx: &WriteTransaction, now: u64) -> Result<usize, StoreError> {
+    let in_flight = pb::DeliveryState::InFlight as u8;
+    let held: Vec<(u64, u32)> = {
+        let by_state = tx.open_table(DELIVERIES_BY_STATE)?;
+        let deliveries = tx.open_table(DELIVERIES)?;
+        let mut held = Vec::new();
+        for item in by_state.range((in_flight, 0)..=(in_flight, u64::MAX))? {
+            let id = item?.0.value().1;
+            if let Some(bytes) = deliveries.get(id)? {
+                held.push((id, StoredDelivery::decode(bytes.value())?.attempts));
+            }
+        }
+        held
+    };
+    Ok(give_back(tx, &held, now)?.len())
 }
 
 /// An adapter's report on one attempt.
@@ -249,6 +356,12 @@ pub(crate) enum Outcome {
         code: String,
         reason: String,
     },
+    /// The destination as a whole was unavailable: offered again later, no failure counted.
+    Deferred {
+        code: String,
+        reason: String,
+        retry_after_ms: u64,
+    },
 }
 
 /// The effect of a completion.
@@ -262,8 +375,14 @@ pub(crate) struct Completed {
     pub(crate) requeued_at: Option<u64>,
 }
 
-/// Records an attempt's outcome. Settled deliveries keep their state; a retry or refusal
-/// for an older attempt than the current lease is ignored (stale report).
+/// Records an attempt's outcome. Settled deliveries keep their state. `Sent` settles the
+/// delivery from any attempt (MESH has the message, whichever lease sent it). A retry,
+/// deferral or refusal counts only for the current attempt of an in-flight delivery: one
+/// for an older attempt, or for a delivery no longer in flight (requeued by an earlier
+/// report, or its lease given back when its stream ended or core restarted), is stale and
+/// ignored, since core has already taken that attempt back and will hand the delivery out
+/// again (the next attempt reconciles through MESH tracking and meets the same refusal if
+/// it is permanent).
 pub(crate) fn complete(
     tx: &WriteTransaction,
     id: u64,
@@ -291,7 +410,7 @@ pub(crate) fn complete(
             | pb::DeliveryState::DeadLettered
             | pb::DeliveryState::Suppressed
     );
-    let stale = attempt != d.attempts;
+    let stale = attempt != d.attempts || before != pb::DeliveryState::InFlight;
     match outcome {
         _ if settled => return Ok(Some(done)),
         Outcome::Sent { mesh_message_id } => {
@@ -307,12 +426,27 @@ pub(crate) fn complete(
             release_payload(tx, &mut d)?;
             ledger = Ledger::open(tx)?;
         }
-        Outcome::Retry { .. } | Outcome::Refused { .. } if stale => return Ok(Some(done)),
+        Outcome::Retry { .. } | Outcome::Refused { .. } | Outcome::Deferred { .. } if stale => {
+            return Ok(Some(done));
+        }
         Outcome::Retry {
             code,
             reason,
             retry_after_ms,
         } => {
+            let at = now + retry_after_ms;
+            ledger.transition(id, &mut d, pb::DeliveryState::Queued, Some(at), now)?;
+            d.last_error_code.clone_from(code);
+            d.last_error.clone_from(reason);
+            d.failures = d.failures.saturating_add(1);
+            done.requeued_at = Some(at);
+        }
+        Outcome::Deferred {
+            code,
+            reason,
+            retry_after_ms,
+        } => {
+            // Not the message's fault: its failure count and retry window stay as they are.
             let at = now + retry_after_ms;
             ledger.transition(id, &mut d, pb::DeliveryState::Queued, Some(at), now)?;
             d.last_error_code.clone_from(code);
@@ -330,14 +464,60 @@ pub(crate) fn complete(
     Ok(Some(done))
 }
 
-/// Finds the delivery a MESH report concerns, by local id or MESH message id.
+/// The parts of a `Mex-LocalID`: (event id, delivery index within the event, redrive
+/// generation). `<event hex>-<index>` is generation 0 (also every id minted before
+/// redrive generations existed); `<event hex>-<index>-r<k>` is generation `k`.
+pub(crate) fn parse_local_id(local_id: &str) -> Option<(u128, u64, u32)> {
+    let mut parts = local_id.splitn(3, '-');
+    let event = parse_id(parts.next()?)?;
+    let index = parts.next()?;
+    if index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let index = index.parse().ok()?;
+    let generation = match parts.next() {
+        None => 0,
+        Some(g) => {
+            let k = g.strip_prefix('r')?;
+            if k.is_empty() || !k.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            k.parse().ok()?
+        }
+    };
+    Some((event, index, generation))
+}
+
+/// The local id of generation `redrives` of the delivery at `index` of event `event_hex`.
+pub(crate) fn local_id(event_hex: &str, index: u64, redrives: u32) -> String {
+    if redrives == 0 {
+        format!("{event_hex}-{index}")
+    } else {
+        format!("{event_hex}-{index}-r{redrives}")
+    }
+}
+
+/// Finds the delivery a MESH report concerns, by local id or MESH message id, only if the
+/// report concerns its current generation: a report naming the local id of an earlier
+/// generation (before a redrive), or a MESH message id other than the one the delivery
+/// last recorded, is about a message the delivery has already been resent past and finds
+/// nothing. A local id that names no stored delivery falls back to the MESH message id.
 pub(crate) fn find_reported(
     tx: &WriteTransaction,
     mesh_message_id: &str,
     local_id: &str,
 ) -> Result<Option<u64>, StoreError> {
-    if let Some((event, index)) = local_id.split_once('-')
-        && let (Some(event_id), Ok(index)) = (parse_id(event), index.parse::<u64>())
+    let deliveries = tx.open_table(DELIVERIES)?;
+    let current = |id: u64| -> Result<Option<StoredDelivery>, StoreError> {
+        deliveries
+            .get(id)?
+            .map(|b| StoredDelivery::decode(b.value()))
+            .transpose()
+            .map_err(StoreError::from)
+    };
+    let other_message =
+        |d: &StoredDelivery| !d.mesh_message_id.is_empty() && d.mesh_message_id != mesh_message_id;
+    if let Some((event_id, index, generation)) = parse_local_id(local_id)
         && let Some(seq) = tx
             .open_table(EVENTS_BY_ID)?
             .get(event_id)?
@@ -345,17 +525,27 @@ pub(crate) fn find_reported(
         && let Some(bytes) = tx.open_table(EVENTS)?.get(seq)?
     {
         let event = StoredEvent::decode(bytes.value())?;
-        if index < u64::from(event.deliveries) {
-            return Ok(Some(event.first_delivery + index));
+        if index < u64::from(event.deliveries)
+            && let Some(d) = current(event.first_delivery + index)?
+        {
+            let this_generation =
+                d.redrives == generation && (mesh_message_id.is_empty() || !other_message(&d));
+            return Ok(this_generation.then_some(event.first_delivery + index));
         }
     }
     if mesh_message_id.is_empty() {
         return Ok(None);
     }
-    Ok(tx
+    let Some(id) = tx
         .open_table(DELIVERIES_BY_MESH_ID)?
         .get(mesh_message_id)?
-        .map(|v| v.value()))
+        .map(|v| v.value())
+    else {
+        return Ok(None);
+    };
+    Ok(current(id)?
+        .filter(|d| d.mesh_message_id == mesh_message_id)
+        .map(|_| id))
 }
 
 /// Dead-letters a delivery that MESH reported undelivered (e.g. not collected in time).
@@ -445,8 +635,24 @@ pub(crate) fn redrive(
         }
         let mut ledger = Ledger::open(tx)?;
         ledger.transition(id, &mut d, pb::DeliveryState::Queued, Some(now), now)?;
-        // The retry time starts again: an old dead letter gets more than one try.
+        // The retry time and the backoff start again: an old dead letter gets more than one
+        // try, the first one soon.
         d.redriven_ms = now;
+        d.failures = 0;
+        // A new generation: a new `Mex-LocalID`, so that MESH tracking (and its reports) tell
+        // the resend from the message MESH gave up on.
+        let Some((_, index, _)) = parse_local_id(&d.local_id) else {
+            return Err(StoreError::Corrupt(format!(
+                "delivery {id} has a malformed local id"
+            )));
+        };
+        d.redrives = d.redrives.saturating_add(1);
+        d.local_id = local_id(&d.event_id, index, d.redrives);
+        if !d.mesh_message_id.is_empty() {
+            tx.open_table(DELIVERIES_BY_MESH_ID)?
+                .remove(d.mesh_message_id.as_str())?;
+            d.mesh_message_id.clear();
+        }
         ledger.save(id, &d)?;
         redriven.push((id, d.mailbox.clone()));
     }

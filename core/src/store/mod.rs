@@ -34,6 +34,8 @@ pub(crate) mod tables;
 pub(crate) mod writer;
 
 #[cfg(test)]
+mod sweep_bench;
+#[cfg(test)]
 mod tests;
 
 pub use writer::WriterStats;

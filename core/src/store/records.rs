@@ -167,6 +167,13 @@ pub(crate) struct StoredDelivery {
     /// the later of this and `accepted_ms`.
     #[prost(uint64, tag = "18")]
     pub(crate) redriven_ms: u64,
+    /// Retry outcomes (per-message failures) of the current attempts since the retry window
+    /// started; a redrive resets it. The adapter's backoff grows with it.
+    #[prost(uint32, tag = "19")]
+    pub(crate) failures: u32,
+    /// Redrives so far: the generation of `local_id` (`<event id>-<n>-r<k>` after the k-th).
+    #[prost(uint32, tag = "20")]
+    pub(crate) redrives: u32,
 }
 
 /// The state of one reference data set.

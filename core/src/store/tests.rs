@@ -44,9 +44,10 @@ async fn lease(s: &Store, mailbox: &str, now: u64) -> Vec<pb::Delivery> {
     let picks = vec![(mailbox.to_string(), 10)];
     let mut leases = s
         .writer()
-        .write(move |tx| ledger::lease(tx, &picks, now, 1_000))
+        .write(move |tx| ledger::lease(tx, &picks, now, 1_000, ledger::Budget::UNLIMITED))
         .await
-        .unwrap();
+        .unwrap()
+        .leases;
     leases.remove(0).deliveries
 }
 
@@ -510,4 +511,402 @@ async fn ledger_pages_follow_every_index_and_agree_with_a_full_scan() {
     let dead = rows(&queries[3]);
     assert_eq!(dead.len(), 5);
     assert_eq!(rows(&queries[4]).len(), 2 + 12 + 12);
+}
+
+fn retry(after: u64) -> Outcome {
+    Outcome::Retry {
+        code: "503".into(),
+        reason: "busy".into(),
+        retry_after_ms: after,
+    }
+}
+
+fn deferred(after: u64) -> Outcome {
+    Outcome::Deferred {
+        code: "CIRCUIT_OPEN".into(),
+        reason: "mesh endpoint unavailable".into(),
+        retry_after_ms: after,
+    }
+}
+
+fn refused() -> Outcome {
+    Outcome::Refused {
+        code: "12".into(),
+        reason: "Unregistered to address".into(),
+    }
+}
+
+fn row(s: &Store, id: u64) -> pb::DeliveryRecord {
+    s.read_now(|tx| {
+        ledger::list(
+            tx,
+            &Query::default(),
+            &id.checked_sub(1).map_or(String::new(), |p| p.to_string()),
+            1,
+        )
+    })
+    .unwrap()
+    .0
+    .remove(0)
+}
+
+async fn redrive_ids(s: &Store, ids: Vec<u64>, now: u64) -> usize {
+    let sel = Selection {
+        ids,
+        ..Default::default()
+    };
+    s.writer()
+        .write(move |tx| ledger::redrive(tx, &sel, now))
+        .await
+        .unwrap()
+        .0
+        .len()
+}
+
+#[tokio::test]
+async fn failures_count_current_retries_and_restart_at_redrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let e = event(20, &["A"], false, 100);
+    s.writer().write(move |tx| accept(tx, &e)).await.unwrap();
+    let d = lease(&s, "A", 200).await;
+    assert_eq!(d[0].failures, 0);
+    let id = d[0].delivery_id;
+    assert_eq!(
+        complete(&s, id, 1, retry(0), 300).await,
+        pb::DeliveryState::Queued
+    );
+    let d = lease(&s, "A", 300).await;
+    assert_eq!((d[0].attempt, d[0].failures), (2, 1));
+    // A stale retry (attempt 1) counts nothing; the current one does.
+    assert_eq!(
+        complete(&s, id, 1, retry(0), 400).await,
+        pb::DeliveryState::InFlight
+    );
+    complete(&s, id, 2, retry(0), 400).await;
+    let d = lease(&s, "A", 400).await;
+    assert_eq!((d[0].attempt, d[0].failures), (3, 2));
+    // A deferral counts no failure either.
+    complete(&s, id, 3, deferred(0), 500).await;
+    let d = lease(&s, "A", 500).await;
+    assert_eq!((d[0].attempt, d[0].failures), (4, 2));
+    complete(&s, id, 4, refused(), 600).await;
+    assert_eq!(redrive_ids(&s, vec![id], 700).await, 1);
+    let d = lease(&s, "A", 700).await;
+    assert_eq!(
+        (d[0].attempt, d[0].failures),
+        (5, 0),
+        "a redrive restarts the backoff from its first step"
+    );
+}
+
+#[tokio::test]
+async fn deferrals_requeue_without_failing_and_stale_ones_are_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let e = event(21, &["A"], false, 100);
+    s.writer().write(move |tx| accept(tx, &e)).await.unwrap();
+    let d = lease(&s, "A", 200).await;
+    let id = d[0].delivery_id;
+    // Many deferrals never dead-letter it; each queues it again after its delay.
+    let mut now = 200;
+    for attempt in 1..=20 {
+        assert_eq!(
+            complete(&s, id, attempt, deferred(50), now).await,
+            pb::DeliveryState::Queued
+        );
+        let r = row(&s, id);
+        assert_eq!(r.next_attempt_at, Some(ledger::timestamp(now + 50)));
+        assert_eq!(r.last_error_code, "CIRCUIT_OPEN");
+        assert_eq!(r.last_error, "mesh endpoint unavailable");
+        assert!(
+            lease(&s, "A", now + 49).await.is_empty(),
+            "not before its time"
+        );
+        now += 50;
+        let d = lease(&s, "A", now).await;
+        assert_eq!((d[0].attempt, d[0].failures), (attempt + 1, 0));
+    }
+    // Attempt 21 is in flight: a deferral of attempt 20 is stale.
+    assert_eq!(
+        complete(&s, id, 20, deferred(0), now).await,
+        pb::DeliveryState::InFlight
+    );
+    // Once requeued (no longer in flight), another deferral of the same attempt is ignored.
+    complete(&s, id, 21, deferred(1_000), now).await;
+    complete(&s, id, 21, deferred(0), now).await;
+    assert_eq!(
+        row(&s, id).next_attempt_at,
+        Some(ledger::timestamp(now + 1_000))
+    );
+}
+
+#[test]
+fn local_ids_parse_in_both_generations() {
+    let event = format!("{:032x}", 0xabcdu128);
+    assert_eq!(
+        ledger::parse_local_id(&format!("{event}-3")),
+        Some((0xabcd, 3, 0))
+    );
+    assert_eq!(
+        ledger::parse_local_id(&format!("{event}-3-r12")),
+        Some((0xabcd, 3, 12))
+    );
+    assert_eq!(ledger::local_id(&event, 3, 0), format!("{event}-3"));
+    assert_eq!(ledger::local_id(&event, 3, 2), format!("{event}-3-r2"));
+    for bad in [
+        "junk".to_string(),
+        format!("{event}-"),
+        format!("{event}-x"),
+        format!("{event}-3-"),
+        format!("{event}-3-r"),
+        format!("{event}-3-2"),
+        format!("{event}-3-r2-r3"),
+        "abc-1".to_string(),
+    ] {
+        assert_eq!(ledger::parse_local_id(&bad), None, "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn reports_on_an_earlier_generation_leave_the_redriven_delivery_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    // B's delivery stays queued and keeps the payload, so A's can be redriven after MESH
+    // reports it (a delivered message's payload is otherwise gone).
+    let e = event(22, &["A", "B"], false, 100);
+    s.writer().write(move |tx| accept(tx, &e)).await.unwrap();
+    let d = lease(&s, "A", 200).await;
+    let (id, first_local) = (d[0].delivery_id, d[0].local_id.clone());
+    complete(&s, id, 1, sent("MSG-1"), 300).await;
+    // MESH reports the first message undelivered: dead-lettered.
+    let report = |mesh: &str, local: &str, at: u64| {
+        let (mesh, local) = (mesh.to_string(), local.to_string());
+        s.writer().write(move |tx| {
+            let Some(found) = ledger::find_reported(tx, &mesh, &local)? else {
+                return Ok(None);
+            };
+            ledger::record_report(tx, found, "14", "not collected", at)?;
+            Ok(Some(found))
+        })
+    };
+    assert_eq!(report("MSG-1", &first_local, 400).await.unwrap(), Some(id));
+    assert_eq!(row(&s, id).state(), pb::DeliveryState::DeadLettered);
+    assert_eq!(redrive_ids(&s, vec![id], 500).await, 1);
+    let d = lease(&s, "A", 500).await;
+    let second_local = d[0].local_id.clone();
+    assert_eq!(
+        second_local,
+        format!("{first_local}-r1"),
+        "a new generation"
+    );
+    // While the resend is in flight, repeated reports of the first message find nothing.
+    for (mesh, local) in [
+        ("MSG-1", first_local.as_str()),
+        ("", first_local.as_str()),
+        ("MSG-1", ""),
+    ] {
+        assert_eq!(
+            report(mesh, local, 600).await.unwrap(),
+            None,
+            "{mesh:?} {local:?}"
+        );
+    }
+    assert_eq!(row(&s, id).state(), pb::DeliveryState::InFlight);
+    complete(&s, id, 2, sent("MSG-2"), 700).await;
+    for (mesh, local) in [
+        ("MSG-1", first_local.as_str()),
+        ("MSG-1", ""),
+        ("MSG-1", second_local.as_str()),
+    ] {
+        assert_eq!(
+            report(mesh, local, 800).await.unwrap(),
+            None,
+            "{mesh:?} {local:?}"
+        );
+    }
+    assert_eq!(row(&s, id).state(), pb::DeliveryState::Delivered);
+    assert_eq!(row(&s, id).mesh_message_id, "MSG-2");
+    // A report of the current generation still dead-letters it, by either id.
+    assert_eq!(report("MSG-2", "", 900).await.unwrap(), Some(id));
+    assert_eq!(row(&s, id).state(), pb::DeliveryState::DeadLettered);
+    assert_eq!(redrive_ids(&s, vec![id], 1_000).await, 1);
+    let d = lease(&s, "A", 1_000).await;
+    assert_eq!(d[0].local_id, format!("{first_local}-r2"));
+    assert_eq!(
+        report("", &d[0].local_id, 1_100).await.unwrap(),
+        Some(id),
+        "the current local id"
+    );
+}
+
+async fn give_back(s: &Store, held: Vec<(u64, u32)>, now: u64) -> Vec<u64> {
+    s.writer()
+        .write(move |tx| ledger::give_back(tx, &held, now))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect()
+}
+
+#[tokio::test]
+async fn leases_given_back_are_offered_at_once_and_late_reports_are_judged() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let e = event(30, &["A", "B", "C"], false, 100);
+    s.writer().write(move |tx| accept(tx, &e)).await.unwrap();
+    let a = lease(&s, "A", 200).await[0].delivery_id;
+    let b = lease(&s, "B", 200).await[0].delivery_id;
+    let c = lease(&s, "C", 200).await[0].delivery_id;
+    // The leases run until 1200; given back at 300, all three are available at 300.
+    assert_eq!(
+        give_back(&s, vec![(a, 1), (b, 1), (c, 1)], 300).await,
+        vec![a, b, c]
+    );
+    for id in [a, b, c] {
+        let r = row(&s, id);
+        assert_eq!(r.state(), pb::DeliveryState::Queued);
+        assert_eq!(r.next_attempt_at, Some(ledger::timestamp(300)));
+    }
+    // Late reports on the given-back attempt: Sent still settles (MESH has the message);
+    // a retry, deferral or refusal is stale (core took the attempt back).
+    assert_eq!(
+        complete(&s, a, 1, sent("M-A"), 310).await,
+        pb::DeliveryState::Delivered
+    );
+    assert_eq!(
+        complete(&s, b, 1, retry(0), 310).await,
+        pb::DeliveryState::Queued
+    );
+    assert_eq!(
+        complete(&s, b, 1, deferred(0), 310).await,
+        pb::DeliveryState::Queued
+    );
+    assert_eq!(
+        complete(&s, c, 1, refused(), 310).await,
+        pb::DeliveryState::Queued
+    );
+    assert_eq!(row(&s, b).last_error_code, "", "nothing recorded");
+    // The next hand-out is attempt 2 (the sink reconciles before it sends again).
+    let again = lease(&s, "B", 320).await;
+    assert_eq!((again[0].delivery_id, again[0].attempt), (b, 2));
+    // A give-back that lost the race to a re-lease or a settling report changes nothing.
+    assert!(
+        give_back(&s, vec![(a, 1), (b, 1), (999, 1)], 330)
+            .await
+            .is_empty()
+    );
+    assert_eq!(row(&s, b).state(), pb::DeliveryState::InFlight);
+    assert_eq!(row(&s, a).state(), pb::DeliveryState::Delivered);
+}
+
+#[tokio::test]
+async fn every_lease_is_given_back_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let e = event(31, &["A", "B"], false, 100);
+    s.writer().write(move |tx| accept(tx, &e)).await.unwrap();
+    let a = lease(&s, "A", 200).await;
+    let b = lease(&s, "B", 200).await;
+    complete(&s, b[0].delivery_id, 1, sent("M"), 250).await;
+    let n = s
+        .writer()
+        .write(|tx| ledger::give_back_all(tx, 300))
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "only the delivery in flight");
+    assert_eq!(
+        s.read_now(ledger::queue_heads).unwrap(),
+        vec![("A".to_string(), 300)]
+    );
+    let again = lease(&s, "A", 300).await;
+    assert_eq!(
+        (again[0].delivery_id, again[0].attempt),
+        (a[0].delivery_id, 2)
+    );
+}
+
+#[tokio::test]
+async fn a_lease_shares_payloads_and_keeps_to_its_byte_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    for id in 40..44 {
+        // "<Bundle/>" is 9 bytes.
+        let e = event(id, &["A", "B"], false, 100);
+        s.writer().write(move |tx| accept(tx, &e)).await.unwrap();
+    }
+    let call = |budget: ledger::Budget, now: u64| {
+        let picks = vec![("A".to_string(), 10), ("B".to_string(), 10)];
+        s.writer()
+            .write(move |tx| ledger::lease(tx, &picks, now, 1_000, budget))
+    };
+    let leased = call(
+        ledger::Budget {
+            bytes: 27,
+            take_one: false,
+        },
+        200,
+    )
+    .await
+    .unwrap();
+    assert!(leased.out_of_budget);
+    let a = &leased.leases[0].deliveries;
+    let b = &leased.leases[1].deliveries;
+    assert_eq!((a.len(), b.len()), (3, 0), "27 bytes: three payloads");
+    assert_eq!(
+        leased.leases[1].next_ready,
+        Some(100),
+        "B still has work now"
+    );
+    // Nothing fits and the stream has something in flight: nothing.
+    let leased = call(
+        ledger::Budget {
+            bytes: 5,
+            take_one: false,
+        },
+        200,
+    )
+    .await
+    .unwrap();
+    assert!(leased.out_of_budget);
+    assert!(leased.leases.iter().all(|l| l.deliveries.is_empty()));
+    // With nothing in flight, one delivery passes however small the budget.
+    let leased = call(
+        ledger::Budget {
+            bytes: 0,
+            take_one: true,
+        },
+        200,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        leased
+            .leases
+            .iter()
+            .map(|l| l.deliveries.len())
+            .sum::<usize>(),
+        1
+    );
+    // Unlimited: the rest; the two mailboxes' deliveries of one event share one buffer.
+    let leased = call(ledger::Budget::UNLIMITED, 200).await.unwrap();
+    assert!(!leased.out_of_budget);
+    let a = &leased.leases[0].deliveries;
+    let b = &leased.leases[1].deliveries;
+    assert_eq!((a.len(), b.len()), (0, 4));
+    let leased_a = call(ledger::Budget::UNLIMITED, 1_300).await.unwrap();
+    let (a, b) = (
+        &leased_a.leases[0].deliveries,
+        &leased_a.leases[1].deliveries,
+    );
+    assert_eq!((a.len(), b.len()), (4, 4), "expired leases come back");
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(x.event_id, y.event_id);
+        assert_eq!(
+            x.payload.as_ptr(),
+            y.payload.as_ptr(),
+            "one buffer per event"
+        );
+    }
 }

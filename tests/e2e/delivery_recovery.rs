@@ -243,3 +243,231 @@ async fn one_failing_mailbox_keeps_its_own_backoff_and_never_opens_the_circuit()
     assert!(mesh_unready().is_none_or(|why| !why.contains("circuit open")));
     stack.shutdown().await;
 }
+
+/// A stack delivering to the real sandbox, for `mailboxes` (recipients the sandbox knows, and
+/// any it does not).
+async fn sandbox_stack(
+    sandbox: &nems_e2e::mesh_sandbox::MeshSandbox,
+    mailboxes: &[&str],
+) -> nems_e2e::stack::TestStack {
+    use nems_e2e::mesh_sandbox::SERVICE_MAILBOX;
+    nems_e2e::stack::TestStack::builder()
+        .directory(&crate::delivery_support::directory_with(mailboxes))
+        .sink(nems_e2e::stack::Sink::Mesh {
+            base_url: sandbox.base_url().to_owned(),
+            mailbox: SERVICE_MAILBOX.id.into(),
+            password: SERVICE_MAILBOX.password.into(),
+        })
+        .adapter(|a| {
+            a.mesh.request_timeout = Duration::from_secs(2);
+            a.mesh.connect_timeout = Duration::from_secs(1);
+            a.retry_initial = Duration::from_secs(3600);
+            a.retry_max_delay = Duration::from_secs(3600);
+        })
+        .start()
+        .await
+}
+
+#[tokio::test]
+async fn sandbox_redrive_after_a_non_delivery_report_reaches_the_recipient() {
+    use nems_e2e::mesh_sandbox::{MeshSandbox, RECIPIENT_MAILBOXES, SERVICE_MAILBOX};
+    let Some(venv) =
+        nems_e2e::tools::venv("sandbox_redrive_after_a_non_delivery_report_reaches_the_recipient")
+    else {
+        return;
+    };
+    let sandbox = MeshSandbox::start(&venv).await;
+    let recipient = RECIPIENT_MAILBOXES[0];
+    // UNREG01 is in our directory but not in MESH: its dead letter (code 12) keeps the
+    // payload, so the reported delivery can be redriven.
+    let stack = sandbox_stack(&sandbox, &[recipient.id, "UNREG01"]).await;
+    for mailbox in [recipient.id, "UNREG01"] {
+        subscribe(
+            &stack,
+            mailbox,
+            &explicit(NHS_NUMBER, &["vaccinations-1"], ""),
+        )
+        .await;
+    }
+    let payload = vaccination_event(NHS_NUMBER, "recovery-sandbox-redrive");
+    publish(&stack, payload.as_bytes()).await;
+    let sent = eventually("the delivery to be delivered", WAIT, || async {
+        deliveries_to(&stack, recipient.id)
+            .await
+            .into_iter()
+            .find(|r| r.state() == pb::DeliveryState::Delivered)
+    })
+    .await;
+    eventually("UNREG01's delivery to be dead-lettered", WAIT, || async {
+        deliveries_to(&stack, "UNREG01")
+            .await
+            .into_iter()
+            .find(|r| r.state() == pb::DeliveryState::DeadLettered)
+    })
+    .await;
+    // MESH gives up on the message and reports it to our mailbox.
+    sandbox
+        .add_message_event(
+            &sent.mesh_message_id,
+            "undeliverable",
+            "14",
+            "Message not collected by recipient after 5 days",
+        )
+        .await;
+    sandbox
+        .inject_report(
+            SERVICE_MAILBOX.id,
+            &sent.mesh_message_id,
+            &sent.local_id,
+            &sent.workflow_id,
+            "14",
+            "Message not collected by recipient after 5 days",
+        )
+        .await;
+    let dead = eventually("the report to dead-letter the delivery", WAIT, || async {
+        deliveries_to(&stack, recipient.id)
+            .await
+            .into_iter()
+            .find(|r| r.state() == pb::DeliveryState::DeadLettered)
+    })
+    .await;
+    assert_eq!(dead.last_error_code, "MESH_14");
+    let redriven = stack
+        .operator()
+        .redrive_deliveries(pb::RedriveDeliveriesRequest {
+            delivery_ids: vec![dead.delivery_id],
+            ..Default::default()
+        })
+        .await
+        .expect("redrive")
+        .into_inner();
+    assert_eq!(redriven.redriven, 1, "{redriven:?}");
+    let again = eventually("the redriven delivery to be delivered", WAIT, || async {
+        deliveries_to(&stack, recipient.id)
+            .await
+            .into_iter()
+            .find(|r| r.state() == pb::DeliveryState::Delivered)
+    })
+    .await;
+    assert_ne!(again.mesh_message_id, sent.mesh_message_id);
+    assert_ne!(
+        again.local_id, sent.local_id,
+        "a new generation of the local id"
+    );
+    // NHS's own mesh-client receives the new copy, unchanged.
+    let received = sandbox.receive_with_mesh_client(&recipient).await;
+    let copy = received
+        .iter()
+        .find(|m| m.id == again.mesh_message_id)
+        .unwrap_or_else(|| panic!("the redriven copy in {recipient:?}'s inbox: {received:?}"));
+    assert_eq!(copy.payload, payload.as_bytes());
+    assert_eq!(copy.headers.get("localid"), Some(&again.local_id));
+    stack.shutdown().await;
+}
+
+/// How many events and how long an outage [`sandbox_outage_backlog_flows_when_mesh_returns`]
+/// uses: `NEMS_OUTAGE_EVENTS` (default 20, three deliveries each) and `NEMS_OUTAGE_SECS`
+/// (default: only until the circuit has opened and failed two probes), so the same test is
+/// the benchmark (`NEMS_OUTAGE_EVENTS=67 NEMS_OUTAGE_SECS=60`: 201 deliveries, 60 s).
+#[allow(
+    clippy::disallowed_methods,
+    reason = "benchmark sizes from the environment"
+)]
+fn outage_shape() -> (usize, Option<Duration>) {
+    let events = std::env::var("NEMS_OUTAGE_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let secs = std::env::var("NEMS_OUTAGE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_secs);
+    (events, secs)
+}
+
+#[tokio::test]
+async fn sandbox_outage_backlog_flows_when_mesh_returns() {
+    use nems_e2e::mesh_sandbox::{MeshSandbox, RECIPIENT_MAILBOXES};
+    let Some(venv) = nems_e2e::tools::venv("sandbox_outage_backlog_flows_when_mesh_returns") else {
+        return;
+    };
+    let (events, outage) = outage_shape();
+    let mut sandbox = MeshSandbox::start(&venv).await;
+    let recipients: Vec<&str> = RECIPIENT_MAILBOXES.iter().map(|m| m.id).collect();
+    let stack = sandbox_stack(&sandbox, &recipients).await;
+    for mailbox in &recipients {
+        subscribe(
+            &stack,
+            mailbox,
+            &explicit(NHS_NUMBER, &["vaccinations-1"], ""),
+        )
+        .await;
+    }
+    // MESH goes away (its process stops: connections refused), with publishing going on.
+    let down = Instant::now();
+    sandbox.stop().await;
+    for i in 0..events {
+        publish(
+            &stack,
+            vaccination_event(NHS_NUMBER, &format!("recovery-outage-{i}")).as_bytes(),
+        )
+        .await;
+    }
+    eventually("the circuit to open", WAIT, || async {
+        mesh_unready().filter(|why| why.contains("circuit open"))
+    })
+    .await;
+    let failed = metric("nems_mesh_circuit_probes_total{result=\"failed\"}");
+    eventually("two more failed probes", WAIT, || async {
+        (metric("nems_mesh_circuit_probes_total{result=\"failed\"}") >= failed + 2.0).then_some(())
+    })
+    .await;
+    if let Some(outage) = outage {
+        // The benchmark's outage length: deliberate, not a synchronisation.
+        tokio::time::sleep(outage.saturating_sub(down.elapsed())).await;
+    }
+    let total = events * recipients.len();
+    sandbox.restart().await;
+    let back = Instant::now();
+    eventually(
+        "every delivery to be delivered",
+        WAIT + Duration::from_millis(50 * total as u64),
+        || async {
+            let mut delivered = 0;
+            for mailbox in &recipients {
+                delivered += deliveries_to(&stack, mailbox)
+                    .await
+                    .iter()
+                    .filter(|r| r.state() == pb::DeliveryState::Delivered)
+                    .count();
+            }
+            (delivered == total).then_some(())
+        },
+    )
+    .await;
+    let drained = back.elapsed();
+    println!(
+        "sandbox outage: {total} deliveries queued over a {:.1} s outage, the last delivered \
+         {:.2} s after MESH answered again",
+        back.duration_since(down).as_secs_f64(),
+        drained.as_secs_f64()
+    );
+    // Each recipient received each event once (NHS's mesh-client reads the inboxes).
+    for mailbox in RECIPIENT_MAILBOXES {
+        let received = sandbox.receive_with_mesh_client(&mailbox).await;
+        let mut local_ids: Vec<&String> = received
+            .iter()
+            .filter_map(|m| m.headers.get("localid"))
+            .collect();
+        local_ids.sort();
+        local_ids.dedup();
+        assert_eq!(received.len(), events, "{}: one copy per event", mailbox.id);
+        assert_eq!(
+            local_ids.len(),
+            events,
+            "{}: distinct deliveries",
+            mailbox.id
+        );
+    }
+    stack.shutdown().await;
+}

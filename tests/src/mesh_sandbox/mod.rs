@@ -98,6 +98,8 @@ pub struct MeshSandbox {
     venv: PathBuf,
     dir: tempfile::TempDir,
     http: Client<HttpConnector, Full<Bytes>>,
+    port: u16,
+    tls: Option<SandboxTls>,
 }
 
 // === MeshSandbox ===
@@ -124,61 +126,44 @@ impl MeshSandbox {
         )
         .expect("write mesh-client helper");
 
-        let log_path = dir.path().join("sandbox.log");
-        let stdout_log = std::fs::File::create(&log_path).expect("sandbox log");
-        let mut command = Command::new(venv.join("bin/uvicorn"));
-        command
-            .args(["mesh_sandbox.api:app", "--host", "127.0.0.1", "--port", "0"])
-            .args(["--workers", "1", "--log-level", "info"])
-            .env("AUTH_MODE", "full")
-            .env("STORE_MODE", "memory")
-            .env("SHARED_KEY", SHARED_KEY)
-            .env("PYTHONPATH", &python_path)
-            .env("PYTHONWARNINGS", "ignore")
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(stdout_log))
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let scheme = if let Some(tls) = &tls {
-            command
-                .arg("--ssl-certfile")
-                .arg(&tls.cert_pem)
-                .arg("--ssl-keyfile")
-                .arg(&tls.key_pem);
-            if let Some(ca) = &tls.client_ca_pem {
-                command
-                    .arg("--ssl-ca-certs")
-                    .arg(ca)
-                    .args(["--ssl-cert-reqs", "2"]);
-            }
-            "https"
-        } else {
-            "http"
-        };
-        let mut child = command.spawn().expect("spawn mesh-sandbox uvicorn");
-        let port = read_port(&mut child, dir.path().join("sandbox.stderr.log")).await;
-        let port = match port {
-            Some(port) => port,
-            None => panic!(
-                "mesh-sandbox did not report its port; log:\n{}",
-                read_logs(dir.path())
-            ),
-        };
+        let (child, port) = spawn(venv, dir.path(), 0, tls.as_ref()).await;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let sandbox = Self {
             child,
             base_url: format!("{scheme}://127.0.0.1:{port}"),
             venv: venv.to_owned(),
             dir,
             http: Client::builder(TokioExecutor::new()).build_http(),
+            port,
+            tls,
         };
-        if tls.is_some() {
+        if sandbox.tls.is_some() {
             // The harness has no TLS client; the "running" line already means it is bound.
             sandbox.wait_for_port(port).await;
         } else {
             sandbox.wait_for_health().await;
         }
         sandbox
+    }
+
+    /// Stops the sandbox process (an outage: connections to its port are refused until
+    /// [`MeshSandbox::restart`]).
+    pub async fn stop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
+    /// Starts the sandbox again on the same port, after [`MeshSandbox::stop`]. Its memory store
+    /// starts anew from the provisioned mailboxes: messages sent before the stop are gone.
+    pub async fn restart(&mut self) {
+        let (child, port) = spawn(&self.venv, self.dir.path(), self.port, self.tls.as_ref()).await;
+        assert_eq!(port, self.port, "restarted on the same port");
+        self.child = child;
+        if self.tls.is_some() {
+            self.wait_for_port(port).await;
+        } else {
+            self.wait_for_health().await;
+        }
     }
 
     /// Returns the base URL, e.g. `http://127.0.0.1:40123`.
@@ -256,6 +241,31 @@ impl MeshSandbox {
             .await;
         assert_eq!(status, StatusCode::OK, "sandbox report: {body}");
         body["message_id"].as_str().expect("report id").to_owned()
+    }
+
+    /// Appends a status event to a message (`POST /admin/message/{id}/event`), as MESH does
+    /// when it gives up on one: tracking then shows `status` (e.g. `undeliverable`).
+    pub async fn add_message_event(
+        &self,
+        message_id: &str,
+        status: &str,
+        code: &str,
+        description: &str,
+    ) {
+        let request = json!({
+            "status": status,
+            "code": code,
+            "event": "TRANSFER",
+            "description": description,
+        });
+        let (status, body) = self
+            .admin(
+                Method::POST,
+                &format!("/admin/message/{message_id}/event"),
+                Some(request),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "sandbox message event: {body}");
     }
 
     /// Returns the sandbox's full record of a message (`GET /admin/message/{id}`).
@@ -385,6 +395,56 @@ impl Drop for MeshSandbox {
         // kill_on_drop also does this; being explicit keeps the order (kill before the temp
         // dir is removed) obvious.
         let _ = self.child.start_kill();
+    }
+}
+
+/// Spawns uvicorn serving the sandbox copy in `dir` on `port` (0: any); returns the child and
+/// the port it reported.
+async fn spawn(venv: &Path, dir: &Path, port: u16, tls: Option<&SandboxTls>) -> (Child, u16) {
+    let python_path = dir.join("pkg");
+    let log_path = dir.join("sandbox.log");
+    let stdout_log = std::fs::File::create(&log_path).expect("sandbox log");
+    let mut command = Command::new(venv.join("bin/uvicorn"));
+    let port_arg = port.to_string();
+    command
+        .args([
+            "mesh_sandbox.api:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port_arg,
+        ])
+        .args(["--workers", "1", "--log-level", "info"])
+        .env("AUTH_MODE", "full")
+        .env("STORE_MODE", "memory")
+        .env("SHARED_KEY", SHARED_KEY)
+        .env("PYTHONPATH", &python_path)
+        .env("PYTHONWARNINGS", "ignore")
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(stdout_log))
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(tls) = tls {
+        command
+            .arg("--ssl-certfile")
+            .arg(&tls.cert_pem)
+            .arg("--ssl-keyfile")
+            .arg(&tls.key_pem);
+        if let Some(ca) = &tls.client_ca_pem {
+            command
+                .arg("--ssl-ca-certs")
+                .arg(ca)
+                .args(["--ssl-cert-reqs", "2"]);
+        }
+    }
+    let mut child = command.spawn().expect("spawn mesh-sandbox uvicorn");
+    match read_port(&mut child, dir.join("sandbox.stderr.log")).await {
+        Some(port) => (child, port),
+        None => panic!(
+            "mesh-sandbox did not report its port; log:\n{}",
+            read_logs(dir)
+        ),
     }
 }
 

@@ -471,3 +471,158 @@ async fn sandbox_outage_backlog_flows_when_mesh_returns() {
     }
     stack.shutdown().await;
 }
+
+/// A core that streams a script of deliveries to the adapter and records its reports.
+#[derive(Clone)]
+struct ScriptedCore {
+    deliveries: std::sync::Arc<std::sync::Mutex<Vec<pb::Delivery>>>,
+    reports: tokio::sync::mpsc::UnboundedSender<pb::CompleteDeliveryRequest>,
+}
+
+#[tonic::async_trait]
+impl nems_proto::v1::delivery_service_server::DeliveryService for ScriptedCore {
+    type StreamDeliveriesStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::StreamDeliveriesResponse, tonic::Status>>;
+
+    async fn stream_deliveries(
+        &self,
+        _request: tonic::Request<pb::StreamDeliveriesRequest>,
+    ) -> Result<tonic::Response<Self::StreamDeliveriesStream>, tonic::Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let script: Vec<pb::Delivery> = std::mem::take(&mut *self.deliveries.lock().unwrap());
+        for delivery in script {
+            tx.send(Ok(pb::StreamDeliveriesResponse {
+                delivery: Some(delivery),
+            }))
+            .await
+            .unwrap();
+        }
+        // Keep the stream open (the sender lives as long as the stream).
+        tokio::spawn(async move { tx.closed().await });
+        Ok(tonic::Response::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+    }
+
+    async fn complete_delivery(
+        &self,
+        request: tonic::Request<pb::CompleteDeliveryRequest>,
+    ) -> Result<tonic::Response<pb::CompleteDeliveryResponse>, tonic::Status> {
+        let _ = self.reports.send(request.into_inner());
+        Ok(tonic::Response::new(pb::CompleteDeliveryResponse::default()))
+    }
+
+    async fn report_undelivered(
+        &self,
+        _request: tonic::Request<pb::ReportUndeliveredRequest>,
+    ) -> Result<tonic::Response<pb::ReportUndeliveredResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not scripted"))
+    }
+}
+
+/// A sink whose sends wait until released, recording which deliveries it was given.
+struct GatedSink {
+    calls: std::sync::Mutex<Vec<u64>>,
+    started: tokio::sync::watch::Sender<usize>,
+    release: tokio::sync::Semaphore,
+}
+
+impl nems_mesh_adapter::sink::Sink for GatedSink {
+    async fn deliver(&self, delivery: &pb::Delivery) -> nems_mesh_adapter::sink::SinkOutcome {
+        let count = {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push(delivery.delivery_id);
+            calls.len()
+        };
+        self.started.send_replace(count);
+        let _permit = self.release.acquire().await;
+        nems_mesh_adapter::sink::SinkOutcome::Sent {
+            message_id: "MSG-1".into(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_delivery_handed_out_again_while_its_attempt_runs_is_not_sent_twice() {
+    use nems_mesh_adapter::pump::{PumpSettings, run};
+    let delivery = |id: u64, attempt: u32| pb::Delivery {
+        delivery_id: id,
+        attempt,
+        local_id: "evt-0".into(),
+        mailbox: "RECIP01".into(),
+        payload: b"<x/>".to_vec().into(),
+        ..Default::default()
+    };
+    let (reports_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    let core = ScriptedCore {
+        // Core gave the first lease back (its stream ended) and leased it again; then
+        // another delivery, whose start shows the pump has read the second hand-out.
+        deliveries: std::sync::Arc::new(std::sync::Mutex::new(vec![
+            delivery(7, 1),
+            delivery(7, 2),
+            delivery(8, 1),
+        ])),
+        reports: reports_tx,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(nems_proto::v1::delivery_service_server::DeliveryServiceServer::new(core))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    let sink = std::sync::Arc::new(GatedSink {
+        calls: std::sync::Mutex::default(),
+        started: tokio::sync::watch::channel(0).0,
+        release: tokio::sync::Semaphore::new(0),
+    });
+    let mut started = sink.started.subscribe();
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let settings = PumpSettings {
+        consumer: "test".into(),
+        max_in_flight: 8,
+        max_in_flight_per_mailbox: 4,
+        retry: nems_mesh_adapter::retry::RetryPolicy::for_test(),
+        drain_timeout: Duration::from_secs(5),
+        sink_name: "folder",
+        health: std::sync::Arc::default(),
+        attempt_budget: None,
+        circuit: None,
+    };
+    let pump = tokio::spawn(run(channel, sink.clone(), settings, async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+    // Delivery 7's first attempt runs while its second hand-out is read; delivery 8 starts
+    // after that (the pump reads its stream in order).
+    tokio::time::timeout(WAIT, started.wait_for(|n| *n >= 2))
+        .await
+        .expect("two attempts start")
+        .unwrap();
+    assert_eq!(
+        *sink.calls.lock().unwrap(),
+        [7, 8],
+        "one send of delivery 7, not two"
+    );
+    sink.release.add_permits(2);
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let report = tokio::time::timeout(WAIT, reports.recv())
+            .await
+            .expect("a report")
+            .expect("the channel is open");
+        assert!(matches!(
+            report.outcome,
+            Some(pb::complete_delivery_request::Outcome::Sent(_))
+        ));
+        got.push((report.delivery_id, report.attempt));
+    }
+    got.sort_unstable();
+    assert_eq!(got, [(7, 2), (8, 1)], "7 reported under its newest attempt");
+    assert_eq!(sink.calls.lock().unwrap().len(), 2);
+    stop.send_replace(true);
+    pump.await.unwrap();
+    server.abort();
+}

@@ -144,11 +144,12 @@ fn deep_nesting_is_refused() {
         "</extension>".repeat(depth)
     );
     assert!(not_well_formed(body.as_bytes()).contains("nested deeper than"));
-    // Well inside the bound is fine (real messages nest about 12 levels).
+    // Inside the bound (64, as for every FHIR XML the edge reads) is fine; real messages
+    // nest about 12 levels.
     let body = format!(
         r#"<Bundle xmlns="http://hl7.org/fhir">{}{}</Bundle>"#,
-        "<extension>".repeat(100),
-        "</extension>".repeat(100)
+        "<extension>".repeat(60),
+        "</extension>".repeat(60)
     );
     ok(body.as_bytes());
 }
@@ -449,7 +450,7 @@ fn attribute_syntax_is_checked() {
             "{bad}: {text}"
         );
     }
-    let good = r#"<entry  b = "1"	c='x"y' d="a>b" ><fullUrl value = 'urn:uuid:&#x41;&amp;&lt;' /></entry>"#;
+    let good = r#"<entry  id = "1"	xmlns:a='x"y' xmlns:b="a>b" ><fullUrl value = 'urn:uuid:&#x41;&amp;&lt;' /></entry>"#;
     let msg = ok(bundle(good).as_bytes());
     assert_eq!(msg.entries[1].full_url, "urn:uuid:A&<");
     // Literal tabs and line breaks in a value read as spaces (XML attribute normalisation).
@@ -473,4 +474,109 @@ fn namespace_scopes_open_and_close_with_their_element() {
     // The prefix `p` is out of scope after its element closed.
     let out_of_scope = r#"<Bundle xmlns="http://hl7.org/fhir"><entry xmlns:p="http://hl7.org/fhir"/><p:entry/></Bundle>"#;
     assert!(not_well_formed(out_of_scope.as_bytes()).contains("namespace prefix"));
+}
+
+#[test]
+fn attributes_a_fhir_element_cannot_carry_are_refused() {
+    for bad in [
+        r#"<entry junk="1"/>"#,
+        r#"<entry><fullUrl value="x" other="y"/></entry>"#,
+        r#"<entry xml:lang="en"/>"#,
+        r#"<entry p:x="1" xmlns:p="urn:other"/>"#,
+    ] {
+        let text = invalid(bundle(bad).as_bytes());
+        assert!(
+            text.contains("attribute FHIR XML does not allow"),
+            "{bad}: {text}"
+        );
+    }
+    // What FHIR XML has: value, id, url, declarations and xsi attributes; XHTML narrative
+    // (another namespace) carries its own.
+    let good = r#"<entry id="e1" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:schemaLocation="http://hl7.org/fhir x.xsd"><fullUrl value="urn:uuid:1" id="f"/><resource><Patient><text><div xmlns="http://www.w3.org/1999/xhtml" class="c" style="s"><p lang="en">x</p></div></text><extension url="u"><valueString value="v"/></extension></Patient></resource></entry>"#;
+    let msg = ok(bundle(good).as_bytes());
+    assert_eq!(msg.entries[1].full_url, "urn:uuid:1");
+}
+
+#[test]
+fn start_tags_are_bounded() {
+    // A start tag with thousands of attributes is refused after the 32nd, whatever follows:
+    // its cost no longer grows with its length (it was quadratic).
+    let many: String = (0..40_000).map(|i| format!(" a{i}=\"{i}\"")).collect();
+    let text =
+        not_well_formed(format!(r#"<Bundle xmlns="http://hl7.org/fhir"{many}/>"#).as_bytes());
+    assert!(text.contains("more than 32 attributes"), "{text}");
+    let text = not_well_formed(
+        bundle(&format!(
+            "<entry{}/>",
+            (0..33)
+                .map(|i| format!(" xmlns:p{i}=\"u\""))
+                .collect::<String>()
+        ))
+        .as_bytes(),
+    );
+    assert!(
+        text.contains("more than 32 attributes") || text.contains("namespace"),
+        "{text}"
+    );
+    let text = not_well_formed(
+        bundle(&format!(
+            "<entry{}/>",
+            (0..9)
+                .map(|i| format!(" xmlns:p{i}=\"u\""))
+                .collect::<String>()
+        ))
+        .as_bytes(),
+    );
+    assert!(
+        text.contains("more than 8 namespace declarations"),
+        "{text}"
+    );
+    // Declarations in scope are bounded too (each element's lookup walks them).
+    let nested: String = (0..5)
+        .map(|d| {
+            format!(
+                "<extension{}>",
+                (0..8)
+                    .map(|i| format!(" xmlns:q{d}x{i}=\"u\""))
+                    .collect::<String>()
+            )
+        })
+        .collect();
+    let closing = "</extension>".repeat(5);
+    let text = not_well_formed(bundle(&format!("{nested}{closing}")).as_bytes());
+    assert!(
+        text.contains("more than 32 namespace declarations in scope"),
+        "{text}"
+    );
+}
+
+#[test]
+fn characters_xml_does_not_allow_are_refused_however_written() {
+    for bad in [
+        "<entry><fullUrl value=\"a&#1;b\"/></entry>".to_owned(),
+        "<entry><fullUrl value=\"a&#xFFFE;\"/></entry>".to_owned(),
+        "<entry>&#1;</entry>".to_owned(),
+        "<entry><fullUrl value=\"a\u{FFFE}b\"/></entry>".to_owned(),
+        "<entry><fullUrl value=\"a\u{FFFF}b\"/></entry>".to_owned(),
+    ] {
+        let text = not_well_formed(bundle(&bad).as_bytes());
+        assert!(
+            ["reference", "U+FFFE", "character"]
+                .iter()
+                .any(|w| text.contains(w)),
+            "{bad:?}: {text}"
+        );
+    }
+    // `utf8` is not the registered name of UTF-8.
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"utf8\"?>{}",
+        bundle("<entry/>")
+    );
+    let text = not_well_formed(body.as_bytes());
+    assert!(text.contains("encoding"), "{text}");
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>{}",
+        bundle("<entry/>")
+    );
+    ok(body.as_bytes());
 }

@@ -883,3 +883,55 @@ fn timing() {
         eprintln!("{name}: parse {parse_ns} ns, write {write_ns} ns");
     }
 }
+
+/// The XML rules the Subscription reader shares with the publish extractor.
+#[test]
+fn the_resource_reader_applies_the_shared_xml_rules() {
+    let sub = |inner: &str, decl: &str| {
+        format!(
+            r#"{decl}<Subscription xmlns="http://hl7.org/fhir"><status value="requested"/>{inner}<reason value="r"/><criteria value="/Bundle?type=message"/><channel><type value="message"/><endpoint value="MB"/></channel></Subscription>"#
+        )
+    };
+    let refused = |body: String, what: &str| match subscription::parse(Format::Xml, body.as_bytes())
+    {
+        Err(FhirError::NotWellFormed(text)) => {
+            assert!(text.contains(what), "{what}: {text}");
+        }
+        other => panic!("{what}: expected not well-formed, got {other:?}"),
+    };
+    // The declaration names UTF-8 by its registered name only (as the extractor).
+    refused(sub("", r#"<?xml version="1.0" encoding="utf8"?>"#), "utf-8");
+    assert!(
+        subscription::parse(
+            Format::Xml,
+            sub("", r#"<?xml version="1.0" encoding="UTF-8"?>"#).as_bytes()
+        )
+        .is_ok()
+    );
+    // Attribute and namespace bounds.
+    let many: String = (0..40).map(|i| format!(r#" n{i}="{i}""#)).collect();
+    refused(
+        sub(&format!("<text{many}/>"), ""),
+        "more than 32 attributes",
+    );
+    let declarations: String = (0..9).map(|i| format!(r#" xmlns:p{i}="u""#)).collect();
+    refused(
+        sub(&format!("<text{declarations}/>"), ""),
+        "namespace declarations",
+    );
+    // Narrative text with a character XML does not allow, written or by reference.
+    refused(
+        sub(
+            "<text><div xmlns=\"http://www.w3.org/1999/xhtml\">a\u{FFFE}b</div></text>",
+            "",
+        ),
+        "not allowed",
+    );
+    refused(
+        sub(
+            "<text><div xmlns=\"http://www.w3.org/1999/xhtml\">a&#1;b</div></text>",
+            "",
+        ),
+        "character reference",
+    );
+}

@@ -1,8 +1,9 @@
 //! The CapabilityStatement served at `GET /STU3/metadata`.
 
 use super::Format;
+use super::common::ResourceWriter;
 use super::json::JsonWriter;
-use super::xml::{ResourceWriter, XmlWriter};
+use super::xml::XmlWriter;
 
 /// The profile of the Subscription resources the service accepts.
 pub const SUBSCRIPTION_PROFILE: &str =

@@ -13,7 +13,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::FhirError;
-use super::xml::{Path, ResourceWriter, echo_name, is_xml_text, strip_bom};
+use super::common::{ElementExt, Path, ResourceWriter, echo_name, is_xml_text, strip_bom};
 
 /// The deepest array/object nesting the reader accepts (the resource object is level 1).
 pub(crate) const MAX_DEPTH: usize = 64;
@@ -227,24 +227,6 @@ impl<'v, 'a> Iterator for Fields<'v, 'a> {
         }
         self.seen |= 1 << i;
         Some(Ok((self.known[i], value)))
-    }
-}
-
-/// What a primitive's `_x` companion carries (`Element.id`, `Element.extension`).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ElementExt {
-    /// `id` present.
-    pub(crate) id: bool,
-    /// `extension` present.
-    pub(crate) extension: bool,
-}
-
-impl ElementExt {
-    fn merge(self, other: ElementExt) -> ElementExt {
-        ElementExt {
-            id: self.id || other.id,
-            extension: self.extension || other.extension,
-        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! FHIR STU3 wire formats for the resources NEMS reads and writes.
 
 pub mod capability;
+pub(crate) mod common;
 pub(crate) mod json;
 pub mod outcome;
 pub(crate) mod xml;

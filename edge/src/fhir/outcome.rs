@@ -3,8 +3,9 @@
 use nems_proto::spine::{CODE_SYSTEM, SpineCode};
 
 use super::Format;
+use super::common::ResourceWriter;
 use super::json::JsonWriter;
-use super::xml::{ResourceWriter, XmlWriter};
+use super::xml::XmlWriter;
 
 /// The profile every OperationOutcome NEMS writes claims in `meta.profile`.
 pub const PROFILE: &str = "https://fhir.nhs.uk/STU3/StructureDefinition/Spine-OperationOutcome-1";

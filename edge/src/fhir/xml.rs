@@ -19,50 +19,20 @@ use quick_xml::name::{Namespace, ResolveResult};
 use quick_xml::reader::NsReader;
 
 use super::FhirError;
-use super::json::ElementExt;
+use super::common::{
+    ElementExt, MAX_ATTRIBUTES, MAX_NAMESPACES_IN_SCOPE, MAX_NAMESPACES_PER_ELEMENT, MAX_XML_DEPTH,
+    Path, ResourceWriter, XSI_NS, echo_name, is_utf8_encoding, is_xml_char, is_xml_text, strip_bom,
+};
 
 /// The FHIR XML namespace.
 pub(crate) const FHIR_NS: &str = "http://hl7.org/fhir";
 
-/// The XML Schema instance namespace (`xsi:schemaLocation` is tolerated and ignored).
-const XSI_NS: &str = "http://www.w3.org/2001/XMLSchema-instance";
-
 /// The deepest element nesting the reader accepts (the root element is level 1).
-pub(crate) const MAX_DEPTH: usize = 64;
-
-/// An element path in error texts: `parent.name`, or `parent` alone when `name` is empty.
-/// Shared by both formats; formatting happens only when an error is reported.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Path<'p>(pub(crate) &'p str, pub(crate) &'p str);
-
-impl std::fmt::Display for Path<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.1.is_empty() {
-            f.write_str(self.0)
-        } else {
-            write!(f, "{}.{}", self.0, self.1)
-        }
-    }
-}
+pub(crate) const MAX_DEPTH: usize = MAX_XML_DEPTH;
 
 /// Returns `NotWellFormed` with `text`.
 fn malformed(text: impl Into<String>) -> FhirError {
     FhirError::NotWellFormed(text.into())
-}
-
-/// Returns `name` if it is safe to echo in an error (a short XML or JSON name), else `?`.
-pub(crate) fn echo_name(name: &str) -> &str {
-    let safe = name.len() <= 64
-        && name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
-    if safe { name } else { "?" }
-}
-
-/// Removes a leading UTF-8 byte order mark.
-pub(crate) fn strip_bom(body: &[u8]) -> &[u8] {
-    body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body)
 }
 
 // === XmlReader ===
@@ -72,6 +42,9 @@ pub(crate) struct XmlReader<'a> {
     inner: NsReader<&'a [u8]>,
     /// Open elements (started and not yet ended).
     depth: usize,
+    /// Namespace declarations made by each open element, innermost last, and their sum.
+    declared: Vec<usize>,
+    in_scope: usize,
 }
 
 impl std::fmt::Debug for XmlReader<'_> {
@@ -118,16 +91,43 @@ impl<'a> XmlReader<'a> {
         config.check_end_names = true;
         config.check_comments = true;
         config.expand_empty_elements = false;
-        Ok(XmlReader { inner, depth: 0 })
+        Ok(XmlReader {
+            inner,
+            depth: 0,
+            declared: Vec::new(),
+            in_scope: 0,
+        })
     }
 
     fn read(&mut self) -> Result<Event<'a>, FhirError> {
-        self.inner.read_event().map_err(|_| {
+        let event = self.inner.read_event().map_err(|_| {
             malformed(format!(
                 "malformed xml near byte {}",
                 self.inner.error_position()
             ))
-        })
+        })?;
+        match &event {
+            Event::Start(start) | Event::Empty(start) => {
+                let declared = limit_attributes(start)?;
+                if self.in_scope + declared > MAX_NAMESPACES_IN_SCOPE {
+                    return Err(malformed(format!(
+                        "more than {MAX_NAMESPACES_IN_SCOPE} namespace declarations in scope"
+                    )));
+                }
+                if matches!(event, Event::Start(_)) {
+                    self.declared.push(declared);
+                    self.in_scope += declared;
+                }
+            }
+            Event::End(_) => {
+                self.in_scope -= self.declared.pop().unwrap_or(0);
+            }
+            Event::Text(text) if !is_xml_text(text) => {
+                return Err(malformed("text holds a character not allowed in xml"));
+            }
+            _ => {}
+        }
+        Ok(event)
     }
 
     fn element(&self, start: BytesStart<'a>, empty: bool) -> Element<'a> {
@@ -374,11 +374,38 @@ fn is_blank(text: &str) -> bool {
 fn check_decl(decl: &quick_xml::events::BytesDecl<'_>) -> Result<(), FhirError> {
     match decl.encoding() {
         None => Ok(()),
-        Some(Ok(enc)) if enc.eq_ignore_ascii_case("utf-8") || enc.eq_ignore_ascii_case("utf8") => {
-            Ok(())
-        }
+        Some(Ok(enc)) if is_utf8_encoding(&enc) => Ok(()),
         Some(_) => Err(malformed("only utf-8 encoded xml is accepted")),
     }
+}
+
+/// Bounds a start tag's attributes (before anything iterates them with duplicate checks,
+/// which is quadratic): at most [`MAX_ATTRIBUTES`], of which at most
+/// [`MAX_NAMESPACES_PER_ELEMENT`] namespace declarations; returns the declarations.
+fn limit_attributes(start: &BytesStart<'_>) -> Result<usize, FhirError> {
+    let mut count = 0;
+    let mut declared = 0;
+    for attr in start.attributes().with_checks(false) {
+        let Ok(attr) = attr else {
+            // Reported as malformed where the attributes are read.
+            break;
+        };
+        count += 1;
+        if count > MAX_ATTRIBUTES {
+            return Err(malformed(format!(
+                "an element carries more than {MAX_ATTRIBUTES} attributes"
+            )));
+        }
+        if attr.key.as_namespace_binding().is_some() {
+            declared += 1;
+            if declared > MAX_NAMESPACES_PER_ELEMENT {
+                return Err(malformed(format!(
+                    "an element makes more than {MAX_NAMESPACES_PER_ELEMENT} namespace declarations"
+                )));
+            }
+        }
+    }
+    Ok(declared)
 }
 
 /// Checks that a reference in text content is a predefined entity or a legal character.
@@ -414,51 +441,6 @@ fn attr_value(attr: &Attribute<'_>, path: Path<'_>) -> Result<String, FhirError>
         return Err(bad());
     }
     Ok(value.into_owned())
-}
-
-/// Whether `c` is allowed in an XML 1.0 document (`Char` production).
-pub(crate) fn is_xml_char(c: char) -> bool {
-    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
-}
-
-/// Whether every character of `s` is allowed in an XML 1.0 document; a byte scan, since
-/// only C0 controls and U+FFFE/U+FFFF (UTF-8 `EF BF BE`/`EF BF BF`) can break the rule in a
-/// Rust string.
-pub(crate) fn is_xml_text(s: &str) -> bool {
-    let bytes = s.as_bytes();
-    bytes.iter().enumerate().all(|(i, &b)| match b {
-        b'\t' | b'\n' | b'\r' => true,
-        0x00..=0x1f => false,
-        0xef => !matches!(bytes.get(i + 1..i + 3), Some([0xbf, 0xbe | 0xbf])),
-        _ => true,
-    })
-}
-
-// === ResourceWriter ===
-
-/// Writes a resource in one format. Both writers omit empty values, and a complex element
-/// (or list) opened here is only written once something is written inside it, so callers
-/// open elements freely and write whatever values they have, in schema order.
-pub(crate) trait ResourceWriter: Sized {
-    /// Starts a resource of type `resource_type`.
-    fn start(resource_type: &'static str) -> Self;
-    /// Writes primitive `name` unless `value` is empty.
-    fn value(&mut self, name: &'static str, value: &str);
-    /// Writes repeated primitive `name` with the non-empty `values`.
-    fn values(&mut self, name: &'static str, values: &[String]);
-    /// Opens single complex element `name`.
-    fn open(&mut self, name: &'static str);
-    /// Opens repeated complex element `name`; follow with [`Self::item`]s and
-    /// [`Self::close_list`].
-    fn open_list(&mut self, name: &'static str);
-    /// Opens one item of the list opened last.
-    fn item(&mut self, name: &'static str);
-    /// Closes the element opened last by [`Self::open`] or [`Self::item`].
-    fn close(&mut self);
-    /// Closes the list opened last.
-    fn close_list(&mut self);
-    /// Closes the resource and returns the document.
-    fn finish(self) -> Vec<u8>;
 }
 
 // === XmlWriter ===

@@ -24,6 +24,10 @@ use quick_xml::name::QName;
 use quick_xml::reader::Reader;
 
 use crate::fhir::FhirError;
+use crate::fhir::common::{
+    MAX_ATTRIBUTES, MAX_NAMESPACES_IN_SCOPE, MAX_NAMESPACES_PER_ELEMENT, MAX_XML_DEPTH, XSI_NS,
+    is_utf8_encoding, is_xml_char, is_xml_text,
+};
 
 /// The FHIR XML namespace; elements in any other namespace (XHTML narrative, foreign
 /// extensions) are skipped with their whole subtree.
@@ -31,7 +35,7 @@ const FHIR_NS: &str = "http://hl7.org/fhir";
 
 /// Deepest element nesting accepted. Real event messages nest about 12 levels (XHTML
 /// narrative a few more); the bound keeps hostile input from growing the frame stack.
-const MAX_DEPTH: usize = 128;
+const MAX_DEPTH: usize = MAX_XML_DEPTH;
 
 const NHS_NUMBER_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
 const ODS_ORGANIZATION_SYSTEM: &str = "https://fhir.nhs.uk/Id/ods-organization-code";
@@ -87,6 +91,13 @@ fn decode(body: &[u8]) -> Result<&str, FhirError> {
             "body contains a control character not allowed in XML at offset {offset}"
         )));
     }
+    // U+FFFE and U+FFFF (`EF BF BE`, `EF BF BF`) are not XML characters either; UTF-8 has no
+    // other way to spell them, so this finds every one.
+    if !is_xml_text(text) {
+        return Err(FhirError::NotWellFormed(
+            "body contains U+FFFE or U+FFFF, which XML does not allow".to_owned(),
+        ));
+    }
     Ok(text.strip_prefix('\u{feff}').unwrap_or(text))
 }
 
@@ -97,7 +108,7 @@ fn check_declaration(decl: &BytesDecl<'_>, at_start: bool) -> Result<(), &'stati
     }
     match decl.encoding() {
         None => Ok(()),
-        Some(Ok(encoding)) if encoding.eq_ignore_ascii_case("utf-8") => Ok(()),
+        Some(Ok(encoding)) if is_utf8_encoding(&encoding) => Ok(()),
         Some(_) => Err("xml declaration names an encoding other than UTF-8"),
     }
 }
@@ -140,7 +151,7 @@ fn describe(err: &quick_xml::Error) -> &'static str {
 fn check_reference(reference: &BytesRef<'_>) -> Result<(), &'static str> {
     if reference.is_char_ref() {
         return match reference.resolve_char_ref() {
-            Ok(Some(_)) => Ok(()),
+            Ok(Some(c)) if is_xml_char(c) => Ok(()),
             _ => Err("invalid character reference"),
         };
     }
@@ -213,10 +224,27 @@ enum RefTarget {
 // === Attrs ===
 
 /// The two attributes NEMS reads, entity-decoded; other attributes are only checked.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Attrs<'x> {
     value: Option<Cow<'x, str>>,
     url: Option<Cow<'x, str>>,
+    /// An unprefixed attribute FHIR XML does not have (anything but `value`, `id`, `url`).
+    unknown: bool,
+    /// Prefixes of prefixed attributes other than `xmlns:` (allowed only for `xsi`).
+    prefixes: [&'x str; MAX_ATTRIBUTES],
+    prefixed: usize,
+}
+
+impl Default for Attrs<'_> {
+    fn default() -> Self {
+        Self {
+            value: None,
+            url: None,
+            unknown: false,
+            prefixes: [""; MAX_ATTRIBUTES],
+            prefixed: 0,
+        }
+    }
 }
 
 impl Attrs<'_> {
@@ -233,6 +261,9 @@ impl Attrs<'_> {
 // === RawAttr ===
 
 const MALFORMED_ATTRIBUTE: &str = "malformed or duplicated attribute";
+const TOO_MANY_ATTRIBUTES: &str = "an element carries more than 32 attributes";
+const TOO_MANY_DECLARATIONS: &str = "an element makes more than 8 namespace declarations";
+const TOO_MANY_IN_SCOPE: &str = "more than 32 namespace declarations in scope";
 
 /// One attribute of a start tag as written.
 #[derive(Debug)]
@@ -255,8 +286,14 @@ impl<'x> RawAttr<'x> {
             key: QName(self.name),
             value: Cow::Borrowed(self.value),
         };
-        attr.normalized_value(XmlVersion::Implicit1_0)
-            .map_err(|_| "invalid character or entity reference")
+        let value = attr
+            .normalized_value(XmlVersion::Implicit1_0)
+            .map_err(|_| "invalid character or entity reference")?;
+        if is_xml_text(&value) {
+            Ok(value)
+        } else {
+            Err("a character reference to a character XML does not allow")
+        }
     }
 }
 
@@ -362,6 +399,8 @@ struct Namespace {
     prefix: String,
     /// The declared namespace is FHIR's.
     fhir: bool,
+    /// The declared namespace is XML Schema instance's.
+    xsi: bool,
     depth: usize,
 }
 
@@ -465,6 +504,13 @@ impl Extractor {
                 return Err(self.not_well_formed("undeclared namespace prefix", Some(position)));
             }
         };
+        if in_fhir_ns && self.invalid.is_none() && !self.fhir_attributes(&attrs) {
+            self.invalid = Some(format!(
+                "{}: an element carries an attribute FHIR XML does not allow (only value, id, \
+                 url, namespace declarations and xsi attributes)",
+                self.path().unwrap_or_else(|| "Bundle".to_owned())
+            ));
+        }
         let ctx = match self.stack.last() {
             None if in_fhir_ns && local_name == "Bundle" => Ctx::Bundle,
             None => {
@@ -481,50 +527,81 @@ impl Extractor {
 
     /// Reads an element's attributes in one pass: checks each (syntax, duplicates, `<`,
     /// entities), opens its namespace declarations, and returns `value` and `url` decoded.
+    /// At most [`MAX_ATTRIBUTES`] attributes and [`MAX_NAMESPACES_PER_ELEMENT`] declarations
+    /// (at most [`MAX_NAMESPACES_IN_SCOPE`] in scope), so that a start tag costs a bounded
+    /// amount of work however long it is.
     fn read_attrs<'x>(&mut self, start: &'x BytesStart<'_>) -> Result<Attrs<'x>, &'static str> {
-        // Elements carry one or two attributes; more than `SEEN` is checked the slow way.
-        const SEEN: usize = 8;
-        let mut seen = [""; SEEN];
-        let mut seen_more = Vec::new();
+        let mut seen = [""; MAX_ATTRIBUTES];
         let mut attrs = Attrs::default();
         let depth = self.stack.len();
         let raw = start.attributes_raw();
         let mut pos = 0;
         let mut index = 0;
+        let mut declared = 0;
         while let Some(attr) = next_attribute(raw, &mut pos)? {
-            if seen.iter().take(index).any(|name| *name == attr.name)
-                || seen_more.contains(&attr.name)
-            {
+            if seen.iter().take(index).any(|name| *name == attr.name) {
                 return Err(MALFORMED_ATTRIBUTE);
             }
-            match seen.get_mut(index) {
-                Some(slot) => *slot = attr.name,
-                None => seen_more.push(attr.name),
-            }
+            let Some(slot) = seen.get_mut(index) else {
+                return Err(TOO_MANY_ATTRIBUTES);
+            };
+            *slot = attr.name;
             index += 1;
-            match attr.name {
-                "value" => attrs.value = Some(attr.decoded()?),
-                "url" => attrs.url = Some(attr.decoded()?),
-                "xmlns" => self.namespaces.push(Namespace {
-                    prefix: String::new(),
+            let prefix = match attr.name {
+                "value" => {
+                    attrs.value = Some(attr.decoded()?);
+                    continue;
+                }
+                "url" => {
+                    attrs.url = Some(attr.decoded()?);
+                    continue;
+                }
+                "xmlns" => Some(""),
+                name => name.strip_prefix("xmlns:"),
+            };
+            if let Some(prefix) = prefix {
+                declared += 1;
+                if declared > MAX_NAMESPACES_PER_ELEMENT {
+                    return Err(TOO_MANY_DECLARATIONS);
+                }
+                if self.namespaces.len() >= MAX_NAMESPACES_IN_SCOPE {
+                    return Err(TOO_MANY_IN_SCOPE);
+                }
+                self.namespaces.push(Namespace {
+                    prefix: prefix.to_owned(),
                     fhir: attr.decoded()? == FHIR_NS,
+                    xsi: attr.decoded()? == XSI_NS,
                     depth,
-                }),
-                name => {
-                    if let Some(prefix) = name.strip_prefix("xmlns:") {
-                        self.namespaces.push(Namespace {
-                            prefix: prefix.to_owned(),
-                            fhir: attr.decoded()? == FHIR_NS,
-                            depth,
-                        });
-                    } else {
-                        // Decoded only to prove its entity references well-formed.
-                        attr.decoded()?;
+                });
+                continue;
+            }
+            // Decoded only to prove its entity references well-formed.
+            attr.decoded()?;
+            match attr.name.split_once(':') {
+                Some((prefix, _)) => {
+                    if let Some(slot) = attrs.prefixes.get_mut(attrs.prefixed) {
+                        *slot = prefix;
+                        attrs.prefixed += 1;
                     }
                 }
+                None if attr.name == "id" => {}
+                None => attrs.unknown = true,
             }
         }
         Ok(attrs)
+    }
+
+    /// Whether a FHIR element's attributes are all ones FHIR XML allows: `value`, `id`, `url`,
+    /// namespace declarations and XML Schema instance (`xsi`) attributes.
+    fn fhir_attributes(&self, attrs: &Attrs<'_>) -> bool {
+        !attrs.unknown
+            && attrs.prefixes.iter().take(attrs.prefixed).all(|prefix| {
+                self.namespaces
+                    .iter()
+                    .rev()
+                    .find(|ns| ns.is_for(prefix))
+                    .is_some_and(|ns| ns.xsi)
+            })
     }
 
     /// Returns the frame of a FHIR element and records what NEMS reads from it.

@@ -10,8 +10,9 @@
 
 use nems_proto::v1 as pb;
 
-use crate::fhir::json::{self, ElementExt, JsonWriter, Value};
-use crate::fhir::xml::{Element, Path, ResourceWriter, XmlReader, XmlWriter, unknown_element};
+use crate::fhir::common::{ElementExt, Path, ResourceWriter};
+use crate::fhir::json::{self, JsonWriter, Value};
+use crate::fhir::xml::{Element, XmlReader, XmlWriter, unknown_element};
 use crate::fhir::{FhirError, Format};
 
 /// The largest Subscription body read, in bytes.

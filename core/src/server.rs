@@ -204,12 +204,18 @@ impl Core {
             .add_service(health_service.clone())
             .add_service(reflection_v1.clone())
             .add_service(reflection_v1alpha.clone())
-            .add_service(SubscriptionServiceServer::new(Subscriptions {
-                state: state.clone(),
-            }))
-            .add_service(EventServiceServer::new(Events {
-                state: state.clone(),
-            }))
+            .add_service(
+                SubscriptionServiceServer::new(Subscriptions {
+                    state: state.clone(),
+                })
+                .max_decoding_message_size(nems_proto::MAX_CORE_REQUEST_BYTES),
+            )
+            .add_service(
+                EventServiceServer::new(Events {
+                    state: state.clone(),
+                })
+                .max_decoding_message_size(nems_proto::MAX_CORE_REQUEST_BYTES),
+            )
             .add_service(DeliveryServiceServer::new(Deliveries {
                 state: state.clone(),
             }));

@@ -49,7 +49,8 @@ impl EdgeError {
         match self.status {
             Some(StatusCode::SERVICE_UNAVAILABLE) => (StatusCode::SERVICE_UNAVAILABLE, "transient"),
             Some(StatusCode::REQUEST_TIMEOUT) => (StatusCode::REQUEST_TIMEOUT, "timeout"),
-            Some(StatusCode::PAYLOAD_TOO_LARGE) => (StatusCode::PAYLOAD_TOO_LARGE, "too-costly"),
+            // The Spine table's issue type for the code (`value` for INVALID_REQUEST_MESSAGE).
+            Some(StatusCode::PAYLOAD_TOO_LARGE) => (StatusCode::PAYLOAD_TOO_LARGE, issue),
             Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE) => {
                 (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "too-costly")
             }
@@ -87,6 +88,12 @@ impl EdgeError {
             tonic::Code::Unimplemented => {
                 EdgeError::new(SpineCode::NotImplemented, "not implemented")
             }
+            // Core refused to decode a request this large.
+            tonic::Code::OutOfRange => EdgeError::with_status(
+                SpineCode::InvalidRequestMessage,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request is larger than the service accepts",
+            ),
             code => {
                 tracing::error!(grpc_code = ?code, request_id, "core call failed");
                 EdgeError::new(

@@ -580,3 +580,31 @@ fn characters_xml_does_not_allow_are_refused_however_written() {
     );
     ok(body.as_bytes());
 }
+
+#[test]
+fn repeated_single_valued_elements_are_refused() {
+    let header = |coding: &str| {
+        format!(
+            r#"<Bundle xmlns="http://hl7.org/fhir"><type value="message"/><entry><fullUrl value="urn:uuid:1"/><resource><MessageHeader><event>{coding}</event></MessageHeader></resource></entry></Bundle>"#
+        )
+    };
+    let text =
+        invalid(header(r#"<system value="s"/><code value="a"/><code value="b"/>"#).as_bytes());
+    assert!(text.contains("repeated"), "{text}");
+    let msg = ok(header(r#"<system value="s"/><code value="a"/>"#).as_bytes());
+    assert_eq!(msg.header.unwrap().event[0].code, "a");
+    // The routing NHS number and a Patient identifier: recipients read the first, so a
+    // second value must not be taken silently.
+    let routing = r#"<Bundle xmlns="http://hl7.org/fhir"><type value="message"/><entry><fullUrl value="urn:uuid:1"/><resource><MessageHeader><extension url="https://fhir.nhs.uk/STU3/StructureDefinition/Extension-RoutingDemographics-1"><extension url="nhsNumber"><valueIdentifier><system value="https://fhir.nhs.uk/Id/nhs-number"/><value value="9912003888"/><value value="9912003889"/></valueIdentifier></extension></extension></MessageHeader></resource></entry></Bundle>"#;
+    let text = invalid(routing.as_bytes());
+    assert!(text.contains("routing NHS number"), "{text}");
+    assert!(
+        !text.contains("9912003888"),
+        "no patient data in errors: {text}"
+    );
+    let patient = bundle(
+        r#"<entry><fullUrl value="urn:uuid:2"/><resource><Patient><identifier><system value="https://fhir.nhs.uk/Id/nhs-number"/><value value="9912003888"/><value value="9912003889"/></identifier></Patient></resource></entry>"#,
+    );
+    let text = invalid(patient.as_bytes());
+    assert!(text.contains("identifier's value"), "{text}");
+}

@@ -26,6 +26,12 @@ pub mod v1 {
 /// registering with gRPC server reflection so that `grpcurl describe` shows the docs.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("gen/nems.core.v1.fds.bin");
 
+/// The largest request core decodes on its service API (tonic's default is 4 MiB): a publish
+/// carries the bundle's bytes and the fields the edge extracted from it, so this is well above
+/// twice the edge's largest body (`edge.max_body_bytes`, 3 MiB by default); the edge answers
+/// `413` before sending anything larger.
+pub const MAX_CORE_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+
 pub mod config;
 pub mod ids;
 pub mod ops;

@@ -120,12 +120,9 @@ pub(crate) fn parse_outcome(xml: &str) -> Outcome {
     outcome
 }
 
-/// The FHIR issue type nems.md §2.6 (and decisions.md §2) give each Spine code used here;
-/// `413` is `too-costly` whatever the code.
-fn issue_type(status: u16, spine_code: &str) -> &'static str {
-    if status == 413 {
-        return "too-costly";
-    }
+/// The FHIR issue type nems.md §2.6 (and decisions.md §2) give each Spine code used here,
+/// `413` included (its `INVALID_REQUEST_MESSAGE` is `value`, as in the table).
+fn issue_type(_status: u16, spine_code: &str) -> &'static str {
     match spine_code {
         "UNSUPPORTED_MEDIA_TYPE"
         | "MISSING_OR_INVALID_HEADER"

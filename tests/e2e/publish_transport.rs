@@ -146,6 +146,34 @@ async fn publish_body_limit_is_3_mb() {
     stack.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_bundle_near_the_limit_with_much_to_extract_is_never_a_500() {
+    // About 3 MB of entries: the edge extracts each entry's fullUrl, type and id, so the
+    // request to core (payload plus extracted fields) is well over tonic's default 4 MiB
+    // decode limit, which used to end in a 500.
+    let stack = TestStack::start().await;
+    let text = vaccination();
+    let entry = |i: usize| {
+        format!(
+            r#"<entry><fullUrl value="urn:uuid:00000000-0000-4000-8000-{i:012}"/><resource><Basic><id value="basic-{i:012}"/></Basic></resource></entry>"#
+        )
+    };
+    let one = entry(0).len();
+    let room = 3 * 1024 * 1024 - text.len();
+    let entries: String = (0..room / one).map(entry).collect();
+    let body = text.replace("</Bundle>", &format!("{entries}</Bundle>"));
+    assert!(body.len() <= 3 * 1024 * 1024 && body.len() > 3 * 1024 * 1024 - one);
+    let response = publish(&stack, spine::SUBSCRIBER, "Vaccinations", body).await;
+    assert_ne!(response.status, 500, "{}", response.text());
+    assert!(
+        response.status == 202 || response.text().contains("OperationOutcome"),
+        "{}: {}",
+        response.status,
+        response.text()
+    );
+    stack.shutdown().await;
+}
+
 /// Publishes `body` with `Transfer-Encoding: chunked` (no `Content-Length`) over a raw
 /// HTTP/1.1 connection, so that the limit is met while reading rather than up front.
 async fn publish_chunked(stack: &TestStack, body: Vec<u8>) -> HttpResponse {

@@ -17,6 +17,26 @@ use crate::jwt::Operation;
 use crate::negotiate::{Formats, request_format, response_format};
 use crate::translate::bundle;
 
+/// Bodies up to this size are read on the calling task (tens of microseconds); larger ones on
+/// the blocking pool, so that a multi-megabyte bundle never holds an async worker (which, in
+/// `nems up`, core shares).
+const INLINE_EXTRACTION_BYTES: usize = 64 * 1024;
+
+/// Extracts the bundle's structure, off the async workers when it is large.
+async fn extract(body: &bytes::Bytes) -> Result<pb::EventMessage, crate::fhir::FhirError> {
+    if body.len() <= INLINE_EXTRACTION_BYTES {
+        return bundle::extract(body);
+    }
+    let body = body.clone();
+    tokio::task::spawn_blocking(move || bundle::extract(&body))
+        .await
+        .unwrap_or_else(|_| {
+            Err(crate::fhir::FhirError::NotWellFormed(
+                "the bundle could not be read".to_owned(),
+            ))
+        })
+}
+
 /// Publishes one event message.
 pub async fn publish(
     state: &AppState,
@@ -32,7 +52,7 @@ pub async fn publish(
         if body.is_empty() {
             return Err(EdgeError::new(SpineCode::BadRequest, "an event message Bundle is required in the body"));
         }
-        let message = bundle::extract(&body).map_err(|e| match fhir_error(e) {
+        let message = extract(&body).await.map_err(|e| match fhir_error(e) {
             EdgeError { code: SpineCode::InvalidResource, diagnostics, .. } => {
                 EdgeError::new(SpineCode::InvalidResource, diagnostics)
             }
@@ -44,6 +64,9 @@ pub async fn publish(
             message: Some(message),
             payload: body,
         };
+        if prost::Message::encoded_len(&request) > nems_proto::MAX_CORE_REQUEST_BYTES {
+            return Err(super::too_large_error(state.config.max_body_bytes));
+        }
         let accepted = state
             .core
             .events

@@ -390,6 +390,9 @@ struct Extractor {
     identifier: Identifier,
     address: Option<pb::PatientAddress>,
     address_has_postcode: bool,
+    /// Single-valued children already seen in the Coding or Identifier being read (one bit
+    /// each); a repeat is refused, since recipients read the first.
+    single_seen: u8,
 }
 
 /// A namespace declaration (`xmlns` or `xmlns:prefix`) in scope from `depth` down.
@@ -717,6 +720,7 @@ impl Extractor {
             Kind::Patient => self.patient_descendant(Ctx::Resource(kind), name, attrs),
             Kind::Organization if name == "identifier" => {
                 self.identifier = Identifier::default();
+                self.single_seen = 0;
                 Ctx::OrganizationIdentifier
             }
             Kind::Organization | Kind::Other => Ctx::Skip,
@@ -740,6 +744,7 @@ impl Extractor {
             }
             (Ctx::Resource(_), "event") => {
                 self.coding = pb::Coding::default();
+                self.single_seen = 0;
                 Ctx::Coding(CodingTarget::Event)
             }
             (Ctx::Resource(_), "timestamp") => {
@@ -760,9 +765,26 @@ impl Extractor {
             (Ctx::HeaderEventType, "valueCodeableConcept") => Ctx::HeaderEventTypeConcept,
             (Ctx::HeaderEventTypeConcept, "coding") => {
                 self.coding = pb::Coding::default();
+                self.single_seen = 0;
                 Ctx::Coding(CodingTarget::MessageEventType)
             }
             (Ctx::Coding(_), _) => {
+                let bit = match name {
+                    "system" => 1,
+                    "version" => 2,
+                    "code" => 4,
+                    "display" => 8,
+                    "userSelected" => 16,
+                    _ => 0,
+                };
+                if bit != 0 {
+                    note_single(
+                        &mut self.single_seen,
+                        &mut self.invalid,
+                        bit,
+                        "MessageHeader: a Coding's system, version, code, display or userSelected",
+                    );
+                }
                 match name {
                     "system" => self.coding.system = attrs.value(),
                     "code" => self.coding.code = attrs.value(),
@@ -785,13 +807,25 @@ impl Extractor {
                 }
                 _ => Ctx::Skip,
             },
-            (Ctx::RoutingNhsNumber(first), "valueIdentifier") => Ctx::RoutingNhsIdentifier(first),
-            (Ctx::RoutingNhsIdentifier(true), "system") => {
-                self.routing.nhs_number_system = attrs.value();
-                Ctx::Skip
+            (Ctx::RoutingNhsNumber(first), "valueIdentifier") => {
+                self.single_seen = 0;
+                Ctx::RoutingNhsIdentifier(first)
             }
-            (Ctx::RoutingNhsIdentifier(true), "value") => {
-                self.routing.nhs_number = attrs.value();
+            (Ctx::RoutingNhsIdentifier(first), "system" | "value") => {
+                let bit = if name == "system" { 1 } else { 2 };
+                note_single(
+                    &mut self.single_seen,
+                    &mut self.invalid,
+                    bit,
+                    "MessageHeader: the routing NHS number's system or value",
+                );
+                if first {
+                    if bit == 1 {
+                        self.routing.nhs_number_system = attrs.value();
+                    } else {
+                        self.routing.nhs_number = attrs.value();
+                    }
+                }
                 Ctx::Skip
             }
             (Ctx::RoutingBirth, "valueDateTime" | "valueDate") => {
@@ -824,6 +858,7 @@ impl Extractor {
             }
             (Ctx::Resource(_), "identifier") => {
                 self.identifier = Identifier::default();
+                self.single_seen = 0;
                 Ctx::PatientIdentifier
             }
             (Ctx::Resource(_), "birthDate") => {
@@ -860,16 +895,37 @@ impl Extractor {
                 Ctx::DeathStatus
             }
             (Ctx::DeathStatus, "valueCodeableConcept") => Ctx::DeathStatusConcept,
-            (Ctx::DeathStatusConcept, "coding") => Ctx::DeathStatusCoding,
+            (Ctx::DeathStatusConcept, "coding") => {
+                self.single_seen = 0;
+                Ctx::DeathStatusCoding
+            }
             (Ctx::DeathStatusCoding, "code") => {
+                note_single(
+                    &mut self.single_seen,
+                    &mut self.invalid,
+                    4,
+                    "Patient: the death notification status code",
+                );
                 patient.death_notification_status = attrs.value();
                 Ctx::Skip
             }
             (Ctx::PatientIdentifier | Ctx::OrganizationIdentifier, "system") => {
+                note_single(
+                    &mut self.single_seen,
+                    &mut self.invalid,
+                    1,
+                    "an identifier's system",
+                );
                 self.identifier.system = Some(attrs.value());
                 Ctx::Skip
             }
             (Ctx::PatientIdentifier | Ctx::OrganizationIdentifier, "value") => {
+                note_single(
+                    &mut self.single_seen,
+                    &mut self.invalid,
+                    2,
+                    "an identifier's value",
+                );
                 self.identifier.value = Some(attrs.value());
                 Ctx::Skip
             }
@@ -1005,6 +1061,7 @@ impl Extractor {
                 patient.full_url.clone_from(&entry.full_url);
             }
         }
+        let practices = Practices::new(&self.organizations, &self.msg.entries);
         for (index, reference) in &self.gp_refs {
             let Some(patient) = self.msg.patients.get_mut(*index) else {
                 continue;
@@ -1012,7 +1069,7 @@ impl Extractor {
             if !patient.gp_practice_code.is_empty() {
                 continue;
             }
-            if let Some(code) = practice_code(reference, &self.organizations, &self.msg.entries) {
+            if let Some(code) = practices.code(reference) {
                 code.clone_into(&mut patient.gp_practice_code);
             }
         }
@@ -1049,6 +1106,15 @@ impl Extractor {
     }
 }
 
+/// Notes a single-valued child (`bit`) of the Coding or Identifier being read; the second
+/// occurrence makes the bundle invalid.
+fn note_single(seen: &mut u8, invalid: &mut Option<String>, bit: u8, what: &str) {
+    if *seen & bit != 0 {
+        invalid.get_or_insert_with(|| format!("{what} is repeated; it may occur once"));
+    }
+    *seen |= bit;
+}
+
 /// Counts one occurrence of `name`, allocating only the first time a name is seen.
 fn count(counts: &mut HashMap<String, u32>, name: &str) {
     if let Some(n) = counts.get_mut(name) {
@@ -1058,33 +1124,49 @@ fn count(counts: &mut HashMap<String, u32>, name: &str) {
     }
 }
 
-/// Resolves a `generalPractitioner` reference to an ODS practice code: the last segment of a
-/// Spine directory URL, or the ODS identifier of the in-bundle Organization it names.
-fn practice_code<'a>(
-    reference: &'a str,
-    organizations: &'a [Organization],
-    entries: &[pb::BundleEntry],
-) -> Option<&'a str> {
-    if let Some(rest) = reference.strip_prefix(ODS_ORGANIZATION_URL) {
-        let code = rest.split('/').next().unwrap_or_default();
-        return (!code.is_empty()).then_some(code);
+/// The in-bundle Organizations by `fullUrl`, to resolve `generalPractitioner` references in
+/// one lookup each (not a scan of every Organization per reference).
+struct Practices<'a> {
+    /// `fullUrl` → ODS code of the first Organization with it.
+    exact: HashMap<&'a str, Option<&'a str>>,
+    /// The same without a leading `urn:uuid:`: PDS examples sometimes give `fullUrl`
+    /// without the scheme that references use.
+    loose: HashMap<&'a str, Option<&'a str>>,
+}
+
+impl<'a> Practices<'a> {
+    fn new(organizations: &'a [Organization], entries: &'a [pb::BundleEntry]) -> Self {
+        let mut exact = HashMap::new();
+        let mut loose = HashMap::new();
+        for org in organizations {
+            let Some(url) = entries.get(org.entry).map(|e| e.full_url.as_str()) else {
+                continue;
+            };
+            let code = org.ods_code.as_deref();
+            exact.entry(url).or_insert(code);
+            if !url.is_empty() {
+                loose.entry(without_uuid_scheme(url)).or_insert(code);
+            }
+        }
+        Self { exact, loose }
     }
-    if reference.is_empty() {
-        return None;
+
+    /// Resolves a `generalPractitioner` reference to an ODS practice code: the last segment
+    /// of a Spine directory URL, or the ODS identifier of the in-bundle Organization it names.
+    fn code(&self, reference: &'a str) -> Option<&'a str> {
+        if let Some(rest) = reference.strip_prefix(ODS_ORGANIZATION_URL) {
+            let code = rest.split('/').next().unwrap_or_default();
+            return (!code.is_empty()).then_some(code);
+        }
+        if reference.is_empty() {
+            return None;
+        }
+        let found = match self.exact.get(reference) {
+            Some(code) => *code,
+            None => *self.loose.get(without_uuid_scheme(reference))?,
+        };
+        found.filter(|code| !code.is_empty())
     }
-    let full_url = |org: &Organization| entries.get(org.entry).map(|e| e.full_url.as_str());
-    let exact = organizations
-        .iter()
-        .find(|org| full_url(org) == Some(reference));
-    // PDS examples sometimes give `fullUrl` without the `urn:uuid:` that references use.
-    let found = exact.or_else(|| {
-        organizations.iter().find(|org| {
-            full_url(org).is_some_and(|url| {
-                !url.is_empty() && without_uuid_scheme(url) == without_uuid_scheme(reference)
-            })
-        })
-    })?;
-    found.ods_code.as_deref().filter(|code| !code.is_empty())
 }
 
 /// Returns a reference or `fullUrl` without a leading `urn:uuid:`.

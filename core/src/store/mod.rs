@@ -34,10 +34,12 @@ pub(crate) mod tables;
 pub(crate) mod writer;
 
 #[cfg(test)]
+mod failure_tests;
+#[cfg(test)]
 mod tests;
 
 pub use writer::WriterStats;
-use writer::{Writer, WriterSettings};
+use writer::{DbCell, Writer, WriterSettings};
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "nems.redb";
@@ -54,10 +56,17 @@ pub enum StoreError {
     /// A table could not be opened.
     #[error("table: {0}")]
     Table(String),
-    /// A read or write failed in storage.
+    /// A read or write failed in storage for a reason other than I/O (a value too large,
+    /// an unsupported operation).
     #[error("storage: {0}")]
     Storage(String),
-    /// The commit failed; the writer is poisoned.
+    /// A storage I/O error (a full disk, a failed read, write or fsync), raised while a
+    /// transaction runs (redb flushing or reading pages) or opening one. Fatal for the
+    /// writer, like [`StoreError::Commit`]: redb refuses every later operation on that
+    /// database (`PreviousIo`) until it is reopened.
+    #[error("storage I/O: {0}")]
+    Io(String),
+    /// The commit failed; the writer is failed until the store is reopened.
     #[error("commit: {0}")]
     Commit(String),
     /// A stored record could not be decoded, or an invariant does not hold.
@@ -74,8 +83,9 @@ pub enum StoreError {
     /// The write queue is full (shed load).
     #[error("store busy")]
     Busy,
-    /// A previous commit failed; writes are refused until restart.
-    #[error("store poisoned by an earlier commit failure")]
+    /// The store failed (a storage I/O or commit error) and is not reopened yet: writes
+    /// and reads are refused until the writer has reopened it.
+    #[error("store failed by a storage error; reopening")]
     Poisoned,
     /// The writer has stopped.
     #[error("store closed")]
@@ -85,22 +95,66 @@ pub enum StoreError {
     Aborted,
 }
 
-macro_rules! from_redb {
-    ($($t:ty => $variant:ident),* $(,)?) => {
-        $(impl From<$t> for StoreError {
-            fn from(e: $t) -> Self {
-                StoreError::$variant(e.to_string())
-            }
-        })*
-    };
+impl StoreError {
+    /// True for the errors that fail the writer: a commit error, or any storage I/O error
+    /// (after which redb refuses the database until it is reopened). Business-level and
+    /// decoding errors are not fatal: they abort their batch only.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, StoreError::Io(_) | StoreError::Commit(_))
+    }
 }
 
-from_redb! {
-    redb::DatabaseError => Database,
-    redb::TransactionError => Transaction,
-    redb::TableError => Table,
-    redb::StorageError => Storage,
-    redb::CommitError => Commit,
+/// Classifies a redb storage error: I/O (and the latched `PreviousIo` that follows one)
+/// is [`StoreError::Io`]; corruption is [`StoreError::Corrupt`]; the rest `Storage`.
+fn storage_error(e: redb::StorageError) -> StoreError {
+    match e {
+        redb::StorageError::Io(_)
+        | redb::StorageError::PreviousIo
+        | redb::StorageError::DatabaseClosed
+        | redb::StorageError::LockPoisoned(_) => StoreError::Io(e.to_string()),
+        redb::StorageError::Corrupted(_) => StoreError::Corrupt(e.to_string()),
+        other => StoreError::Storage(other.to_string()),
+    }
+}
+
+impl From<redb::StorageError> for StoreError {
+    fn from(e: redb::StorageError) -> Self {
+        storage_error(e)
+    }
+}
+
+impl From<redb::TableError> for StoreError {
+    fn from(e: redb::TableError) -> Self {
+        match e {
+            redb::TableError::Storage(s) => storage_error(s),
+            other => StoreError::Table(other.to_string()),
+        }
+    }
+}
+
+impl From<redb::TransactionError> for StoreError {
+    fn from(e: redb::TransactionError) -> Self {
+        match e {
+            redb::TransactionError::Storage(s) => storage_error(s),
+            other => StoreError::Transaction(other.to_string()),
+        }
+    }
+}
+
+impl From<redb::DatabaseError> for StoreError {
+    fn from(e: redb::DatabaseError) -> Self {
+        match e {
+            redb::DatabaseError::Storage(s) => storage_error(s),
+            other => StoreError::Database(other.to_string()),
+        }
+    }
+}
+
+/// Any commit error fails the writer, whatever its cause.
+impl From<redb::CommitError> for StoreError {
+    fn from(e: redb::CommitError) -> Self {
+        StoreError::Commit(e.to_string())
+    }
 }
 
 impl From<prost::DecodeError> for StoreError {
@@ -172,10 +226,12 @@ impl Default for StoreOptions {
     }
 }
 
-/// The store: the database, its single writer, and read access.
+/// The store: the database, its single writer, and read access. The database sits in a
+/// cell that the writer swaps when it reopens the store after a storage failure
+/// (`writer.rs`, "Failure and recovery").
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    cell: Arc<DbCell>,
     writer: Writer,
     writer_thread: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
     path: PathBuf,
@@ -194,11 +250,29 @@ impl Store {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| StoreError::Database(format!("create {}: {e}", data_dir.display())))?;
         let path = data_dir.join(DB_FILE);
-        let db = Database::builder()
-            .set_cache_size(options.cache_bytes)
-            .create(&path)?;
-        schema::migrate(&db)?;
-        let db = Arc::new(db);
+        let open_path = path.clone();
+        let open = move || -> Result<Database, StoreError> {
+            Ok(Database::builder()
+                .set_cache_size(options.cache_bytes)
+                .create(&open_path)?)
+        };
+        Self::open_with(path, options, Box::new(open))
+    }
+
+    /// Opens the store with `open` (also used to reopen it after a storage failure): opens
+    /// the database, migrates the schema, starts the writer.
+    pub(crate) fn open_with(
+        path: PathBuf,
+        options: StoreOptions,
+        open: writer::Opener,
+    ) -> Result<Self, StoreError> {
+        let open: writer::Opener = Box::new(move || {
+            let db = open()?;
+            schema::migrate(&db)?;
+            Ok(db)
+        });
+        let db = open()?;
+        let cell = Arc::new(DbCell::new(db, open));
         let settings = WriterSettings {
             queue: options.queue,
             max_batch: options.max_batch,
@@ -208,9 +282,9 @@ impl Store {
                 Durability::None
             },
         };
-        let (writer, handle) = Writer::start(db.clone(), settings);
+        let (writer, handle) = Writer::start(cell.clone(), settings);
         Ok(Store {
-            db,
+            cell,
             writer,
             writer_thread: Arc::new(std::sync::Mutex::new(Some(handle))),
             path,
@@ -236,9 +310,21 @@ impl Store {
         self.writer.queued()
     }
 
-    /// True when a commit failed and writes are refused until restart.
+    /// True from a fatal storage error (an I/O or commit error) until the writer has
+    /// reopened the store; writes and reads are refused meanwhile.
     pub fn is_poisoned(&self) -> bool {
         self.writer.is_poisoned()
+    }
+
+    /// Why the store is failed (the storage error's text), while it is.
+    pub fn failure(&self) -> Option<String> {
+        self.cell.reason()
+    }
+
+    /// Changes each time the writer has reopened the store after a failure, so that state
+    /// cached outside the store (delivery queue heads, counts) can be reloaded.
+    pub fn reopened(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.cell.reopened()
     }
 
     /// Runs a read-only closure on a fresh read transaction on a blocking thread.
@@ -247,7 +333,7 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&ReadTransaction) -> Result<T, StoreError> + Send + 'static,
     {
-        let db = self.db.clone();
+        let db = self.cell.get()?;
         tokio::task::spawn_blocking(move || {
             let tx = db.begin_read()?;
             f(&tx)
@@ -271,7 +357,7 @@ impl Store {
         &self,
         f: impl FnOnce(&ReadTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.cell.get()?.begin_read()?;
         f(&tx)
     }
 

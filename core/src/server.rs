@@ -107,6 +107,7 @@ impl Core {
             queue: config.write_queue,
             max_batch: config.max_batch,
             cache_bytes: config.cache_mib.saturating_mul(1 << 20),
+            reopen_min_free: config.reopen_min_free_mib.saturating_mul(1 << 20),
         };
         let data_dir = config.data_dir.clone();
         let store = tokio::task::spawn_blocking(move || Store::open(&data_dir, options))

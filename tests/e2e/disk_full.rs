@@ -159,7 +159,10 @@ async fn a_full_disk_is_refused_with_503_and_recovers_by_itself_when_space_retur
     }));
     let data = tmpfs.path().join("db");
     let stack = TestStack::builder()
-        .core(move |c| c.data_dir = data)
+        .core(move |c| {
+            c.data_dir = data;
+            c.reopen_min_free_mib = 4;
+        })
         .start()
         .await;
     let created = stack

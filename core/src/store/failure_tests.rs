@@ -26,6 +26,8 @@ struct Faults {
     grow: AtomicBool,
     /// Times the database was opened.
     opens: AtomicUsize,
+    /// The room check says the filesystem is full.
+    no_room: AtomicBool,
 }
 
 /// An in-memory "file" that outlives each `Database` (so a reopen sees what was written)
@@ -82,8 +84,20 @@ fn faulty_store() -> (Store, Arc<Faults>) {
             .set_cache_size(1 << 20)
             .create_with_backend(backend)?)
     };
-    let store = Store::open_with("mem.redb".into(), StoreOptions::default(), Box::new(open))
-        .expect("store opens");
+    let r = faults.clone();
+    let room = move || -> Result<(), String> {
+        if r.no_room.load(Ordering::SeqCst) {
+            return Err("no room".into());
+        }
+        Ok(())
+    };
+    let store = Store::open_with(
+        "mem.redb".into(),
+        StoreOptions::default(),
+        Box::new(open),
+        Box::new(room),
+    )
+    .expect("store opens");
     (store, faults)
 }
 
@@ -235,5 +249,31 @@ async fn a_store_that_cannot_reopen_yet_keeps_refusing_and_retries() {
     assert_eq!(get(&store, 1).unwrap(), Some(100));
     assert_eq!(get(&store, 2).unwrap(), None);
     put(&store, 3, 100).await.expect("accepted again");
+    store.close();
+}
+
+#[tokio::test]
+async fn a_failed_store_waits_for_room_before_reopening() {
+    let (store, faults) = faulty_store();
+    faults.no_room.store(true, Ordering::SeqCst);
+    faults.write.store(true, Ordering::SeqCst);
+    put(&store, 1, 100)
+        .await
+        .expect_err("the commit cannot write");
+    faults.write.store(false, Ordering::SeqCst);
+    // The backend would open now, but the room check says no: not even tried.
+    let mut reopened = store.reopened();
+    let waited = tokio::time::timeout(Duration::from_millis(600), reopened.changed()).await;
+    assert!(waited.is_err(), "reopened without room");
+    assert!(store.is_poisoned());
+    assert_eq!(
+        faults.opens.load(Ordering::SeqCst),
+        1,
+        "only the first open"
+    );
+    faults.no_room.store(false, Ordering::SeqCst);
+    wait_reopened(&store).await;
+    assert_eq!(faults.opens.load(Ordering::SeqCst), 2);
+    put(&store, 1, 100).await.expect("accepted again");
     store.close();
 }

@@ -201,6 +201,29 @@ impl Snapshot for WriteTransaction {
     }
 }
 
+/// `Ok` when the filesystem of `dir` has at least `min_free` bytes available to us, else
+/// what it has (for the log).
+fn free_space(dir: &Path, min_free: u64) -> Result<(), String> {
+    if min_free == 0 {
+        return Ok(());
+    }
+    #[cfg(unix)]
+    {
+        let vfs = rustix::fs::statvfs(dir).map_err(|e| format!("statvfs: {e}"))?;
+        let free = vfs.f_bavail.saturating_mul(vfs.f_frsize);
+        if free < min_free {
+            return Err(format!(
+                "{} MiB free on the data directory's filesystem, waiting for {} MiB",
+                free >> 20,
+                min_free >> 20
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
 /// How the store commits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreOptions {
@@ -213,6 +236,9 @@ pub struct StoreOptions {
     pub max_batch: usize,
     /// Page cache size in bytes.
     pub cache_bytes: usize,
+    /// Free bytes the data directory's filesystem must have before a failed store is
+    /// reopened (`0`: do not check).
+    pub reopen_min_free: u64,
 }
 
 impl Default for StoreOptions {
@@ -222,6 +248,7 @@ impl Default for StoreOptions {
             queue: 8192,
             max_batch: 1024,
             cache_bytes: 256 << 20,
+            reopen_min_free: 64 << 20,
         }
     }
 }
@@ -256,7 +283,10 @@ impl Store {
                 .set_cache_size(options.cache_bytes)
                 .create(&open_path)?)
         };
-        Self::open_with(path, options, Box::new(open))
+        let dir = data_dir.to_path_buf();
+        let min_free = options.reopen_min_free;
+        let room = move || free_space(&dir, min_free);
+        Self::open_with(path, options, Box::new(open), Box::new(room))
     }
 
     /// Opens the store with `open` (also used to reopen it after a storage failure): opens
@@ -265,6 +295,7 @@ impl Store {
         path: PathBuf,
         options: StoreOptions,
         open: writer::Opener,
+        room: writer::RoomCheck,
     ) -> Result<Self, StoreError> {
         let open: writer::Opener = Box::new(move || {
             let db = open()?;
@@ -272,7 +303,7 @@ impl Store {
             Ok(db)
         });
         let db = open()?;
-        let cell = Arc::new(DbCell::new(db, open));
+        let cell = Arc::new(DbCell::new(db, open, room));
         let settings = WriterSettings {
             queue: options.queue,
             max_batch: options.max_batch,

@@ -36,25 +36,33 @@ const REOPEN_FIRST: Duration = Duration::from_millis(100);
 const REOPEN_MAX: Duration = Duration::from_secs(5);
 /// How often the writer refuses waiting jobs and checks for shutdown while recovering.
 const RECOVERY_TICK: Duration = Duration::from_millis(20);
+/// How often a failed store checks for free space before reopening.
+const ROOM_POLL: Duration = Duration::from_millis(200);
 
 /// Opens the database file (with the store's options and schema migration), for reopening.
 pub(crate) type Opener = Box<dyn Fn() -> Result<Database, StoreError> + Send + Sync>;
+
+/// Says whether there is room to reopen the store (free space on its filesystem); the
+/// error says what there is.
+pub(crate) type RoomCheck = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// The open database, shared by the writer and the readers, and swapped by the writer when
 /// it reopens the store after a failure.
 pub(crate) struct DbCell {
     db: RwLock<Option<Arc<Database>>>,
     open: Opener,
+    room: RoomCheck,
     failed: AtomicBool,
     reason: Mutex<Option<String>>,
     reopened: watch::Sender<u64>,
 }
 
 impl DbCell {
-    pub(crate) fn new(db: Database, open: Opener) -> Self {
+    pub(crate) fn new(db: Database, open: Opener, room: RoomCheck) -> Self {
         DbCell {
             db: RwLock::new(Some(Arc::new(db))),
             open,
+            room,
             failed: AtomicBool::new(false),
             reason: Mutex::new(None),
             reopened: watch::channel(0).0,
@@ -332,6 +340,7 @@ fn recover(
     let mut pause = REOPEN_FIRST;
     let mut next_attempt = Instant::now() + pause;
     let mut attempts = 0u32;
+    let mut waiting_for_room = false;
     loop {
         loop {
             match rx.try_recv() {
@@ -350,6 +359,17 @@ fn recover(
         }
         let now = Instant::now();
         if old.is_none() && now >= next_attempt {
+            // Reopening on a full disk would only fail again (or accept a few writes into
+            // pages the file already has, then fail): wait for room first.
+            if let Err(why) = (cell.room)() {
+                if !waiting_for_room {
+                    tracing::warn!(reason = %why, "store not reopened yet: no room");
+                    waiting_for_room = true;
+                }
+                next_attempt = now + ROOM_POLL;
+                continue;
+            }
+            waiting_for_room = false;
             attempts += 1;
             match (cell.open)() {
                 Ok(db) => {

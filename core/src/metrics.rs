@@ -133,7 +133,7 @@ pub(crate) fn attach(state: &std::sync::Arc<CoreState>) {
     let weak = std::sync::Arc::downgrade(state);
     nems_proto::ops::set_check("core-store", move || match weak.upgrade() {
         Some(s) if s.store.is_poisoned() => Err(format!(
-            "the store failed ({}); writes refused until it is reopened",
+            "the store failed ({}); refusing writes and reads until it is reopened",
             s.store.failure().unwrap_or_else(|| "storage error".into())
         )),
         Some(_) => Ok(()),

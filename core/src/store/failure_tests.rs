@@ -24,6 +24,8 @@ struct Faults {
     write: AtomicBool,
     /// Growing the file.
     grow: AtomicBool,
+    /// Reads.
+    read: AtomicBool,
     /// Times the database was opened.
     opens: AtomicUsize,
     /// The room check says the filesystem is full.
@@ -48,6 +50,9 @@ impl StorageBackend for FaultyBackend {
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
+        if self.faults.read.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(5));
+        }
         self.file.read(offset, out)
     }
 
@@ -71,6 +76,10 @@ impl StorageBackend for FaultyBackend {
 }
 
 fn faulty_store() -> (Store, Arc<Faults>) {
+    faulty_store_with_cache(1 << 20)
+}
+
+fn faulty_store_with_cache(cache: usize) -> (Store, Arc<Faults>) {
     let file = Arc::new(InMemoryBackend::new());
     let faults = Arc::new(Faults::default());
     let (f, b) = (file.clone(), faults.clone());
@@ -81,7 +90,7 @@ fn faulty_store() -> (Store, Arc<Faults>) {
             faults: b.clone(),
         };
         Ok(Database::builder()
-            .set_cache_size(1 << 20)
+            .set_cache_size(cache)
             .create_with_backend(backend)?)
     };
     let r = faults.clone();
@@ -275,5 +284,29 @@ async fn a_failed_store_waits_for_room_before_reopening() {
     wait_reopened(&store).await;
     assert_eq!(faults.opens.load(Ordering::SeqCst), 2);
     put(&store, 1, 100).await.expect("accepted again");
+    store.close();
+}
+
+#[tokio::test]
+async fn a_readers_io_error_fails_the_writer_too() {
+    // No page cache: every read goes to the backend.
+    let (store, faults) = faulty_store_with_cache(0);
+    put(&store, 1, 100).await.unwrap();
+    faults.read.store(true, Ordering::SeqCst);
+    let failed = get(&store, 1).expect_err("the read fails");
+    assert!(failed.is_fatal(), "{failed:?}");
+    // No write needed for the store to fail and show it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !store.is_poisoned() {
+        assert!(Instant::now() < deadline, "the writer did not fail");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(matches!(
+        put(&store, 2, 10).await,
+        Err(StoreError::Poisoned)
+    ));
+    faults.read.store(false, Ordering::SeqCst);
+    wait_reopened(&store).await;
+    assert_eq!(get(&store, 1).unwrap(), Some(100));
     store.close();
 }

@@ -365,12 +365,24 @@ impl Store {
         F: FnOnce(&ReadTransaction) -> Result<T, StoreError> + Send + 'static,
     {
         let db = self.cell.get()?;
-        tokio::task::spawn_blocking(move || {
+        let result = tokio::task::spawn_blocking(move || {
             let tx = db.begin_read()?;
             f(&tx)
         })
         .await
-        .map_err(|e| StoreError::Storage(format!("read task failed: {e}")))?
+        .map_err(|e| StoreError::Storage(format!("read task failed: {e}")))?;
+        self.checked(result)
+    }
+
+    /// A reader's storage I/O error is the writer's too: it fails the store (readiness,
+    /// recovery) without waiting for the next write to meet it.
+    fn checked<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(e) = &result
+            && e.is_fatal()
+        {
+            self.writer.probe();
+        }
+        result
     }
 
     /// Runs a short read-only closure (point lookups, index reads) on the calling task.
@@ -388,8 +400,12 @@ impl Store {
         &self,
         f: impl FnOnce(&ReadTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let tx = self.cell.get()?.begin_read()?;
-        f(&tx)
+        let result = self
+            .cell
+            .get()
+            .and_then(|db| Ok(db.begin_read()?))
+            .and_then(|tx| f(&tx));
+        self.checked(result)
     }
 
     /// Stops the writer after the queued jobs and waits for it. Other clones of the store

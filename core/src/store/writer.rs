@@ -248,6 +248,14 @@ impl Writer {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Asks the writer to check the database after a reader met a storage I/O error: an
+    /// empty write job, whose own I/O error (redb refuses a database after one) fails the
+    /// writer like any other. Never waits; a full queue means the writer will see it soon.
+    pub(crate) fn probe(&self) {
+        let (job, _reply) = Self::job(|_tx| Ok(()));
+        let _ = self.tx.try_send(job);
+    }
+
     /// Jobs waiting in the queue.
     pub(crate) fn queued(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()

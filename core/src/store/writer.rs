@@ -14,11 +14,13 @@
 //! until the database has been reopened, because redb refuses a database after an I/O
 //! error (`PreviousIo`) and an fsync that failed cannot be retried safely. The writer then
 //! recovers by itself: it takes the database out of the [`DbCell`] (so reads are refused
-//! too), waits for the last handle to it to go (redb holds a file lock), drops it, and
-//! reopens the file on a capped backoff until that succeeds (a full disk has room again).
+//! too), waits for the last handle to it to go (redb holds a file lock), drops it, waits
+//! until the filesystem has room (`core.reopen_min_free_mib`, polled every [`ROOM_POLL`]),
+//! and reopens the file, retrying a failed open on a backoff capped at [`REOPEN_MAX`].
 //! Reopening runs redb's crash recovery: every transaction committed before the failure is
 //! there, the failed one is not. Jobs that arrive meanwhile are refused with
-//! [`StoreError::Poisoned`] at once.
+//! [`StoreError::Poisoned`] at once. A reader's I/O error makes the store probe the writer
+//! ([`Writer::probe`]), so a failure seen only by reads is handled the same way.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};

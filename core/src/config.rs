@@ -34,6 +34,10 @@ pub struct CoreConfig {
     pub max_batch: usize,
     /// Memory for the store's page cache, in MiB (hot subscription indexes, queued rows).
     pub cache_mib: usize,
+    /// After a storage failure (a full disk, an I/O error) the writer reopens the store by
+    /// itself once the data directory's filesystem has at least this much free, in MiB
+    /// (checked a few times a second). `0` reopens without looking at free space.
+    pub reopen_min_free_mib: u64,
     /// How long a delivery handed to an adapter stays leased before it is handed out again.
     /// Must exceed the longest attempt an adapter may make (the MESH adapter: 3 ×
     /// `mesh_adapter.mesh.request_timeout`, 3 min by default), else a slow send can be handed
@@ -91,6 +95,7 @@ impl Default for CoreConfig {
             write_queue: 8192,
             max_batch: 1024,
             cache_mib: 256,
+            reopen_min_free_mib: 64,
             lease_timeout: Duration::from_secs(5 * 60),
             max_in_flight: 256,
             max_in_flight_per_mailbox: 8,

@@ -39,6 +39,8 @@ pub(crate) struct CoreMetrics {
     pub(crate) publish_seconds: Histogram,
     pub(crate) mailboxes_per_event: Histogram,
     pub(crate) publishes_shed: Counter,
+    pub(crate) store_refusals: Counter,
+    pub(crate) store_reopens: Counter,
     pub(crate) deliveries_completed: Family<StateLabel, Counter>,
     pub(crate) commit_seconds: Histogram,
     pub(crate) commit_batch: Histogram,
@@ -54,6 +56,8 @@ pub(crate) fn metrics() -> &'static CoreMetrics {
             publish_seconds: Histogram::new(exponential_buckets(0.0002, 2.0, 16)),
             mailboxes_per_event: Histogram::new([0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0]),
             publishes_shed: Counter::default(),
+            store_refusals: Counter::default(),
+            store_reopens: Counter::default(),
             deliveries_completed: Family::default(),
             commit_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
             commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
@@ -78,6 +82,16 @@ pub(crate) fn metrics() -> &'static CoreMetrics {
             "publishes_shed",
             "Publishes answered 503 because the backlog or write queue was full",
             m.publishes_shed.clone(),
+        );
+        nems_proto::ops::register(
+            "store_refusals",
+            "Requests answered UNAVAILABLE (503) because the store failed (storage I/O or commit error)",
+            m.store_refusals.clone(),
+        );
+        nems_proto::ops::register(
+            "store_reopens",
+            "Times the writer reopened the store after a storage failure",
+            m.store_reopens.clone(),
         );
         nems_proto::ops::register(
             "deliveries_completed",
@@ -118,7 +132,10 @@ pub(crate) fn attach(state: &std::sync::Arc<CoreState>) {
     }
     let weak = std::sync::Arc::downgrade(state);
     nems_proto::ops::set_check("core-store", move || match weak.upgrade() {
-        Some(s) if s.store.is_poisoned() => Err("a store commit failed; restart to recover".into()),
+        Some(s) if s.store.is_poisoned() => Err(format!(
+            "the store failed ({}); refusing writes and reads until it is reopened",
+            s.store.failure().unwrap_or_else(|| "storage error".into())
+        )),
         Some(_) => Ok(()),
         None => Err("core is not running".into()),
     });

@@ -107,6 +107,7 @@ impl Core {
             queue: config.write_queue,
             max_batch: config.max_batch,
             cache_bytes: config.cache_mib.saturating_mul(1 << 20),
+            reopen_min_free: config.reopen_min_free_mib.saturating_mul(1 << 20),
         };
         let data_dir = config.data_dir.clone();
         let store = tokio::task::spawn_blocking(move || Store::open(&data_dir, options))
@@ -172,6 +173,7 @@ impl Core {
         });
         let stop_rx = self.state.stop.subscribe();
         let sweeper = tokio::spawn(sweep_loop(self.state.clone()));
+        let reloader = tokio::spawn(reload_after_reopen(self.state.clone()));
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         set_all(&health_reporter, ServingStatus::Serving).await;
         let (service_addr, operator_addr) = listeners.addrs()?;
@@ -274,6 +276,7 @@ impl Core {
         }
         service_result?;
         let _ = sweeper.await;
+        let _ = reloader.await;
         drop(state);
         let store = match Arc::try_unwrap(self.state) {
             Ok(state) => Some(state.store),
@@ -344,6 +347,42 @@ async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
         service_names::OPERATOR,
     ] {
         reporter.set_service_status(name, status).await;
+    }
+}
+
+/// After the writer reopened the store (a storage failure, `store/writer.rs`), reloads what
+/// core caches from it: the delivery queue heads (so every queued delivery is handed out
+/// again), the pending count and the directory snapshot. The failed batch was rolled back,
+/// so the caches can only have missed work, never hold work the store lacks.
+async fn reload_after_reopen(state: Arc<CoreState>) {
+    let mut reopened = state.store.reopened();
+    let mut stop = state.stop.subscribe();
+    loop {
+        tokio::select! {
+            changed = reopened.changed() => if changed.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let loaded = state
+            .store
+            .read(|tx| Ok((ledger::queue_heads(tx)?, ledger::pending(tx)?)))
+            .await;
+        match loaded {
+            Ok((heads, pending)) => {
+                for (mailbox, at) in &heads {
+                    state.dispatcher.available(mailbox, *at);
+                }
+                state.set_pending(pending);
+                tracing::info!(
+                    pending,
+                    mailboxes = heads.len(),
+                    "delivery queue reloaded after the store was reopened"
+                );
+            }
+            Err(e) => tracing::error!(error = %e, "reloading the delivery queue failed"),
+        }
+        if let Err(e) = state.reload_directory().await {
+            tracing::error!(error = %e, "reloading the directory failed");
+        }
     }
 }
 

@@ -101,12 +101,25 @@ impl CoreState {
         let _serial = self.directory_changes.lock().await;
         let out = self.store.writer().write(f).await?;
         let (systems, mailboxes) = self.store.read(dir_store::load).await?;
-        let fresh = Arc::new(Directory::new(systems, mailboxes));
+        self.replace_directory(Directory::new(systems, mailboxes));
+        Ok(out)
+    }
+
+    /// Reloads the directory snapshot from the store (after the store was reopened),
+    /// serialised with changes.
+    pub(crate) async fn reload_directory(&self) -> Result<(), StoreError> {
+        let _serial = self.directory_changes.lock().await;
+        let (systems, mailboxes) = self.store.read(dir_store::load).await?;
+        self.replace_directory(Directory::new(systems, mailboxes));
+        Ok(())
+    }
+
+    fn replace_directory(&self, directory: Directory) {
+        let fresh = Arc::new(directory);
         match self.directory.write() {
             Ok(mut d) => *d = fresh,
             Err(poisoned) => *poisoned.into_inner() = fresh,
         }
-        Ok(out)
     }
 
     /// Records an audit entry without waiting for it (reads and refusals); writes that

@@ -4,6 +4,7 @@
 mod abuse;
 mod crash;
 mod directory_runtime;
+mod disk_full;
 mod edge_core_faults;
 mod foundation;
 mod ops;

@@ -13,15 +13,29 @@ pub(crate) mod events;
 pub(crate) mod operator;
 pub(crate) mod subscriptions;
 
-/// Maps a storage failure to the status returned: overload and a stopped store are
-/// `UNAVAILABLE` (retry later); anything else is `INTERNAL`, logged in full with the
-/// request id and answered with that id only.
+/// `Retry-After` of a refusal while the store is failed (it reopens by itself once the
+/// disk has room again; see `store/writer.rs`).
+pub(crate) const STORE_FAILED_RETRY: Duration = Duration::from_secs(10);
+
+/// Maps a storage failure to the status returned: overload, a failed store (a storage I/O
+/// or commit error: the write was not committed, and the writer reopens the store) and a
+/// stopped store are `UNAVAILABLE` with a retry delay (the edge answers `503` with
+/// `Retry-After`); anything else is `INTERNAL`, logged in full with the request id and
+/// answered with that id only.
 pub(crate) fn store_status(e: StoreError, request_id: &str) -> Status {
     match e {
         StoreError::Busy => {
             spine::unavailable("the service is busy; retry shortly", Duration::from_secs(1))
         }
-        StoreError::Poisoned | StoreError::Closed => {
+        StoreError::Io(_) | StoreError::Commit(_) | StoreError::Poisoned => {
+            // The writer logged the storage error once; a refusal per request is counted.
+            crate::metrics::metrics().store_refusals.inc();
+            spine::unavailable(
+                "the store is unavailable (storage failure); retry later",
+                STORE_FAILED_RETRY,
+            )
+        }
+        StoreError::Closed => {
             spine::unavailable("the store is unavailable", Duration::from_secs(30))
         }
         other => {

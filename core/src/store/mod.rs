@@ -34,12 +34,14 @@ pub(crate) mod tables;
 pub(crate) mod writer;
 
 #[cfg(test)]
+mod failure_tests;
+#[cfg(test)]
 mod sweep_bench;
 #[cfg(test)]
 mod tests;
 
 pub use writer::WriterStats;
-use writer::{Writer, WriterSettings};
+use writer::{DbCell, Writer, WriterSettings};
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "nems.redb";
@@ -56,10 +58,17 @@ pub enum StoreError {
     /// A table could not be opened.
     #[error("table: {0}")]
     Table(String),
-    /// A read or write failed in storage.
+    /// A read or write failed in storage for a reason other than I/O (a value too large,
+    /// an unsupported operation).
     #[error("storage: {0}")]
     Storage(String),
-    /// The commit failed; the writer is poisoned.
+    /// A storage I/O error (a full disk, a failed read, write or fsync), raised while a
+    /// transaction runs (redb flushing or reading pages) or opening one. Fatal for the
+    /// writer, like [`StoreError::Commit`]: redb refuses every later operation on that
+    /// database (`PreviousIo`) until it is reopened.
+    #[error("storage I/O: {0}")]
+    Io(String),
+    /// The commit failed; the writer is failed until the store is reopened.
     #[error("commit: {0}")]
     Commit(String),
     /// A stored record could not be decoded, or an invariant does not hold.
@@ -76,8 +85,9 @@ pub enum StoreError {
     /// The write queue is full (shed load).
     #[error("store busy")]
     Busy,
-    /// A previous commit failed; writes are refused until restart.
-    #[error("store poisoned by an earlier commit failure")]
+    /// The store failed (a storage I/O or commit error) and is not reopened yet: writes
+    /// and reads are refused until the writer has reopened it.
+    #[error("store failed by a storage error; reopening")]
     Poisoned,
     /// The writer has stopped.
     #[error("store closed")]
@@ -87,22 +97,66 @@ pub enum StoreError {
     Aborted,
 }
 
-macro_rules! from_redb {
-    ($($t:ty => $variant:ident),* $(,)?) => {
-        $(impl From<$t> for StoreError {
-            fn from(e: $t) -> Self {
-                StoreError::$variant(e.to_string())
-            }
-        })*
-    };
+impl StoreError {
+    /// True for the errors that fail the writer: a commit error, or any storage I/O error
+    /// (after which redb refuses the database until it is reopened). Business-level and
+    /// decoding errors are not fatal: they abort their batch only.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, StoreError::Io(_) | StoreError::Commit(_))
+    }
 }
 
-from_redb! {
-    redb::DatabaseError => Database,
-    redb::TransactionError => Transaction,
-    redb::TableError => Table,
-    redb::StorageError => Storage,
-    redb::CommitError => Commit,
+/// Classifies a redb storage error: I/O (and the latched `PreviousIo` that follows one)
+/// is [`StoreError::Io`]; corruption is [`StoreError::Corrupt`]; the rest `Storage`.
+fn storage_error(e: redb::StorageError) -> StoreError {
+    match e {
+        redb::StorageError::Io(_)
+        | redb::StorageError::PreviousIo
+        | redb::StorageError::DatabaseClosed
+        | redb::StorageError::LockPoisoned(_) => StoreError::Io(e.to_string()),
+        redb::StorageError::Corrupted(_) => StoreError::Corrupt(e.to_string()),
+        other => StoreError::Storage(other.to_string()),
+    }
+}
+
+impl From<redb::StorageError> for StoreError {
+    fn from(e: redb::StorageError) -> Self {
+        storage_error(e)
+    }
+}
+
+impl From<redb::TableError> for StoreError {
+    fn from(e: redb::TableError) -> Self {
+        match e {
+            redb::TableError::Storage(s) => storage_error(s),
+            other => StoreError::Table(other.to_string()),
+        }
+    }
+}
+
+impl From<redb::TransactionError> for StoreError {
+    fn from(e: redb::TransactionError) -> Self {
+        match e {
+            redb::TransactionError::Storage(s) => storage_error(s),
+            other => StoreError::Transaction(other.to_string()),
+        }
+    }
+}
+
+impl From<redb::DatabaseError> for StoreError {
+    fn from(e: redb::DatabaseError) -> Self {
+        match e {
+            redb::DatabaseError::Storage(s) => storage_error(s),
+            other => StoreError::Database(other.to_string()),
+        }
+    }
+}
+
+/// Any commit error fails the writer, whatever its cause.
+impl From<redb::CommitError> for StoreError {
+    fn from(e: redb::CommitError) -> Self {
+        StoreError::Commit(e.to_string())
+    }
 }
 
 impl From<prost::DecodeError> for StoreError {
@@ -149,6 +203,29 @@ impl Snapshot for WriteTransaction {
     }
 }
 
+/// `Ok` when the filesystem of `dir` has at least `min_free` bytes available to us, else
+/// what it has (for the log).
+fn free_space(dir: &Path, min_free: u64) -> Result<(), String> {
+    if min_free == 0 {
+        return Ok(());
+    }
+    #[cfg(unix)]
+    {
+        let vfs = rustix::fs::statvfs(dir).map_err(|e| format!("statvfs: {e}"))?;
+        let free = vfs.f_bavail.saturating_mul(vfs.f_frsize);
+        if free < min_free {
+            return Err(format!(
+                "{} MiB free on the data directory's filesystem, waiting for {} MiB",
+                free >> 20,
+                min_free >> 20
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
 /// How the store commits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreOptions {
@@ -161,6 +238,9 @@ pub struct StoreOptions {
     pub max_batch: usize,
     /// Page cache size in bytes.
     pub cache_bytes: usize,
+    /// Free bytes the data directory's filesystem must have before a failed store is
+    /// reopened (`0`: do not check).
+    pub reopen_min_free: u64,
 }
 
 impl Default for StoreOptions {
@@ -170,14 +250,17 @@ impl Default for StoreOptions {
             queue: 8192,
             max_batch: 1024,
             cache_bytes: 256 << 20,
+            reopen_min_free: 64 << 20,
         }
     }
 }
 
-/// The store: the database, its single writer, and read access.
+/// The store: the database, its single writer, and read access. The database sits in a
+/// cell that the writer swaps when it reopens the store after a storage failure
+/// (`writer.rs`, "Failure and recovery").
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    cell: Arc<DbCell>,
     writer: Writer,
     writer_thread: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
     path: PathBuf,
@@ -196,11 +279,33 @@ impl Store {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| StoreError::Database(format!("create {}: {e}", data_dir.display())))?;
         let path = data_dir.join(DB_FILE);
-        let db = Database::builder()
-            .set_cache_size(options.cache_bytes)
-            .create(&path)?;
-        schema::migrate(&db)?;
-        let db = Arc::new(db);
+        let open_path = path.clone();
+        let open = move || -> Result<Database, StoreError> {
+            Ok(Database::builder()
+                .set_cache_size(options.cache_bytes)
+                .create(&open_path)?)
+        };
+        let dir = data_dir.to_path_buf();
+        let min_free = options.reopen_min_free;
+        let room = move || free_space(&dir, min_free);
+        Self::open_with(path, options, Box::new(open), Box::new(room))
+    }
+
+    /// Opens the store with `open` (also used to reopen it after a storage failure): opens
+    /// the database, migrates the schema, starts the writer.
+    pub(crate) fn open_with(
+        path: PathBuf,
+        options: StoreOptions,
+        open: writer::Opener,
+        room: writer::RoomCheck,
+    ) -> Result<Self, StoreError> {
+        let open: writer::Opener = Box::new(move || {
+            let db = open()?;
+            schema::migrate(&db)?;
+            Ok(db)
+        });
+        let db = open()?;
+        let cell = Arc::new(DbCell::new(db, open, room));
         let settings = WriterSettings {
             queue: options.queue,
             max_batch: options.max_batch,
@@ -210,9 +315,9 @@ impl Store {
                 Durability::None
             },
         };
-        let (writer, handle) = Writer::start(db.clone(), settings);
+        let (writer, handle) = Writer::start(cell.clone(), settings);
         Ok(Store {
-            db,
+            cell,
             writer,
             writer_thread: Arc::new(std::sync::Mutex::new(Some(handle))),
             path,
@@ -238,9 +343,21 @@ impl Store {
         self.writer.queued()
     }
 
-    /// True when a commit failed and writes are refused until restart.
+    /// True from a fatal storage error (an I/O or commit error) until the writer has
+    /// reopened the store; writes and reads are refused meanwhile.
     pub fn is_poisoned(&self) -> bool {
         self.writer.is_poisoned()
+    }
+
+    /// Why the store is failed (the storage error's text), while it is.
+    pub fn failure(&self) -> Option<String> {
+        self.cell.reason()
+    }
+
+    /// Changes each time the writer has reopened the store after a failure, so that state
+    /// cached outside the store (delivery queue heads, counts) can be reloaded.
+    pub fn reopened(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.cell.reopened()
     }
 
     /// Runs a read-only closure on a fresh read transaction on a blocking thread.
@@ -249,13 +366,25 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&ReadTransaction) -> Result<T, StoreError> + Send + 'static,
     {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
+        let db = self.cell.get()?;
+        let result = tokio::task::spawn_blocking(move || {
             let tx = db.begin_read()?;
             f(&tx)
         })
         .await
-        .map_err(|e| StoreError::Storage(format!("read task failed: {e}")))?
+        .map_err(|e| StoreError::Storage(format!("read task failed: {e}")))?;
+        self.checked(result)
+    }
+
+    /// A reader's storage I/O error is the writer's too: it fails the store (readiness,
+    /// recovery) without waiting for the next write to meet it.
+    fn checked<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(e) = &result
+            && e.is_fatal()
+        {
+            self.writer.probe();
+        }
+        result
     }
 
     /// Runs a short read-only closure (point lookups, index reads) on the calling task.
@@ -273,8 +402,12 @@ impl Store {
         &self,
         f: impl FnOnce(&ReadTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let tx = self.db.begin_read()?;
-        f(&tx)
+        let result = self
+            .cell
+            .get()
+            .and_then(|db| Ok(db.begin_read()?))
+            .and_then(|tx| f(&tx));
+        self.checked(result)
     }
 
     /// Stops the writer after the queued jobs and waits for it. Other clones of the store

@@ -5,18 +5,125 @@
 //! covers its write.
 //!
 //! A job must not write anything when it decides to fail for a business reason (it returns
-//! `Ok(Err(..))` after reads only); a storage error aborts the whole batch, and a commit
-//! error poisons the writer so that nothing is acknowledged after an fsync failure.
+//! `Ok(Err(..))` after reads only); a storage error aborts the whole batch.
+//!
+//! # Failure and recovery
+//! A fatal error ([`StoreError::is_fatal`]: a commit error, or a storage I/O error raised
+//! anywhere in the batch, e.g. redb flushing or reading pages during an insert) fails the
+//! writer: the batch is rolled back and answered with the error, and nothing is accepted
+//! until the database has been reopened, because redb refuses a database after an I/O
+//! error (`PreviousIo`) and an fsync that failed cannot be retried safely. The writer then
+//! recovers by itself: it takes the database out of the [`DbCell`] (so reads are refused
+//! too), waits for the last handle to it to go (redb holds a file lock), drops it, waits
+//! until the filesystem has room (`core.reopen_min_free_mib`, polled every [`ROOM_POLL`]),
+//! and reopens the file, retrying a failed open on a backoff capped at [`REOPEN_MAX`].
+//! Reopening runs redb's crash recovery: every transaction committed before the failure is
+//! there, the failed one is not. Jobs that arrive meanwhile are refused with
+//! [`StoreError::Poisoned`] at once. A reader's I/O error makes the store probe the writer
+//! ([`Writer::probe`]), so a failure seen only by reads is handled the same way.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, WriteTransaction};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::StoreError;
+
+/// First pause before reopening a failed store; doubled after each failed attempt.
+const REOPEN_FIRST: Duration = Duration::from_millis(100);
+/// Longest pause between two attempts to reopen a failed store.
+const REOPEN_MAX: Duration = Duration::from_secs(5);
+/// How often the writer refuses waiting jobs and checks for shutdown while recovering.
+const RECOVERY_TICK: Duration = Duration::from_millis(20);
+/// How often a failed store checks for free space before reopening.
+const ROOM_POLL: Duration = Duration::from_millis(200);
+
+/// Opens the database file (with the store's options and schema migration), for reopening.
+pub(crate) type Opener = Box<dyn Fn() -> Result<Database, StoreError> + Send + Sync>;
+
+/// Says whether there is room to reopen the store (free space on its filesystem); the
+/// error says what there is.
+pub(crate) type RoomCheck = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// The open database, shared by the writer and the readers, and swapped by the writer when
+/// it reopens the store after a failure.
+pub(crate) struct DbCell {
+    db: RwLock<Option<Arc<Database>>>,
+    open: Opener,
+    room: RoomCheck,
+    failed: AtomicBool,
+    reason: Mutex<Option<String>>,
+    reopened: watch::Sender<u64>,
+}
+
+impl DbCell {
+    pub(crate) fn new(db: Database, open: Opener, room: RoomCheck) -> Self {
+        DbCell {
+            db: RwLock::new(Some(Arc::new(db))),
+            open,
+            room,
+            failed: AtomicBool::new(false),
+            reason: Mutex::new(None),
+            reopened: watch::channel(0).0,
+        }
+    }
+
+    /// The database, or [`StoreError::Poisoned`] while it is failed and being reopened.
+    pub(crate) fn get(&self) -> Result<Arc<Database>, StoreError> {
+        let slot = match self.db.read() {
+            Ok(slot) => slot,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        slot.clone().ok_or(StoreError::Poisoned)
+    }
+
+    /// True from a fatal error until the store is reopened.
+    pub(crate) fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Why the store failed (the storage error's text: codes and OS messages, no data).
+    pub(crate) fn reason(&self) -> Option<String> {
+        match self.reason.lock() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Counts reopenings; changes each time the writer has reopened the store.
+    pub(crate) fn reopened(&self) -> watch::Receiver<u64> {
+        self.reopened.subscribe()
+    }
+
+    /// Marks the store failed and takes the database out (so that reads are refused too);
+    /// returns it, for the writer to drop once no reader holds it.
+    fn fail(&self, error: &StoreError) -> Option<Arc<Database>> {
+        match self.reason.lock() {
+            Ok(mut r) => *r = Some(error.to_string()),
+            Err(poisoned) => *poisoned.into_inner() = Some(error.to_string()),
+        }
+        self.failed.store(true, Ordering::Release);
+        match self.db.write() {
+            Ok(mut slot) => slot.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        }
+    }
+
+    fn install(&self, db: Database) {
+        match self.db.write() {
+            Ok(mut slot) => *slot = Some(Arc::new(db)),
+            Err(poisoned) => *poisoned.into_inner() = Some(Arc::new(db)),
+        }
+        if let Ok(mut r) = self.reason.lock() {
+            *r = None;
+        }
+        self.failed.store(false, Ordering::Release);
+        self.reopened.send_modify(|n| *n += 1);
+    }
+}
 
 /// One unit of work applied inside a batch transaction.
 trait Job: Send {
@@ -74,7 +181,7 @@ pub struct WriterStats {
 #[derive(Clone)]
 pub(crate) struct Writer {
     tx: mpsc::Sender<Box<dyn Job>>,
-    poisoned: Arc<AtomicBool>,
+    cell: Arc<DbCell>,
     stats: Arc<WriterStats>,
 }
 
@@ -82,7 +189,7 @@ impl std::fmt::Debug for Writer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Writer")
             .field("queued", &(self.tx.max_capacity() - self.tx.capacity()))
-            .field("poisoned", &self.poisoned.load(Ordering::Relaxed))
+            .field("failed", &self.cell.is_failed())
             .finish()
     }
 }
@@ -99,27 +206,19 @@ pub(crate) struct WriterSettings {
 }
 
 impl Writer {
-    /// Starts the writer thread over `db`. The thread ends when every `Writer` handle is
-    /// dropped and the queue is drained.
-    pub(crate) fn start(db: Arc<Database>, settings: WriterSettings) -> (Self, JoinHandle<()>) {
+    /// Starts the writer thread over the database in `cell`. The thread ends when every
+    /// `Writer` handle is dropped and the queue is drained.
+    pub(crate) fn start(cell: Arc<DbCell>, settings: WriterSettings) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(settings.queue.max(1));
-        let poisoned = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(WriterStats::default());
-        let thread_poisoned = poisoned.clone();
+        let thread_cell = cell.clone();
         let thread_stats = stats.clone();
         let handle = std::thread::Builder::new()
             .name("nems-store-writer".into())
-            .spawn(move || run(db, rx, settings, &thread_poisoned, &thread_stats))
+            .spawn(move || run(&thread_cell, rx, settings, &thread_stats))
             // Thread creation fails only when the OS is out of resources at start-up.
             .expect("spawn the store writer thread");
-        (
-            Writer {
-                tx,
-                poisoned,
-                stats,
-            },
-            handle,
-        )
+        (Writer { tx, cell, stats }, handle)
     }
 
     /// Runs `f` inside the next batch transaction and returns its result after the batch
@@ -151,6 +250,14 @@ impl Writer {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Asks the writer to check the database after a reader met a storage I/O error: an
+    /// empty write job, whose own I/O error (redb refuses a database after one) fails the
+    /// writer like any other. Never waits; a full queue means the writer will see it soon.
+    pub(crate) fn probe(&self) {
+        let (job, _reply) = Self::job(|_tx| Ok(()));
+        let _ = self.tx.try_send(job);
+    }
+
     /// Jobs waiting in the queue.
     pub(crate) fn queued(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
@@ -161,9 +268,9 @@ impl Writer {
         &self.stats
     }
 
-    /// True after a commit failure: the store must be reopened (restart) before more writes.
+    /// True from a fatal storage error until the writer has reopened the store.
     pub(crate) fn is_poisoned(&self) -> bool {
-        self.poisoned.load(Ordering::Relaxed)
+        self.cell.is_failed()
     }
 
     fn check_poisoned(&self) -> Result<(), StoreError> {
@@ -193,10 +300,9 @@ impl Writer {
 }
 
 fn run(
-    db: Arc<Database>,
+    cell: &DbCell,
     mut rx: mpsc::Receiver<Box<dyn Job>>,
     settings: WriterSettings,
-    poisoned: &AtomicBool,
     stats: &WriterStats,
 ) {
     while let Some(first) = rx.blocking_recv() {
@@ -207,16 +313,100 @@ fn run(
                 Err(_) => break,
             }
         }
-        if poisoned.load(Ordering::Relaxed) {
-            finish_all(batch, &Err(StoreError::Poisoned));
-            continue;
-        }
-        let outcome = apply_and_commit(&db, &mut batch, settings.durability, stats);
-        if matches!(outcome, Err(StoreError::Commit(_))) {
-            tracing::error!("store commit failed; refusing further writes until restart");
-            poisoned.store(true, Ordering::Relaxed);
-        }
+        let outcome = match cell.get() {
+            Ok(db) => apply_and_commit(&db, &mut batch, settings.durability, stats),
+            Err(e) => Err(e),
+        };
+        // Failed before anyone is answered: from here reads and writes are refused.
+        let failed = match &outcome {
+            Err(e) if e.is_fatal() => {
+                tracing::error!(
+                    error = %e,
+                    batch = batch.len(),
+                    "store failed; refusing writes and reads until it is reopened"
+                );
+                Some(cell.fail(e))
+            }
+            _ => None,
+        };
         finish_all(batch, &outcome);
+        if let Some(old) = failed
+            && !recover(cell, old, &mut rx)
+        {
+            return;
+        }
+    }
+}
+
+/// Reopens a failed store: refuses waiting jobs, waits for the last handle to the failed
+/// database, then reopens on a capped backoff. Returns `false` when the queue closed
+/// (shutdown) before the store could be reopened.
+fn recover(
+    cell: &DbCell,
+    mut old: Option<Arc<Database>>,
+    rx: &mut mpsc::Receiver<Box<dyn Job>>,
+) -> bool {
+    let started = Instant::now();
+    let mut pause = REOPEN_FIRST;
+    let mut next_attempt = Instant::now() + pause;
+    let mut attempts = 0u32;
+    let mut waiting_for_room = false;
+    loop {
+        loop {
+            match rx.try_recv() {
+                Ok(job) => job.finish(Err(StoreError::Poisoned)),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return false,
+            }
+        }
+        // redb holds the file (and its lock) until every handle is gone; readers hold one
+        // only for the length of a read.
+        if let Some(db) = old.take() {
+            match Arc::try_unwrap(db) {
+                Ok(db) => drop(db),
+                Err(db) => old = Some(db),
+            }
+        }
+        let now = Instant::now();
+        if old.is_none() && now >= next_attempt {
+            // Reopening on a full disk would only fail again (or accept a few writes into
+            // pages the file already has, then fail): wait for room first.
+            if let Err(why) = (cell.room)() {
+                if !waiting_for_room {
+                    tracing::warn!(reason = %why, "store not reopened yet: no room");
+                    waiting_for_room = true;
+                }
+                next_attempt = now + ROOM_POLL;
+                continue;
+            }
+            waiting_for_room = false;
+            attempts += 1;
+            match (cell.open)() {
+                Ok(db) => {
+                    cell.install(db);
+                    crate::metrics::metrics().store_reopens.inc();
+                    tracing::warn!(
+                        attempts,
+                        millis = started.elapsed().as_millis() as u64,
+                        "store reopened after a storage failure; accepting writes again"
+                    );
+                    return true;
+                }
+                Err(e) => {
+                    if attempts == 1 || pause == REOPEN_MAX {
+                        tracing::warn!(error = %e, attempts, "store not reopened yet; retrying");
+                    }
+                    pause = (pause * 2).min(REOPEN_MAX);
+                    next_attempt = Instant::now() + pause;
+                }
+            }
+        }
+        let wait = next_attempt.saturating_duration_since(Instant::now());
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "the writer's own thread, not a runtime thread"
+        )]
+        std::thread::sleep(wait.clamp(Duration::from_millis(1), RECOVERY_TICK));
     }
 }
 
@@ -238,7 +428,7 @@ fn apply_and_commit(
         }
     }
     let started = Instant::now();
-    tx.commit().map_err(|e| StoreError::Commit(e.to_string()))?;
+    tx.commit()?;
     let micros = started.elapsed().as_micros() as u64;
     stats.commits.fetch_add(1, Ordering::Relaxed);
     stats.jobs.fetch_add(batch.len() as u64, Ordering::Relaxed);

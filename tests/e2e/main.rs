@@ -18,6 +18,7 @@ mod delivery_bench;
 mod delivery_faults;
 mod delivery_operator;
 mod delivery_outage;
+mod delivery_recovery;
 mod delivery_sandbox;
 mod delivery_support;
 

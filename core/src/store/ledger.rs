@@ -996,11 +996,12 @@ pub(crate) fn sweep(
 
 /// Builds the retention index of a store written before it existed (schema 1 → 2): every
 /// settled delivery by the time it settled (its last change), every event without
-/// deliveries by its acceptance.
+/// deliveries (none matched, or an earlier sweep removed them all) by its acceptance.
 pub(crate) fn build_settled_index(tx: &WriteTransaction) -> Result<(u64, u64), StoreError> {
     let mut settled = tx.open_table(SETTLED)?;
+    let deliveries = tx.open_table(DELIVERIES)?;
     let mut rows = 0;
-    for item in tx.open_table(DELIVERIES)?.iter()? {
+    for item in deliveries.iter()? {
         let (k, v) = item?;
         let id = k.value();
         if let Some(key) = settle_key(id, &StoredDelivery::decode(v.value())?) {
@@ -1012,7 +1013,12 @@ pub(crate) fn build_settled_index(tx: &WriteTransaction) -> Result<(u64, u64), S
     for item in tx.open_table(EVENTS)?.iter()? {
         let (k, v) = item?;
         let e = StoredEvent::decode(v.value())?;
-        if e.deliveries == 0 {
+        let first = e.first_delivery;
+        let none_left = deliveries
+            .range(first..first + u64::from(e.deliveries))?
+            .next()
+            .is_none();
+        if none_left {
             settled.insert((SETTLE_EVENT, e.accepted_ms, k.value()), ())?;
             events += 1;
         }

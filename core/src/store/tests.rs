@@ -1088,9 +1088,18 @@ async fn a_schema_1_store_gets_its_retention_index_built() {
         complete(&s, a, 1, refused(), 300).await;
         let b = lease(&s, "B", 200).await[0].delivery_id;
         complete(&s, b, 1, sent("M"), 300).await;
+        // An event whose only delivery an old sweep removed, leaving the event behind.
+        let orphan = event(83, &["C"], false, 100);
+        s.writer()
+            .write(move |tx| accept(tx, &orphan))
+            .await
+            .unwrap();
+        let c = lease(&s, "C", 200).await[0].delivery_id;
+        complete(&s, c, 1, sent("MC"), 300).await;
         // As schema 1 left it: no retention index.
         s.writer()
-            .write(|tx| {
+            .write(move |tx| {
+                tx.open_table(super::tables::DELIVERIES)?.remove(c)?;
                 tx.delete_table(SETTLED)
                     .map_err(|e| super::StoreError::Table(e.to_string()))?;
                 tx.open_table(SCHEMA)?.insert("version", 1)?;
@@ -1119,6 +1128,7 @@ async fn a_schema_1_store_gets_its_retention_index_built() {
             (ledger::SETTLE_ROW, 100),
             (ledger::SETTLE_ROW, 300),
             (ledger::SETTLE_EVENT, 100),
+            (ledger::SETTLE_EVENT, 100),
         ]
     );
     // And the sweep works from it.
@@ -1126,7 +1136,7 @@ async fn a_schema_1_store_gets_its_retention_index_built() {
     assert_eq!(swept.dead_letter_payloads_released, 1);
     assert_eq!(
         (swept.deliveries_removed, swept.events_removed),
-        (3, 3),
-        "all three events are past retention"
+        (3, 4),
+        "all four events are past retention"
     );
 }

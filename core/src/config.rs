@@ -41,8 +41,9 @@ pub struct CoreConfig {
     /// How long a delivery handed to an adapter stays leased before it is handed out again.
     /// Must exceed the longest attempt an adapter may make (the MESH adapter: 3 ×
     /// `mesh_adapter.mesh.request_timeout`, 3 min by default), else a slow send can be handed
-    /// out a second time while it is still open; it also bounds how long a crashed adapter's
-    /// deliveries wait before they are handed out again.
+    /// out a second time while it is still open. Leases of a stream that ends (the adapter
+    /// crashed or went away) and every lease at core start are given back at once; this
+    /// bounds only how long an adapter that stops answering on an open stream holds them.
     #[serde(with = "duration")]
     pub lease_timeout: Duration,
     /// Default most unacknowledged deliveries per adapter stream.

@@ -390,6 +390,7 @@ async fn reload_after_reopen(state: Arc<CoreState>) {
 /// rows past the retention period, and prunes the audit trail.
 async fn sweep_loop(state: Arc<CoreState>) {
     const LIMIT: usize = 5_000;
+    let batch = state.config.sweep_batch;
     let mut stop = state.stop.subscribe();
     loop {
         tokio::select! {
@@ -405,7 +406,7 @@ async fn sweep_loop(state: Arc<CoreState>) {
                 .store
                 .writer()
                 .write(move |tx| {
-                    let swept = ledger::sweep(tx, now, retention, dead, LIMIT)?;
+                    let swept = ledger::sweep(tx, now, retention, dead, batch)?;
                     let pruned = audit::prune(tx, audit_cutoff, LIMIT)?;
                     Ok((swept, pruned))
                 })
@@ -415,10 +416,7 @@ async fn sweep_loop(state: Arc<CoreState>) {
                     if swept != ledger::Swept::default() || pruned > 0 {
                         tracing::info!(?swept, audit_pruned = pruned, "retention sweep");
                     }
-                    let more = swept.deliveries_removed >= LIMIT
-                        || swept.events_removed >= LIMIT
-                        || swept.dead_letter_payloads_released >= LIMIT
-                        || pruned >= LIMIT;
+                    let more = swept.scanned >= batch || pruned >= LIMIT;
                     if !more || *stop.borrow() {
                         break;
                     }

@@ -20,6 +20,7 @@ mod delivery_faults;
 mod delivery_operator;
 mod delivery_outage;
 mod delivery_recovery;
+mod delivery_restart;
 mod delivery_sandbox;
 mod delivery_support;
 

@@ -336,6 +336,21 @@ pub async fn create_http(edge: SocketAddr, start: u64, end: u64, concurrency: us
     .await
 }
 
+/// A pool of 1,024 ~`event_bytes` vaccinations events about patients `0..patients`, spread
+/// over them (all about patient 0 when `patients` is 0: `--subscriptions 0` publishes
+/// events that match nobody).
+pub fn event_pool(patients: u64, event_bytes: usize) -> Vec<bytes::Bytes> {
+    (0..1024u64)
+        .map(|k| {
+            bytes::Bytes::from(vaccination(
+                &nhs_number((k * 977) % patients.max(1)),
+                "2015-06-01",
+                event_bytes,
+            ))
+        })
+        .collect()
+}
+
 /// Publishes ~`event_bytes` vaccinations events for patients `0..patients` over HTTP.
 pub async fn publish_http(
     edge: SocketAddr,
@@ -352,18 +367,7 @@ pub async fn publish_http(
         "application/fhir+xml",
         None,
     ));
-    // A pool of distinct events (different patients) prepared up front.
-    let pool: Arc<Vec<bytes::Bytes>> = Arc::new(
-        (0..1024u64)
-            .map(|k| {
-                bytes::Bytes::from(vaccination(
-                    &nhs_number((k * 977) % patients),
-                    "2015-06-01",
-                    event_bytes,
-                ))
-            })
-            .collect(),
-    );
+    let pool = Arc::new(event_pool(patients, event_bytes));
     drive(0, u64::MAX, concurrency, rate, duration, move |i| {
         let (http, headers, pool) = (http.clone(), headers.clone(), pool.clone());
         async move {
@@ -388,4 +392,18 @@ pub fn db_size(dir: &Path) -> u64 {
 pub fn nems_binary(explicit: Option<PathBuf>) -> PathBuf {
     explicit
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/nems"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_event_pool_needs_no_subscribed_patients() {
+        let none = event_pool(0, 500);
+        assert_eq!(none.len(), 1024);
+        assert!(none.iter().all(|e| *e == none[0]), "all about patient 0");
+        let some = event_pool(10, 500);
+        assert!(some.iter().any(|e| *e != some[0]));
+    }
 }

@@ -408,7 +408,8 @@ impl TestStackBuilder {
 // === AdapterHandle ===
 
 impl AdapterHandle {
-    fn spawn(config: AdapterConfig) -> Self {
+    /// Starts an adapter with `config` (any core, e.g. one running as a child process).
+    pub fn spawn(config: AdapterConfig) -> Self {
         let (stop, mut stop_rx) = watch::channel(false);
         let task = tokio::spawn(async move {
             let stopped = async move {

@@ -318,3 +318,77 @@ impl DeliveryService for Deliveries {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requested_delays_are_clamped_for_retries_and_deferrals_alike() {
+        let d = |seconds: i64, nanos: i32| Some(prost_types::Duration { seconds, nanos });
+        assert_eq!(retry_after_ms(None), 0);
+        assert_eq!(retry_after_ms(d(-5, 0)), 0, "negative");
+        assert_eq!(retry_after_ms(d(2, 500_000_000)), 2_500);
+        assert_eq!(
+            retry_after_ms(d(i64::MAX, 0)),
+            MAX_RETRY_AFTER.as_millis() as u64
+        );
+        for outcome in [
+            pb::complete_delivery_request::Outcome::Retry(pb::DeliveryRetry {
+                retry_after: d(30 * 24 * 3600, 0),
+                ..Default::default()
+            }),
+            pb::complete_delivery_request::Outcome::Deferred(pb::DeliveryDeferred {
+                retry_after: d(30 * 24 * 3600, 0),
+                ..Default::default()
+            }),
+        ] {
+            let req = pb::CompleteDeliveryRequest {
+                delivery_id: 1,
+                attempt: 1,
+                outcome: Some(outcome),
+            };
+            let after = match outcome_of(&req) {
+                Outcome::Retry { retry_after_ms, .. }
+                | Outcome::Deferred { retry_after_ms, .. } => retry_after_ms,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(after, MAX_RETRY_AFTER.as_millis() as u64);
+        }
+    }
+
+    fn outcome_of(req: &pb::CompleteDeliveryRequest) -> Outcome {
+        outcome(req).unwrap()
+    }
+
+    #[test]
+    fn requested_in_flight_limits_are_bounded() {
+        let config = crate::config::CoreConfig::default();
+        let asked = |stream: u32, mailbox: u32| {
+            Limits::new(
+                &pb::StreamDeliveriesRequest {
+                    consumer: "t".into(),
+                    max_in_flight: stream,
+                    max_in_flight_per_mailbox: mailbox,
+                },
+                &config,
+            )
+        };
+        let l = asked(0, 0);
+        assert_eq!(
+            (l.stream, l.mailbox, l.bytes),
+            (
+                config.max_in_flight,
+                config.max_in_flight_per_mailbox,
+                64 << 20
+            )
+        );
+        let l = asked(u32::MAX, u32::MAX);
+        assert_eq!(
+            (l.stream, l.mailbox),
+            (MAX_REQUESTED_IN_FLIGHT, MAX_REQUESTED_PER_MAILBOX)
+        );
+        let l = asked(7, 3);
+        assert_eq!((l.stream, l.mailbox), (7, 3));
+    }
+}

@@ -8,7 +8,7 @@ use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use super::StoreError;
 use super::keys::id_hex;
-use super::ledger::{bump_count, index_state};
+use super::ledger::{SETTLE_EVENT, SETTLE_ROW, bump_count, index_state};
 use super::records::{StoredDelivery, StoredEvent};
 use super::tables::*;
 
@@ -98,6 +98,18 @@ pub(crate) fn accept(tx: &WriteTransaction, e: &NewEvent) -> Result<Accepted, St
     let mut by_state = tx.open_table(DELIVERIES_BY_STATE)?;
     let mut by_mailbox = tx.open_table(DELIVERIES_BY_MAILBOX)?;
     let mut counts = tx.open_table(MAILBOX_COUNTS)?;
+    // The retention index gets the rows settled at acceptance (opened only for those, off
+    // the common path).
+    let mut settled = if e.deliveries.is_empty() || e.deliveries.iter().any(|d| d.suppressed) {
+        Some(tx.open_table(SETTLED)?)
+    } else {
+        None
+    };
+    if e.deliveries.is_empty()
+        && let Some(settled) = settled.as_mut()
+    {
+        settled.insert((SETTLE_EVENT, e.accepted_ms, seq), ())?;
+    }
     let mut out = Accepted {
         seq,
         queued_mailboxes: Vec::new(),
@@ -144,7 +156,11 @@ pub(crate) fn accept(tx: &WriteTransaction, e: &NewEvent) -> Result<Accepted, St
         by_mailbox.insert((d.mailbox.as_str(), id), ())?;
         index_state(&mut by_state, id, None, state)?;
         bump_count(&mut counts, &d.mailbox, state, 1)?;
-        if !d.suppressed {
+        if d.suppressed {
+            if let Some(settled) = settled.as_mut() {
+                settled.insert((SETTLE_ROW, e.accepted_ms, id), ())?;
+            }
+        } else {
             queue.insert((d.mailbox.as_str(), e.accepted_ms, id), ())?;
             out.queued_mailboxes.push(d.mailbox.clone());
         }

@@ -115,6 +115,52 @@ impl<'t> Ledger<'t> {
     }
 }
 
+/// Retention index kind: a dead letter holding its payload (for payload release).
+pub(crate) const SETTLE_DEAD_HELD: u8 = 0;
+/// Retention index kind: a settled delivery without a payload (for row removal).
+pub(crate) const SETTLE_ROW: u8 = 1;
+/// Retention index kind: an event that never had a delivery (keyed by its sequence).
+pub(crate) const SETTLE_EVENT: u8 = 2;
+
+/// A retention index key: (kind, settle time, id).
+pub(crate) type SettleKey = (u8, u64, u64);
+
+/// The retention index entry a delivery should have in its current state: none while it
+/// may still be sent; settled deliveries are keyed by the time they settled (`updated_ms`,
+/// which no later change of a settled delivery moves without reindexing it).
+pub(crate) fn settle_key(id: u64, d: &StoredDelivery) -> Option<SettleKey> {
+    match d.state() {
+        pb::DeliveryState::DeadLettered if d.holds_payload => {
+            Some((SETTLE_DEAD_HELD, d.updated_ms, id))
+        }
+        pb::DeliveryState::Delivered
+        | pb::DeliveryState::DeadLettered
+        | pb::DeliveryState::Suppressed => Some((SETTLE_ROW, d.updated_ms, id)),
+        _ => None,
+    }
+}
+
+/// Moves a delivery's retention index entry from `before` to what its state needs now.
+fn reindex_settled(
+    tx: &WriteTransaction,
+    id: u64,
+    before: Option<SettleKey>,
+    d: &StoredDelivery,
+) -> Result<(), StoreError> {
+    let after = settle_key(id, d);
+    if before == after {
+        return Ok(());
+    }
+    let mut settled = tx.open_table(SETTLED)?;
+    if let Some(key) = before {
+        settled.remove(key)?;
+    }
+    if let Some(key) = after {
+        settled.insert(key, ())?;
+    }
+    Ok(())
+}
+
 /// Stops a delivery holding its event's payload; drops the payload when none holds it.
 fn release_payload(tx: &WriteTransaction, d: &mut StoredDelivery) -> Result<(), StoreError> {
     if !d.holds_payload {
@@ -411,6 +457,7 @@ pub(crate) fn complete(
             | pb::DeliveryState::Suppressed
     );
     let stale = attempt != d.attempts || before != pb::DeliveryState::InFlight;
+    let indexed = settle_key(id, &d);
     match outcome {
         _ if settled => return Ok(Some(done)),
         Outcome::Sent { mesh_message_id } => {
@@ -460,6 +507,7 @@ pub(crate) fn complete(
         }
     }
     ledger.save(id, &d)?;
+    reindex_settled(tx, id, indexed, &d)?;
     done.state = d.state();
     Ok(Some(done))
 }
@@ -566,12 +614,14 @@ pub(crate) fn record_report(
     ) {
         return Ok(true);
     }
+    let indexed = settle_key(id, &d);
     ledger.transition(id, &mut d, pb::DeliveryState::DeadLettered, None, now)?;
     d.last_error_code = format!("MESH_{code}");
     d.last_error = description.chars().take(500).collect();
     drop(ledger);
     acquire_payload(tx, &mut d)?;
     Ledger::open(tx)?.save(id, &d)?;
+    reindex_settled(tx, id, indexed, &d)?;
     Ok(true)
 }
 
@@ -629,6 +679,7 @@ pub(crate) fn redrive(
             continue;
         };
         drop(ledger);
+        let indexed = settle_key(id, &d);
         if d.state() != pb::DeliveryState::DeadLettered || !acquire_payload(tx, &mut d)? {
             skipped.push(id);
             continue;
@@ -654,6 +705,8 @@ pub(crate) fn redrive(
             d.mesh_message_id.clear();
         }
         ledger.save(id, &d)?;
+        drop(ledger);
+        reindex_settled(tx, id, indexed, &d)?;
         redriven.push((id, d.mailbox.clone()));
     }
     Ok((redriven, skipped))
@@ -800,120 +853,177 @@ pub(crate) fn pending(tx: &ReadTransaction) -> Result<u64, StoreError> {
     Ok(n)
 }
 
-/// What one retention pass removed.
+/// What one retention pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Swept {
     pub(crate) dead_letter_payloads_released: usize,
     pub(crate) deliveries_removed: usize,
     pub(crate) events_removed: usize,
+    /// Retention index entries read (at most the pass's limit; at the limit, more may be
+    /// due).
+    pub(crate) scanned: usize,
 }
 
-/// Releases payloads of old dead letters and removes settled ledger rows older than the
-/// retention period, at most `limit` rows per kind in one call.
+/// One retention pass, reading at most `scan_limit` entries of the retention index (only
+/// entries already past their cut-off, oldest first): releases the payloads of dead
+/// letters dead-lettered more than `dead_letter_retention_ms` ago, then removes ledger rows
+/// settled more than `retention_ms` ago (an event goes with its last delivery; an event
+/// that never had one, `retention_ms` after its acceptance). Nothing else is read, so a
+/// pass costs the same with 100 dead letters in their redrive window as with millions.
 pub(crate) fn sweep(
     tx: &WriteTransaction,
     now: u64,
     retention_ms: u64,
     dead_letter_retention_ms: u64,
-    limit: usize,
+    scan_limit: usize,
 ) -> Result<Swept, StoreError> {
     let mut swept = Swept::default();
-    let dl_cutoff = now.saturating_sub(dead_letter_retention_ms);
-    let dead = pb::DeliveryState::DeadLettered as u8;
-    let mut release = Vec::new();
-    {
-        let by_state = tx.open_table(DELIVERIES_BY_STATE)?;
-        let deliveries = tx.open_table(DELIVERIES)?;
-        for item in by_state.range((dead, 0)..=(dead, u64::MAX))? {
-            let (k, _) = item?;
-            let id = k.value().1;
-            let Some(bytes) = deliveries.get(id)? else {
-                continue;
-            };
-            let d = StoredDelivery::decode(bytes.value())?;
-            if d.holds_payload && d.updated_ms < dl_cutoff {
-                release.push((id, d));
-                if release.len() >= limit {
-                    break;
-                }
+    let due = |kind: u8, cutoff: u64, limit: usize| -> Result<Vec<SettleKey>, StoreError> {
+        let settled = tx.open_table(SETTLED)?;
+        let mut keys = Vec::new();
+        if limit == 0 {
+            return Ok(keys);
+        }
+        for item in settled.range((kind, 0, 0)..(kind, cutoff, 0))? {
+            keys.push(item?.0.value());
+            if keys.len() >= limit {
+                break;
             }
         }
-    }
-    for (id, mut d) in release {
-        release_payload(tx, &mut d)?;
-        tx.open_table(DELIVERIES)?
-            .insert(id, d.encode_to_vec().as_slice())?;
-        swept.dead_letter_payloads_released += 1;
+        Ok(keys)
+    };
+
+    // Dead letters past their redrive window give up their payload; their rows stay for
+    // `retention_ms` after they were dead-lettered.
+    let dl_cutoff = now.saturating_sub(dead_letter_retention_ms);
+    let keys = due(SETTLE_DEAD_HELD, dl_cutoff, scan_limit)?;
+    swept.scanned += keys.len();
+    for key in keys {
+        let id = key.2;
+        tx.open_table(SETTLED)?.remove(key)?;
+        let Some(mut d) = Ledger::open(tx)?.load(id)? else {
+            continue;
+        };
+        if d.state() == pb::DeliveryState::DeadLettered && d.holds_payload {
+            release_payload(tx, &mut d)?;
+            Ledger::open(tx)?.save(id, &d)?;
+            swept.dead_letter_payloads_released += 1;
+        }
+        reindex_settled(tx, id, None, &d)?;
     }
 
     let cutoff = now.saturating_sub(retention_ms);
-    let mut remove = Vec::new();
+    let keys = due(SETTLE_ROW, cutoff, scan_limit - swept.scanned)?;
+    swept.scanned += keys.len();
+    let mut events_touched = Vec::new();
     {
-        let deliveries = tx.open_table(DELIVERIES)?;
-        for item in deliveries.iter()? {
-            let (k, v) = item?;
-            let d = StoredDelivery::decode(v.value())?;
-            if d.accepted_ms >= cutoff || remove.len() >= limit {
-                break;
+        let mut ledger = Ledger::open(tx)?;
+        let mut settled = tx.open_table(SETTLED)?;
+        let mut by_mailbox = tx.open_table(DELIVERIES_BY_MAILBOX)?;
+        let mut by_mesh = tx.open_table(DELIVERIES_BY_MESH_ID)?;
+        for key in keys {
+            let id = key.2;
+            settled.remove(key)?;
+            let Some(d) = ledger.load(id)? else {
+                continue;
+            };
+            if settle_key(id, &d) != Some(key) {
+                // Not what the entry says (an index entry left behind): index it afresh.
+                if let Some(fresh) = settle_key(id, &d) {
+                    settled.insert(fresh, ())?;
+                }
+                continue;
             }
-            let settled = matches!(
-                d.state(),
-                pb::DeliveryState::Delivered
-                    | pb::DeliveryState::Suppressed
-                    | pb::DeliveryState::DeadLettered
-            ) && !d.holds_payload;
-            if settled {
-                remove.push((k.value(), d));
+            ledger.deliveries.remove(id)?;
+            ledger.by_state.remove((d.state() as u8, id))?;
+            bump_count(&mut ledger.counts, &d.mailbox, d.state(), -1)?;
+            by_mailbox.remove((d.mailbox.as_str(), id))?;
+            if !d.mesh_message_id.is_empty() {
+                by_mesh.remove(d.mesh_message_id.as_str())?;
             }
+            swept.deliveries_removed += 1;
+            events_touched.push(d.event_seq);
         }
     }
-    let mut ledger = Ledger::open(tx)?;
-    let mut by_mailbox = tx.open_table(DELIVERIES_BY_MAILBOX)?;
-    let mut by_mesh = tx.open_table(DELIVERIES_BY_MESH_ID)?;
-    for (id, d) in &remove {
-        ledger.deliveries.remove(*id)?;
-        ledger.by_state.remove((d.state() as u8, *id))?;
-        bump_count(&mut ledger.counts, &d.mailbox, d.state(), -1)?;
-        by_mailbox.remove((d.mailbox.as_str(), *id))?;
-        if !d.mesh_message_id.is_empty() {
-            by_mesh.remove(d.mesh_message_id.as_str())?;
-        }
-    }
-    swept.deliveries_removed = remove.len();
-    drop((ledger, by_mailbox, by_mesh));
+    events_touched.sort_unstable();
+    events_touched.dedup();
 
+    let keys = due(SETTLE_EVENT, cutoff, scan_limit - swept.scanned)?;
+    swept.scanned += keys.len();
     let mut events = tx.open_table(EVENTS)?;
     let deliveries = tx.open_table(DELIVERIES)?;
-    let mut old_events = Vec::new();
-    for item in events.iter()? {
-        let (k, v) = item?;
-        let e = StoredEvent::decode(v.value())?;
-        if e.accepted_ms >= cutoff || old_events.len() >= limit {
-            break;
-        }
+    let mut settled = tx.open_table(SETTLED)?;
+    let mut remove_events = Vec::new();
+    for seq in events_touched {
+        let Some(e) = events
+            .get(seq)?
+            .map(|b| StoredEvent::decode(b.value()))
+            .transpose()?
+        else {
+            continue;
+        };
         let first = e.first_delivery;
-        let mut any_left = false;
-        for id in first..first + u64::from(e.deliveries) {
-            if deliveries.get(id)?.is_some() {
-                any_left = true;
-                break;
-            }
+        let left = deliveries
+            .range(first..first + u64::from(e.deliveries))?
+            .next()
+            .is_some();
+        if !left {
+            remove_events.push((seq, e.event_id));
         }
-        if !any_left {
-            old_events.push((k.value(), e.event_id));
+    }
+    for key in keys {
+        settled.remove(key)?;
+        if let Some(e) = events
+            .get(key.2)?
+            .map(|b| StoredEvent::decode(b.value()))
+            .transpose()?
+        {
+            remove_events.push((key.2, e.event_id));
         }
     }
     let mut by_id = tx.open_table(EVENTS_BY_ID)?;
     let mut payloads = tx.open_table(PAYLOADS)?;
-    for (seq, event_id) in &old_events {
+    for (seq, event_id) in &remove_events {
         events.remove(*seq)?;
         payloads.remove(*seq)?;
         if let Some(id) = parse_id(event_id) {
             by_id.remove(id)?;
         }
     }
-    swept.events_removed = old_events.len();
+    swept.events_removed = remove_events.len();
     Ok(swept)
+}
+
+/// Builds the retention index of a store written before it existed (schema 1 → 2): every
+/// settled delivery by the time it settled (its last change), every event without
+/// deliveries (none matched, or an earlier sweep removed them all) by its acceptance.
+pub(crate) fn build_settled_index(tx: &WriteTransaction) -> Result<(u64, u64), StoreError> {
+    let mut settled = tx.open_table(SETTLED)?;
+    let deliveries = tx.open_table(DELIVERIES)?;
+    let mut rows = 0;
+    for item in deliveries.iter()? {
+        let (k, v) = item?;
+        let id = k.value();
+        if let Some(key) = settle_key(id, &StoredDelivery::decode(v.value())?) {
+            settled.insert(key, ())?;
+            rows += 1;
+        }
+    }
+    let mut events = 0;
+    for item in tx.open_table(EVENTS)?.iter()? {
+        let (k, v) = item?;
+        let e = StoredEvent::decode(v.value())?;
+        let first = e.first_delivery;
+        let none_left = deliveries
+            .range(first..first + u64::from(e.deliveries))?
+            .next()
+            .is_none();
+        if none_left {
+            settled.insert((SETTLE_EVENT, e.accepted_ms, k.value()), ())?;
+            events += 1;
+        }
+    }
+    Ok((rows, events))
 }
 
 /// The ledger row view of a delivery.

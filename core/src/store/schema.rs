@@ -8,7 +8,10 @@ use super::StoreError;
 use super::tables::*;
 
 /// The schema version this build writes.
-pub(crate) const SCHEMA_VERSION: u64 = 1;
+///
+/// - 1: the first.
+/// - 2: the retention index `ledger-by-settled-v1` (built from the ledger on migration).
+pub(crate) const SCHEMA_VERSION: u64 = 2;
 
 const VERSION_KEY: &str = "version";
 
@@ -27,11 +30,20 @@ pub(crate) fn migrate(db: &Database) -> Result<u64, StoreError> {
             });
         }
         Some(v) if v == SCHEMA_VERSION => {}
-        Some(v) => {
-            // Migrations from older versions go here, one function per step (v → v+1).
-            return Err(StoreError::Corrupt(format!(
-                "no migration from schema version {v}"
-            )));
+        Some(mut v) => {
+            // One function per step (v → v+1), all in this one transaction.
+            while v < SCHEMA_VERSION {
+                match v {
+                    1 => migrate_1_to_2(&tx)?,
+                    _ => {
+                        return Err(StoreError::Corrupt(format!(
+                            "no migration from schema version {v}"
+                        )));
+                    }
+                }
+                v += 1;
+            }
+            tx.open_table(SCHEMA)?.insert(VERSION_KEY, SCHEMA_VERSION)?;
         }
         None => {
             create_tables(&tx)?;
@@ -40,6 +52,17 @@ pub(crate) fn migrate(db: &Database) -> Result<u64, StoreError> {
     }
     tx.commit()?;
     Ok(SCHEMA_VERSION)
+}
+
+/// Schema 1 → 2: the retention index, built from the ledger as it is.
+fn migrate_1_to_2(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let (rows, events) = super::ledger::build_settled_index(tx)?;
+    tracing::info!(
+        settled_deliveries = rows,
+        events_without_deliveries = events,
+        "schema 1 -> 2: retention index built"
+    );
+    Ok(())
 }
 
 /// Reads the schema version.
@@ -65,6 +88,7 @@ fn create_tables(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(DELIVERIES_BY_MAILBOX)?;
     tx.open_table(MAILBOX_COUNTS)?;
     tx.open_table(DELIVERIES_BY_MESH_ID)?;
+    tx.open_table(SETTLED)?;
     tx.open_table(SYSTEMS)?;
     tx.open_table(MAILBOXES)?;
     tx.open_table(PATIENTS)?;

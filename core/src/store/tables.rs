@@ -66,6 +66,14 @@ pub(crate) const DELIVERIES_BY_MAILBOX: TableDefinition<'_, (&str, u64), ()> =
 pub(crate) const DELIVERIES_BY_MESH_ID: TableDefinition<'_, &str, u64> =
     TableDefinition::new("deliveries-by-mesh-id-v1");
 
+/// Retention index: (kind, settle time ms, id) → (). Kinds (`ledger::SETTLE_*`): a dead
+/// letter still holding its payload (delivery id, time dead-lettered); a settled delivery
+/// without a payload (delivery id, time settled); an event that never had a delivery
+/// (event sequence number, time accepted). The retention sweep reads only the entries
+/// whose time is past their cut-off.
+pub(crate) const SETTLED: TableDefinition<'_, (u8, u64, u64), ()> =
+    TableDefinition::new("ledger-by-settled-v1");
+
 /// Per-mailbox counts: (mailbox, state) → number of deliveries.
 pub(crate) const MAILBOX_COUNTS: TableDefinition<'_, (&str, u8), u64> =
     TableDefinition::new("mailbox-counts-v1");

@@ -3,6 +3,7 @@
 //! and their expiry, stale reports, redrive, MESH reports, retention, and reopening.
 
 use nems_proto::v1 as pb;
+use redb::ReadableTable;
 
 use super::events::{NewDelivery, NewEvent, accept, get_by_id};
 use super::ledger::{self, Outcome, Query, Selection};
@@ -303,10 +304,17 @@ async fn retention_removes_old_settled_rows_only() {
     let d = lease(&s, "A", 20_000).await;
     assert_eq!(d.len(), 2);
     complete(&s, d[0].delivery_id, 1, sent("M"), 20_100).await;
+    // Retention counts from settling (20,100), not from acceptance (100).
+    let swept = s
+        .writer()
+        .write(|tx| ledger::sweep(tx, 25_000, 5_000, 1_000_000, 100))
+        .await
+        .unwrap();
+    assert_eq!(swept, ledger::Swept::default(), "settled 4.9 s ago");
     // The fresh event's delivery stays in flight.
     let swept = s
         .writer()
-        .write(|tx| ledger::sweep(tx, 20_200, 5_000, 1_000_000, 100))
+        .write(|tx| ledger::sweep(tx, 25_200, 5_000, 1_000_000, 100))
         .await
         .unwrap();
     assert_eq!(swept.deliveries_removed, 1);
@@ -909,4 +917,226 @@ async fn a_lease_shares_payloads_and_keeps_to_its_byte_budget() {
             "one buffer per event"
         );
     }
+}
+
+async fn sweep(
+    s: &Store,
+    now: u64,
+    retention: u64,
+    dl_retention: u64,
+    limit: usize,
+) -> ledger::Swept {
+    s.writer()
+        .write(move |tx| ledger::sweep(tx, now, retention, dl_retention, limit))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn retention_reads_only_due_index_entries_a_bounded_number_per_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    // Ten events to A (dead-lettered at 1,000) and B (delivered at 1,000), one suppressed
+    // event, one event that matched nobody.
+    for n in 0..10u128 {
+        let e = event(50 + n, &["A", "B"], false, 100);
+        s.writer().write(move |tx| accept(tx, &e)).await.unwrap();
+    }
+    let flagged = event(60, &["C"], true, 100);
+    s.writer()
+        .write(move |tx| accept(tx, &flagged))
+        .await
+        .unwrap();
+    let nobody = event(61, &[], false, 100);
+    s.writer()
+        .write(move |tx| accept(tx, &nobody))
+        .await
+        .unwrap();
+    for d in lease(&s, "A", 1_000).await {
+        complete(&s, d.delivery_id, 1, refused(), 1_000).await;
+    }
+    for d in lease(&s, "B", 1_000).await {
+        complete(
+            &s,
+            d.delivery_id,
+            1,
+            sent(&format!("M{}", d.delivery_id)),
+            1_000,
+        )
+        .await;
+    }
+    let held = |s: &Store| {
+        s.read_now(|tx| Ok(tx.open_table(PAYLOADS)?.iter()?.count()))
+            .unwrap()
+    };
+    assert_eq!(held(&s), 10, "the dead letters keep the payloads");
+    // Dead letters are kept 5,000 ms, ledger rows 10,000 ms after settling. Before 6,000
+    // nothing is due: a pass reads nothing at all, however many dead letters wait.
+    assert_eq!(
+        sweep(&s, 5_999, 10_000, 5_000, 3).await,
+        ledger::Swept::default()
+    );
+    // Due: a pass reads at most 3 index entries.
+    let swept = sweep(&s, 6_001, 10_000, 5_000, 3).await;
+    assert_eq!((swept.scanned, swept.dead_letter_payloads_released), (3, 3));
+    let mut released = 3;
+    while released < 10 {
+        let swept = sweep(&s, 6_001, 10_000, 5_000, 3).await;
+        assert!(swept.scanned <= 3);
+        released += swept.dead_letter_payloads_released;
+    }
+    assert_eq!(
+        sweep(&s, 6_001, 10_000, 5_000, 3).await,
+        ledger::Swept::default()
+    );
+    assert_eq!(held(&s), 0, "payloads released after the redrive window");
+    // The suppressed delivery and the event without deliveries settled at 100: due at
+    // 10,100; the rest at 11,000.
+    let swept = sweep(&s, 10_500, 10_000, 5_000, 100).await;
+    assert_eq!(
+        (
+            swept.deliveries_removed,
+            swept.events_removed,
+            swept.scanned
+        ),
+        (1, 2, 2)
+    );
+    assert!(s.read_now(|tx| get_by_id(tx, 60)).unwrap().is_none());
+    assert!(s.read_now(|tx| get_by_id(tx, 61)).unwrap().is_none());
+    assert!(s.read_now(|tx| get_by_id(tx, 50)).unwrap().is_some());
+    let mut removed = (0, 0);
+    loop {
+        let swept = sweep(&s, 11_001, 10_000, 5_000, 7).await;
+        assert!(swept.scanned <= 7);
+        removed.0 += swept.deliveries_removed;
+        removed.1 += swept.events_removed;
+        if swept.scanned == 0 {
+            break;
+        }
+    }
+    assert_eq!(removed, (20, 10));
+    assert!(s.read_now(|tx| ledger::stats(tx, "")).unwrap().is_empty());
+    let left = s
+        .read_now(|tx| ledger::list(tx, &Query::default(), "", 100))
+        .unwrap()
+        .0;
+    assert!(left.is_empty(), "{left:?}");
+    let index = s
+        .read_now(|tx| Ok(tx.open_table(super::tables::SETTLED)?.iter()?.count()))
+        .unwrap();
+    assert_eq!(index, 0, "the index empties with the ledger");
+}
+
+#[tokio::test]
+async fn redrive_and_reports_move_deliveries_in_the_retention_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let e = event(70, &["A", "B"], false, 100);
+    s.writer().write(move |tx| accept(tx, &e)).await.unwrap();
+    let a = lease(&s, "A", 200).await[0].delivery_id;
+    complete(&s, a, 1, refused(), 300).await;
+    // Redriven before its window ends: no longer due for payload release.
+    assert_eq!(redrive_ids(&s, vec![a], 400).await, 1);
+    assert_eq!(
+        sweep(&s, 10_000, 100_000, 1_000, 10).await,
+        ledger::Swept::default()
+    );
+    let b = lease(&s, "B", 500).await[0].delivery_id;
+    complete(&s, b, 1, sent("MB"), 500).await;
+    // B delivered at 500, then MESH reports it undelivered at 600: a dead letter holding
+    // the payload (A still holds it), due for release from 600 on.
+    s.writer()
+        .write(move |tx| ledger::record_report(tx, b, "14", "not collected", 600))
+        .await
+        .unwrap();
+    let swept = sweep(&s, 1_601, 100_000, 1_000, 10).await;
+    assert_eq!((swept.scanned, swept.dead_letter_payloads_released), (1, 1));
+    // Its row is removed retention after it was dead-lettered (600), not delivered (500).
+    assert_eq!(
+        sweep(&s, 100_550, 100_000, 1_000, 10)
+            .await
+            .deliveries_removed,
+        0
+    );
+    assert_eq!(
+        sweep(&s, 100_601, 100_000, 1_000, 10)
+            .await
+            .deliveries_removed,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_schema_1_store_gets_its_retention_index_built() {
+    use super::tables::{SCHEMA, SETTLED};
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = store(dir.path());
+        let e = event(80, &["A", "B"], false, 100);
+        s.writer().write(move |tx| accept(tx, &e)).await.unwrap();
+        let flagged = event(81, &["A"], true, 100);
+        s.writer()
+            .write(move |tx| accept(tx, &flagged))
+            .await
+            .unwrap();
+        let nobody = event(82, &[], false, 100);
+        s.writer()
+            .write(move |tx| accept(tx, &nobody))
+            .await
+            .unwrap();
+        let a = lease(&s, "A", 200).await[0].delivery_id;
+        complete(&s, a, 1, refused(), 300).await;
+        let b = lease(&s, "B", 200).await[0].delivery_id;
+        complete(&s, b, 1, sent("M"), 300).await;
+        // An event whose only delivery an old sweep removed, leaving the event behind.
+        let orphan = event(83, &["C"], false, 100);
+        s.writer()
+            .write(move |tx| accept(tx, &orphan))
+            .await
+            .unwrap();
+        let c = lease(&s, "C", 200).await[0].delivery_id;
+        complete(&s, c, 1, sent("MC"), 300).await;
+        // As schema 1 left it: no retention index.
+        s.writer()
+            .write(move |tx| {
+                tx.open_table(super::tables::DELIVERIES)?.remove(c)?;
+                tx.delete_table(SETTLED)
+                    .map_err(|e| super::StoreError::Table(e.to_string()))?;
+                tx.open_table(SCHEMA)?.insert("version", 1)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        s.close();
+    }
+    let s = store(dir.path());
+    let index: Vec<(u8, u64, u64)> = s
+        .read_now(|tx| {
+            assert_eq!(super::schema::version(tx)?, super::schema::SCHEMA_VERSION);
+            let mut keys = Vec::new();
+            for item in tx.open_table(SETTLED)?.iter()? {
+                keys.push(item?.0.value());
+            }
+            Ok(keys)
+        })
+        .unwrap();
+    let kinds: Vec<(u8, u64)> = index.iter().map(|(k, t, _)| (*k, *t)).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (ledger::SETTLE_DEAD_HELD, 300),
+            (ledger::SETTLE_ROW, 100),
+            (ledger::SETTLE_ROW, 300),
+            (ledger::SETTLE_EVENT, 100),
+            (ledger::SETTLE_EVENT, 100),
+        ]
+    );
+    // And the sweep works from it.
+    let swept = sweep(&s, 10_000, 1_000, 1_000, 100).await;
+    assert_eq!(swept.dead_letter_payloads_released, 1);
+    assert_eq!(
+        (swept.deliveries_removed, swept.events_removed),
+        (3, 4),
+        "all four events are past retention"
+    );
 }

@@ -1,6 +1,8 @@
-//! Core as a child process for crash tests: `nems-test-core DATA_DIR DIRECTORY_FILE`.
-//! Binds both listeners on `127.0.0.1:0`, prints one line
-//! `READY <service addr> <operator addr>` on stdout, and serves until killed.
+//! Core as a child process for crash tests: `nems-test-core DATA_DIR DIRECTORY_FILE
+//! [SERVICE_ADDR]`. Binds the service listener on `SERVICE_ADDR` (default `127.0.0.1:0`;
+//! a fixed one lets adapters reconnect to a restarted core) and the operator listener on
+//! `127.0.0.1:0`, prints one line `READY <service addr> <operator addr>` on stdout, and
+//! serves until killed.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -21,6 +23,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .ok_or("usage: nems-test-core DATA_DIR DIRECTORY_FILE")?,
     );
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let service_addr: SocketAddr = match args.next() {
+        Some(addr) => addr.to_str().ok_or("SERVICE_ADDR is not text")?.parse()?,
+        None => loopback,
+    };
     let config = CoreConfig {
         listen: loopback,
         operator_listen: Some(loopback),
@@ -29,7 +35,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..Default::default()
     };
     let listeners = CoreListeners {
-        service: TcpListener::bind(loopback).await?,
+        service: TcpListener::bind(service_addr).await?,
         operator: Some(TcpListener::bind(loopback).await?),
     };
     let (service, operator) = listeners.addrs()?;

@@ -1,7 +1,7 @@
 //! Readiness through a MESH outage (the in-process fake drops every request unanswered):
-//! `/readyz` turns unready once MESH has not answered for `mesh_adapter.mesh.unready_after`,
-//! whether the adapter notices through a delivery it keeps retrying (whose later attempts
-//! fail at their tracking lookup) or through the report poller while nothing is being
+//! `/readyz` turns unready when the adapter notices, through a delivery whose attempt fails
+//! (which opens the MESH circuit and holds the delivery) or through the report poller once
+//! MESH has not answered for `mesh_adapter.mesh.unready_after` while nothing is being
 //! delivered, and turns ready again once MESH answers.
 //!
 //! Readiness checks are process-wide; nextest runs each test in its own process.
@@ -96,31 +96,23 @@ async fn mesh_outage_during_retries_turns_readiness_false_until_mesh_answers_aga
     fake.set_unreachable(true);
     let payload = vaccination_event(NHS_NUMBER, MAILBOX).into_bytes();
     let (event_id, id) = inject(&stack, MAILBOX, &payload).await;
-    // From the second attempt on, each attempt starts with a tracking lookup that fails
-    // too; those failures must keep MESH unreachable. The row is read first: attempt 3 is
-    // leased only after attempt 2 (a failed lookup) was reported.
-    let (row, body) = eventually(
-        "readiness to fail while the delivery is retried",
-        WAIT,
-        || async {
-            let row = delivery(&stack, &event_id, id).await;
-            if row.attempts < 3 {
-                return None;
-            }
-            let body = ops.ready().await.err()?;
-            body.contains(MESH_UNREACHABLE).then_some((row, body))
-        },
-    )
+    // The first attempt fails as MESH as a whole fails (and so does the circuit's probe):
+    // the circuit opens, readiness says so, and the delivery is held, queued and not
+    // attempted again (nor charged a failure) while MESH is away.
+    let (row, body) = eventually("readiness to fail with the circuit open", WAIT, || async {
+        let row = delivery(&stack, &event_id, id).await;
+        if row.attempts < 1 || row.state() != pb::DeliveryState::Queued {
+            return None;
+        }
+        let body = ops.ready().await.err()?;
+        (body.contains(MESH_UNREACHABLE) && body.contains("circuit open")).then_some((row, body))
+    })
     .await;
-    assert_eq!(row.state(), pb::DeliveryState::Queued, "{row:?}");
+    assert_eq!(
+        row.attempts, 1,
+        "held, not retried, while MESH is away: {row:?}"
+    );
     assert!(!body.contains(NHS_NUMBER), "{body}");
-    let lookups = fake
-        .requests()
-        .into_iter()
-        .filter(|r| r.method == "GET" && r.path.ends_with(&format!("/tracking/{}", row.local_id)))
-        .collect::<Vec<_>>();
-    assert!(!lookups.is_empty(), "later attempts asked tracking first");
-    assert!(lookups.iter().all(|r| r.status.is_none()), "{lookups:?}");
     assert!(fake.messages_to(MAILBOX).is_empty());
 
     fake.set_unreachable(false);
@@ -129,6 +121,17 @@ async fn mesh_outage_during_retries_turns_readiness_false_until_mesh_answers_aga
     let stored = fake.messages_to(MAILBOX);
     assert_eq!(stored.len(), 1, "exactly one copy at MESH");
     assert_eq!(delivered.mesh_message_id, stored[0].message_id);
+    // The attempt after the outage asked tracking first (attempt 2 may follow a send MESH
+    // stored), and MESH answered that it had no copy.
+    let lookups = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with(&format!("/tracking/{}", row.local_id)))
+        .collect::<Vec<_>>();
+    assert!(
+        lookups.iter().any(|r| r.status == Some(404)),
+        "the attempt after the outage asked tracking first: {lookups:?}"
+    );
 
     stack.shutdown().await;
     ops.stop().await;

@@ -350,3 +350,47 @@ pub(crate) fn encode_code_map(rows: Vec<pb::CodeMapRow>) -> Vec<(String, Vec<u8>
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Guard, refusals};
+
+    fn guard(received: u64, bad: u64) -> Guard {
+        Guard {
+            max_shrink_percent: 10.0,
+            max_bad_row_percent: 1.0,
+            received,
+            bad,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_limits_refuse_past_their_percentage_and_not_at_it() {
+        // Shrink: 10 % exactly passes, more is refused; growth and a first import pass.
+        assert!(refusals(0, 1000, 900, &guard(900, 0)).is_empty());
+        let r = refusals(0, 1000, 899, &guard(899, 0));
+        assert_eq!(
+            r,
+            [
+                "the postcodes set would shrink from 1000 to 899 rows (10.1 %), more than the 10 % allowed"
+            ]
+        );
+        assert!(refusals(0, 1000, 5000, &guard(5000, 0)).is_empty());
+        assert!(refusals(1, 0, 3, &guard(3, 0)).is_empty());
+        // Bad rows: 1 % of the rows read passes, more is refused.
+        assert!(refusals(0, 0, 99, &guard(99, 1)).is_empty());
+        assert_eq!(
+            refusals(1, 0, 98, &guard(98, 2)),
+            ["2 of 100 rows read (2.0 %) were malformed, more than the 1 % allowed"]
+        );
+        // Empty: always refused (no limit makes it pass), with or without a set in force.
+        assert_eq!(
+            refusals(2, 0, 0, &guard(0, 0)),
+            ["the new code-map set is empty"]
+        );
+        let both = refusals(0, 10, 0, &guard(0, 2));
+        assert_eq!(both.len(), 2, "{both:?}");
+        assert!(both[0].contains("has 10 rows"), "{both:?}");
+    }
+}

@@ -104,6 +104,24 @@ fn state_of(name: &str) -> anyhow::Result<pb::DeliveryState> {
     })
 }
 
+/// The line `nems admin audit` prints for one record: when (RFC 3339, UTC), who, what.
+pub fn audit_line(a: &pb::AuditRecord) -> String {
+    let at =
+        a.at.as_ref()
+            .map_or_else(|| "-".to_owned(), ToString::to_string);
+    format!(
+        "at={at} request={} asid={} ods={} user={} action={} type={} id={} outcome={}",
+        a.request_id,
+        a.asid,
+        a.ods_code,
+        a.user,
+        a.action,
+        a.resource_type,
+        a.resource_id,
+        a.outcome
+    )
+}
+
 /// The lines `nems admin lookup` prints for `r`: the row, with the sub-ICB location in
 /// every form the code map knows (ODS and GSS), comma-separated.
 pub fn lookup_lines(r: &pb::LookupAreaResponse) -> Vec<String> {
@@ -302,17 +320,8 @@ pub async fn run_with(
                 .await
                 .context("audit")?
                 .into_inner();
-            for a in r.records {
-                out(format!(
-                    "request={} asid={} ods={} action={} type={} id={} outcome={}",
-                    a.request_id,
-                    a.asid,
-                    a.ods_code,
-                    a.action,
-                    a.resource_type,
-                    a.resource_id,
-                    a.outcome
-                ));
+            for a in &r.records {
+                out(audit_line(a));
             }
         }
         Admin::Lookup { postcode, practice } => {

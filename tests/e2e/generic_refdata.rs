@@ -830,3 +830,59 @@ async fn generic_refdata_a_folder_and_a_zip_as_published_import_as_one_set() {
     );
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn generic_refdata_imports_are_audited_with_their_time_outcome_and_operator() {
+    let stack = TestStack::start().await;
+    let started = time::OffsetDateTime::now_utc().unix_timestamp();
+    let postcodes = area_postcodes("LS", 10);
+    import_opts(
+        &stack,
+        "nspl.csv",
+        nspl_file(&postcodes),
+        Default::default(),
+    )
+    .await
+    .expect("first import");
+    import_opts(&stack, "nspl-empty.csv", NSPL_HEADER, Default::default())
+        .await
+        .expect_err("refused");
+    import_opts(&stack, "nspl-empty.csv", NSPL_HEADER, CHECK)
+        .await
+        .expect("a check");
+    import_opts(&stack, "nspl-empty.csv", NSPL_HEADER, FORCE)
+        .await
+        .expect("forced");
+    let records = stack
+        .operator()
+        .list_audit(pb::ListAuditRequest {
+            action: "import.reference-data".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("audit")
+        .into_inner()
+        .records;
+    let finished = time::OffsetDateTime::now_utc().unix_timestamp();
+    let seen: Vec<(&str, &str, &str)> = records
+        .iter()
+        .map(|r| (r.resource_id.as_str(), r.outcome.as_str(), r.user.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("nspl.csv", "ok", "operator@127.0.0.1"),
+            ("nspl-empty.csv", "refused", "operator@127.0.0.1"),
+            ("nspl-empty.csv", "forced", "operator@127.0.0.1"),
+        ],
+        "a check changes nothing and is not audited"
+    );
+    for r in &records {
+        let at = r.at.as_ref().expect("time").seconds;
+        assert!(
+            (started..=finished).contains(&at),
+            "{at} not in {started}..={finished}"
+        );
+    }
+    stack.shutdown().await;
+}

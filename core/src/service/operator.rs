@@ -44,13 +44,13 @@ fn ms_of(t: Option<prost_types::Timestamp>) -> u64 {
         .unwrap_or(0)
 }
 
-fn operator_audit(action: &str, resource_type: &str, id: &str) -> pb::AuditRecord {
+fn operator_audit(who: String, action: &str, resource_type: &str, id: &str) -> pb::AuditRecord {
     pb::AuditRecord {
         action: action.into(),
         resource_type: resource_type.into(),
         resource_id: id.into(),
         outcome: "ok".into(),
-        user: "operator".into(),
+        user: who,
         ..Default::default()
     }
 }
@@ -82,6 +82,7 @@ impl Operator {
 
     async fn import_rows(
         &self,
+        who: String,
         set: usize,
         header: pb::ImportHeader,
         mut stream: Streaming<pb::ImportReferenceDataRequest>,
@@ -146,7 +147,8 @@ impl Operator {
         } else {
             (0, 0, 0)
         };
-        let mut record = operator_audit("import.reference-data", &header.format, &header.source);
+        let mut record =
+            operator_audit(who, "import.reference-data", &header.format, &header.source);
         let finished = writer
             .write(move |tx| {
                 let finished =
@@ -368,6 +370,7 @@ impl OperatorService for Operator {
         &self,
         request: Request<pb::RedriveDeliveriesRequest>,
     ) -> Result<Response<pb::RedriveDeliveriesResponse>, Status> {
+        let who = super::operator_identity(&request);
         let req = request.into_inner();
         let selection = Selection {
             ids: req.delivery_ids,
@@ -377,7 +380,7 @@ impl OperatorService for Operator {
             limit: req.limit as usize,
         };
         let now = now_ms();
-        let record = operator_audit("redrive", "Delivery", "");
+        let record = operator_audit(who, "redrive", "Delivery", "");
         let (redriven, skipped) = self
             .state
             .store
@@ -433,6 +436,7 @@ impl OperatorService for Operator {
         &self,
         request: Request<pb::InjectDeliveryRequest>,
     ) -> Result<Response<pb::InjectDeliveryResponse>, Status> {
+        let who = super::operator_identity(&request);
         let req = request.into_inner();
         let mailbox = req.mailbox.to_ascii_uppercase();
         if self.state.directory().mailbox(&mailbox).is_none() {
@@ -470,7 +474,7 @@ impl OperatorService for Operator {
             matched_subscriptions: 0,
             accepted_ms: now,
         };
-        let record = operator_audit("inject-delivery", "Delivery", &id_hex(event_id));
+        let record = operator_audit(who, "inject-delivery", "Delivery", &id_hex(event_id));
         let accepted = self
             .state
             .store
@@ -494,6 +498,7 @@ impl OperatorService for Operator {
         &self,
         request: Request<Streaming<pb::ImportReferenceDataRequest>>,
     ) -> Result<Response<pb::ImportReferenceDataResponse>, Status> {
+        let who = super::operator_identity(&request);
         use pb::import_reference_data_request::Item;
         let mut stream = request.into_inner();
         let first = stream.next().await.ok_or_else(|| missing("header"))??;
@@ -503,7 +508,7 @@ impl OperatorService for Operator {
         let set = refdata::set_index(header.data_set())
             .ok_or_else(|| invalid("header.data_set is required"))?;
         let _exclusive = self.state.import_lock(set).lock().await;
-        self.import_rows(set, header, stream)
+        self.import_rows(who, set, header, stream)
             .await
             .map(Response::new)
     }
@@ -512,6 +517,7 @@ impl OperatorService for Operator {
         &self,
         request: Request<Streaming<pb::ImportDemographicsRequest>>,
     ) -> Result<Response<pb::ImportDemographicsResponse>, Status> {
+        let who = super::operator_identity(&request);
         let mut stream = request.into_inner();
         let (mut written, mut skipped) = (0u64, 0u64);
         while let Some(message) = stream.next().await {
@@ -535,7 +541,7 @@ impl OperatorService for Operator {
             written += w;
             skipped += s;
         }
-        let record = operator_audit("import.demographics", "PatientRecord", "");
+        let record = operator_audit(who, "import.demographics", "PatientRecord", "");
         self.state.audit_detached(record);
         tracing::info!(written, skipped, "demographics imported");
         Ok(Response::new(pb::ImportDemographicsResponse {

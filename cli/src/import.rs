@@ -309,9 +309,10 @@ pub fn plan(paths: &[PathBuf]) -> anyhow::Result<Plan> {
     for path in paths {
         let meta =
             std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
-        let is_zip = path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("zip"));
+        let is_zip = !meta.is_dir()
+            && path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("zip"));
         if !meta.is_dir() && !is_zip {
             let name = path
                 .file_name()
@@ -362,7 +363,8 @@ pub fn plan(paths: &[PathBuf]) -> anyhow::Result<Plan> {
 
 /// Tells whether `name` ends with `.csv` (any case).
 fn is_csv(name: &str) -> bool {
-    name.len() > 4 && name[name.len() - 4..].eq_ignore_ascii_case(".csv")
+    let bytes = name.as_bytes();
+    bytes.len() > 4 && bytes[bytes.len() - 4..].eq_ignore_ascii_case(b".csv")
 }
 
 /// Tells whether a path inside a folder or zip lies in a `multi_csv` folder.
@@ -1021,5 +1023,9 @@ mod tests {
         assert!(!in_per_area_folder("Data/NSPL_AUG_2025_UK.csv"));
         assert!(!in_per_area_folder("multi_csv"));
         assert!(is_csv("Data/nhg25feb.CSV") && !is_csv("User Guide/guide.pdf") && !is_csv(".csv"));
+        assert!(
+            !is_csv("€€") && is_csv("Données/€.csv"),
+            "no panic on multi-byte names"
+        );
     }
 }

@@ -104,6 +104,60 @@ fn state_of(name: &str) -> anyhow::Result<pb::DeliveryState> {
     })
 }
 
+/// The line `nems admin audit` prints for one record: when (RFC 3339, UTC), who, what.
+pub fn audit_line(a: &pb::AuditRecord) -> String {
+    let at =
+        a.at.as_ref()
+            .map_or_else(|| "-".to_owned(), ToString::to_string);
+    format!(
+        "at={at} request={} asid={} ods={} user={} action={} type={} id={} outcome={}",
+        a.request_id,
+        a.asid,
+        a.ods_code,
+        a.user,
+        a.action,
+        a.resource_type,
+        a.resource_id,
+        a.outcome
+    )
+}
+
+/// The lines `nems admin lookup` prints for `r`: the row, with the sub-ICB location in
+/// every form the code map knows (ODS and GSS), comma-separated.
+pub fn lookup_lines(r: &pb::LookupAreaResponse) -> Vec<String> {
+    let codes = |fallback: &[String]| {
+        if r.sub_icb_codes.is_empty() {
+            fallback.join(",")
+        } else {
+            r.sub_icb_codes.join(",")
+        }
+    };
+    if let Some(p) = &r.postcode {
+        vec![format!(
+            "postcode={} sub_icb={} local_authority={} country={} terminated={}",
+            p.postcode,
+            codes(&p.sub_icb),
+            p.local_authority.join(","),
+            p.country,
+            p.terminated
+        )]
+    } else if let Some(p) = &r.practice {
+        let parent = if p.parent_sub_icb.is_empty() {
+            Vec::new()
+        } else {
+            vec![p.parent_sub_icb.clone()]
+        };
+        vec![format!(
+            "practice={} parent_sub_icb={} closed={}",
+            p.code,
+            codes(&parent),
+            p.closed
+        )]
+    } else {
+        vec!["not found".into()]
+    }
+}
+
 #[allow(clippy::print_stdout, reason = "operator commands print their results")]
 fn out(line: String) {
     println!("{line}");
@@ -266,17 +320,8 @@ pub async fn run_with(
                 .await
                 .context("audit")?
                 .into_inner();
-            for a in r.records {
-                out(format!(
-                    "request={} asid={} ods={} action={} type={} id={} outcome={}",
-                    a.request_id,
-                    a.asid,
-                    a.ods_code,
-                    a.action,
-                    a.resource_type,
-                    a.resource_id,
-                    a.outcome
-                ));
+            for a in &r.records {
+                out(audit_line(a));
             }
         }
         Admin::Lookup { postcode, practice } => {
@@ -291,18 +336,8 @@ pub async fn run_with(
                 .await
                 .context("lookup")?
                 .into_inner();
-            if let Some(p) = r.postcode {
-                out(format!(
-                    "postcode={} sub_icb={:?} local_authority={:?} country={} terminated={}",
-                    p.postcode, p.sub_icb, p.local_authority, p.country, p.terminated
-                ));
-            } else if let Some(p) = r.practice {
-                out(format!(
-                    "practice={} parent_sub_icb={} closed={}",
-                    p.code, p.parent_sub_icb, p.closed
-                ));
-            } else {
-                out("not found".into());
+            for line in lookup_lines(&r) {
+                out(line);
             }
         }
         Admin::EventTypes => {

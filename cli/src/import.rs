@@ -1,14 +1,23 @@
-//! `nems import FILE`: detects the file's official shape, reads it as a stream and sends
-//! its rows to core's operator API in batches. Core replaces the previous data set in one
-//! commit at the end (demographics are upserted); the request stream ends cleanly only
-//! after the whole file was read, so a file that fails part-way leaves the previous set in
-//! force. A progress bar with rate and ETA shows on a terminal; otherwise a plain line on
-//! stderr every few seconds. [`write_report`] prints the malformed rows and the totals; both
-//! go to stderr directly, not through tracing, so they show whatever the log level.
+//! `nems import PATH...`: detects each file's official shape, reads the files as one stream
+//! per data set and sends their rows to core's operator API in batches. Each reference data
+//! set (postcodes, practices, code map) is **replaced** by the rows of all its files in one
+//! commit at the end, in one generation (demographics are upserted). Several files of one
+//! set (ONS per-area files, a folder, a zip as published) make one set.
+//!
+//! Core refuses, and keeps the set in force, an import that would leave the set empty,
+//! shrink it by more than `core.import.max_shrink_percent` or whose rows were malformed
+//! beyond `core.import.max_bad_row_percent` (limits a caller may change per import), unless
+//! forced; a check (`--check`) reports what would change and keeps the set. The request
+//! stream ends cleanly only after every file was read, so a file that fails part-way
+//! leaves the previous set in force. A progress bar with rate and ETA shows on a terminal;
+//! otherwise a plain line on stderr every few seconds. [`write_report`] prints the
+//! malformed rows and the totals; both go to stderr directly, not through tracing, so they
+//! show whatever the log level.
 
 use std::io::{IsTerminal, Read, Write};
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -22,15 +31,149 @@ use tonic::transport::{Channel, Endpoint};
 /// What an import did.
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
-    /// Rows stored by core.
+    /// Rows stored by core (for a check: rows the new set would have).
     pub rows: u64,
     /// Rows refused as malformed.
     pub bad: u64,
-    /// The first malformed rows (line number and reason, never the values), in file order;
-    /// at most [`refdata::MAX_BAD_ROW_EXAMPLES`].
-    pub bad_rows: Vec<refdata::BadRow>,
-    /// The detected kind.
+    /// The first malformed rows (file, line number and reason, never the values), in
+    /// file order; at most [`refdata::MAX_BAD_ROW_EXAMPLES`] per file.
+    pub bad_rows: Vec<BadRow>,
+    /// The detected kind (kinds joined by `+` when the files differ).
     pub kind: String,
+    /// Whether the new set is in force (false for a check; demographics: always true).
+    pub applied: bool,
+    /// Rows of the set in force before.
+    pub previous_rows: u64,
+    /// The set's generation in force after the import.
+    pub generation: u64,
+    /// The limits the import broke: let through with `--force`, or (for a check) the
+    /// reasons it would be refused.
+    pub refusals: Vec<String>,
+    /// For a check: keys added, removed and changed against the set in force.
+    pub changes: Option<(u64, u64, u64)>,
+    /// Files read.
+    pub files: usize,
+}
+
+/// One malformed row: where it is and why it was refused (never its values).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRow {
+    /// The file (its name, or its path inside a folder or zip).
+    pub file: String,
+    /// Line number in the file (1-based).
+    pub line: u64,
+    /// Short reason naming the column.
+    pub reason: String,
+}
+
+/// How an import is judged by core (see the module docs).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Options {
+    /// Report what would change and keep the set in force.
+    pub check: bool,
+    /// Replace the set even when a limit refuses the import.
+    pub force: bool,
+    /// Shrink limit for this import, in percent; `None`: core's configuration.
+    pub max_shrink_percent: Option<f64>,
+    /// Bad-row limit for this import, in percent; `None`: core's configuration.
+    pub max_bad_row_percent: Option<f64>,
+}
+
+/// A file to read: an open reader (read once), a file on disk, or an entry of a zip.
+pub struct Source {
+    /// Its name in reports: the file name, or the path inside a folder or zip.
+    pub name: String,
+    /// Its size in bytes (uncompressed), when known, for the progress display.
+    pub size: Option<u64>,
+    origin: Origin,
+}
+
+enum Origin {
+    Reader(Mutex<Option<Box<dyn Read + Send>>>),
+    File(PathBuf),
+    Zip { archive: PathBuf, index: usize },
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source")
+            .field("name", &self.name)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Source {
+    /// A reader read once (detection keeps what it read in front of the rest).
+    pub fn reader(name: &str, reader: impl Read + Send + 'static, size: Option<u64>) -> Self {
+        Self {
+            name: name.to_string(),
+            size,
+            origin: Origin::Reader(Mutex::new(Some(Box::new(reader)))),
+        }
+    }
+
+    /// A file on disk.
+    pub fn file(name: &str, path: &Path) -> Self {
+        Self {
+            name: name.to_string(),
+            size: std::fs::metadata(path).map(|m| m.len()).ok(),
+            origin: Origin::File(path.to_path_buf()),
+        }
+    }
+
+    /// Runs `f` on this source's bytes from the start.
+    fn with_reader<T>(&self, f: impl FnOnce(&mut dyn Read) -> T) -> anyhow::Result<T> {
+        match &self.origin {
+            Origin::Reader(slot) => {
+                let mut reader = slot
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("reader poisoned"))?
+                    .take()
+                    .context("this reader was read already")?;
+                Ok(f(&mut reader))
+            }
+            Origin::File(path) => {
+                let mut file = std::fs::File::open(path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                Ok(f(&mut file))
+            }
+            Origin::Zip { archive, index } => {
+                let file = std::fs::File::open(archive)
+                    .with_context(|| format!("opening {}", archive.display()))?;
+                let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+                    .with_context(|| format!("reading the zip {}", archive.display()))?;
+                let mut entry = zip
+                    .by_index(*index)
+                    .with_context(|| format!("reading {} in {}", self.name, archive.display()))?;
+                Ok(f(&mut entry))
+            }
+        }
+    }
+
+    /// Detects this source's kind from its first lines. An open reader keeps what was read
+    /// in front of its remaining bytes.
+    fn detect(&self) -> anyhow::Result<Result<FileKind, refdata::Refusal>> {
+        let head = |r: &mut dyn Read| -> std::io::Result<Vec<u8>> {
+            let mut head = Vec::new();
+            r.take(64 * 1024).read_to_end(&mut head)?;
+            Ok(head)
+        };
+        if let Origin::Reader(slot) = &self.origin {
+            let mut guard = slot
+                .lock()
+                .map_err(|_| anyhow::anyhow!("reader poisoned"))?;
+            let mut reader = guard.take().context("this reader was read already")?;
+            let bytes = head(&mut reader).with_context(|| format!("{}: read failed", self.name))?;
+            let kind = refdata::detect(&bytes);
+            *guard = Some(Box::new(std::io::Cursor::new(bytes).chain(reader)));
+            return Ok(kind);
+        }
+        let bytes = self
+            .with_reader(head)?
+            .with_context(|| format!("{}: read failed", self.name))?;
+        Ok(refdata::detect(&bytes))
+    }
 }
 
 /// A client for core's operator API.
@@ -68,7 +211,7 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
-/// Imports `bytes_source` (a whole file's reader) named `name` into core at `operator_url`.
+/// Imports `source` (a whole file's reader) named `name` into core at `operator_url`.
 pub async fn import<R: Read + Send + 'static>(
     source: R,
     name: &str,
@@ -98,53 +241,357 @@ pub async fn import_with<R: Read + Send + 'static>(
     show_progress: bool,
     size: Option<u64>,
 ) -> anyhow::Result<Summary> {
-    let mut reader = std::io::BufReader::with_capacity(1 << 16, source);
-    let head = {
-        use std::io::BufRead;
-        reader.fill_buf().context("reading the file")?.to_vec()
+    let source = Source::reader(name, source, size);
+    import_one(
+        source,
+        operator_url,
+        tls,
+        &Options::default(),
+        show_progress,
+    )
+    .await
+}
+
+/// Imports one source with `options`.
+pub async fn import_one(
+    source: Source,
+    operator_url: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+    options: &Options,
+    show_progress: bool,
+) -> anyhow::Result<Summary> {
+    let name = source.name.clone();
+    let kind = source
+        .detect()?
+        .map_err(|r| anyhow::anyhow!("{name}: {r}"))?;
+    let files = vec![(source, kind)];
+    import_sources(files, &name, operator_url, tls, options, show_progress).await
+}
+
+/// What [`plan`] found: the files of each data set, and the files it leaves out.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// One group per data set (postcodes, practices, code map, demographics), in that
+    /// order, each with its files.
+    pub groups: Vec<Vec<(Source, FileKind)>>,
+    /// Files found in folders or zips and left out, with the reason.
+    pub skipped: Vec<(String, String)>,
+}
+
+/// A file found in a folder or zip.
+struct Found {
+    source: Source,
+    /// Whether it sits in a `multi_csv` folder (ONS per-area files).
+    per_area: bool,
+}
+
+/// Finds the files to import in `paths` (files, folders searched for `.csv` files, `.zip`
+/// archives searched for `.csv` entries) and groups them by data set.
+///
+/// A file named on its own must be of a known shape. Files found in folders and zips that
+/// are of no known shape (the ONS `Documents/` names-and-codes files other than the sub-ICB
+/// lookup, for example) are left out and listed. When a folder or zip holds both a whole
+/// postcode file and per-area files (`multi_csv/`, the same rows split by area), the
+/// per-area files are left out.
+///
+/// # Errors
+/// A path that cannot be read, a file named on its own of no known shape, or no file to
+/// import at all.
+pub fn plan(paths: &[PathBuf]) -> anyhow::Result<Plan> {
+    let mut plan = Plan::default();
+    let mut groups: [Vec<(Source, FileKind)>; 4] = Default::default();
+    let group_of = |kind: FileKind| match kind.data_set() {
+        Some(pb::ReferenceDataSet::Postcodes) => 0,
+        Some(pb::ReferenceDataSet::Practices) => 1,
+        Some(_) => 2,
+        None => 3,
     };
-    let kind = refdata::detect(&head).map_err(|r| anyhow::anyhow!("{name}: {r}"))?;
+    for path in paths {
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+        let is_zip = !meta.is_dir()
+            && path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("zip"));
+        if !meta.is_dir() && !is_zip {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| path.display().to_string());
+            let source = Source::file(&name, path);
+            let kind = source
+                .detect()?
+                .map_err(|r| anyhow::anyhow!("{name}: {r}"))?;
+            groups[group_of(kind)].push((source, kind));
+            continue;
+        }
+        let found = if is_zip {
+            zip_entries(path)?
+        } else {
+            let mut found = Vec::new();
+            folder_files(path, path, &mut found)?;
+            found
+        };
+        let mut detected = Vec::new();
+        for f in found {
+            match f.source.detect()? {
+                Ok(kind) => detected.push((f, kind)),
+                Err(_) => plan
+                    .skipped
+                    .push((f.source.name, "not a reference data file".into())),
+            }
+        }
+        let is_postcodes = |k: &FileKind| group_of(*k) == 0;
+        let whole = detected.iter().any(|(f, k)| !f.per_area && is_postcodes(k));
+        for (f, kind) in detected {
+            if whole && f.per_area && is_postcodes(&kind) {
+                plan.skipped.push((
+                    f.source.name,
+                    "a per-area file; the whole file beside it has the same rows".into(),
+                ));
+                continue;
+            }
+            groups[group_of(kind)].push((f.source, kind));
+        }
+    }
+    plan.groups = groups.into_iter().filter(|g| !g.is_empty()).collect();
+    if plan.groups.is_empty() {
+        bail!("no reference data or demographics file found");
+    }
+    Ok(plan)
+}
+
+/// Tells whether `name` ends with `.csv` (any case).
+fn is_csv(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    bytes.len() > 4 && bytes[bytes.len() - 4..].eq_ignore_ascii_case(b".csv")
+}
+
+/// Tells whether a path inside a folder or zip lies in a `multi_csv` folder.
+fn in_per_area_folder(relative: &str) -> bool {
+    relative
+        .split(['/', '\\'])
+        .rev()
+        .skip(1)
+        .any(|part| part.eq_ignore_ascii_case("multi_csv"))
+}
+
+/// The `.csv` files under `dir` (sub-folders included), in name order.
+fn folder_files(root: &Path, dir: &Path, out: &mut Vec<Found>) -> anyhow::Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading the folder {}", dir.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("reading the folder {}", dir.display()))?;
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            folder_files(root, &path, out)?;
+            continue;
+        }
+        let relative = path
+            .strip_prefix(root)
+            .unwrap_or(&path)
+            .to_string_lossy()
+            .into_owned();
+        if is_csv(&relative) {
+            out.push(Found {
+                per_area: in_per_area_folder(&relative),
+                source: Source::file(&relative, &path),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The `.csv` entries of the zip at `path`, in name order.
+fn zip_entries(path: &Path) -> anyhow::Result<Vec<Found>> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+        .with_context(|| format!("reading the zip {}", path.display()))?;
+    let mut out = Vec::new();
+    for index in 0..zip.len() {
+        let entry = zip
+            .by_index(index)
+            .with_context(|| format!("reading the zip {}", path.display()))?;
+        let name = entry
+            .name()
+            .with_context(|| format!("reading the zip {}", path.display()))?
+            .into_owned();
+        if !entry.is_file() || !is_csv(&name) {
+            continue;
+        }
+        out.push(Found {
+            per_area: in_per_area_folder(&name),
+            source: Source {
+                name,
+                size: Some(entry.size()),
+                origin: Origin::Zip {
+                    archive: path.to_path_buf(),
+                    index,
+                },
+            },
+        });
+    }
+    out.sort_by(|a, b| a.source.name.cmp(&b.source.name));
+    Ok(out)
+}
+
+/// Imports what `paths` hold (see [`plan`]), one data set at a time, writing each set's
+/// report to `out`. Every set is tried; the error lists the sets refused or failed.
+pub async fn import_paths(
+    paths: &[PathBuf],
+    operator_url: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+    options: &Options,
+    show_progress: bool,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<Vec<Summary>> {
+    let plan = plan(paths)?;
+    let label_of = |files: &[(Source, FileKind)]| match files {
+        [(one, _)] => one.name.clone(),
+        [(first, _), rest @ ..] => format!("{} and {} more files", first.name, rest.len()),
+        [] => String::new(),
+    };
+    const LISTED: usize = 10;
+    for (name, why) in plan.skipped.iter().take(LISTED) {
+        writeln!(out, "import: left out {name}: {why}")?;
+    }
+    if plan.skipped.len() > LISTED {
+        writeln!(
+            out,
+            "import: {} more files left out",
+            plan.skipped.len() - LISTED
+        )?;
+    }
+    let mut summaries = Vec::new();
+    let mut failures = Vec::new();
+    let sets = plan.groups.len();
+    for files in plan.groups {
+        let label = label_of(&files);
+        let started = Instant::now();
+        match import_sources(
+            files,
+            &label,
+            operator_url,
+            tls.clone(),
+            options,
+            show_progress,
+        )
+        .await
+        {
+            Ok(summary) => {
+                write_report(out, &label, &summary, started.elapsed())?;
+                summaries.push(summary);
+            }
+            // One set: its error is the command's (one line); several: each is reported and
+            // the others still tried.
+            Err(e) if sets == 1 => bail!("import {label}: {e:#}"),
+            Err(e) => {
+                writeln!(out, "import {label}: {e:#}")?;
+                failures.push(label);
+            }
+        }
+    }
+    if !failures.is_empty() {
+        bail!("import of {} failed (see above)", failures.join(", "));
+    }
+    Ok(summaries)
+}
+
+/// What the reader task sends: a batch, or the end of every file.
+enum Message {
+    Batch(Batch),
+    End { bad: u64 },
+}
+
+/// Imports `files`, all of one data set (or all demographics), as one import named
+/// `label`.
+///
+/// # Errors
+/// A file that cannot be read or is of no known shape, a refusal by core (the set in
+/// force is kept), or core unreachable.
+pub async fn import_sources(
+    files: Vec<(Source, FileKind)>,
+    label: &str,
+    operator_url: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+    options: &Options,
+    show_progress: bool,
+) -> anyhow::Result<Summary> {
+    let Some(&(_, kind)) = files.first() else {
+        bail!("{label}: no file to import");
+    };
+    if files.iter().any(|(_, k)| k.data_set() != kind.data_set()) {
+        bail!("{label}: the files are of different data sets");
+    }
+    let mut formats: Vec<&str> = Vec::new();
+    for (_, k) in &files {
+        if !formats.contains(&k.format_name()) {
+            formats.push(k.format_name());
+        }
+    }
+    let format = formats.join("+");
+    let file_count = files.len();
+    let size = files.iter().map(|(s, _)| s.size).sum::<Option<u64>>();
     let read = Arc::new(AtomicU64::new(0));
-    let counting = Counting {
-        inner: reader,
-        read: read.clone(),
-    };
-    let progress = show_progress.then(|| Progress::start(name, size, read.clone()));
+    let progress = show_progress.then(|| Progress::start(label, size, read.clone()));
     let mut client = operator_client_with(operator_url, tls)?;
-    // `None` marks the end of the file. Core commits a reference data set when the request
-    // stream ends cleanly, so only a file read to its end may end it: after a failed read
-    // the stream stays open and the call is dropped, which resets it, and core abandons
-    // the import with the previous set still in force.
-    let (tx, rx) = mpsc::channel::<Option<Batch>>(4);
-    let parse = tokio::task::spawn_blocking(move || {
-        let report = refdata::read_any(counting, DEFAULT_BATCH_SIZE, |batch| {
-            tx.blocking_send(Some(batch))
-                .map_err(|_| "core stopped the import")
-        })?;
-        tx.blocking_send(None)
-            .map_err(|_| ReadError::Sink("core stopped the import"))?;
-        Ok(report)
+    // `None` marks the end of every file. Core commits a reference data set when the
+    // request stream ends cleanly, so only files read to their end may end it: after a
+    // failed read the stream stays open and the call is dropped, which resets it, and core
+    // abandons the import with the previous set still in force.
+    let (tx, rx) = mpsc::channel::<Option<Message>>(4);
+    let label_owned = label.to_string();
+    let parse = tokio::task::spawn_blocking(move || -> ReadOutcome {
+        let mut total = Totals::default();
+        for (source, _) in &files {
+            let read = read.clone();
+            let report = source
+                .with_reader(|r| {
+                    let counting = Counting { inner: r, read };
+                    refdata::read_any(counting, DEFAULT_BATCH_SIZE, |batch| {
+                        tx.blocking_send(Some(Message::Batch(batch)))
+                            .map_err(|_| "core stopped the import")
+                    })
+                })
+                .map_err(|e| (source.name.clone(), FileError::Open(format!("{e:#}"))))?
+                .map_err(|e| (source.name.clone(), FileError::Read(e)))?;
+            total.add(&source.name, report);
+        }
+        tx.blocking_send(Some(Message::End { bad: total.bad }))
+            .and_then(|()| tx.blocking_send(None))
+            .map_err(|_| {
+                (
+                    label_owned,
+                    FileError::Read(ReadError::Sink("core stopped the import")),
+                )
+            })?;
+        Ok(total)
     });
     let batches = ReceiverStream::new(rx)
         .chain(tokio_stream::pending())
-        .map_while(|batch| batch);
-    let (rows, report) = match kind {
+        .map_while(|message| message);
+    let mut summary = Summary {
+        kind: format.clone(),
+        files: file_count,
+        ..Default::default()
+    };
+    let report = match kind {
         FileKind::Demographics => {
-            let stream = batches.filter_map(|b| match b {
-                Batch::Patients(patients) => Some(pb::ImportDemographicsRequest { patients }),
+            let stream = batches.filter_map(|m| match m {
+                Message::Batch(Batch::Patients(patients)) => {
+                    Some(pb::ImportDemographicsRequest { patients })
+                }
                 _ => None,
             });
             let (sent, report) = while_reading(client.import_demographics(stream), parse).await?;
-            let rows = match sent {
-                Some(sent) => {
-                    let response = sent
-                        .context("core refused the demographics import")?
-                        .into_inner();
-                    response.written + response.skipped_older
-                }
-                None => 0,
-            };
-            (rows, report)
+            if let Some(sent) = sent {
+                let response = sent.map_err(|s| refused(label, &s))?.into_inner();
+                summary.rows = response.written + response.skipped_older;
+                summary.applied = true;
+            }
+            report
         }
         other => {
             let data_set = other.data_set().context("not a reference data set")?;
@@ -152,45 +599,102 @@ pub async fn import_with<R: Read + Send + 'static>(
                 item: Some(pb::import_reference_data_request::Item::Header(
                     pb::ImportHeader {
                         data_set: data_set.into(),
-                        format: other.format_name().to_string(),
-                        source: name.to_string(),
+                        format,
+                        source: label.to_string(),
+                        check: options.check,
+                        force: options.force,
+                        max_shrink_percent: options.max_shrink_percent,
+                        max_bad_row_percent: options.max_bad_row_percent,
                     },
                 )),
             };
-            let batches = batches.map(|b| {
+            let batches = batches.map(|m| {
                 use pb::import_reference_data_request::Item;
-                let item = match b {
-                    Batch::Postcodes(rows) => Item::Postcodes(pb::PostcodeBatch { rows }),
-                    Batch::Practices(rows) => Item::Practices(pb::PracticeBatch { rows }),
-                    Batch::CodeMap(rows) => Item::CodeMap(pb::CodeMapBatch { rows }),
-                    Batch::Patients(_) => Item::Postcodes(pb::PostcodeBatch::default()),
+                let item = match m {
+                    Message::Batch(Batch::Postcodes(rows)) => {
+                        Item::Postcodes(pb::PostcodeBatch { rows })
+                    }
+                    Message::Batch(Batch::Practices(rows)) => {
+                        Item::Practices(pb::PracticeBatch { rows })
+                    }
+                    Message::Batch(Batch::CodeMap(rows)) => {
+                        Item::CodeMap(pb::CodeMapBatch { rows })
+                    }
+                    // Planning keeps demographics out of reference data imports; core
+                    // refuses a batch of the wrong set.
+                    Message::Batch(Batch::Patients(_)) => {
+                        Item::Postcodes(pb::PostcodeBatch::default())
+                    }
+                    Message::End { bad } => Item::End(pb::ImportEnd { bad_rows: bad }),
                 };
                 pb::ImportReferenceDataRequest { item: Some(item) }
             });
             let stream = tokio_stream::once(header).chain(batches);
             let (sent, report) = while_reading(client.import_reference_data(stream), parse).await?;
-            let rows = match sent {
-                Some(sent) => sent.context("core refused the import")?.into_inner().rows,
-                None => 0,
-            };
-            (rows, report)
+            if let Some(sent) = sent {
+                let r = sent.map_err(|s| refused(label, &s))?.into_inner();
+                summary.rows = r.rows;
+                summary.applied = r.applied;
+                summary.previous_rows = r.previous_rows;
+                summary.generation = r.generation;
+                summary.refusals = r.refusals;
+                if options.check {
+                    summary.changes = Some((r.added, r.removed, r.changed));
+                }
+            }
+            report
         }
     };
     if let Some(p) = progress {
         p.finish();
     }
-    let report = match report {
-        Ok(report) => report,
-        Err(ReadError::Refused(r)) => bail!("{name}: {r}"),
-        Err(ReadError::Io(e)) => bail!("{name}: read failed: {e}"),
-        Err(ReadError::Sink(e)) => bail!("{name}: {e}"),
+    let totals = match report {
+        Ok(totals) => totals,
+        Err((name, FileError::Read(ReadError::Refused(r)))) => bail!("{name}: {r}"),
+        Err((name, FileError::Read(ReadError::Io(e)))) => bail!("{name}: read failed: {e}"),
+        Err((name, FileError::Read(ReadError::Sink(e)))) => bail!("{name}: {e}"),
+        Err((name, FileError::Open(e))) => bail!("{name}: {e}"),
     };
-    Ok(Summary {
-        rows,
-        bad: report.bad,
-        bad_rows: report.bad_rows,
-        kind: kind.format_name().to_string(),
-    })
+    summary.bad = totals.bad;
+    summary.bad_rows = totals.bad_rows;
+    Ok(summary)
+}
+
+/// One line for a call core answered with an error (a refusal keeps the set in force).
+fn refused(label: &str, status: &tonic::Status) -> anyhow::Error {
+    match status.code() {
+        tonic::Code::FailedPrecondition => anyhow::anyhow!("{}", status.message()),
+        tonic::Code::Unavailable => {
+            anyhow::anyhow!("cannot reach core: {}", status.message())
+        }
+        _ => anyhow::anyhow!("core refused the import of {label}: {}", status.message()),
+    }
+}
+
+/// Why reading one of the files failed.
+#[derive(Debug)]
+enum FileError {
+    Open(String),
+    Read(ReadError<&'static str>),
+}
+
+/// The reports of every file read, added up.
+#[derive(Debug, Default)]
+struct Totals {
+    bad: u64,
+    bad_rows: Vec<BadRow>,
+}
+
+impl Totals {
+    fn add(&mut self, file: &str, report: refdata::ReadReport) {
+        self.bad += report.bad;
+        self.bad_rows
+            .extend(report.bad_rows.into_iter().map(|b| BadRow {
+                file: file.to_string(),
+                line: b.line,
+                reason: b.reason,
+            }));
+    }
 }
 
 use tokio_stream::StreamExt;
@@ -199,8 +703,10 @@ use tokio_stream::StreamExt;
 pub const REPORTED_BAD_ROWS: usize = 20;
 
 /// Writes what an import of `name` did for the person who ran it: the first
-/// [`REPORTED_BAD_ROWS`] malformed rows (line number and reason; reasons never quote
-/// values), how many more there were, and a totals line.
+/// [`REPORTED_BAD_ROWS`] malformed rows (file when there are several, line number and
+/// reason; reasons never quote values), how many more there were, and a totals line; for a
+/// check, what would change and whether core would refuse it; for a forced import, the
+/// limits it broke.
 pub fn write_report(
     out: &mut dyn Write,
     name: &str,
@@ -209,11 +715,38 @@ pub fn write_report(
 ) -> std::io::Result<()> {
     let listed = summary.bad_rows.len().min(REPORTED_BAD_ROWS);
     for bad in &summary.bad_rows[..listed] {
-        writeln!(out, "import {name}: bad {bad}")?;
+        if summary.files > 1 {
+            writeln!(
+                out,
+                "import {name}: bad {} line {}: {}",
+                bad.file, bad.line, bad.reason
+            )?;
+        } else {
+            writeln!(out, "import {name}: bad line {}: {}", bad.line, bad.reason)?;
+        }
     }
     let unlisted = summary.bad.saturating_sub(listed as u64);
     if unlisted > 0 {
         writeln!(out, "import {name}: {unlisted} more bad rows not listed")?;
+    }
+    if let Some((added, removed, changed)) = summary.changes {
+        writeln!(
+            out,
+            "import {name}: check only, nothing changed: {} rows would replace {} ({added} added, {removed} removed, {changed} changed), {} refused as malformed ({}, {:.1}s)",
+            summary.rows,
+            summary.previous_rows,
+            summary.bad,
+            summary.kind,
+            elapsed.as_secs_f64()
+        )?;
+        if summary.refusals.is_empty() {
+            return writeln!(out, "import {name}: the import would be accepted");
+        }
+        return writeln!(
+            out,
+            "import {name}: the import would be refused: {}",
+            summary.refusals.join("; ")
+        );
     }
     writeln!(
         out,
@@ -222,7 +755,15 @@ pub fn write_report(
         summary.bad,
         summary.kind,
         elapsed.as_secs_f64()
-    )
+    )?;
+    if !summary.refusals.is_empty() {
+        writeln!(
+            out,
+            "import {name}: forced despite: {}",
+            summary.refusals.join("; ")
+        )?;
+    }
+    Ok(())
 }
 
 /// The progress line printed every few seconds when stderr is not a terminal.
@@ -246,8 +787,8 @@ fn progress_line(name: &str, done: u64, size: Option<u64>, elapsed: Duration) ->
     }
 }
 
-/// What the reader task gives back.
-type ReadOutcome = Result<refdata::ReadReport, ReadError<&'static str>>;
+/// What the reader task gives back: the totals, or the file that failed and why.
+type ReadOutcome = Result<Totals, (String, FileError)>;
 
 /// Drives `call` while the reader task reads the file. Returns core's answer, or `None`
 /// when the read failed first: the call is then dropped without its request stream ever
@@ -362,16 +903,20 @@ mod tests {
             rows: 3,
             bad: 5,
             bad_rows: vec![
-                refdata::BadRow {
+                BadRow {
+                    file: "nhg.csv".into(),
                     line: 2,
                     reason: "column pcds: not a valid postcode".into(),
                 },
-                refdata::BadRow {
+                BadRow {
+                    file: "nhg.csv".into(),
                     line: 4,
                     reason: "row has 3 columns, the header 5".into(),
                 },
             ],
             kind: "NHSPD".into(),
+            files: 1,
+            ..Default::default()
         };
         let mut out = Vec::new();
         write_report(&mut out, "nhg.csv", &summary, Duration::from_millis(1_500)).unwrap();
@@ -386,7 +931,8 @@ mod tests {
         let many = Summary {
             bad: 30,
             bad_rows: (1..=25)
-                .map(|line| refdata::BadRow {
+                .map(|line| BadRow {
+                    file: "big.csv".into(),
                     line,
                     reason: "column pcds: not a valid postcode".into(),
                 })
@@ -416,6 +962,70 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "import epraccur.csv: 7 rows stored, 0 refused as malformed (epraccur, 0.0s)\n"
+        );
+        // Several files: each bad row names its file.
+        let several = Summary {
+            rows: 4,
+            bad: 1,
+            bad_rows: vec![BadRow {
+                file: "multi_csv/NSPL_AUG_2025_UK_AB.csv".into(),
+                line: 7,
+                reason: "unclosed quote at the end of the line".into(),
+            }],
+            kind: "NSPL".into(),
+            files: 2,
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        write_report(&mut out, "nspl", &several, Duration::ZERO).unwrap();
+        assert!(String::from_utf8(out).unwrap().starts_with(
+            "import nspl: bad multi_csv/NSPL_AUG_2025_UK_AB.csv line 7: unclosed quote"
+        ));
+    }
+
+    #[test]
+    fn a_check_reports_the_changes_and_the_verdict_and_a_forced_import_its_reasons() {
+        let check = Summary {
+            rows: 90,
+            previous_rows: 100,
+            bad: 0,
+            kind: "NHSPD".into(),
+            files: 1,
+            changes: Some((2, 12, 3)),
+            refusals: vec!["the postcodes set would shrink from 100 to 90 rows".into()],
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        write_report(&mut out, "nhg.csv", &check, Duration::ZERO).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "import nhg.csv: check only, nothing changed: 90 rows would replace 100 (2 added, 12 removed, 3 changed), 0 refused as malformed (NHSPD, 0.0s)\n\
+             import nhg.csv: the import would be refused: the postcodes set would shrink from 100 to 90 rows\n"
+        );
+        let forced = Summary {
+            changes: None,
+            applied: true,
+            ..check
+        };
+        let mut out = Vec::new();
+        write_report(&mut out, "nhg.csv", &forced, Duration::ZERO).unwrap();
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .ends_with("forced despite: the postcodes set would shrink from 100 to 90 rows\n")
+        );
+    }
+
+    #[test]
+    fn per_area_folders_and_csv_names_are_recognised() {
+        assert!(in_per_area_folder("Data/multi_csv/NSPL_AUG_2025_UK_AB.csv"));
+        assert!(in_per_area_folder("multi_csv\\NSPL_AUG_2025_UK_AB.csv"));
+        assert!(!in_per_area_folder("Data/NSPL_AUG_2025_UK.csv"));
+        assert!(!in_per_area_folder("multi_csv"));
+        assert!(is_csv("Data/nhg25feb.CSV") && !is_csv("User Guide/guide.pdf") && !is_csv(".csv"));
+        assert!(
+            !is_csv("€€") && is_csv("Données/€.csv"),
+            "no panic on multi-byte names"
         );
     }
 }

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use nems_cli::{admin, config, import, logging, run};
@@ -33,13 +32,33 @@ enum Command {
     Edge,
     /// Run the delivery adapter.
     MeshAdapter,
-    /// Import a reference data file (NHSPD, NSPL, ONSPD, epraccur, sub-ICB codes) or a demographics CSV.
+    /// Import reference data files (NHSPD, NSPL, ONSPD, epraccur, sub-ICB codes) or a
+    /// demographics CSV: each import REPLACES the whole data set.
+    #[command(long_about = IMPORT_ABOUT)]
     Import {
-        /// The file.
-        file: PathBuf,
+        /// Files, folders (every .csv file in them and their sub-folders) or .zip archives
+        /// as published; all the files of one data set make one new set.
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
         /// Core's operator API URL (default: from the configuration).
         #[arg(long)]
         operator: Option<String>,
+        /// Dry run: report what the import would change and whether it would be refused;
+        /// the data in force is kept.
+        #[arg(long, conflicts_with = "force")]
+        check: bool,
+        /// Replace the data set even when the import would empty it, shrink it past the
+        /// limit or has too many malformed rows.
+        #[arg(long)]
+        force: bool,
+        /// Refuse a new set with more than this percentage fewer rows than the set in force
+        /// (default: core's core.import.max_shrink_percent, 10).
+        #[arg(long, value_name = "PERCENT")]
+        max_shrink: Option<f64>,
+        /// Refuse an import with more than this percentage of malformed rows (default:
+        /// core's core.import.max_bad_row_percent, 1).
+        #[arg(long, value_name = "PERCENT")]
+        max_bad_rows: Option<f64>,
     },
     /// Operator commands.
     #[command(subcommand)]
@@ -47,6 +66,22 @@ enum Command {
     /// Print the effective configuration (secrets hidden).
     Config,
 }
+
+/// `nems import --help`.
+const IMPORT_ABOUT: &str = "Import reference data files (NHSPD, NSPL, ONSPD, epraccur, sub-ICB \
+codes) or demographics CSVs.
+
+Each import REPLACES the whole data set it belongs to (postcodes, practices or the sub-ICB \
+code map) with the rows of the files given, in one step: postcodes not in the files are gone \
+afterwards. Give every file of a set together (ONS per-area files, a folder, or the zip as \
+published): they make one new set. Demographics are merged into the store instead (newer \
+data wins).
+
+Core refuses an import that would leave a set empty, shrink it by more than 10 % (\
+core.import.max_shrink_percent) or in which more than 1 % of the rows are malformed (\
+core.import.max_bad_row_percent); the data in force is then kept and the command exits \
+non-zero. --check reports what would change without changing anything; --force replaces the \
+set anyway.";
 
 fn operator_tls(
     config: &config::NemsConfig,
@@ -76,20 +111,31 @@ async fn main() -> anyhow::Result<()> {
         Command::Core => run::core(config, run::on_signal()).await,
         Command::Edge => run::edge(config, run::on_signal()).await,
         Command::MeshAdapter => run::adapter(config, run::on_signal()).await,
-        Command::Import { file, operator } => {
+        Command::Import {
+            paths,
+            operator,
+            check,
+            force,
+            max_shrink,
+            max_bad_rows,
+        } => {
             let url = operator.unwrap_or_else(|| operator_url(&config));
-            let size = std::fs::metadata(&file).map(|m| m.len()).ok();
-            let reader = std::fs::File::open(&file)
-                .with_context(|| format!("opening {}", file.display()))?;
-            let name = file
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let started = std::time::Instant::now();
-            let s = import::import_with(reader, &name, &url, operator_tls(&config)?, true, size)
-                .await?;
-            import::write_report(&mut std::io::stderr().lock(), &name, &s, started.elapsed())
-                .context("writing the import report")?;
+            let options = import::Options {
+                check,
+                force,
+                max_shrink_percent: max_shrink,
+                max_bad_row_percent: max_bad_rows,
+            };
+            let mut err = std::io::stderr();
+            import::import_paths(
+                &paths,
+                &url,
+                operator_tls(&config)?,
+                &options,
+                true,
+                &mut err,
+            )
+            .await?;
             Ok(())
         }
         Command::Admin(command) => {

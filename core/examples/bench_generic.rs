@@ -212,6 +212,7 @@ async fn stream_file(
             data_set: pb::ReferenceDataSet::Postcodes.into(),
             format: "NHSPD".into(),
             source: path.display().to_string(),
+            ..Default::default()
         })),
     };
     let batches = ReceiverStream::new(rx).map(|rows| pb::ImportReferenceDataRequest {

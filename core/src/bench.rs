@@ -183,7 +183,11 @@ impl MatchBench {
             for (set, rows) in &sets {
                 let slot = refdata::begin(tx, *set)?;
                 refdata::insert(tx, *set, slot, rows)?;
-                refdata::finish(tx, *set, slot, "BENCH", "bench")?;
+                let guard = refdata::Guard {
+                    force: true,
+                    ..Default::default()
+                };
+                refdata::finish(tx, *set, slot, "BENCH", "bench", &guard)?;
             }
             let nhs = nhs_key(NHS).ok_or_else(|| StoreError::Corrupt("NHS number".into()))?;
             demographics::apply(

@@ -83,6 +83,45 @@ pub struct CoreConfig {
     /// Lookup of patients the demographics store does not know from a PDS FHIR API
     /// (`[core.pds]`); off when absent.
     pub pds: Option<crate::pds::PdsConfig>,
+    /// Limits that refuse a reference data import which would destroy the set in force
+    /// (`[core.import]`).
+    pub import: ImportLimits,
+}
+
+/// The `[core.import]` section: when an import of a reference data set is refused (the set
+/// in force is kept). An import that would leave the set empty is always refused. A caller
+/// may pass other limits with an import, or `force` it (`nems import --force`).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImportLimits {
+    /// Refuse a new set with more than this percentage fewer rows than the set in force.
+    pub max_shrink_percent: f64,
+    /// Refuse an import in which more than this percentage of the rows read were malformed.
+    pub max_bad_row_percent: f64,
+}
+
+impl Default for ImportLimits {
+    fn default() -> Self {
+        ImportLimits {
+            max_shrink_percent: 10.0,
+            max_bad_row_percent: 1.0,
+        }
+    }
+}
+
+impl ImportLimits {
+    /// Checks that both limits are percentages (0 to 100); the message names the key.
+    pub fn validate(&self, prefix: &str) -> Result<(), String> {
+        for (name, value) in [
+            ("max_shrink_percent", self.max_shrink_percent),
+            ("max_bad_row_percent", self.max_bad_row_percent),
+        ] {
+            if !(0.0..=100.0).contains(&value) {
+                return Err(format!("{prefix}.{name} must be between 0 and 100"));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for CoreConfig {
@@ -112,6 +151,7 @@ impl Default for CoreConfig {
             tls: None,
             operator_tls: None,
             pds: None,
+            import: ImportLimits::default(),
         }
     }
 }
@@ -131,6 +171,7 @@ impl CoreConfig {
         if let Some(pds) = &self.pds {
             pds.validate()?;
         }
+        self.import.validate("core.import")?;
         if self.lease_timeout < Duration::from_secs(1) {
             return Err("core.lease_timeout must be at least 1s".into());
         }
@@ -257,6 +298,20 @@ mod tests {
         ] {
             assert!(c.validate().unwrap_err().contains(key), "{key}");
         }
+        let c: CoreConfig = toml::from_str("[import]\nmax_shrink_percent = 25").unwrap();
+        assert_eq!(
+            c.import,
+            ImportLimits {
+                max_shrink_percent: 25.0,
+                max_bad_row_percent: 1.0
+            }
+        );
+        let c: CoreConfig = toml::from_str("[import]\nmax_bad_row_percent = 101.0").unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .contains("core.import.max_bad_row_percent")
+        );
         assert!(CoreConfig::default().validate().is_ok());
         let tls = nems_proto::tls::ServerTls {
             cert_file: "Cargo.toml".into(),

@@ -28,5 +28,5 @@ mod service;
 mod state;
 pub mod store;
 
-pub use config::CoreConfig;
+pub use config::{CoreConfig, ImportLimits};
 pub use server::{Core, CoreError, CoreListeners, run};

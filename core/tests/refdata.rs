@@ -309,7 +309,7 @@ fn malformed_practice_and_code_map_rows_name_the_column() {
         bad,
         vec![
             (2, "column SICBL23CD: not a GSS code"),
-            (3, "column SICBL23CDH: not an ODS code"),
+            (3, "column SICBL23CDH: not an ODS sub-ICB code"),
         ]
     );
 }
@@ -502,4 +502,181 @@ fn read_any_hands_out_the_batch_type_of_the_detected_kind() {
         Some(ReferenceDataSet::CodeMap)
     );
     assert_eq!(FileKind::Demographics.data_set(), None);
+}
+
+/// Reads postcodes one byte at a time (the strict framing must not depend on where reads
+/// end) and returns the rows and the report.
+fn postcodes_trickled(bytes: &[u8]) -> (Vec<PostcodeRow>, ReadReport) {
+    struct Trickle<'a>(&'a [u8]);
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let Some((first, rest)) = self.0.split_first() else {
+                return Ok(0);
+            };
+            buf[0] = *first;
+            self.0 = rest;
+            Ok(1)
+        }
+    }
+    let mut rows = Vec::new();
+    let report = read_postcodes(Trickle(bytes), 3, |b| {
+        rows.extend(b);
+        Ok::<_, Infallible>(())
+    })
+    .unwrap();
+    (rows, report)
+}
+
+fn bad_lines(report: &ReadReport) -> Vec<(u64, &str)> {
+    report
+        .bad_rows
+        .iter()
+        .map(|b| (b.line, b.reason.as_str()))
+        .collect()
+}
+
+#[test]
+fn an_unclosed_quote_is_a_bad_row_and_the_next_line_is_read_on_its_own() {
+    // NHSPD (quoted, headerless): line 2 loses the quote closing its last field, which a
+    // lenient reader would run on into line 3 (losing CF14 4XW).
+    let text = String::from_utf8(fixture("nhspd-49.csv")).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines[1].ends_with('"'));
+    lines[1].pop();
+    let file = lines.join("\n") + "\n";
+    for (rows, report) in [
+        postcodes(file.as_bytes()),
+        postcodes_trickled(file.as_bytes()),
+    ] {
+        let keys: Vec<&str> = rows.iter().map(|r| r.postcode.as_str()).collect();
+        assert_eq!(keys, ["SW1A1AA", "CF144XW"], "{report:?}");
+        assert_eq!((report.accepted, report.bad), (2, 1));
+        assert_eq!(
+            bad_lines(&report),
+            [(2, "unclosed quote at the end of the line")]
+        );
+    }
+    // NSPL with bare rows (a header file): an opening quote never closed, in the middle of
+    // a row and on the last line without a line end; CRLF line ends.
+    let text = String::from_utf8(fixture("nspl-aug-2025.csv")).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    lines[2] = lines[2].replacen(",E08000025,", ",\"E08000025,", 1);
+    let last = lines.len() - 1;
+    lines[last] = lines[last].replacen(",N09000003,", ",\"N09000003,", 1);
+    let file = lines.join("\r\n");
+    for (rows, report) in [
+        postcodes(file.as_bytes()),
+        postcodes_trickled(file.as_bytes()),
+    ] {
+        let keys: Vec<&str> = rows.iter().map(|r| r.postcode.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["CA87JG", "BB186JR", "BR11AA", "CF11AA"],
+            "{report:?}"
+        );
+        assert_eq!(
+            bad_lines(&report),
+            [
+                (3, "unclosed quote at the end of the line"),
+                (7, "unclosed quote at the end of the line"),
+            ]
+        );
+        assert_eq!(rows[1], ons_sample_rows()[2], "the row after is intact");
+    }
+    // A literal quote inside a bare field, then a quoted field left open: the line's quotes
+    // balance, so the CSV reader runs on to the end of the file. Every line taken is
+    // counted bad; the totals still cover every line.
+    let text = String::from_utf8(fixture("nspl-aug-2025.csv")).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    lines[2] =
+        lines[2]
+            .replacen(",406649,", ",4066\"49,", 1)
+            .replacen(",E38000258,", ",\"E38000258,", 1);
+    let (rows, report) = postcodes(lines.join("\n").as_bytes());
+    assert_eq!(rows, ons_sample_rows()[..1], "{report:?}");
+    assert_eq!(report.accepted + report.bad, 6, "{report:?}");
+    let lines: Vec<u64> = report.bad_rows.iter().map(|b| b.line).collect();
+    assert_eq!(lines, [3, 4, 5, 6, 7]);
+    assert_eq!(
+        report.bad_rows[0].reason,
+        "a quoted field runs past the end of its line"
+    );
+}
+
+#[test]
+fn codes_of_the_wrong_shape_are_refused_per_column() {
+    // NSPL (Aug 2025 names): country, sub-ICB and local authority columns.
+    let text = String::from_utf8(fixture("nspl-aug-2025.csv")).unwrap();
+    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let mut bad = lines.clone();
+    bad[1] = bad[1].replacen("\"E92000001\"", "\"XYZ\"", 1);
+    bad[2] = bad[2].replacen(",E38000258,", ",E3800025,", 1);
+    bad[3] = bad[3].replacen(",E06000065,", ",LEEDS,", 1);
+    bad[4] = bad[4].replacen(",E92000001,", ",X92000001,", 1);
+    let (rows, report) = postcodes(bad.join("\n").as_bytes());
+    assert_eq!(
+        bad_lines(&report),
+        [
+            (2, "column ctry25cd: not a GSS country code"),
+            (
+                3,
+                "column sicbl24cd: not a sub-ICB code (GSS, or ODS of 3 or 5 characters)"
+            ),
+            (4, "column lad25cd: not a GSS code"),
+            (5, "column ctry25cd: not a GSS country code"),
+        ]
+    );
+    let keys: Vec<&str> = rows.iter().map(|r| r.postcode.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["CF11AA", "BT11AA"],
+        "NI's ZC010 and Wales's W11 pass"
+    );
+    for (line, reason) in bad_lines(&report) {
+        assert!(
+            !reason.contains("XYZ") && !reason.contains("LEEDS"),
+            "{line}: {reason}"
+        );
+    }
+
+    // NHSPD: ODS local authority (column 8), GSS local authority (9), country (13),
+    // sub-ICB (18).
+    let text = String::from_utf8(fixture("nhspd-49.csv")).unwrap();
+    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let mut bad = lines.clone();
+    bad[0] = bad[0].replacen("\"713\"", "\"7130\"", 1);
+    bad[1] = bad[1].replacen("\"14L\"", "\"14LL\"", 1);
+    bad[2] = bad[2].replacen("\"W92000004\"", "\"WALES\"", 1);
+    let extra = lines[0].replacen("\"E09000033\"", "\"E0900003\"", 1);
+    bad.push(extra);
+    bad.push(lines[2].clone());
+    let (rows, report) = postcodes(bad.join("\n").as_bytes());
+    assert_eq!(
+        bad_lines(&report),
+        [
+            (
+                1,
+                "column 8: not a local authority code (ODS of 3 characters, or GSS)"
+            ),
+            (
+                2,
+                "column 18: not a sub-ICB code (GSS, or ODS of 3 or 5 characters)"
+            ),
+            (3, "column 13: not a GSS country code"),
+            (4, "column 9: not a GSS code"),
+        ]
+    );
+    assert_eq!(rows.len(), 1);
+
+    // epraccur: the commissioner must be a sub-ICB ODS code.
+    let text = String::from_utf8(fixture("epraccur.csv")).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    lines[0] = lines[0].replacen("\"00M\"", "\"00MMMM\"", 1);
+    let (rows, report) = practices(lines.join("\n").as_bytes());
+    assert_eq!(
+        bad_lines(&report),
+        [(1, "column 15: not an ODS sub-ICB code")]
+    );
+    assert_eq!(rows.len(), 4);
 }

@@ -287,6 +287,24 @@ async fn the_audit_trail_records_who_did_what_without_clinical_content() {
         ),
         ("RR8", "Subscription", id.as_str(), "ok")
     );
+    // Every record says when: in order, and within the test's run.
+    let times: Vec<i64> = records
+        .iter()
+        .map(|r| r.at.as_ref().expect("every record has its time").seconds)
+        .collect();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    assert!(
+        times.iter().all(|t| (now - 300..=now + 1).contains(t)),
+        "{times:?} against {now}"
+    );
+    let line = nems_cli::admin::audit_line(create);
+    assert!(
+        line.starts_with("at=20")
+            && line.contains("Z request=")
+            && line.contains(" action=create "),
+        "{line}"
+    );
     assert_eq!(find("read", "200000000111").outcome, "ok");
     assert_eq!(find("read", "200000000444").outcome, "NO_RECORD_FOUND");
     assert_eq!(find("delete", "200000000111").outcome, "ok");

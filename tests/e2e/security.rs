@@ -244,6 +244,49 @@ async fn core_listeners_with_tls_and_separate_client_cas() {
     .await
     .unwrap();
     assert_eq!(status.subscriptions, 1);
+    // The audit trail names the operator by the certificate core verified, not by anything
+    // the caller sent.
+    let operator_channel = Endpoint::from_shared(format!("https://{}", stack.operator_addr))
+        .unwrap()
+        .tls_config(
+            ClientTls {
+                ca_file: pki.ca.clone(),
+                cert_file: Some(pki.operator.cert.clone()),
+                key_file: Some(pki.operator.key.clone()),
+                domain: Some("localhost".into()),
+            }
+            .to_tonic()
+            .unwrap(),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    nems_proto::v1::directory_service_client::DirectoryServiceClient::new(operator_channel.clone())
+        .put_mailbox(pb::PutMailboxRequest {
+            mailbox: Some(pb::MeshMailbox {
+                mailbox_id: "RR8MBX99".into(),
+                ods_code: "RR8".into(),
+                description: "added over operator mutual TLS".into(),
+            }),
+        })
+        .await
+        .unwrap();
+    let audit = OperatorServiceClient::new(operator_channel)
+        .list_audit(pb::ListAuditRequest {
+            action: "directory.put-mailbox".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let users: Vec<&str> = audit.records.iter().map(|r| r.user.as_str()).collect();
+    assert_eq!(
+        users,
+        ["operator:operator.nems.test@127.0.0.1"],
+        "{audit:?}"
+    );
+    assert!(audit.records[0].at.is_some());
     // ...the edge's identity and anonymous clients do not.
     assert!(operator(Some(edge_identity)).await.is_err());
     assert!(

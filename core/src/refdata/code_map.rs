@@ -4,7 +4,7 @@ use std::io::Read;
 
 use nems_proto::v1::CodeMapRow;
 
-use super::detect::{Layout, is_ods_code};
+use super::detect::{Layout, is_gss_code, is_short_ods_code};
 use super::reader::{self, Fields, Source};
 use super::{FileKind, ReadError, ReadReport};
 
@@ -53,17 +53,11 @@ fn code_row(fields: &Fields<'_>, gss: usize, ods: usize) -> Result<Option<CodeMa
     if !is_gss_code(&gss_code) {
         return Err(format!("{}: not a GSS code", fields.name(gss)));
     }
-    if !is_ods_code(&ods_code) {
-        return Err(format!("{}: not an ODS code", fields.name(ods)));
+    if !is_short_ods_code(&ods_code, &[3, 5]) {
+        return Err(format!("{}: not an ODS sub-ICB code", fields.name(ods)));
     }
     Ok(Some(CodeMapRow {
         gss: gss_code,
         ods: ods_code,
     }))
-}
-
-/// Tells whether `code` has the GSS shape: a letter and eight digits (`E38000225`).
-fn is_gss_code(code: &str) -> bool {
-    let bytes = code.as_bytes();
-    bytes.len() == 9 && bytes[0].is_ascii_uppercase() && bytes[1..].iter().all(u8::is_ascii_digit)
 }

@@ -240,6 +240,31 @@ pub(crate) fn is_ods_code(value: &str) -> bool {
         && value.bytes().any(|b| b.is_ascii_digit())
 }
 
+/// Tells whether `code` has the GSS shape: a nation letter (`E`, `W`, `S`, `N`, `L`, `M`)
+/// and eight digits (`E38000225`, `E92000001`; ONS pseudo codes such as `E99999999` too).
+pub(crate) fn is_gss_code(code: &str) -> bool {
+    let bytes = code.as_bytes();
+    bytes.len() == 9
+        && matches!(bytes[0], b'E' | b'W' | b'S' | b'N' | b'L' | b'M')
+        && bytes[1..].iter().all(u8::is_ascii_digit)
+}
+
+/// Tells whether `code` has the shape of an ODS code of `lengths` characters: upper-case
+/// letters and digits, at least one digit (sub-ICB `15F`, `W2U3Z`; local authority `713`).
+pub(crate) fn is_short_ods_code(code: &str, lengths: &[usize]) -> bool {
+    lengths.contains(&code.len())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        && code.bytes().any(|b| b.is_ascii_digit())
+}
+
+/// Tells whether `code` is a sub-ICB location code: GSS, or ODS of 3 or 5 characters (the
+/// NI local commissioning groups' `ZC010` codes have the 5-character shape).
+pub(crate) fn is_sub_icb_code(code: &str) -> bool {
+    is_gss_code(code) || is_short_ods_code(code, &[3, 5])
+}
+
 /// Tells whether `name` is `prefix`, two digits, `suffix` (for example `lad25cd`).
 fn vintage(name: &str, prefix: &str, suffix: &str) -> bool {
     name.strip_prefix(prefix)

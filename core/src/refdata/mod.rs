@@ -37,6 +37,13 @@
 //! (ignored, not counted). A line repeating the header (as when ONS per-area files are
 //! concatenated) is skipped and counted in [`ReadReport::skipped`].
 //!
+//! The framing is strict: a record never spans lines (the official files have no line
+//! breaks inside fields). A line ending inside a quoted field (an unclosed quote) is a bad
+//! row and the next line is read as its own row. Codes are checked per column: countries
+//! and the GSS columns have the GSS shape (`[EWSNLM]` and eight digits), sub-ICB columns
+//! GSS or an ODS code of 3 or 5 characters, NHSPD's ODS local authority column an ODS code
+//! of 3 characters; a code of another shape (`country=XYZ`) makes the row bad.
+//!
 //! # Decisions
 //! - Codes are copied as the file gives them (trimmed, upper case), including ONS pseudo
 //!   codes such as `E99999999`; an empty code is left out, and a postcode row with no area

@@ -4,7 +4,7 @@ use std::io::Read;
 
 use nems_proto::v1::PostcodeRow;
 
-use super::detect::{Layout, OnsColumns};
+use super::detect::{Layout, OnsColumns, is_gss_code, is_short_ods_code, is_sub_icb_code};
 use super::postcode::normalise_postcode;
 use super::reader::{self, Fields, Source};
 use super::{FileKind, ReadError, ReadReport};
@@ -64,15 +64,20 @@ pub(super) fn read_source<R: Read, E>(
 fn nhspd_row(fields: &Fields<'_>) -> Result<Option<PostcodeRow>, String> {
     let postcode = first_postcode(fields, &[nhspd::PCDS, nhspd::PCD2])?;
     let mut sub_icb = Vec::with_capacity(1);
-    push_code(&mut sub_icb, fields.text(nhspd::SUB_ICB)?);
+    push_code(&mut sub_icb, fields, nhspd::SUB_ICB, Shape::SubIcb)?;
     let mut local_authority = Vec::with_capacity(2);
-    push_code(&mut local_authority, fields.text(nhspd::ODSLAUA)?);
-    push_code(&mut local_authority, fields.text(nhspd::OSLAUA)?);
+    push_code(
+        &mut local_authority,
+        fields,
+        nhspd::ODSLAUA,
+        Shape::OdsLocalAuthority,
+    )?;
+    push_code(&mut local_authority, fields, nhspd::OSLAUA, Shape::Gss)?;
     Ok(Some(PostcodeRow {
         postcode,
         sub_icb,
         local_authority,
-        country: fields.text(nhspd::CTRY)?.to_ascii_uppercase(),
+        country: country(fields, nhspd::CTRY)?,
         terminated: !fields.text(nhspd::DOTERM)?.is_empty(),
     }))
 }
@@ -81,16 +86,60 @@ fn nhspd_row(fields: &Fields<'_>) -> Result<Option<PostcodeRow>, String> {
 fn ons_row(fields: &Fields<'_>, columns: &OnsColumns) -> Result<Option<PostcodeRow>, String> {
     let postcode = first_postcode(fields, &columns.postcodes)?;
     let mut sub_icb = Vec::with_capacity(1);
-    push_code(&mut sub_icb, fields.text(columns.sub_icb)?);
+    push_code(&mut sub_icb, fields, columns.sub_icb, Shape::SubIcb)?;
     let mut local_authority = Vec::with_capacity(1);
-    push_code(&mut local_authority, fields.text(columns.local_authority)?);
+    push_code(
+        &mut local_authority,
+        fields,
+        columns.local_authority,
+        Shape::Gss,
+    )?;
     Ok(Some(PostcodeRow {
         postcode,
         sub_icb,
         local_authority,
-        country: fields.text(columns.country)?.to_ascii_uppercase(),
+        country: country(fields, columns.country)?,
         terminated: !fields.text(columns.doterm)?.is_empty(),
     }))
+}
+
+/// The code shape a column must have.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// GSS (`E08000035`).
+    Gss,
+    /// A sub-ICB location: GSS, or ODS of 3 or 5 characters.
+    SubIcb,
+    /// An ODS local authority code (3 characters, `713`), or GSS.
+    OdsLocalAuthority,
+}
+
+impl Shape {
+    fn accepts(self, code: &str) -> bool {
+        match self {
+            Shape::Gss => is_gss_code(code),
+            Shape::SubIcb => is_sub_icb_code(code),
+            Shape::OdsLocalAuthority => is_short_ods_code(code, &[3]) || is_gss_code(code),
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Shape::Gss => "not a GSS code",
+            Shape::SubIcb => "not a sub-ICB code (GSS, or ODS of 3 or 5 characters)",
+            Shape::OdsLocalAuthority => "not a local authority code (ODS of 3 characters, or GSS)",
+        }
+    }
+}
+
+/// Returns the country code of column `index` upper-cased (GSS, or empty), or a reason.
+fn country(fields: &Fields<'_>, index: usize) -> Result<String, String> {
+    let code = fields.text(index)?.to_ascii_uppercase();
+    if code.is_empty() || is_gss_code(&code) {
+        Ok(code)
+    } else {
+        Err(format!("{}: not a GSS country code", fields.name(index)))
+    }
 }
 
 /// Returns the first of `columns` holding a valid postcode, normalised.
@@ -106,9 +155,22 @@ fn first_postcode(fields: &Fields<'_>, columns: &[usize]) -> Result<String, Stri
     Err(format!("{named}: not a valid postcode"))
 }
 
-/// Appends `code` upper-cased unless it is empty.
-fn push_code(codes: &mut Vec<String>, code: &str) {
-    if !code.is_empty() {
-        codes.push(code.to_ascii_uppercase());
+/// Appends column `index` upper-cased unless it is empty; a code not of `shape` makes the
+/// row bad (the reason names the column, not the value).
+fn push_code(
+    codes: &mut Vec<String>,
+    fields: &Fields<'_>,
+    index: usize,
+    shape: Shape,
+) -> Result<(), String> {
+    let code = fields.text(index)?;
+    if code.is_empty() {
+        return Ok(());
     }
+    let code = code.to_ascii_uppercase();
+    if !shape.accepts(&code) {
+        return Err(format!("{}: {}", fields.name(index), shape.describe()));
+    }
+    codes.push(code);
+    Ok(())
 }

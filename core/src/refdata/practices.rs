@@ -5,7 +5,7 @@ use std::io::Read;
 
 use nems_proto::v1::PracticeRow;
 
-use super::detect::is_ods_code;
+use super::detect::{is_ods_code, is_short_ods_code};
 use super::reader::{self, Fields, Source};
 use super::{FileKind, ReadError, ReadReport};
 
@@ -56,8 +56,11 @@ fn practice_row(fields: &Fields<'_>) -> Result<Option<PracticeRow>, String> {
         return Err(format!("{}: not an ODS code", fields.name(CODE)));
     }
     let parent = fields.text(COMMISSIONER)?.to_ascii_uppercase();
-    if !parent.is_empty() && !is_ods_code(&parent) {
-        return Err(format!("{}: not an ODS code", fields.name(COMMISSIONER)));
+    if !parent.is_empty() && !is_short_ods_code(&parent, &[3, 5]) {
+        return Err(format!(
+            "{}: not an ODS sub-ICB code",
+            fields.name(COMMISSIONER)
+        ));
     }
     let closed =
         fields.text(STATUS)?.eq_ignore_ascii_case("C") || !fields.text(CLOSE_DATE)?.is_empty();

@@ -20,7 +20,94 @@ const MAX_PREALLOCATED_ROWS: usize = 16 * 1024;
 /// An opened file: its detected shape and a CSV reader positioned at its first byte.
 pub(crate) struct Source<R> {
     pub(crate) detected: Detected,
-    records: csv::Reader<Chain<Cursor<Vec<u8>>, R>>,
+    records: csv::Reader<StrictLines<Chain<Cursor<Vec<u8>>, R>>>,
+}
+
+/// What [`StrictLines`] puts before the end of a line that ends inside a quoted field: a
+/// quote that closes the field, so the CSV reader starts the next line afresh, and a NUL
+/// byte (never in a text file: detection refuses binary data) that marks the record bad.
+const UNCLOSED: &[u8; 2] = b"\"\0";
+
+/// Strict CSV framing: a record never spans lines. The official files have no line breaks
+/// inside fields, so a line with an odd number of quotes ends inside a quoted field (an
+/// unclosed quote); a lenient reader would swallow the next line into that field. This
+/// reader closes the field at the line's end and marks it (see [`UNCLOSED`]), so the row is
+/// refused as bad and the next line is read as its own row.
+pub(crate) struct StrictLines<R> {
+    inner: io::BufReader<R>,
+    /// Quote parity of the current line so far.
+    odd: bool,
+    /// Bytes of [`UNCLOSED`] still to hand out.
+    pending: &'static [u8],
+}
+
+impl<R: Read> StrictLines<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner: io::BufReader::with_capacity(CSV_BUFFER, inner),
+            odd: false,
+            pending: &[],
+        }
+    }
+}
+
+/// Tells whether `bytes` hold an odd number of quotes (a loop the compiler vectorises).
+fn odd_quotes(bytes: &[u8]) -> bool {
+    bytes.iter().filter(|&&b| b == b'"').count() % 2 == 1
+}
+
+impl<R: Read> Read for StrictLines<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        use io::BufRead;
+        if out.is_empty() {
+            return Ok(0);
+        }
+        if !self.pending.is_empty() {
+            let n = self.pending.len().min(out.len());
+            out[..n].copy_from_slice(&self.pending[..n]);
+            self.pending = &self.pending[n..];
+            return Ok(n);
+        }
+        let available = self.inner.fill_buf()?;
+        if available.is_empty() {
+            // The last line, without a line end, ended inside a quoted field.
+            if std::mem::take(&mut self.odd) {
+                self.pending = UNCLOSED;
+                return self.read(out);
+            }
+            return Ok(0);
+        }
+        let chunk = &available[..available.len().min(out.len())];
+        let mut odd = self.odd;
+        let mut line_start = 0;
+        let mut unclosed_at = None;
+        for newline in memchr::memchr_iter(b'\n', chunk) {
+            if odd != odd_quotes(&chunk[line_start..newline]) {
+                unclosed_at = Some(newline);
+                break;
+            }
+            odd = false;
+            line_start = newline + 1;
+        }
+        let copied = match unclosed_at {
+            Some(newline) => {
+                // The line end stays in the buffer, after the marker.
+                self.odd = false;
+                self.pending = UNCLOSED;
+                newline
+            }
+            None => {
+                self.odd = odd != odd_quotes(&chunk[line_start..]);
+                chunk.len()
+            }
+        };
+        out[..copied].copy_from_slice(&chunk[..copied]);
+        self.inner.consume(copied);
+        if copied == 0 {
+            return self.read(out);
+        }
+        Ok(copied)
+    }
 }
 
 /// Reads the first line of `input`, detects its shape and checks that it is one of `allowed`.
@@ -49,7 +136,7 @@ pub(crate) fn open<R: Read, E>(
         // `\n` of a CRLF into the next record and reports line numbers one short. A `\r`
         // left at the end of the last field is trimmed with the other whitespace.
         .terminator(csv::Terminator::Any(b'\n'))
-        .from_reader(Cursor::new(head).chain(input));
+        .from_reader(StrictLines::new(Cursor::new(head).chain(input)));
     Ok(Source { detected, records })
 }
 
@@ -129,6 +216,25 @@ impl<R: Read> Source<R> {
             let line = record.position().map_or(0, csv::Position::line);
             if self.is_repeated_header(&record) {
                 report.skipped += 1;
+                continue;
+            }
+            if record.as_slice().last() == Some(&0) {
+                report.add_bad(line, "unclosed quote at the end of the line".to_owned());
+                continue;
+            }
+            // Left open by a quote that starts a field after a literal one (so the line's
+            // quotes balance): the record ran on over the next lines. Each line it took is
+            // counted bad, so the totals never hide them.
+            let spanned = memchr::memchr_iter(b'\n', record.as_slice()).count() as u64;
+            if spanned > 0 {
+                for extra in 0..=spanned {
+                    let reason = if extra == 0 {
+                        "a quoted field runs past the end of its line"
+                    } else {
+                        "taken into the quoted field of an earlier line"
+                    };
+                    report.add_bad(line + extra, reason.to_owned());
+                }
                 continue;
             }
             if record.len() != self.detected.columns {

@@ -24,13 +24,13 @@ fn invalid(text: String) -> Status {
     nems_proto::spine::status(SpineCode::InvalidRequestMessage, text)
 }
 
-fn admin_audit(action: &str, resource_type: &str, id: &str) -> pb::AuditRecord {
+fn admin_audit(who: String, action: &str, resource_type: &str, id: &str) -> pb::AuditRecord {
     pb::AuditRecord {
         action: action.into(),
         resource_type: resource_type.into(),
         resource_id: id.into(),
         outcome: "ok".into(),
-        user: "operator".into(),
+        user: who,
         ..Default::default()
     }
 }
@@ -48,6 +48,7 @@ impl DirectoryService for DirectoryAdmin {
         &self,
         request: Request<pb::PutSystemRequest>,
     ) -> Result<Response<pb::PutSystemResponse>, Status> {
+        let who = super::operator_identity(&request);
         let system = normalise_system(
             request
                 .into_inner()
@@ -55,7 +56,7 @@ impl DirectoryService for DirectoryAdmin {
                 .ok_or_else(|| missing("system"))?,
         );
         check_system(&system).map_err(|e| invalid(format!("system: {e}")))?;
-        let record = admin_audit("directory.put-system", "SpineSystem", &system.asid);
+        let record = admin_audit(who, "directory.put-system", "SpineSystem", &system.asid);
         let replaced = self
             .state
             .change_directory(move |tx| {
@@ -89,8 +90,9 @@ impl DirectoryService for DirectoryAdmin {
         &self,
         request: Request<pb::DeleteSystemRequest>,
     ) -> Result<Response<pb::DeleteSystemResponse>, Status> {
+        let who = super::operator_identity(&request);
         let asid = request.into_inner().asid;
-        let record = admin_audit("directory.delete-system", "SpineSystem", &asid);
+        let record = admin_audit(who, "directory.delete-system", "SpineSystem", &asid);
         let deleted = self
             .state
             .change_directory(move |tx| {
@@ -120,6 +122,7 @@ impl DirectoryService for DirectoryAdmin {
         &self,
         request: Request<pb::PutMailboxRequest>,
     ) -> Result<Response<pb::PutMailboxResponse>, Status> {
+        let who = super::operator_identity(&request);
         let mut mailbox = request
             .into_inner()
             .mailbox
@@ -127,7 +130,12 @@ impl DirectoryService for DirectoryAdmin {
         mailbox.mailbox_id = mailbox.mailbox_id.to_ascii_uppercase();
         mailbox.ods_code = mailbox.ods_code.to_ascii_uppercase();
         check_mailbox(&mailbox).map_err(|e| invalid(format!("mailbox: {e}")))?;
-        let record = admin_audit("directory.put-mailbox", "MeshMailbox", &mailbox.mailbox_id);
+        let record = admin_audit(
+            who,
+            "directory.put-mailbox",
+            "MeshMailbox",
+            &mailbox.mailbox_id,
+        );
         let replaced = self
             .state
             .change_directory(move |tx| {
@@ -143,8 +151,9 @@ impl DirectoryService for DirectoryAdmin {
         &self,
         request: Request<pb::DeleteMailboxRequest>,
     ) -> Result<Response<pb::DeleteMailboxResponse>, Status> {
+        let who = super::operator_identity(&request);
         let id = request.into_inner().mailbox_id.to_ascii_uppercase();
-        let record = admin_audit("directory.delete-mailbox", "MeshMailbox", &id);
+        let record = admin_audit(who, "directory.delete-mailbox", "MeshMailbox", &id);
         let deleted = self
             .state
             .change_directory(move |tx| {

@@ -47,6 +47,38 @@ pub(crate) fn store_status(e: StoreError, request_id: &str) -> Status {
     }
 }
 
+/// Who called the operator API, as core can verify it (never a value the caller filled in):
+/// with operator mutual TLS, the client certificate's first DNS subjectAltName (or, without
+/// one, `sha256:` and the start of the certificate's fingerprint) and the peer address,
+/// `operator:ops.example.nhs.uk@10.0.0.5`; without, the peer address, `operator@127.0.0.1`.
+pub(crate) fn operator_identity<T>(request: &tonic::Request<T>) -> String {
+    let ip = request.remote_addr().map(|a| a.ip().to_string());
+    let certificate = request
+        .peer_certs()
+        .and_then(|certs| certs.first().map(|der| certificate_name(der.as_ref())));
+    match (certificate, ip) {
+        (Some(name), Some(ip)) => format!("operator:{name}@{ip}"),
+        (Some(name), None) => format!("operator:{name}"),
+        (None, Some(ip)) => format!("operator@{ip}"),
+        (None, None) => "operator".to_owned(),
+    }
+}
+
+/// The first DNS name a certificate's subjectAltName gives, else `sha256:` and the first 16
+/// hex digits of its fingerprint.
+fn certificate_name(der: &[u8]) -> String {
+    let cert = rustls_pki_types::CertificateDer::from(der);
+    let dns = webpki::EndEntityCert::try_from(&cert)
+        .ok()
+        .and_then(|ee| ee.valid_dns_names().next().map(str::to_owned));
+    dns.unwrap_or_else(|| {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(der);
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        format!("sha256:{hex}")
+    })
+}
+
 /// A missing required request field (a client programming error).
 pub(crate) fn missing(field: &str) -> Status {
     spine::status(SpineCode::BadRequest, format!("{field} is required"))

@@ -44,13 +44,13 @@ fn ms_of(t: Option<prost_types::Timestamp>) -> u64 {
         .unwrap_or(0)
 }
 
-fn operator_audit(action: &str, resource_type: &str, id: &str) -> pb::AuditRecord {
+fn operator_audit(who: String, action: &str, resource_type: &str, id: &str) -> pb::AuditRecord {
     pb::AuditRecord {
         action: action.into(),
         resource_type: resource_type.into(),
         resource_id: id.into(),
         outcome: "ok".into(),
-        user: "operator".into(),
+        user: who,
         ..Default::default()
     }
 }
@@ -82,55 +82,151 @@ impl Operator {
 
     async fn import_rows(
         &self,
+        who: String,
         set: usize,
         header: pb::ImportHeader,
         mut stream: Streaming<pb::ImportReferenceDataRequest>,
     ) -> Result<pb::ImportReferenceDataResponse, Status> {
         use pb::import_reference_data_request::Item;
+        let limits = self.state.config.import;
+        let percent = |given: Option<f64>, default: f64, name: &str| match given {
+            None => Ok(default),
+            Some(p) if (0.0..=100.0).contains(&p) => Ok(p),
+            Some(_) => Err(invalid(format!("header.{name} must be between 0 and 100"))),
+        };
+        let mut guard = refdata::Guard {
+            check: header.check,
+            force: header.force,
+            max_shrink_percent: percent(
+                header.max_shrink_percent,
+                limits.max_shrink_percent,
+                "max_shrink_percent",
+            )?,
+            max_bad_row_percent: percent(
+                header.max_bad_row_percent,
+                limits.max_bad_row_percent,
+                "max_bad_row_percent",
+            )?,
+            received: 0,
+            bad: 0,
+        };
         let writer = self.state.store.writer().clone();
         let slot = writer
             .write(move |tx| refdata::begin(tx, set))
             .await
             .map_err(|e| store_status(e, "import"))?;
-        let mut rows = 0u64;
         while let Some(message) = stream.next().await {
             let item = message?.item.ok_or_else(|| missing("item"))?;
-            let encoded = match (set, item) {
-                (0, Item::Postcodes(b)) => refdata::encode_postcodes(b.rows),
-                (1, Item::Practices(b)) => refdata::encode_practices(b.rows),
-                (2, Item::CodeMap(b)) => refdata::encode_code_map(b.rows),
+            let (received, encoded) = match (set, item) {
+                (_, Item::End(end)) => {
+                    guard.bad = end.bad_rows;
+                    continue;
+                }
+                (0, Item::Postcodes(b)) => (b.rows.len(), refdata::encode_postcodes(b.rows)),
+                (1, Item::Practices(b)) => (b.rows.len(), refdata::encode_practices(b.rows)),
+                (2, Item::CodeMap(b)) => (b.rows.len(), refdata::encode_code_map(b.rows)),
                 _ => {
                     return Err(invalid(
                         "a batch does not match the data set named in the header",
                     ));
                 }
             };
-            rows += encoded.len() as u64;
+            guard.received += received as u64;
             writer
                 .write(move |tx| refdata::insert(tx, set, slot, &encoded))
                 .await
                 .map_err(|e| store_status(e, "import"))?;
         }
-        let record = operator_audit("import.reference-data", &header.format, &header.source);
-        let meta = writer
+        // A dry run compares keys with the set in force before the filled slot is emptied.
+        let (added, removed, changed) = if guard.check {
+            self.state
+                .store
+                .read(move |tx| refdata::diff(tx, set, slot))
+                .await
+                .map_err(|e| store_status(e, "import"))?
+        } else {
+            (0, 0, 0)
+        };
+        let mut record =
+            operator_audit(who, "import.reference-data", &header.format, &header.source);
+        let finished = writer
             .write(move |tx| {
-                audit::append(tx, now_ms(), &record)?;
-                refdata::finish(tx, set, slot, &header.format, &header.source)
+                let finished =
+                    refdata::finish(tx, set, slot, &header.format, &header.source, &guard)?;
+                if !guard.check {
+                    if !finished.applied {
+                        "refused".clone_into(&mut record.outcome);
+                    } else if !finished.refusals.is_empty() {
+                        "forced".clone_into(&mut record.outcome);
+                    }
+                    audit::append(tx, now_ms(), &record)?;
+                }
+                Ok(finished)
             })
             .await
             .map_err(|e| store_status(e, "import"))?;
-        tracing::info!(
-            set,
-            rows = meta.rows,
-            generation = meta.generation,
-            "reference data replaced"
-        );
-        let _ = rows;
+        let name = refdata::set_name(set);
+        if guard.check {
+            tracing::info!(
+                set = name,
+                rows = finished.rows,
+                previous_rows = finished.previous_rows,
+                bad_rows = guard.bad,
+                "reference data checked, set in force kept"
+            );
+        } else if !finished.applied {
+            tracing::warn!(
+                set = name,
+                rows = finished.rows,
+                previous_rows = finished.previous_rows,
+                bad_rows = guard.bad,
+                generation = finished.meta.generation,
+                "reference data import refused, set in force kept"
+            );
+            return Err(Status::failed_precondition(format!(
+                "import refused, the {name} set in force (generation {}, {} rows) is kept: {} (force the import to replace it anyway)",
+                finished.meta.generation,
+                finished.previous_rows,
+                finished.refusals.join("; ")
+            )));
+        } else {
+            tracing::info!(
+                set = name,
+                rows = finished.rows,
+                previous_rows = finished.previous_rows,
+                bad_rows = guard.bad,
+                generation = finished.meta.generation,
+                forced = !finished.refusals.is_empty(),
+                "reference data replaced"
+            );
+        }
         Ok(pb::ImportReferenceDataResponse {
-            rows: meta.rows,
-            generation: meta.generation,
+            rows: finished.rows,
+            generation: finished.meta.generation,
+            applied: finished.applied,
+            previous_rows: finished.previous_rows,
+            bad_rows: guard.bad,
+            refusals: finished.refusals,
+            added,
+            removed,
+            changed,
         })
     }
+}
+
+/// `codes` followed by their equivalents in the code map in force, each once.
+fn with_equivalents(
+    tx: &redb::ReadTransaction,
+    mut codes: Vec<String>,
+) -> Result<Vec<String>, crate::store::StoreError> {
+    for i in 0..codes.len() {
+        for other in refdata::equivalents(tx, &codes[i])? {
+            if !codes.contains(&other) {
+                codes.push(other);
+            }
+        }
+    }
+    Ok(codes)
 }
 
 /// Builds the demographics update of an imported record; `None` for a bad NHS number.
@@ -274,6 +370,7 @@ impl OperatorService for Operator {
         &self,
         request: Request<pb::RedriveDeliveriesRequest>,
     ) -> Result<Response<pb::RedriveDeliveriesResponse>, Status> {
+        let who = super::operator_identity(&request);
         let req = request.into_inner();
         let selection = Selection {
             ids: req.delivery_ids,
@@ -283,7 +380,7 @@ impl OperatorService for Operator {
             limit: req.limit as usize,
         };
         let now = now_ms();
-        let record = operator_audit("redrive", "Delivery", "");
+        let record = operator_audit(who, "redrive", "Delivery", "");
         let (redriven, skipped) = self
             .state
             .store
@@ -339,6 +436,7 @@ impl OperatorService for Operator {
         &self,
         request: Request<pb::InjectDeliveryRequest>,
     ) -> Result<Response<pb::InjectDeliveryResponse>, Status> {
+        let who = super::operator_identity(&request);
         let req = request.into_inner();
         let mailbox = req.mailbox.to_ascii_uppercase();
         if self.state.directory().mailbox(&mailbox).is_none() {
@@ -376,7 +474,7 @@ impl OperatorService for Operator {
             matched_subscriptions: 0,
             accepted_ms: now,
         };
-        let record = operator_audit("inject-delivery", "Delivery", &id_hex(event_id));
+        let record = operator_audit(who, "inject-delivery", "Delivery", &id_hex(event_id));
         let accepted = self
             .state
             .store
@@ -400,6 +498,7 @@ impl OperatorService for Operator {
         &self,
         request: Request<Streaming<pb::ImportReferenceDataRequest>>,
     ) -> Result<Response<pb::ImportReferenceDataResponse>, Status> {
+        let who = super::operator_identity(&request);
         use pb::import_reference_data_request::Item;
         let mut stream = request.into_inner();
         let first = stream.next().await.ok_or_else(|| missing("header"))??;
@@ -409,7 +508,7 @@ impl OperatorService for Operator {
         let set = refdata::set_index(header.data_set())
             .ok_or_else(|| invalid("header.data_set is required"))?;
         let _exclusive = self.state.import_lock(set).lock().await;
-        self.import_rows(set, header, stream)
+        self.import_rows(who, set, header, stream)
             .await
             .map(Response::new)
     }
@@ -418,6 +517,7 @@ impl OperatorService for Operator {
         &self,
         request: Request<Streaming<pb::ImportDemographicsRequest>>,
     ) -> Result<Response<pb::ImportDemographicsResponse>, Status> {
+        let who = super::operator_identity(&request);
         let mut stream = request.into_inner();
         let (mut written, mut skipped) = (0u64, 0u64);
         while let Some(message) = stream.next().await {
@@ -441,7 +541,7 @@ impl OperatorService for Operator {
             written += w;
             skipped += s;
         }
-        let record = operator_audit("import.demographics", "PatientRecord", "");
+        let record = operator_audit(who, "import.demographics", "PatientRecord", "");
         self.state.audit_detached(record);
         tracing::info!(written, skipped, "demographics imported");
         Ok(Response::new(pb::ImportDemographicsResponse {
@@ -466,16 +566,23 @@ impl OperatorService for Operator {
                             Some(k) => refdata::postcode(tx, &k)?,
                             None => None,
                         };
+                        let codes = row.as_ref().map_or_else(Vec::new, |r| r.sub_icb.clone());
                         pb::LookupAreaResponse {
                             found: row.is_some(),
+                            sub_icb_codes: with_equivalents(tx, codes)?,
                             postcode: row,
                             practice: None,
                         }
                     }
                     Key::Practice(code) => {
                         let row = refdata::practice(tx, &code.to_ascii_uppercase())?;
+                        let codes = row
+                            .as_ref()
+                            .filter(|r| !r.parent_sub_icb.is_empty())
+                            .map_or_else(Vec::new, |r| vec![r.parent_sub_icb.clone()]);
                         pb::LookupAreaResponse {
                             found: row.is_some(),
+                            sub_icb_codes: with_equivalents(tx, codes)?,
                             postcode: None,
                             practice: row,
                         }

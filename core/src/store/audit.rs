@@ -67,7 +67,9 @@ pub(crate) fn list(
         if ms >= until {
             break;
         }
-        let record = pb::AuditRecord::decode(v.value())?;
+        let mut record = pb::AuditRecord::decode(v.value())?;
+        // The time is the key's: records are stored without it.
+        record.at = Some(super::ledger::timestamp(ms));
         let keep = (filter.asid.is_empty() || record.asid == filter.asid)
             && (filter.action.is_empty() || record.action == filter.action)
             && (filter.resource_id.is_empty() || record.resource_id == filter.resource_id);

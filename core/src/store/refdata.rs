@@ -85,14 +85,132 @@ pub(crate) fn insert(
     Ok(())
 }
 
-/// Finishes an import: the filled slot becomes active, the old one is emptied.
+/// How an import is judged against the set in force when it finishes.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub(crate) struct Guard {
+    /// Keep the set in force whatever the verdict (a dry run).
+    pub(crate) check: bool,
+    /// Switch even when the verdict refuses.
+    pub(crate) force: bool,
+    /// Most rows lost against the set in force, in percent.
+    pub(crate) max_shrink_percent: f64,
+    /// Most malformed rows, in percent of the rows read.
+    pub(crate) max_bad_row_percent: f64,
+    /// Rows the caller sent (before encoding: a code-map pair is one).
+    pub(crate) received: u64,
+    /// Rows the caller's reader refused as malformed.
+    pub(crate) bad: u64,
+}
+
+/// What [`finish`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Finished {
+    /// The data set's metadata after the commit (the new set's when applied).
+    pub(crate) meta: RefMeta,
+    /// Whether the new set is now in force.
+    pub(crate) applied: bool,
+    /// Rows of the new set (stored, or that would have been).
+    pub(crate) rows: u64,
+    /// Rows of the set in force before (0 when none was).
+    pub(crate) previous_rows: u64,
+    /// Why the import is refused (see [`refusals`]); empty when every limit passed.
+    pub(crate) refusals: Vec<String>,
+}
+
+/// Why replacing a set of `previous` rows (0: none in force) by one of `rows` is refused,
+/// given `received` rows sent and `bad` refused as malformed by the reader. Reasons quote
+/// counts only.
+pub(crate) fn refusals(set: usize, previous: u64, rows: u64, guard: &Guard) -> Vec<String> {
+    let name = NAMES[set];
+    let mut out = Vec::new();
+    if rows == 0 {
+        out.push(if previous > 0 {
+            format!("the new {name} set is empty (the set in force has {previous} rows)")
+        } else {
+            format!("the new {name} set is empty")
+        });
+    } else if previous > 0 && rows < previous {
+        let shrink = (previous - rows) as f64 * 100.0 / previous as f64;
+        if shrink > guard.max_shrink_percent {
+            out.push(format!(
+                "the {name} set would shrink from {previous} to {rows} rows ({shrink:.1} %), more than the {} % allowed",
+                guard.max_shrink_percent
+            ));
+        }
+    }
+    let read = guard.received + guard.bad;
+    if guard.bad > 0 {
+        let share = guard.bad as f64 * 100.0 / read as f64;
+        if share > guard.max_bad_row_percent {
+            out.push(format!(
+                "{} of {read} rows read ({share:.1} %) were malformed, more than the {} % allowed",
+                guard.bad, guard.max_bad_row_percent
+            ));
+        }
+    }
+    out
+}
+
+/// Counts the keys the filled `slot` would add, remove and change against the set in force.
+pub(crate) fn diff(
+    tx: &impl Snapshot,
+    set: usize,
+    slot: u32,
+) -> Result<(u64, u64, u64), StoreError> {
+    let new = tx.table(REF_SLOTS[set][slot as usize & 1])?;
+    let Some(def) = active(tx, set)? else {
+        return Ok((new.len()?, 0, 0));
+    };
+    let old = tx.table(def)?;
+    let (mut added, mut removed, mut changed) = (0u64, 0u64, 0u64);
+    let mut olds = old.iter()?;
+    let mut news = new.iter()?;
+    let mut o = olds.next().transpose()?;
+    let mut n = news.next().transpose()?;
+    loop {
+        match (&o, &n) {
+            (None, None) => break,
+            (Some(_), None) => {
+                removed += 1;
+                o = olds.next().transpose()?;
+            }
+            (None, Some(_)) => {
+                added += 1;
+                n = news.next().transpose()?;
+            }
+            (Some((ok, ov)), Some((nk, nv))) => match ok.value().cmp(nk.value()) {
+                std::cmp::Ordering::Less => {
+                    removed += 1;
+                    o = olds.next().transpose()?;
+                }
+                std::cmp::Ordering::Greater => {
+                    added += 1;
+                    n = news.next().transpose()?;
+                }
+                std::cmp::Ordering::Equal => {
+                    if ov.value() != nv.value() {
+                        changed += 1;
+                    }
+                    o = olds.next().transpose()?;
+                    n = news.next().transpose()?;
+                }
+            },
+        }
+    }
+    Ok((added, removed, changed))
+}
+
+/// Finishes an import. When `guard` lets it through, the filled slot becomes active and the
+/// old one is emptied; otherwise (a check, or a refusal without `force`) the filled slot is
+/// emptied and the set in force stays.
 pub(crate) fn finish(
     tx: &WriteTransaction,
     set: usize,
     slot: u32,
     format: &str,
     source: &str,
-) -> Result<RefMeta, StoreError> {
+    guard: &Guard,
+) -> Result<Finished, StoreError> {
     let mut metas = tx.open_table(REF_META)?;
     let mut m = read_meta(&metas, set)?;
     if m.filling_slot != slot {
@@ -102,6 +220,23 @@ pub(crate) fn finish(
         )));
     }
     let rows = tx.open_table(REF_SLOTS[set][slot as usize & 1])?.len()?;
+    let previous_rows = if m.generation > 0 { m.rows } else { 0 };
+    let refusals = refusals(set, previous_rows, rows, guard);
+    if guard.check || (!refusals.is_empty() && !guard.force) {
+        m.filling_slot = NO_SLOT;
+        metas.insert(NAMES[set], m.encode_to_vec().as_slice())?;
+        drop(metas);
+        let def = REF_SLOTS[set][slot as usize & 1];
+        tx.delete_table(def)?;
+        tx.open_table(def)?;
+        return Ok(Finished {
+            meta: m,
+            applied: false,
+            rows,
+            previous_rows,
+            refusals,
+        });
+    }
     let old = m.active_slot;
     let had_data = m.generation > 0;
     m.generation += 1;
@@ -117,7 +252,18 @@ pub(crate) fn finish(
         tx.delete_table(def)?;
         tx.open_table(def)?;
     }
-    Ok(m)
+    Ok(Finished {
+        meta: m,
+        applied: true,
+        rows,
+        previous_rows,
+        refusals,
+    })
+}
+
+/// The name of data set `set` (`postcodes`, `practices`, `code-map`).
+pub(crate) fn set_name(set: usize) -> &'static str {
+    NAMES[set]
 }
 
 /// Looks a postcode (normalised) up in the active set.
@@ -203,4 +349,48 @@ pub(crate) fn encode_code_map(rows: Vec<pb::CodeMapRow>) -> Vec<(String, Vec<u8>
         out.push((r.ods, r.gss.into_bytes()));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Guard, refusals};
+
+    fn guard(received: u64, bad: u64) -> Guard {
+        Guard {
+            max_shrink_percent: 10.0,
+            max_bad_row_percent: 1.0,
+            received,
+            bad,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_limits_refuse_past_their_percentage_and_not_at_it() {
+        // Shrink: 10 % exactly passes, more is refused; growth and a first import pass.
+        assert!(refusals(0, 1000, 900, &guard(900, 0)).is_empty());
+        let r = refusals(0, 1000, 899, &guard(899, 0));
+        assert_eq!(
+            r,
+            [
+                "the postcodes set would shrink from 1000 to 899 rows (10.1 %), more than the 10 % allowed"
+            ]
+        );
+        assert!(refusals(0, 1000, 5000, &guard(5000, 0)).is_empty());
+        assert!(refusals(1, 0, 3, &guard(3, 0)).is_empty());
+        // Bad rows: 1 % of the rows read passes, more is refused.
+        assert!(refusals(0, 0, 99, &guard(99, 1)).is_empty());
+        assert_eq!(
+            refusals(1, 0, 98, &guard(98, 2)),
+            ["2 of 100 rows read (2.0 %) were malformed, more than the 1 % allowed"]
+        );
+        // Empty: always refused (no limit makes it pass), with or without a set in force.
+        assert_eq!(
+            refusals(2, 0, 0, &guard(0, 0)),
+            ["the new code-map set is empty"]
+        );
+        let both = refusals(0, 10, 0, &guard(0, 2));
+        assert_eq!(both.len(), 2, "{both:?}");
+        assert!(both[0].contains("has 10 rows"), "{both:?}");
+    }
 }

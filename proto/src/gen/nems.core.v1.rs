@@ -3369,7 +3369,7 @@ pub struct InjectDeliveryResponse {
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ImportReferenceDataRequest {
     /// The message.
-    #[prost(oneof = "import_reference_data_request::Item", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "import_reference_data_request::Item", tags = "1, 2, 3, 4, 5")]
     pub item: ::core::option::Option<import_reference_data_request::Item>,
 }
 /// Nested message and enum types in `ImportReferenceDataRequest`.
@@ -3389,10 +3389,20 @@ pub mod import_reference_data_request {
         /// A batch of code equivalences.
         #[prost(message, tag = "4")]
         CodeMap(super::CodeMapBatch),
+        /// Last message (optional): what the caller's reader refused, for the bad-row limit.
+        #[prost(message, tag = "5")]
+        End(super::ImportEnd),
     }
 }
+/// ImportEnd closes an import stream.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ImportEnd {
+    /// Rows of the files the caller's reader refused as malformed (not sent).
+    #[prost(uint64, tag = "1")]
+    pub bad_rows: u64,
+}
 /// ImportHeader starts an import.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ImportHeader {
     /// The set being replaced.
     #[prost(enumeration = "ReferenceDataSet", tag = "1")]
@@ -3403,6 +3413,21 @@ pub struct ImportHeader {
     /// Source file name, for the status report.
     #[prost(string, tag = "3")]
     pub source: ::prost::alloc::string::String,
+    /// Dry run: read and compare with the set in force, then keep the set in force (the
+    /// response reports what would change and why the import would be refused).
+    #[prost(bool, tag = "4")]
+    pub check: bool,
+    /// Replace the set even when a limit below (or an empty new set) would refuse it.
+    #[prost(bool, tag = "5")]
+    pub force: bool,
+    /// Most rows the new set may have fewer than the set in force, in percent of the set in
+    /// force; unset: core's `core.import.max_shrink_percent`.
+    #[prost(double, optional, tag = "6")]
+    pub max_shrink_percent: ::core::option::Option<f64>,
+    /// Most malformed rows (`ImportEnd.bad_rows`), in percent of the rows read (sent plus
+    /// malformed); unset: core's `core.import.max_bad_row_percent`.
+    #[prost(double, optional, tag = "7")]
+    pub max_bad_row_percent: ::core::option::Option<f64>,
 }
 /// PostcodeRow maps one normalised postcode to its areas (codes in every known form).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -3467,15 +3492,38 @@ pub struct CodeMapBatch {
     #[prost(message, repeated, tag = "1")]
     pub rows: ::prost::alloc::vec::Vec<CodeMapRow>,
 }
-/// ImportReferenceDataResponse reports a finished import.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+/// ImportReferenceDataResponse reports a finished import or check.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ImportReferenceDataResponse {
-    /// Rows stored.
+    /// Rows stored (for a check: rows the new set would have). Code-map pairs count twice,
+    /// one row per direction.
     #[prost(uint64, tag = "1")]
     pub rows: u64,
     /// Generation number of the set now in force.
     #[prost(uint64, tag = "2")]
     pub generation: u64,
+    /// True when the new set is now in force; false for a check.
+    #[prost(bool, tag = "3")]
+    pub applied: bool,
+    /// Rows of the set that was in force before (0 when there was none).
+    #[prost(uint64, tag = "4")]
+    pub previous_rows: u64,
+    /// Malformed rows reported by the caller (`ImportEnd.bad_rows`).
+    #[prost(uint64, tag = "5")]
+    pub bad_rows: u64,
+    /// Why the import was let through with `force`, or (for a check) why it would be
+    /// refused; empty when no limit applied.
+    #[prost(string, repeated, tag = "6")]
+    pub refusals: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// For a check: keys the new set would add against the set in force.
+    #[prost(uint64, tag = "7")]
+    pub added: u64,
+    /// For a check: keys the new set would remove.
+    #[prost(uint64, tag = "8")]
+    pub removed: u64,
+    /// For a check: keys in both whose values would change.
+    #[prost(uint64, tag = "9")]
+    pub changed: u64,
 }
 /// PatientRecord is what the service knows of one patient from PDS.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -3554,6 +3602,10 @@ pub struct LookupAreaResponse {
     /// The practice row, for practice lookups.
     #[prost(message, optional, tag = "3")]
     pub practice: ::core::option::Option<PracticeRow>,
+    /// The sub-ICB location (the postcode's, or the practice's parent) in every form known:
+    /// the row's codes followed by their equivalents in the code map (ODS and GSS).
+    #[prost(string, repeated, tag = "4")]
+    pub sub_icb_codes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// AuditRecord is one entry of the audit trail: who did what to which resource, when,
 /// with what outcome. It never holds clinical content.
@@ -3990,7 +4042,11 @@ pub mod operator_service_client {
                 );
             self.inner.unary(req, path, codec).await
         }
-        /// Replaces one reference data set (postcodes, practices or code map) atomically.
+        /// Replaces one reference data set (postcodes, practices or code map) atomically with
+        /// the rows of the stream. Refused (FAILED_PRECONDITION, the set in force kept) when the
+        /// new set would be empty, would shrink the set in force by more than the shrink limit, or
+        /// when more than the bad-row limit of the rows read were malformed, unless
+        /// `ImportHeader.force`; `ImportHeader.check` reports what would change and keeps the set.
         pub async fn import_reference_data(
             &mut self,
             request: impl tonic::IntoStreamingRequest<
@@ -4197,7 +4253,11 @@ pub mod operator_service_server {
             tonic::Response<super::InjectDeliveryResponse>,
             tonic::Status,
         >;
-        /// Replaces one reference data set (postcodes, practices or code map) atomically.
+        /// Replaces one reference data set (postcodes, practices or code map) atomically with
+        /// the rows of the stream. Refused (FAILED_PRECONDITION, the set in force kept) when the
+        /// new set would be empty, would shrink the set in force by more than the shrink limit, or
+        /// when more than the bad-row limit of the rows read were malformed, unless
+        /// `ImportHeader.force`; `ImportHeader.check` reports what would change and keeps the set.
         async fn import_reference_data(
             &self,
             request: tonic::Request<tonic::Streaming<super::ImportReferenceDataRequest>>,

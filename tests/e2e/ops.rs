@@ -85,10 +85,13 @@ async fn metrics_move_after_a_publish_and_a_delivery() {
 
     let after = eventually("the delivered gauge", Duration::from_secs(10), || async {
         let text = ops.get("/metrics", &[]).await.text();
+        // The ledger gauge is read from the store at scrape time, the completion counter
+        // moves just after the write that settled the delivery: wait for both.
         (sample(
             &text,
             r#"nems_deliveries{mailbox="RR8MBX01",state="delivered"}"#,
-        ) == Some(1.0))
+        ) == Some(1.0)
+            && sample(&text, r#"nems_deliveries_completed_total{state="delivered"}"#).is_some())
         .then_some(text)
     })
     .await;

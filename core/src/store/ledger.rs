@@ -301,6 +301,12 @@ pub(crate) fn lease(
             taken += 1;
             ledger.transition(id, &mut d, pb::DeliveryState::InFlight, Some(until), now)?;
             d.attempts += 1;
+            if d.deferred_since_ms != 0 {
+                d.deferred_total_ms = d
+                    .deferred_total_ms
+                    .saturating_add(now.saturating_sub(d.deferred_since_ms));
+                d.deferred_since_ms = 0;
+            }
             ledger.save(id, &d)?;
             leased.push(pb::Delivery {
                 delivery_id: id,
@@ -493,9 +499,13 @@ pub(crate) fn complete(
             reason,
             retry_after_ms,
         } => {
-            // Not the message's fault: its failure count and retry window stay as they are.
+            // Not the message's fault: its failure count stays, and the time until it is
+            // leased again is added to its retry window's start (see `lease`).
             let at = now + retry_after_ms;
             ledger.transition(id, &mut d, pb::DeliveryState::Queued, Some(at), now)?;
+            if d.deferred_since_ms == 0 {
+                d.deferred_since_ms = now;
+            }
             d.last_error_code.clone_from(code);
             d.last_error.clone_from(reason);
             done.requeued_at = Some(at);
@@ -690,6 +700,8 @@ pub(crate) fn redrive(
         // try, the first one soon.
         d.redriven_ms = now;
         d.failures = 0;
+        d.deferred_total_ms = 0;
+        d.deferred_since_ms = 0;
         // A new generation: a new `Mex-LocalID`, so that MESH tracking (and its reports) tell
         // the resend from the message MESH gave up on.
         let Some((_, index, _)) = parse_local_id(&d.local_id) else {

@@ -174,6 +174,14 @@ pub(crate) struct StoredDelivery {
     /// Redrives so far: the generation of `local_id` (`<event id>-<n>-r<k>` after the k-th).
     #[prost(uint32, tag = "20")]
     pub(crate) redrives: u32,
+    /// When the delivery was last deferred (its destination as a whole was down), until it is
+    /// leased again; 0 when not deferred.
+    #[prost(uint64, tag = "21")]
+    pub(crate) deferred_since_ms: u64,
+    /// Time spent deferred in the current retry window: the window's start moves on by it,
+    /// so an outage of the destination spends none of the delivery's retry time.
+    #[prost(uint64, tag = "22")]
+    pub(crate) deferred_total_ms: u64,
 }
 
 /// The state of one reference data set.
@@ -207,6 +215,8 @@ impl StoredDelivery {
 
     /// When the adapter's retry window starts: acceptance, or the last redrive if later.
     pub(crate) fn retry_window_start_ms(&self) -> u64 {
-        self.accepted_ms.max(self.redriven_ms)
+        self.accepted_ms
+            .max(self.redriven_ms)
+            .saturating_add(self.deferred_total_ms)
     }
 }

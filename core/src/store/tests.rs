@@ -609,6 +609,34 @@ async fn failures_count_current_retries_and_restart_at_redrive() {
 }
 
 #[tokio::test]
+async fn time_spent_deferred_moves_the_retry_window_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let e = event(23, &["A"], false, 100);
+    s.writer().write(move |tx| accept(tx, &e)).await.unwrap();
+    let d = lease(&s, "A", 200).await;
+    let id = d[0].delivery_id;
+    assert_eq!(d[0].retry_window_start, Some(ledger::timestamp(100)));
+    // Deferred at 300 (the circuit opened), leased again only at 10,300: the 10 s spent
+    // deferred are not charged to the retry window.
+    complete(&s, id, 1, deferred(0), 300).await;
+    let d = lease(&s, "A", 10_300).await;
+    assert_eq!(d[0].retry_window_start, Some(ledger::timestamp(10_100)));
+    // A retry is charged as before; two deferrals add up.
+    complete(&s, id, 2, deferred(0), 10_400).await;
+    let d = lease(&s, "A", 11_400).await;
+    assert_eq!(d[0].retry_window_start, Some(ledger::timestamp(11_100)));
+    complete(&s, id, 3, retry(0), 11_500).await;
+    let d = lease(&s, "A", 12_500).await;
+    assert_eq!(d[0].retry_window_start, Some(ledger::timestamp(11_100)));
+    // A refusal and a redrive start a new window, with nothing deferred in it.
+    complete(&s, id, 4, refused(), 12_600).await;
+    assert_eq!(redrive_ids(&s, vec![id], 13_000).await, 1);
+    let d = lease(&s, "A", 13_000).await;
+    assert_eq!(d[0].retry_window_start, Some(ledger::timestamp(13_000)));
+}
+
+#[tokio::test]
 async fn deferrals_requeue_without_failing_and_stale_ones_are_ignored() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path());

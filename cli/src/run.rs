@@ -92,10 +92,7 @@ pub async fn up(mut config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()
     if config.edge.base_url == nems_edge::EdgeConfig::default().base_url {
         config.edge.base_url = url_of(edge_addr, config.edge.tls.is_some());
     }
-    let operator_url = url_of(
-        operator_addr.unwrap_or(core_addr),
-        config.operator_tls.is_some(),
-    );
+    let operator_url = url_of(operator_addr, config.operator_tls.is_some());
     let operator_tls = config
         .operator_tls
         .as_ref()
@@ -138,8 +135,8 @@ pub async fn up(mut config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()
             "  FHIR API   {}/STU3  (edge on {edge_addr})",
             config.edge.base_url
         );
-        println!("  core gRPC  {core_addr}  (health, reflection, services)");
-        println!("  operator   {}", operator_addr.unwrap_or(core_addr));
+        println!("  core gRPC  {core_addr}  (subscriptions, events, deliveries)");
+        println!("  operator   {operator_addr}  (directory, operator: nems admin, grpcurl)");
         println!("  data       {}", config.core.data_dir.display());
         println!("  deliveries {sink}");
         if let Some(ops) = ops {
@@ -171,10 +168,7 @@ pub async fn core(config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()> 
         reason = "the run command prints where it listens"
     )]
     {
-        println!(
-            "nems core: gRPC on {addr}, operator API on {}",
-            operator.unwrap_or(addr)
-        );
+        println!("nems core: gRPC on {addr}, operator API on {operator}");
     }
     nems_core::run(config.core, listeners, shutdown.wait())
         .await

@@ -18,9 +18,11 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-/// The verified TLS client certificate of a connection (DER), as a request extension.
+/// The verified TLS client certificate chain of a connection (DER, the client's own
+/// certificate first, then the intermediates it sent), as a request extension. Core
+/// verifies the chain itself, so the edge forwards all of it.
 #[derive(Debug, Clone)]
-pub struct PeerCertificate(pub Arc<Vec<u8>>);
+pub struct PeerCertificate(pub Arc<Vec<Vec<u8>>>);
 
 /// Builds the acceptor for `tls`.
 pub fn acceptor(tls: &ServerTls) -> Result<TlsAcceptor, String> {
@@ -76,8 +78,8 @@ impl Stream {
                 .get_ref()
                 .1
                 .peer_certificates()
-                .and_then(|c| c.first())
-                .map(|c| PeerCertificate(Arc::new(c.to_vec()))),
+                .filter(|chain| !chain.is_empty())
+                .map(|chain| PeerCertificate(Arc::new(chain.iter().map(|c| c.to_vec()).collect()))),
         }
     }
 }

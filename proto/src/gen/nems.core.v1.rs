@@ -17,9 +17,14 @@ pub struct Caller {
     #[prost(string, tag = "4")]
     pub request_id: ::prost::alloc::string::String,
     /// DER of the TLS client certificate the edge verified (mutual TLS); empty without one.
-    /// Core checks that it names the identity the directory registers for `asid`.
+    /// Honoured only from an edge: core verifies it itself (chain to its configured Spine CA,
+    /// validity period, subjectAltName = the identity the directory registers for `asid`).
     #[prost(bytes = "vec", tag = "5")]
     pub client_certificate: ::prost::alloc::vec::Vec<u8>,
+    /// DER of the intermediate CA certificates the client presented after its own, in the
+    /// order it sent them; core builds the chain to the Spine CA from these.
+    #[prost(bytes = "vec", repeated, tag = "6")]
+    pub client_certificate_chain: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
 }
 /// Notice is a non-fatal message returned with a successful answer, such as an event
 /// type being deprecated. The edge renders each as an information OperationOutcome issue.

@@ -44,16 +44,19 @@ impl Listener {
     }
 }
 
-/// The roles that open a gRPC path (`/package.Service/Method`); `None` for the paths every
-/// caller may use (health, reflection) and for unknown ones (answered `UNIMPLEMENTED`).
-fn allowed(path: &str) -> Option<Roles> {
+/// The roles that open a gRPC path (`/package.Service/Method`) of a service `listener`
+/// serves; `None` for the paths every caller may use (health, reflection) and for services
+/// the listener does not serve (answered `UNIMPLEMENTED` by the router).
+fn allowed(listener: Listener, path: &str) -> Option<Roles> {
     let service = path.strip_prefix('/')?.split('/').next()?;
-    match service {
-        service_names::SUBSCRIPTION | service_names::EVENT => {
+    match (listener, service) {
+        (Listener::Service, service_names::SUBSCRIPTION | service_names::EVENT) => {
             Some(Roles::of(&[Role::Edge, Role::Direct]))
         }
-        service_names::DELIVERY => Some(Roles::of(&[Role::Adapter])),
-        service_names::DIRECTORY | service_names::OPERATOR => Some(Roles::of(&[Role::Operator])),
+        (Listener::Service, service_names::DELIVERY) => Some(Roles::of(&[Role::Adapter])),
+        (Listener::Operator, service_names::DIRECTORY | service_names::OPERATOR) => {
+            Some(Roles::of(&[Role::Operator]))
+        }
         _ => None,
     }
 }
@@ -110,7 +113,7 @@ impl Gate {
     /// The peer of a call to `path`, or the refusal to answer with.
     fn admit(&self, path: &str, extensions: &http::Extensions) -> Result<Peer, tonic::Status> {
         let peer = self.peer(extensions);
-        let Some(allowed) = allowed(path) else {
+        let Some(allowed) = allowed(self.listener, path) else {
             return Ok(peer);
         };
         if peer.roles.meets(allowed) {
@@ -237,6 +240,62 @@ where
                 let response = status.into_http::<Body>();
                 Box::pin(async move { Ok(response) })
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_listener_checks_the_services_it_serves() {
+        let edge_or_direct = Some(Roles::of(&[Role::Edge, Role::Direct]));
+        let adapter = Some(Roles::of(&[Role::Adapter]));
+        let operator = Some(Roles::of(&[Role::Operator]));
+        for (listener, path, roles) in [
+            (
+                Listener::Service,
+                "/nems.core.v1.SubscriptionService/CreateSubscription",
+                edge_or_direct,
+            ),
+            (
+                Listener::Service,
+                "/nems.core.v1.EventService/PublishEvent",
+                edge_or_direct,
+            ),
+            (
+                Listener::Service,
+                "/nems.core.v1.DeliveryService/CompleteDelivery",
+                adapter,
+            ),
+            (
+                Listener::Operator,
+                "/nems.core.v1.OperatorService/ListAudit",
+                operator,
+            ),
+            (
+                Listener::Operator,
+                "/nems.core.v1.DirectoryService/PutSystem",
+                operator,
+            ),
+            // Health and reflection are open; services a listener does not serve are left
+            // to its router (UNIMPLEMENTED).
+            (Listener::Service, "/grpc.health.v1.Health/Check", None),
+            (Listener::Operator, "/grpc.health.v1.Health/Check", None),
+            (
+                Listener::Service,
+                "/nems.core.v1.OperatorService/GetStatus",
+                None,
+            ),
+            (
+                Listener::Operator,
+                "/nems.core.v1.DeliveryService/StreamDeliveries",
+                None,
+            ),
+            (Listener::Service, "no-slash", None),
+        ] {
+            assert_eq!(allowed(listener, path), roles, "{listener:?} {path}");
         }
     }
 }

@@ -190,7 +190,7 @@ fn only_an_edge_names_the_caller_and_a_direct_caller_is_its_own_asid() {
 }
 
 #[test]
-fn paths_need_the_roles_of_their_service() {
+fn plaintext_listeners_grant_fixed_roles() {
     use gate::Listener;
     let service = Listener::Service.plaintext_roles();
     let operator = Listener::Operator.plaintext_roles();

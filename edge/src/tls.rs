@@ -1,7 +1,9 @@
 //! HTTPS for the edge (rustls with the ring provider): server TLS, or mutual TLS when a
 //! client CA is configured. With mutual TLS, rustls refuses a missing, untrusted or expired
 //! client certificate during the handshake, so such a client never reaches a handler; the
-//! verified certificate is handed to core, which checks it names the caller's ASID.
+//! verified certificate and the intermediates the client sent with it are forwarded to
+//! core, which verifies the chain again itself (against `core.spine_ca_file`) and checks
+//! it names the caller's ASID.
 
 use std::io;
 use std::pin::Pin;

@@ -298,6 +298,28 @@ async fn core_verifies_the_certificate_an_edge_forwards() {
     .await;
     assert_eq!(delivered.len(), 1);
     assert_eq!(delivered[0].mailbox, "RR8MBX01");
+    // A Spine certificate from an intermediate CA: the edge forwards the intermediate the
+    // client sent, and core builds the chain to the Spine CA from it.
+    let read = pki::https(
+        stack.edge_addr,
+        &pki.ca,
+        Some(&pki.rr8_via_intermediate),
+        Method::GET,
+        created
+            .header("location")
+            .and_then(|l| l.find("/STU3/").map(|i| &l[i..]))
+            .unwrap(),
+        &spine::with_media(
+            SUBSCRIBER,
+            Op::Read,
+            "application/fhir+xml",
+            Some("application/fhir+xml"),
+        ),
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(read.status, 200, "{}", read.text());
 
     // Whoever holds the edge's certificate still cannot name a caller without RR8's
     // certificate: a forgery of the right name, an expired one, or none at all.

@@ -65,6 +65,9 @@ pub struct TestPki {
     pub operator: Pair,
     /// A self-signed certificate naming [`RR8_IDENTITY`].
     pub forged: Pair,
+    /// A certificate for [`RR8_IDENTITY`] issued by an intermediate of the service CA; its
+    /// file holds the leaf and then the intermediate, so a client presents both.
+    pub rr8_via_intermediate: Pair,
     /// The CA of core's own clients (edge, adapters, direct callers).
     pub internal_ca: PathBuf,
     /// The edge's client certificate for core ([`EDGE_IDENTITY`]).
@@ -154,10 +157,36 @@ fn leaf(
     pair
 }
 
+fn intermediate(
+    name: &str,
+    parent: &Issuer<'_, KeyPair>,
+) -> (rcgen::Certificate, Issuer<'static, KeyPair>) {
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let cert = params.signed_by(&key, parent).expect("intermediate cert");
+    (cert, Issuer::new(params, key))
+}
+
 impl TestPki {
     /// Generates everything into `dir`.
     pub fn new(dir: &Path) -> Self {
         let (ca_cert, issuer) = ca("nems test service ca");
+        let (intermediate_cert, intermediate_issuer) =
+            intermediate("nems test service intermediate", &issuer);
+        let rr8_via_intermediate = leaf(
+            dir,
+            "rr8-via-intermediate",
+            &[RR8_IDENTITY],
+            false,
+            &intermediate_issuer,
+            false,
+        );
+        let mut chain = std::fs::read_to_string(&rr8_via_intermediate.cert).expect("read leaf");
+        chain.push_str(&intermediate_cert.pem());
+        std::fs::write(&rr8_via_intermediate.cert, chain).expect("write chain");
         let (op_cert, op_issuer) = ca("nems test operators ca");
         let (_, rogue_issuer) = ca("nems rogue ca");
         let (internal_cert, internal_issuer) = ca("nems test internal ca");
@@ -196,6 +225,7 @@ impl TestPki {
                 false,
             ),
             forged: self_signed(dir, "forged", RR8_IDENTITY),
+            rr8_via_intermediate,
             edge: leaf(
                 dir,
                 "edge",

@@ -65,8 +65,8 @@ fn allowed(listener: Listener, path: &str) -> Option<Roles> {
 #[derive(Debug)]
 pub(crate) struct Gate {
     listener: Listener,
-    /// `Some` on a plaintext listener.
-    plaintext: Option<Roles>,
+    /// The peer every caller is on a plaintext listener (`None` with TLS).
+    plaintext: Option<Peer>,
     trust: Arc<Trust>,
     audit: mpsc::Sender<pb::AuditRecord>,
 }
@@ -81,7 +81,11 @@ impl Gate {
     ) -> Self {
         Gate {
             listener,
-            plaintext: (!tls).then(|| listener.plaintext_roles()),
+            plaintext: (!tls).then(|| Peer {
+                roles: listener.plaintext_roles(),
+                direct_asid: None,
+                name: Arc::from("plaintext"),
+            }),
             trust,
             audit,
         }
@@ -89,12 +93,8 @@ impl Gate {
 
     /// The peer of a connection from its connect info (in the request's extensions).
     fn peer(&self, extensions: &http::Extensions) -> Peer {
-        if let Some(roles) = self.plaintext {
-            return Peer {
-                roles,
-                direct_asid: None,
-                name: Arc::from("plaintext"),
-            };
+        if let Some(peer) = &self.plaintext {
+            return peer.clone();
         }
         let leaf = extensions
             .get::<TlsConnectInfo<TcpConnectInfo>>()

@@ -11,13 +11,13 @@
 //!   can verify nothing, so the listener grants fixed roles: the service listener **edge**
 //!   and **adapter**, the operator listener **operator**.
 //!
-//! The [`gate`] layer refuses a call to a service the caller's roles do not open
+//! The gate layer (`gate.rs`) refuses a call to a service the caller's roles do not open
 //! (`PERMISSION_DENIED` with `ACCESS_DENIED` in the details, audited): Subscription and
 //! Event services take edge and direct callers, DeliveryService adapters, Directory and
 //! Operator services operators.
 //!
-//! A `pb::Caller` inside a request is honoured only from an edge ([`Trust::caller`]), and
-//! its forwarded client certificate is verified again here ([`SpineCa`], against
+//! A `pb::Caller` inside a request is honoured only from an edge (`Trust::caller`), and
+//! its forwarded client certificate is verified again here (`SpineCa`, against
 //! `core.spine_ca_file`): with that file set (edge mutual TLS on), a request without a
 //! certificate is refused. A direct caller acts as its bound ASID and nothing else.
 

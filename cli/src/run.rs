@@ -77,6 +77,17 @@ pub async fn up(mut config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()
     if config.core.directory_file.is_none() {
         config.core.directory_file = Some(embedded::write_sample_directory(&config.core.data_dir)?);
     }
+    // One process: with mutual TLS at the edge, core checks the certificates the edge
+    // forwards against the same CA unless told otherwise.
+    if config.core.spine_ca_file.is_none()
+        && let Some(ca) = config
+            .edge
+            .tls
+            .as_ref()
+            .and_then(|t| t.client_ca_file.clone())
+    {
+        config.core.spine_ca_file = Some(ca);
+    }
     let ops = start_ops(&config, &shutdown).await?;
     let core_listeners = CoreListeners::bind(&config.core)
         .await

@@ -3576,16 +3576,18 @@ pub struct AuditRecord {
     /// Calling organisation ODS code.
     #[prost(string, tag = "4")]
     pub ods_code: ::prost::alloc::string::String,
-    /// Requesting user, when given.
+    /// Requesting user, when given; for a call refused by role (action `rpc`), the identity
+    /// core gave the caller: its certificate's DNS name, or `plaintext`.
     #[prost(string, tag = "5")]
     pub user: ::prost::alloc::string::String,
-    /// Action, for example `publish`, `create`, `read`, `delete`, `directory.put-system`.
+    /// Action, for example `publish`, `create`, `read`, `delete`, `directory.put-system`, or
+    /// `rpc` for a call refused because the caller's role does not open the service.
     #[prost(string, tag = "6")]
     pub action: ::prost::alloc::string::String,
-    /// Resource type acted on, for example `Subscription`, `Bundle`, `SpineSystem`.
+    /// Resource type acted on, for example `Subscription`, `Bundle`, `SpineSystem`, `gRPC`.
     #[prost(string, tag = "7")]
     pub resource_type: ::prost::alloc::string::String,
-    /// Resource id (subscription id, event id, ASID, mailbox).
+    /// Resource id (subscription id, event id, ASID, mailbox; the method path for `rpc`).
     #[prost(string, tag = "8")]
     pub resource_id: ::prost::alloc::string::String,
     /// Outcome: `ok` or the Spine error code.

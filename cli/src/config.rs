@@ -287,7 +287,7 @@ impl NemsConfig {
             self.core.listen = parsed("NEMS_CORE_LISTEN", &v)?;
         }
         if let Some(v) = get("NEMS_CORE_OPERATOR_LISTEN") {
-            self.core.operator_listen = Some(parsed("NEMS_CORE_OPERATOR_LISTEN", &v)?);
+            self.core.operator_listen = parsed("NEMS_CORE_OPERATOR_LISTEN", &v)?;
         }
         if let Some(v) = get("NEMS_CORE_URL") {
             self.edge.core_url.clone_from(&v);

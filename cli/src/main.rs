@@ -93,11 +93,15 @@ fn operator_tls(
         .transpose()
 }
 
+/// Core's operator API as the configuration places it (its own listener, `127.0.0.1:9091`
+/// by default), over TLS when `[operator_tls]` is set.
 fn operator_url(config: &config::NemsConfig) -> String {
-    format!(
-        "http://{}",
-        config.core.operator_listen.unwrap_or(config.core.listen)
-    )
+    let scheme = if config.operator_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://{}", config.core.operator_listen)
 }
 
 #[tokio::main]

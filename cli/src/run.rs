@@ -77,6 +77,17 @@ pub async fn up(mut config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()
     if config.core.directory_file.is_none() {
         config.core.directory_file = Some(embedded::write_sample_directory(&config.core.data_dir)?);
     }
+    // One process: with mutual TLS at the edge, core checks the certificates the edge
+    // forwards against the same CA unless told otherwise.
+    if config.core.spine_ca_file.is_none()
+        && let Some(ca) = config
+            .edge
+            .tls
+            .as_ref()
+            .and_then(|t| t.client_ca_file.clone())
+    {
+        config.core.spine_ca_file = Some(ca);
+    }
     let ops = start_ops(&config, &shutdown).await?;
     let core_listeners = CoreListeners::bind(&config.core)
         .await
@@ -92,10 +103,7 @@ pub async fn up(mut config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()
     if config.edge.base_url == nems_edge::EdgeConfig::default().base_url {
         config.edge.base_url = url_of(edge_addr, config.edge.tls.is_some());
     }
-    let operator_url = url_of(
-        operator_addr.unwrap_or(core_addr),
-        config.operator_tls.is_some(),
-    );
+    let operator_url = url_of(operator_addr, config.operator_tls.is_some());
     let operator_tls = config
         .operator_tls
         .as_ref()
@@ -138,8 +146,8 @@ pub async fn up(mut config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()
             "  FHIR API   {}/STU3  (edge on {edge_addr})",
             config.edge.base_url
         );
-        println!("  core gRPC  {core_addr}  (health, reflection, services)");
-        println!("  operator   {}", operator_addr.unwrap_or(core_addr));
+        println!("  core gRPC  {core_addr}  (subscriptions, events, deliveries)");
+        println!("  operator   {operator_addr}  (directory, operator: nems admin, grpcurl)");
         println!("  data       {}", config.core.data_dir.display());
         println!("  deliveries {sink}");
         if let Some(ops) = ops {
@@ -171,10 +179,7 @@ pub async fn core(config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()> 
         reason = "the run command prints where it listens"
     )]
     {
-        println!(
-            "nems core: gRPC on {addr}, operator API on {}",
-            operator.unwrap_or(addr)
-        );
+        println!("nems core: gRPC on {addr}, operator API on {operator}");
     }
     nems_core::run(config.core, listeners, shutdown.wait())
         .await

@@ -25,6 +25,7 @@ struct Up {
     child: Child,
     edge: SocketAddr,
     core: SocketAddr,
+    operator: SocketAddr,
     ops: SocketAddr,
 }
 
@@ -47,6 +48,7 @@ async fn start(dir: &Path) -> Up {
         .env("NEMS_OUTBOX_DIR", dir.join("outbox"))
         .env("NEMS_EDGE_LISTEN", "127.0.0.1:0")
         .env("NEMS_CORE_LISTEN", "127.0.0.1:0")
+        .env("NEMS_CORE_OPERATOR_LISTEN", "127.0.0.1:0")
         .env("NEMS_OPS_LISTEN", "127.0.0.1:0")
         .env("NEMS_LOG", "warn")
         .env_remove("NEMS_CONFIG")
@@ -57,11 +59,12 @@ async fn start(dir: &Path) -> Up {
         .expect("start nems up");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
-    let (mut edge, mut core, mut ops) = (None, None, None);
+    let (mut edge, mut core, mut operator, mut ops) = (None, None, None, None);
     let ready = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(line) = lines.next_line().await.expect("read stdout") {
             edge = edge.or_else(|| address(&line, "FHIR API"));
             core = core.or_else(|| address(&line, "core gRPC"));
+            operator = operator.or_else(|| address(&line, "operator"));
             ops = ops.or_else(|| address(&line, "ops"));
             if line.contains("Ctrl-C stops all three") {
                 return true;
@@ -76,6 +79,7 @@ async fn start(dir: &Path) -> Up {
         child,
         edge: edge.expect("FHIR API address on the ready lines"),
         core: core.expect("core address on the ready lines"),
+        operator: operator.expect("operator address on the ready lines"),
         ops: ops.expect("ops address on the ready lines"),
     }
 }
@@ -161,8 +165,18 @@ async fn up_serves_delivers_stops_cleanly_and_keeps_its_data() {
         .await;
     assert_eq!(read.status, 200, "{}", read.text());
     assert!(read.text().contains("RR8MBX01"));
+    // The operator API is on its own loopback listener, not on the service listener.
+    let on_service = OperatorServiceClient::new(nems_e2e::bench::channel(up.core))
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .expect_err("no operator API on the service listener");
+    assert_eq!(
+        on_service.code(),
+        tonic::Code::Unimplemented,
+        "{on_service:?}"
+    );
     // The ledger kept the delivery as delivered (settled: not to be sent again).
-    let mut operator = OperatorServiceClient::new(nems_e2e::bench::channel(up.core));
+    let mut operator = OperatorServiceClient::new(nems_e2e::bench::channel(up.operator));
     let ledger = operator
         .list_deliveries(pb::ListDeliveriesRequest::default())
         .await

@@ -145,13 +145,12 @@ async fn import_benchmark(path: &Path) -> Result<ImportResult, Failure> {
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let config = CoreConfig {
         listen: loopback,
-        operator_listen: Some(loopback),
+        operator_listen: loopback,
         data_dir: dir.path().join("db"),
         ..CoreConfig::default()
     };
     let listeners = CoreListeners::bind(&config).await?;
     let (_, operator) = listeners.addrs()?;
-    let operator = operator.ok_or("no operator listener")?;
     let core = Core::open(config).await?;
     let db_path = core.store().path().to_path_buf();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

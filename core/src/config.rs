@@ -17,10 +17,23 @@ pub struct CoreConfig {
     /// gRPC address of the service API (subscriptions, events, deliveries, health,
     /// reflection). Env: `NEMS_CORE_LISTEN`.
     pub listen: SocketAddr,
-    /// gRPC address of the operator API (directory, operator, health, reflection). When
-    /// absent, the operator services are served on `listen` too (local development only).
-    /// Env: `NEMS_CORE_OPERATOR_LISTEN`.
-    pub operator_listen: Option<SocketAddr>,
+    /// gRPC address of the operator API (directory, operator, health, reflection); always
+    /// its own listener. Env: `NEMS_CORE_OPERATOR_LISTEN`.
+    pub operator_listen: SocketAddr,
+    /// Serve the service API without TLS on a non-loopback `listen` address (a trusted
+    /// network only: every caller then gets the edge and adapter roles).
+    pub allow_plaintext: bool,
+    /// Serve the operator API without TLS on a non-loopback `operator_listen` address
+    /// (every caller then gets the operator role).
+    pub operator_allow_plaintext: bool,
+    /// The roles of TLS clients by certificate identity (`[core.clients]`).
+    pub clients: crate::trust::ClientRoles,
+    /// CA certificates (PEM) the Spine client certificates an edge forwards must chain to.
+    /// Set it when the edge runs mutual TLS: core then verifies each forwarded certificate
+    /// itself (chain, validity period, identity of the ASID) and refuses edge requests
+    /// without one. Unset, an edge request carrying a certificate is refused (core could
+    /// not verify it).
+    pub spine_ca_file: Option<PathBuf>,
     /// Folder holding the redb database. Env: `NEMS_DATA_DIR`.
     pub data_dir: PathBuf,
     /// Spine directory file applied at start-up (see `directory` module docs).
@@ -74,11 +87,12 @@ pub struct CoreConfig {
     pub max_pending_deliveries: u64,
     /// Event catalogue overrides and additions (`[[core.event_types]]`).
     pub event_types: Vec<EventTypeOverride>,
-    /// TLS for the service API (`[core.tls]`); with `client_ca_file`, clients (edge,
-    /// adapters) must present a certificate from that CA.
+    /// TLS for the service API (`[core.tls]`, `client_ca_file` required): clients (edges,
+    /// adapters, direct callers) present a certificate from that CA, and get their role
+    /// from its identity (`[core.clients]`).
     pub tls: Option<nems_proto::tls::ServerTls>,
-    /// TLS for the operator API (`[core.operator_tls]`); give it the operators' CA as
-    /// `client_ca_file` so that the edge's and adapters' certificates cannot reach it.
+    /// TLS for the operator API (`[core.operator_tls]`, `client_ca_file` required); give it
+    /// the operators' CA so that the edge's and adapters' certificates cannot reach it.
     pub operator_tls: Option<nems_proto::tls::ServerTls>,
     /// Lookup of patients the demographics store does not know from a PDS FHIR API
     /// (`[core.pds]`); off when absent.
@@ -128,7 +142,11 @@ impl Default for CoreConfig {
     fn default() -> Self {
         CoreConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
-            operator_listen: None,
+            operator_listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
+            allow_plaintext: false,
+            operator_allow_plaintext: false,
+            clients: crate::trust::ClientRoles::default(),
+            spine_ca_file: None,
             data_dir: PathBuf::from("nems-data"),
             directory_file: None,
             durable: true,
@@ -192,32 +210,72 @@ impl CoreConfig {
         if self.sweep_interval < Duration::from_secs(1) {
             return Err("core.sweep_interval must be at least 1s".into());
         }
-        if self.listen.port() != 0 && self.operator_listen == Some(self.listen) {
+        if self.listen.port() != 0 && self.operator_listen == self.listen {
             return Err("core.operator_listen must differ from core.listen".into());
         }
-        if let Some(tls) = &self.tls {
-            tls.check("core.tls")?;
-            // With TLS on, administration must not be reachable with the edge's or an
-            // adapter's certificate, nor anonymously: its own listener and client CA.
-            let operator_ca = self
-                .operator_tls
-                .as_ref()
-                .is_some_and(|t| t.client_ca_file.is_some());
-            if !operator_ca {
-                return Err("core.tls is set, so the operator API needs its own listener and client CA: set core.operator_listen and core.operator_tls with client_ca_file".into());
-            }
-        }
-        if let Some(tls) = &self.operator_tls {
-            tls.check("core.operator_tls")?;
-            if self.operator_listen.is_none() {
-                return Err(
-                    "core.operator_tls needs core.operator_listen (a separate operator listener)"
-                        .into(),
-                );
-            }
+        self.validate_transport()?;
+        self.clients.validate()?;
+        if let Some(path) = &self.spine_ca_file {
+            crate::trust::SpineCa::load(path).map_err(|e| format!("core.spine_ca_file: {e}"))?;
         }
         crate::domain::catalogue::Catalogue::new(&self.event_types)
             .map_err(|e| format!("core.event_types: {e}"))?;
+        Ok(())
+    }
+}
+
+impl CoreConfig {
+    /// The secure defaults of the listeners: core authenticates its clients itself, so TLS
+    /// always comes with a client CA, and plaintext (where core can verify nobody) is for
+    /// loopback unless a listener's `allow_plaintext` says otherwise.
+    fn validate_transport(&self) -> Result<(), String> {
+        for (key, tls, addr, allow, allow_key) in [
+            (
+                "core.tls",
+                &self.tls,
+                self.listen,
+                self.allow_plaintext,
+                "core.allow_plaintext",
+            ),
+            (
+                "core.operator_tls",
+                &self.operator_tls,
+                self.operator_listen,
+                self.operator_allow_plaintext,
+                "core.operator_allow_plaintext",
+            ),
+        ] {
+            match tls {
+                Some(tls) => {
+                    tls.check(key)?;
+                    if tls.client_ca_file.is_none() {
+                        return Err(format!(
+                            "{key} needs client_ca_file: core gives its clients roles from their certificates, so every client must present one"
+                        ));
+                    }
+                }
+                None if !addr.ip().is_loopback() && !allow => {
+                    return Err(format!(
+                        "{addr} is not a loopback address and {key} is not set: serve it with TLS, or set {allow_key} = true for a trusted network"
+                    ));
+                }
+                None => {}
+            }
+        }
+        if self.tls.is_some() {
+            // With TLS on, administration must not be reachable with the edge's or an
+            // adapter's certificate, nor anonymously: its own client CA.
+            if self.operator_tls.is_none() {
+                return Err("core.tls is set, so the operator API needs its own client CA: set core.operator_tls with client_ca_file".into());
+            }
+            let service = &self.clients;
+            if service.edge.is_empty() && service.adapter.is_empty() && service.direct.is_empty() {
+                return Err("core.tls is set but core.clients names no edge, adapter or direct identity: every call to the service API would be refused".into());
+            }
+        }
+        if self.operator_tls.is_some() && self.clients.operator.is_empty() {
+            return Err("core.operator_tls is set but core.clients.operator names no identity: every operator call would be refused".into());
+        }
         Ok(())
     }
 }
@@ -313,32 +371,188 @@ mod tests {
                 .contains("core.import.max_bad_row_percent")
         );
         assert!(CoreConfig::default().validate().is_ok());
-        let tls = nems_proto::tls::ServerTls {
+    }
+
+    fn tls(client_ca: bool) -> nems_proto::tls::ServerTls {
+        nems_proto::tls::ServerTls {
             cert_file: "Cargo.toml".into(),
             key_file: "Cargo.toml".into(),
-            client_ca_file: Some("Cargo.toml".into()),
-        };
-        let c = CoreConfig {
-            tls: Some(tls.clone()),
+            client_ca_file: client_ca.then(|| "Cargo.toml".into()),
+        }
+    }
+
+    fn roles() -> crate::trust::ClientRoles {
+        crate::trust::ClientRoles {
+            edge: vec!["edge.nems.test".into()],
+            adapter: vec!["adapter.nems.test".into()],
+            operator: vec!["ops.nems.test".into()],
+            direct: vec![],
+        }
+    }
+
+    fn refused(c: &CoreConfig, needles: &[&str]) {
+        let e = c.validate().expect_err("refused");
+        for needle in needles {
+            assert!(e.contains(needle), "{e:?} lacks {needle:?}");
+        }
+    }
+
+    #[test]
+    fn secure_defaults_of_the_listeners() {
+        let public: SocketAddr = "0.0.0.0:9090".parse().unwrap();
+        let public_operator: SocketAddr = "0.0.0.0:9091".parse().unwrap();
+        // Plaintext on a non-loopback address: refused unless allowed for that listener.
+        refused(
+            &CoreConfig {
+                listen: public,
+                ..Default::default()
+            },
+            &["0.0.0.0:9090", "core.allow_plaintext"],
+        );
+        refused(
+            &CoreConfig {
+                operator_listen: public_operator,
+                ..Default::default()
+            },
+            &["0.0.0.0:9091", "core.operator_allow_plaintext"],
+        );
+        for c in [
+            CoreConfig {
+                listen: public,
+                allow_plaintext: true,
+                ..Default::default()
+            },
+            CoreConfig {
+                operator_listen: public_operator,
+                operator_allow_plaintext: true,
+                ..Default::default()
+            },
+            CoreConfig {
+                listen: "[::1]:9090".parse().unwrap(),
+                ..Default::default()
+            },
+        ] {
+            c.validate().unwrap();
+        }
+        // TLS without a client CA leaves callers anonymous: refused, on either listener.
+        refused(
+            &CoreConfig {
+                tls: Some(tls(false)),
+                operator_tls: Some(tls(true)),
+                clients: roles(),
+                ..Default::default()
+            },
+            &["core.tls needs client_ca_file"],
+        );
+        refused(
+            &CoreConfig {
+                operator_tls: Some(tls(false)),
+                clients: roles(),
+                ..Default::default()
+            },
+            &["core.operator_tls needs client_ca_file"],
+        );
+        // With TLS on the service API, the operator API needs TLS and its own CA too.
+        refused(
+            &CoreConfig {
+                tls: Some(tls(true)),
+                clients: roles(),
+                ..Default::default()
+            },
+            &["core.operator_tls"],
+        );
+        // TLS with nobody given a role would refuse every call.
+        refused(
+            &CoreConfig {
+                tls: Some(tls(true)),
+                operator_tls: Some(tls(true)),
+                clients: crate::trust::ClientRoles {
+                    operator: vec!["ops.nems.test".into()],
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            &["core.clients names no edge"],
+        );
+        refused(
+            &CoreConfig {
+                operator_tls: Some(tls(true)),
+                ..Default::default()
+            },
+            &["core.clients.operator"],
+        );
+        CoreConfig {
+            tls: Some(tls(true)),
+            operator_tls: Some(tls(true)),
+            clients: roles(),
             ..Default::default()
-        };
-        assert!(c.validate().unwrap_err().contains("core.operator_tls"));
-        let c = CoreConfig {
-            tls: Some(tls.clone()),
-            operator_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9091))),
-            operator_tls: Some(nems_proto::tls::ServerTls {
-                client_ca_file: None,
-                ..tls.clone()
-            }),
-            ..Default::default()
-        };
-        assert!(c.validate().unwrap_err().contains("client_ca_file"));
-        let c = CoreConfig {
-            tls: Some(tls.clone()),
-            operator_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9091))),
-            operator_tls: Some(tls),
-            ..Default::default()
-        };
-        assert!(c.validate().is_ok());
+        }
+        .validate()
+        .unwrap();
+        // A Spine CA that cannot be read stops start-up.
+        refused(
+            &CoreConfig {
+                spine_ca_file: Some("/nonexistent/spine-ca.pem".into()),
+                ..Default::default()
+            },
+            &["core.spine_ca_file"],
+        );
+    }
+
+    #[test]
+    fn client_roles_parse_and_are_checked() {
+        let c: CoreConfig = toml::from_str(
+            r#"
+            [clients]
+            edge = ["edge.nems.test"]
+            adapter = ["adapter.nems.test"]
+            operator = ["ops.nems.test"]
+            [[clients.direct]]
+            identity = "pds-feed.nems.test"
+            asid = "200000000333"
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.clients.direct[0].asid, "200000000333");
+        for (clients, needle) in [
+            (
+                crate::trust::ClientRoles {
+                    edge: vec!["both.nems.test".into()],
+                    adapter: vec!["BOTH.nems.test".into()],
+                    ..Default::default()
+                },
+                "one role",
+            ),
+            (
+                crate::trust::ClientRoles {
+                    edge: vec!["not a name".into()],
+                    ..Default::default()
+                },
+                "not a DNS name",
+            ),
+            (
+                crate::trust::ClientRoles {
+                    direct: vec![crate::trust::DirectClient {
+                        identity: "x.nems.test".into(),
+                        asid: "123".into(),
+                    }],
+                    ..Default::default()
+                },
+                "12 digits",
+            ),
+        ] {
+            refused(
+                &CoreConfig {
+                    clients,
+                    ..Default::default()
+                },
+                &[needle],
+            );
+        }
+        let e = toml::from_str::<CoreConfig>("[clients]\nedges = [\"x\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("edges"), "{e}");
     }
 }

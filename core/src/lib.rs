@@ -8,6 +8,8 @@
 //! - `domain/`: every NEMS rule as pure functions (criteria grammar, subscription and event
 //!   validation, event catalogue, NHS numbers, FHIR dates).
 //! - `directory/`: the Spine directory and its permission checks.
+//! - `trust/`: who a gRPC caller is (roles from its certificate or listener, forwarded
+//!   Spine certificates verified again) and the gate refusing calls a role does not open.
 //! - `service/`: thin gRPC services over the domain and the store.
 //! - `store/`: synchronous redb code; one writer thread with group commit.
 //! - `refdata/`: readers for the official reference files and the demographics CSV.
@@ -27,6 +29,7 @@ mod server;
 mod service;
 mod state;
 pub mod store;
+pub mod trust;
 
 pub use config::{CoreConfig, ImportLimits};
 pub use server::{Core, CoreError, CoreListeners, run};

@@ -45,6 +45,8 @@ pub(crate) struct CoreMetrics {
     pub(crate) commit_seconds: Histogram,
     pub(crate) commit_batch: Histogram,
     pub(crate) pds_lookups: Family<OutcomeLabel, Counter>,
+    pub(crate) calls_refused: Counter,
+    pub(crate) audit_dropped: Counter,
 }
 
 /// The process-wide metrics, registered on first use.
@@ -62,6 +64,8 @@ pub(crate) fn metrics() -> &'static CoreMetrics {
             commit_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
             commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             pds_lookups: Family::default(),
+            calls_refused: Counter::default(),
+            audit_dropped: Counter::default(),
         };
         nems_proto::ops::register(
             "events_accepted",
@@ -112,6 +116,16 @@ pub(crate) fn metrics() -> &'static CoreMetrics {
             "pds_lookups",
             "Lookups of unknown patients in PDS, by outcome (found, unknown, error)",
             m.pds_lookups.clone(),
+        );
+        nems_proto::ops::register(
+            "grpc_calls_refused",
+            "gRPC calls refused because the caller's role does not open the service",
+            m.calls_refused.clone(),
+        );
+        nems_proto::ops::register(
+            "audit_dropped",
+            "Refusal audit records dropped because the audit or write queue was full",
+            m.audit_dropped.clone(),
         );
         nems_proto::ops::register_collector(Box::new(StoreCollector));
         m

@@ -29,6 +29,8 @@ use crate::service::operator::Operator;
 use crate::service::subscriptions::Subscriptions;
 use crate::state::CoreState;
 use crate::store::{Store, StoreError, StoreOptions, audit, directory as dir_store, ledger};
+use crate::trust::Trust;
+use crate::trust::gate::{self, Gate, GateLayer, Listener};
 
 /// Why core could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -56,28 +58,21 @@ pub enum CoreError {
 pub struct CoreListeners {
     /// The service API.
     pub service: TcpListener,
-    /// The operator API; when `None` the operator services are on the service listener.
-    pub operator: Option<TcpListener>,
+    /// The operator API (directory, operator), always a listener of its own.
+    pub operator: TcpListener,
 }
 
 impl CoreListeners {
     /// Binds the addresses of a configuration.
     pub async fn bind(config: &CoreConfig) -> std::io::Result<Self> {
         let service = TcpListener::bind(config.listen).await?;
-        let operator = match config.operator_listen {
-            Some(addr) => Some(TcpListener::bind(addr).await?),
-            None => None,
-        };
+        let operator = TcpListener::bind(config.operator_listen).await?;
         Ok(CoreListeners { service, operator })
     }
 
     /// The bound addresses (service, operator).
-    pub fn addrs(&self) -> std::io::Result<(SocketAddr, Option<SocketAddr>)> {
-        let operator = match &self.operator {
-            Some(l) => Some(l.local_addr()?),
-            None => None,
-        };
-        Ok((self.service.local_addr()?, operator))
+    pub fn addrs(&self) -> std::io::Result<(SocketAddr, SocketAddr)> {
+        Ok((self.service.local_addr()?, self.operator.local_addr()?))
     }
 }
 
@@ -102,6 +97,8 @@ impl Core {
             Some(pds) => Some(crate::pds::PdsClient::new(pds).map_err(CoreError::Config)?),
             None => None,
         };
+        let trust = Trust::new(config.clients.clone(), config.spine_ca_file.as_deref())
+            .map_err(CoreError::Config)?;
         let options = StoreOptions {
             durable: config.durable,
             queue: config.write_queue,
@@ -125,6 +122,7 @@ impl Core {
             config,
             Directory::new(systems, mailboxes),
             pds,
+            trust,
         ));
         if let Some(file) = file {
             apply_directory_file(&state, file).await?;
@@ -177,19 +175,30 @@ impl Core {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         set_all(&health_reporter, ServingStatus::Serving).await;
         let (service_addr, operator_addr) = listeners.addrs()?;
-        tracing::info!(%service_addr, operator_addr = ?operator_addr, "core serving gRPC");
+        tracing::info!(%service_addr, %operator_addr, "core serving gRPC");
 
         let state = self.state.clone();
-        let separate_operator = listeners.operator.is_some();
-        let mut service_names = vec![
+        let (reflection_v1, reflection_v1alpha) = reflection(&[
             service_names::SUBSCRIPTION,
             service_names::EVENT,
             service_names::DELIVERY,
-        ];
-        if !separate_operator {
-            service_names.extend([service_names::DIRECTORY, service_names::OPERATOR]);
-        }
-        let (reflection_v1, reflection_v1alpha) = reflection(&service_names)?;
+        ])?;
+        let operator_reflection = reflection(&[service_names::DIRECTORY, service_names::OPERATOR])?;
+        // Refusals of both gates are audited through one bounded queue; its task ends once
+        // both listeners have stopped (and dropped the gates), before the store closes.
+        let (refusals, refusal_audit) = gate::audit_queue(state.store.writer().clone(), 4096);
+        let service_gate = GateLayer::new(Gate::new(
+            Listener::Service,
+            state.config.tls.is_some(),
+            state.trust.clone(),
+            refusals.clone(),
+        ));
+        let operator_gate = GateLayer::new(Gate::new(
+            Listener::Operator,
+            state.config.operator_tls.is_some(),
+            state.trust.clone(),
+            refusals,
+        ));
         let mut service_builder = Server::builder();
         if let Some(tls) = &state.config.tls {
             service_builder = service_builder
@@ -202,10 +211,11 @@ impl Core {
                 .tls_config(tls.to_tonic().map_err(CoreError::Config)?)
                 .map_err(|e| CoreError::Config(format!("core.operator_tls: {e}")))?;
         }
-        let mut service_router = service_builder
+        let service_router = service_builder
+            .layer(service_gate)
             .add_service(health_service.clone())
-            .add_service(reflection_v1.clone())
-            .add_service(reflection_v1alpha.clone())
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(
                 SubscriptionServiceServer::new(Subscriptions {
                     state: state.clone(),
@@ -221,30 +231,17 @@ impl Core {
             .add_service(DeliveryServiceServer::new(Deliveries {
                 state: state.clone(),
             }));
-        let operator_reflection = reflection(&[service_names::DIRECTORY, service_names::OPERATOR])?;
-        let operator_router = if separate_operator {
-            Some(
-                operator_builder
-                    .add_service(health_service)
-                    .add_service(operator_reflection.0)
-                    .add_service(operator_reflection.1)
-                    .add_service(DirectoryServiceServer::new(DirectoryAdmin {
-                        state: state.clone(),
-                    }))
-                    .add_service(OperatorServiceServer::new(Operator {
-                        state: state.clone(),
-                    })),
-            )
-        } else {
-            service_router = service_router
-                .add_service(DirectoryServiceServer::new(DirectoryAdmin {
-                    state: state.clone(),
-                }))
-                .add_service(OperatorServiceServer::new(Operator {
-                    state: state.clone(),
-                }));
-            None
-        };
+        let operator_router = operator_builder
+            .layer(operator_gate)
+            .add_service(health_service)
+            .add_service(operator_reflection.0)
+            .add_service(operator_reflection.1)
+            .add_service(DirectoryServiceServer::new(DirectoryAdmin {
+                state: state.clone(),
+            }))
+            .add_service(OperatorServiceServer::new(Operator {
+                state: state.clone(),
+            }));
 
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
@@ -253,16 +250,11 @@ impl Core {
         let service_task = tokio::spawn(
             service_router.serve_with_incoming_shutdown(service_incoming, stopped(stop_rx.clone())),
         );
-        let operator_task = match (operator_router, listeners.operator) {
-            (Some(router), Some(listener)) => {
-                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-                Some(tokio::spawn(router.serve_with_incoming_shutdown(
-                    incoming,
-                    stopped(stop_rx.clone()),
-                )))
-            }
-            _ => None,
-        };
+        let operator_incoming = TcpIncoming::from(listeners.operator).with_nodelay(Some(true));
+        let operator_task = tokio::spawn(
+            operator_router
+                .serve_with_incoming_shutdown(operator_incoming, stopped(stop_rx.clone())),
+        );
 
         stopped(stop_rx.clone()).await;
         tracing::info!("core shutting down");
@@ -270,11 +262,12 @@ impl Core {
         let service_result = service_task
             .await
             .map_err(|e| CoreError::Config(format!("service task: {e}")))?;
-        if let Some(task) = operator_task {
-            task.await
-                .map_err(|e| CoreError::Config(format!("operator task: {e}")))??;
-        }
+        let operator_result = operator_task
+            .await
+            .map_err(|e| CoreError::Config(format!("operator task: {e}")))?;
         service_result?;
+        operator_result?;
+        let _ = refusal_audit.await;
         let _ = sweeper.await;
         let _ = reloader.await;
         drop(state);

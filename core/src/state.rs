@@ -22,6 +22,8 @@ pub(crate) struct CoreState {
     pub(crate) dispatcher: Dispatcher,
     /// The PDS lookup, when configured.
     pub(crate) pds: Option<crate::pds::PdsClient>,
+    /// Who callers are: client roles and the Spine CA of forwarded certificates.
+    pub(crate) trust: Arc<crate::trust::Trust>,
     /// Set when core shuts down: long-lived delivery streams end.
     pub(crate) stop: tokio::sync::watch::Sender<bool>,
     /// Deliveries queued or in flight (for backpressure and metrics).
@@ -39,6 +41,7 @@ impl CoreState {
         config: CoreConfig,
         directory: Directory,
         pds: Option<crate::pds::PdsClient>,
+        trust: crate::trust::Trust,
     ) -> Self {
         CoreState {
             store,
@@ -46,6 +49,7 @@ impl CoreState {
             config,
             dispatcher: Dispatcher::default(),
             pds,
+            trust: Arc::new(trust),
             stop: tokio::sync::watch::channel(false).0,
             pending: AtomicU64::new(0),
             imports: Default::default(),

@@ -61,6 +61,9 @@ pub struct EdgeConfig {
     pub tls: Option<nems_proto::tls::ServerTls>,
     /// TLS to core's service API (`[edge.core_tls]`; `core_url` must be `https://`).
     pub core_tls: Option<nems_proto::tls::ClientTls>,
+    /// Serve plain HTTP on a non-loopback `listen` address (behind a TLS-terminating proxy
+    /// on a trusted network); otherwise such a configuration refuses to start.
+    pub allow_plaintext: bool,
 }
 
 impl Default for EdgeConfig {
@@ -84,6 +87,7 @@ impl Default for EdgeConfig {
             http2_keep_alive_timeout: Duration::from_secs(10),
             tls: None,
             core_tls: None,
+            allow_plaintext: false,
         }
     }
 }
@@ -108,8 +112,15 @@ impl EdgeConfig {
         if self.max_header_bytes < 8192 {
             return Err("edge.max_header_bytes must be at least 8192".into());
         }
-        if let Some(tls) = &self.tls {
-            tls.check("edge.tls")?;
+        match &self.tls {
+            Some(tls) => tls.check("edge.tls")?,
+            None if !self.listen.ip().is_loopback() && !self.allow_plaintext => {
+                return Err(format!(
+                    "{} is not a loopback address and edge.tls is not set: serve HTTPS, or set edge.allow_plaintext = true behind a TLS-terminating proxy",
+                    self.listen
+                ));
+            }
+            None => {}
         }
         if let Some(tls) = &self.core_tls {
             tls.check("edge.core_tls")?;
@@ -140,6 +151,22 @@ pub use nems_proto::config::duration;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plaintext_off_loopback_needs_allow_plaintext() {
+        let public = EdgeConfig {
+            listen: "0.0.0.0:9080".parse().unwrap(),
+            ..Default::default()
+        };
+        let e = public.validate().unwrap_err();
+        assert!(e.contains("edge.allow_plaintext"), "{e}");
+        EdgeConfig {
+            allow_plaintext: true,
+            ..public
+        }
+        .validate()
+        .unwrap();
+    }
 
     #[test]
     fn http2_limits_are_validated() {

@@ -110,6 +110,7 @@ pub fn check(
             user: claims.user.unwrap_or_default(),
             request_id: request_id.to_string(),
             client_certificate: Vec::new(),
+            client_certificate_chain: Vec::new(),
         },
         interaction_id: interaction.to_string(),
     })

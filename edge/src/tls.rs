@@ -1,7 +1,9 @@
 //! HTTPS for the edge (rustls with the ring provider): server TLS, or mutual TLS when a
 //! client CA is configured. With mutual TLS, rustls refuses a missing, untrusted or expired
 //! client certificate during the handshake, so such a client never reaches a handler; the
-//! verified certificate is handed to core, which checks it names the caller's ASID.
+//! verified certificate and the intermediates the client sent with it are forwarded to
+//! core, which verifies the chain again itself (against `core.spine_ca_file`) and checks
+//! it names the caller's ASID.
 
 use std::io;
 use std::pin::Pin;
@@ -18,9 +20,11 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-/// The verified TLS client certificate of a connection (DER), as a request extension.
+/// The verified TLS client certificate chain of a connection (DER, the client's own
+/// certificate first, then the intermediates it sent), as a request extension. Core
+/// verifies the chain itself, so the edge forwards all of it.
 #[derive(Debug, Clone)]
-pub struct PeerCertificate(pub Arc<Vec<u8>>);
+pub struct PeerCertificate(pub Arc<Vec<Vec<u8>>>);
 
 /// Builds the acceptor for `tls`.
 pub fn acceptor(tls: &ServerTls) -> Result<TlsAcceptor, String> {
@@ -76,8 +80,8 @@ impl Stream {
                 .get_ref()
                 .1
                 .peer_certificates()
-                .and_then(|c| c.first())
-                .map(|c| PeerCertificate(Arc::new(c.to_vec()))),
+                .filter(|chain| !chain.is_empty())
+                .map(|chain| PeerCertificate(Arc::new(chain.iter().map(|c| c.to_vec()).collect()))),
         }
     }
 }

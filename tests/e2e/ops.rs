@@ -91,7 +91,11 @@ async fn metrics_move_after_a_publish_and_a_delivery() {
             &text,
             r#"nems_deliveries{mailbox="RR8MBX01",state="delivered"}"#,
         ) == Some(1.0)
-            && sample(&text, r#"nems_deliveries_completed_total{state="delivered"}"#).is_some())
+            && sample(
+                &text,
+                r#"nems_deliveries_completed_total{state="delivered"}"#,
+            )
+            .is_some())
         .then_some(text)
     })
     .await;

@@ -1,8 +1,9 @@
 //! Transport security: the edge without TLS (every other test), with server TLS, and with
 //! mutual TLS where the client certificate must chain to the configured CA and name the
-//! identity the directory registers for the caller's ASID; core's service and operator
-//! listeners with TLS and separate client CAs, so the edge's identity cannot reach the
-//! operator API and anonymous clients reach neither.
+//! identity the directory registers for the caller's ASID (checked again by core against
+//! `core.spine_ca_file`); core's service and operator listeners with TLS and separate
+//! client CAs, so the edge's identity cannot reach the operator API and anonymous clients
+//! reach neither. Roles at core: `security_roles.rs`.
 
 use std::time::Duration;
 
@@ -97,9 +98,12 @@ async fn edge_with_mutual_tls_checks_the_certificate_against_the_asid() {
         key_file: pki.server.key.clone(),
         client_ca_file: Some(pki.ca.clone()),
     };
+    // Core verifies the certificates the edge forwards against the same (Spine) CA.
+    let spine_ca = pki.ca.clone();
     let stack = TestStack::builder()
         .sink(Sink::None)
         .directory(&directory_with_identity())
+        .core(move |c| c.spine_ca_file = Some(spine_ca))
         .edge(move |c| c.tls = Some(server))
         .start()
         .await;
@@ -202,6 +206,8 @@ async fn core_listeners_with_tls_and_separate_client_cas() {
         .core(move |c| {
             c.tls = Some(service_tls);
             c.operator_tls = Some(operator_tls);
+            c.clients.edge = vec!["other.client.nems.test".into()];
+            c.clients.operator = vec![pki::OPERATOR_IDENTITY.into()];
         })
         .edge(move |c| {
             c.core_url = c.core_url.replace("http://", "https://");

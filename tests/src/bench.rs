@@ -173,6 +173,7 @@ pub async fn start_core(nems: &Path, dir: &Path, durable: bool) -> Service {
                 directory.to_string_lossy().into_owned(),
             ),
             ("NEMS_CORE_LISTEN", "127.0.0.1:0".into()),
+            ("NEMS_CORE_OPERATOR_LISTEN", "127.0.0.1:0".into()),
         ],
         "gRPC on ",
     )

@@ -3,7 +3,9 @@
 //! [`TestPki::new`] writes, as PEM files: the service CA (`ca.pem`), a server certificate
 //! for `localhost`/`127.0.0.1`, client certificates from that CA naming
 //! `rr8.client.nems.test` and `other.client.nems.test`, an expired one, one from a rogue CA,
-//! and an operators' CA with an operator client certificate.
+//! a self-signed one naming the RR8 identity (a forgery), an operators' CA with an operator
+//! client certificate, and an internal CA for core's own clients with an edge, an adapter
+//! and a direct caller certificate (see [`EDGE_IDENTITY`] and the others).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,6 +26,14 @@ use crate::http::HttpResponse;
 
 /// The DNS identity of the RR8 test client certificate.
 pub const RR8_IDENTITY: &str = "rr8.client.nems.test";
+/// The identity of the operator certificate.
+pub const OPERATOR_IDENTITY: &str = "operator.nems.test";
+/// The identity of the edge's client certificate for core.
+pub const EDGE_IDENTITY: &str = "edge.nems.test";
+/// The identity of the adapter's client certificate for core.
+pub const ADAPTER_IDENTITY: &str = "adapter.nems.test";
+/// The identity of a direct caller's certificate (an internal service).
+pub const DIRECT_IDENTITY: &str = "feed.nems.test";
 
 /// A certificate and key file pair.
 #[derive(Debug, Clone)]
@@ -53,6 +63,54 @@ pub struct TestPki {
     pub operator_ca: PathBuf,
     /// An operator's client certificate.
     pub operator: Pair,
+    /// A self-signed certificate naming [`RR8_IDENTITY`].
+    pub forged: Pair,
+    /// A certificate for [`RR8_IDENTITY`] issued by an intermediate of the service CA; its
+    /// file holds the leaf and then the intermediate, so a client presents both.
+    pub rr8_via_intermediate: Pair,
+    /// The CA of core's own clients (edge, adapters, direct callers).
+    pub internal_ca: PathBuf,
+    /// The edge's client certificate for core ([`EDGE_IDENTITY`]).
+    pub edge: Pair,
+    /// The adapter's client certificate for core ([`ADAPTER_IDENTITY`]).
+    pub adapter: Pair,
+    /// A direct caller's certificate ([`DIRECT_IDENTITY`]).
+    pub direct: Pair,
+}
+
+/// The DER of the first certificate in a PEM file.
+pub fn der(path: &Path) -> Vec<u8> {
+    CertificateDer::pem_file_iter(path)
+        .expect("read pem")
+        .next()
+        .expect("a certificate")
+        .expect("a certificate")
+        .to_vec()
+}
+
+/// Writes the concatenation of PEM files `parts` to `to` (a CA bundle).
+pub fn bundle(to: &Path, parts: &[&Path]) -> PathBuf {
+    let mut text = String::new();
+    for part in parts {
+        text.push_str(&std::fs::read_to_string(part).expect("read pem"));
+    }
+    std::fs::write(to, text).expect("write bundle");
+    to.to_path_buf()
+}
+
+fn self_signed(dir: &Path, name: &str, san: &str) -> Pair {
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(vec![san.to_string()]).expect("params");
+    params.distinguished_name.push(DnType::CommonName, san);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.self_signed(&key).expect("self-signed cert");
+    let pair = Pair {
+        cert: dir.join(format!("{name}.pem")),
+        key: dir.join(format!("{name}.key")),
+    };
+    std::fs::write(&pair.cert, cert.pem()).expect("write cert");
+    std::fs::write(&pair.key, key.serialize_pem()).expect("write key");
+    pair
 }
 
 fn ca(name: &str) -> (rcgen::Certificate, Issuer<'static, KeyPair>) {
@@ -99,16 +157,45 @@ fn leaf(
     pair
 }
 
+fn intermediate(
+    name: &str,
+    parent: &Issuer<'_, KeyPair>,
+) -> (rcgen::Certificate, Issuer<'static, KeyPair>) {
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let cert = params.signed_by(&key, parent).expect("intermediate cert");
+    (cert, Issuer::new(params, key))
+}
+
 impl TestPki {
     /// Generates everything into `dir`.
     pub fn new(dir: &Path) -> Self {
         let (ca_cert, issuer) = ca("nems test service ca");
+        let (intermediate_cert, intermediate_issuer) =
+            intermediate("nems test service intermediate", &issuer);
+        let rr8_via_intermediate = leaf(
+            dir,
+            "rr8-via-intermediate",
+            &[RR8_IDENTITY],
+            false,
+            &intermediate_issuer,
+            false,
+        );
+        let mut chain = std::fs::read_to_string(&rr8_via_intermediate.cert).expect("read leaf");
+        chain.push_str(&intermediate_cert.pem());
+        std::fs::write(&rr8_via_intermediate.cert, chain).expect("write chain");
         let (op_cert, op_issuer) = ca("nems test operators ca");
         let (_, rogue_issuer) = ca("nems rogue ca");
+        let (internal_cert, internal_issuer) = ca("nems test internal ca");
         let ca_path = dir.join("ca.pem");
         let operator_ca = dir.join("operator-ca.pem");
+        let internal_ca = dir.join("internal-ca.pem");
         std::fs::write(&ca_path, ca_cert.pem()).expect("write ca");
         std::fs::write(&operator_ca, op_cert.pem()).expect("write operator ca");
+        std::fs::write(&internal_ca, internal_cert.pem()).expect("write internal ca");
         TestPki {
             server: leaf(
                 dir,
@@ -132,11 +219,38 @@ impl TestPki {
             operator: leaf(
                 dir,
                 "operator",
-                &["operator.nems.test"],
+                &[OPERATOR_IDENTITY],
                 false,
                 &op_issuer,
                 false,
             ),
+            forged: self_signed(dir, "forged", RR8_IDENTITY),
+            rr8_via_intermediate,
+            edge: leaf(
+                dir,
+                "edge",
+                &[EDGE_IDENTITY],
+                false,
+                &internal_issuer,
+                false,
+            ),
+            adapter: leaf(
+                dir,
+                "adapter",
+                &[ADAPTER_IDENTITY],
+                false,
+                &internal_issuer,
+                false,
+            ),
+            direct: leaf(
+                dir,
+                "direct",
+                &[DIRECT_IDENTITY],
+                false,
+                &internal_issuer,
+                false,
+            ),
+            internal_ca,
             ca: ca_path,
             operator_ca,
         }

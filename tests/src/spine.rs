@@ -126,6 +126,7 @@ pub fn pb_caller(caller: Caller) -> pb::Caller {
         user: String::new(),
         request_id: "test".into(),
         client_certificate: Vec::new(),
+        client_certificate_chain: Vec::new(),
     }
 }
 

@@ -306,7 +306,7 @@ impl TestStackBuilder {
 
         let mut core_config = CoreConfig {
             listen: loopback,
-            operator_listen: Some(loopback),
+            operator_listen: loopback,
             data_dir: data_dir.join("db"),
             directory_file: Some(directory_file),
             ..Default::default()
@@ -315,13 +315,11 @@ impl TestStackBuilder {
         let service = TcpListener::bind(core_config.listen)
             .await
             .expect("bind core");
-        let operator = TcpListener::bind(loopback).await.expect("bind operator");
-        let listeners = CoreListeners {
-            service,
-            operator: Some(operator),
-        };
+        let operator = TcpListener::bind(core_config.operator_listen)
+            .await
+            .expect("bind operator");
+        let listeners = CoreListeners { service, operator };
         let (core_addr, operator_addr) = listeners.addrs().expect("core addrs");
-        let operator_addr = operator_addr.expect("operator listener");
         let (stop, stop_rx) = watch::channel(false);
         let stopped = move || {
             let mut rx = stop_rx.clone();

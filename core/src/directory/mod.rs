@@ -32,6 +32,7 @@ use serde::Deserialize;
 
 use crate::domain::Rejection;
 use crate::domain::subscription::ValidSubscription;
+use crate::trust::{CertificateProblem, Proof, SpineCa};
 
 /// Category bag granting explicit subscriptions.
 pub const BAG_EXPLICIT: &str = "NEMS_SUBS_TYPE:EXPLICIT";
@@ -220,8 +221,13 @@ impl Directory {
         self.mailboxes.get(&id.to_ascii_uppercase())
     }
 
-    /// Checks the caller: a registered ASID, and the JWT organisation linked to it.
-    pub fn caller(&self, caller: &pb::Caller) -> Result<&pb::SpineSystem, Rejection> {
+    /// Checks the caller: a registered ASID, its certificate as `proof` requires, and the
+    /// JWT organisation linked to it (a direct caller may name none).
+    pub(crate) fn caller(
+        &self,
+        caller: &pb::Caller,
+        proof: Proof<'_>,
+    ) -> Result<&pb::SpineSystem, Rejection> {
         let system = self.systems.get(&caller.asid).ok_or_else(|| {
             Rejection::new(
                 SpineCode::AsidCheckFailed,
@@ -231,9 +237,12 @@ impl Directory {
                 ),
             )
         })?;
-        check_certificate(system, &caller.client_certificate)?;
+        if let Proof::Forwarded(spine) = proof {
+            check_certificate(system, caller, spine)?;
+        }
         let ods = caller.ods_code.to_ascii_uppercase();
-        if !system.ods_codes.contains(&ods) {
+        let bound_without_ods = matches!(proof, Proof::Bound) && ods.is_empty();
+        if !bound_without_ods && !system.ods_codes.contains(&ods) {
             return Err(denied(format!(
                 "the requesting organisation {} is not linked to ASID {}",
                 shown_code(&ods),
@@ -341,11 +350,30 @@ impl Directory {
     }
 }
 
-/// With mutual TLS at the edge, the client certificate must name the identity the
-/// directory registers for the ASID (a DNS name in its subjectAltName).
-fn check_certificate(system: &pb::SpineSystem, der: &[u8]) -> Result<(), Rejection> {
+/// The client certificate an edge forwarded (mutual TLS at the edge), verified here:
+/// with the Spine CA configured one is required, chains to that CA, is within its validity
+/// period now and names the identity the directory registers for the ASID (a DNS name in
+/// its subjectAltName). Without the Spine CA none may be forwarded, as core could not
+/// verify it.
+fn check_certificate(
+    system: &pb::SpineSystem,
+    caller: &pb::Caller,
+    spine: Option<&SpineCa>,
+) -> Result<(), Rejection> {
+    let der = caller.client_certificate.as_slice();
+    let Some(spine) = spine else {
+        if der.is_empty() {
+            return Ok(());
+        }
+        return Err(denied(
+            "a client certificate was forwarded but core has no Spine CA to verify it (core.spine_ca_file)",
+        ));
+    };
     if der.is_empty() {
-        return Ok(());
+        return Err(denied(format!(
+            "mutual TLS is required: no client certificate was forwarded for ASID {}",
+            system.asid
+        )));
     }
     if system.certificate_identity.is_empty() {
         return Err(denied(format!(
@@ -353,18 +381,26 @@ fn check_certificate(system: &pb::SpineSystem, der: &[u8]) -> Result<(), Rejecti
             system.asid
         )));
     }
-    let cert = rustls_pki_types::CertificateDer::from(der);
-    let matches = webpki::EndEntityCert::try_from(&cert).is_ok_and(|ee| {
-        rustls_pki_types::ServerName::try_from(system.certificate_identity.as_str())
-            .is_ok_and(|name| ee.verify_is_valid_for_subject_name(&name).is_ok())
-    });
-    if matches {
-        Ok(())
-    } else {
-        Err(denied(format!(
+    let now = rustls_pki_types::UnixTime::now();
+    match spine.verify(
+        der,
+        &caller.client_certificate_chain,
+        &system.certificate_identity,
+        now,
+    ) {
+        Ok(()) => Ok(()),
+        Err(CertificateProblem::OtherIdentity) => Err(denied(format!(
             "the TLS client certificate does not belong to ASID {}",
             system.asid
-        )))
+        ))),
+        Err(CertificateProblem::OutsideValidity) => Err(denied(format!(
+            "the TLS client certificate forwarded for ASID {} is expired or not yet valid",
+            system.asid
+        ))),
+        Err(CertificateProblem::Untrusted | CertificateProblem::Invalid) => Err(denied(format!(
+            "the TLS client certificate forwarded for ASID {} does not chain to the Spine CA",
+            system.asid
+        ))),
     }
 }
 

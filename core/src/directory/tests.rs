@@ -74,13 +74,20 @@ const ADDRESS: &str = "/Bundle?type=message&Patient.identifier=9434765919&Messag
 #[test]
 fn caller_checks() {
     let d = directory();
-    assert!(d.caller(&caller("200000000111", "rr8")).is_ok());
+    assert!(
+        d.caller(&caller("200000000111", "rr8"), Proof::Forwarded(None))
+            .is_ok()
+    );
     assert_eq!(
-        d.caller(&caller("999999999999", "RR8")).unwrap_err().code,
+        d.caller(&caller("999999999999", "RR8"), Proof::Forwarded(None))
+            .unwrap_err()
+            .code,
         SpineCode::AsidCheckFailed
     );
     assert_eq!(
-        d.caller(&caller("200000000111", "ABC")).unwrap_err().code,
+        d.caller(&caller("200000000111", "ABC"), Proof::Forwarded(None))
+            .unwrap_err()
+            .code,
         SpineCode::AccessDenied
     );
 }

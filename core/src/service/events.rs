@@ -19,6 +19,7 @@ use crate::state::{CoreState, audit_record};
 use crate::store::events::{self as store, NewDelivery, NewEvent};
 use crate::store::keys::{id_hex, new_id, nhs_key, now_ms};
 use crate::store::{StoreError, audit, demographics};
+use crate::trust::{CallerError, Peer, Proof};
 
 /// The event service.
 #[derive(Debug, Clone)]
@@ -42,10 +43,11 @@ impl Events {
     fn check(
         &self,
         caller: &pb::Caller,
+        proof: Proof<'_>,
         req: &pb::PublishEventRequest,
     ) -> Result<(pb::SpineSystem, ValidEvent), Rejection> {
         let directory = self.state.directory();
-        let system = directory.caller(caller)?.clone();
+        let system = directory.caller(caller, proof)?.clone();
         let catalogue = &self.state.catalogue;
         let interaction = rules::interaction_event(&req.interaction_id, catalogue)?;
         directory.authorise_publish(&system, interaction)?;
@@ -154,10 +156,20 @@ impl EventService for Events {
         request: Request<pb::PublishEventRequest>,
     ) -> Result<Response<pb::PublishEventResponse>, Status> {
         let received = std::time::Instant::now();
+        let peer = Peer::of(&request);
         let mut req = request.into_inner();
-        let caller = req.caller.take().ok_or_else(|| missing("caller"))?;
+        // The caller as core establishes it (see `crate::trust`), never as a field says.
+        let (caller, proof) = self
+            .state
+            .trust
+            .caller(peer.as_ref(), req.caller.take())
+            .map_err(|e| match e {
+                CallerError::Missing => missing("caller"),
+                CallerError::Impersonation(caller, r) => self.refuse(&caller, r),
+                CallerError::Refused(r) => self.refuse(&pb::Caller::default(), r),
+            })?;
         let (system, valid) = self
-            .check(&caller, &req)
+            .check(&caller, proof, &req)
             .map_err(|r| self.refuse(&caller, r))?;
         if req.payload.is_empty() {
             return Err(self.refuse(

@@ -16,6 +16,7 @@ use crate::state::{CoreState, audit_record};
 use crate::store::keys::{id_hex, new_id, now_ms, parse_id};
 use crate::store::records::StoredSubscription;
 use crate::store::{audit, subscriptions as store};
+use crate::trust::{CallerError, Peer, Proof};
 
 /// The subscription service.
 #[derive(Debug, Clone)]
@@ -59,18 +60,38 @@ impl Subscriptions {
         r.into_status()
     }
 
+    /// The caller the request acts as (see [`crate::trust`]): refused and audited when the
+    /// peer may not name it.
+    fn identify(
+        &self,
+        peer: Option<Peer>,
+        named: Option<pb::Caller>,
+        action: &str,
+        id: &str,
+    ) -> Result<(pb::Caller, Proof<'_>), Status> {
+        self.state
+            .trust
+            .caller(peer.as_ref(), named)
+            .map_err(|e| match e {
+                CallerError::Missing => missing("caller"),
+                CallerError::Impersonation(caller, r) => self.refuse(&caller, action, id, r),
+                CallerError::Refused(r) => self.refuse(&pb::Caller::default(), action, id, r),
+            })
+    }
+
     /// The calling system (refused and audited when unknown) and the subscription id
     /// (`404` when it is not one of ours), for read and delete.
     fn caller_and_id(
         &self,
         caller: &pb::Caller,
+        proof: Proof<'_>,
         action: &str,
         id: &str,
     ) -> Result<(pb::SpineSystem, u128), Status> {
         let system = self
             .state
             .directory()
-            .caller(caller)
+            .caller(caller, proof)
             .cloned()
             .map_err(|r| self.refuse(caller, action, id, r))?;
         let parsed = parse_id(id).ok_or_else(|| not_found(id))?;
@@ -80,15 +101,19 @@ impl Subscriptions {
     async fn create(
         &self,
         caller: pb::Caller,
+        proof: Proof<'_>,
         resource: pb::SubscriptionResource,
     ) -> Result<pb::CreateSubscriptionResponse, Status> {
         let directory = self.state.directory();
         let now = now_ms();
-        let checked = directory.caller(&caller).cloned().and_then(|system| {
-            let valid = rules::validate(&resource, &self.state.catalogue, now)?;
-            directory.authorise_subscription(&system, &valid)?;
-            Ok((system, valid))
-        });
+        let checked = directory
+            .caller(&caller, proof)
+            .cloned()
+            .and_then(|system| {
+                let valid = rules::validate(&resource, &self.state.catalogue, now)?;
+                directory.authorise_subscription(&system, &valid)?;
+                Ok((system, valid))
+            });
         let (system, valid) = match checked {
             Ok(ok) => ok,
             Err(r) => return Err(self.refuse(&caller, "create", "", r)),
@@ -167,19 +192,23 @@ impl SubscriptionService for Subscriptions {
         &self,
         request: Request<pb::CreateSubscriptionRequest>,
     ) -> Result<Response<pb::CreateSubscriptionResponse>, Status> {
+        let peer = Peer::of(&request);
         let req = request.into_inner();
-        let caller = req.caller.ok_or_else(|| missing("caller"))?;
+        let (caller, proof) = self.identify(peer, req.caller, "create", "")?;
         let resource = req.subscription.ok_or_else(|| missing("subscription"))?;
-        self.create(caller, resource).await.map(Response::new)
+        self.create(caller, proof, resource)
+            .await
+            .map(Response::new)
     }
 
     async fn get_subscription(
         &self,
         request: Request<pb::GetSubscriptionRequest>,
     ) -> Result<Response<pb::GetSubscriptionResponse>, Status> {
+        let peer = Peer::of(&request);
         let req = request.into_inner();
-        let caller = req.caller.ok_or_else(|| missing("caller"))?;
-        let (system, id) = self.caller_and_id(&caller, "read", &req.id)?;
+        let (caller, proof) = self.identify(peer, req.caller, "read", &req.id)?;
+        let (system, id) = self.caller_and_id(&caller, proof, "read", &req.id)?;
         let found = self
             .state
             .store
@@ -207,9 +236,10 @@ impl SubscriptionService for Subscriptions {
         &self,
         request: Request<pb::DeleteSubscriptionRequest>,
     ) -> Result<Response<pb::DeleteSubscriptionResponse>, Status> {
+        let peer = Peer::of(&request);
         let req = request.into_inner();
-        let caller = req.caller.ok_or_else(|| missing("caller"))?;
-        let (system, id) = self.caller_and_id(&caller, "delete", &req.id)?;
+        let (caller, proof) = self.identify(peer, req.caller, "delete", &req.id)?;
+        let (system, id) = self.caller_and_id(&caller, proof, "delete", &req.id)?;
         let now = now_ms();
         let audit_ok = audit_record(&caller, "delete", "Subscription", &req.id, "ok");
         let deleted = self

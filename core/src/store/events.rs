@@ -151,6 +151,8 @@ pub(crate) fn accept(tx: &WriteTransaction, e: &NewEvent) -> Result<Accepted, St
             redriven_ms: 0,
             failures: 0,
             redrives: 0,
+            deferred_since_ms: 0,
+            deferred_total_ms: 0,
         };
         deliveries.insert(id, record.encode_to_vec().as_slice())?;
         by_mailbox.insert((d.mailbox.as_str(), id), ())?;

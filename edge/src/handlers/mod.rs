@@ -182,8 +182,11 @@ pub fn check_headers(
         request_id,
     )?;
     let mut checked = checked;
-    if let Some(cert) = &ctx.client_certificate {
-        checked.caller.client_certificate = cert.0.as_ref().clone();
+    if let Some(chain) = &ctx.client_certificate
+        && let Some((leaf, intermediates)) = chain.0.split_first()
+    {
+        checked.caller.client_certificate.clone_from(leaf);
+        checked.caller.client_certificate_chain = intermediates.to_vec();
     }
     if let Err(wait) = state.limiter.check(&checked.caller.asid) {
         crate::metrics::metrics().rate_limited.inc();

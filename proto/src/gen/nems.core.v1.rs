@@ -17,9 +17,14 @@ pub struct Caller {
     #[prost(string, tag = "4")]
     pub request_id: ::prost::alloc::string::String,
     /// DER of the TLS client certificate the edge verified (mutual TLS); empty without one.
-    /// Core checks that it names the identity the directory registers for `asid`.
+    /// Honoured only from an edge: core verifies it itself (chain to its configured Spine CA,
+    /// validity period, subjectAltName = the identity the directory registers for `asid`).
     #[prost(bytes = "vec", tag = "5")]
     pub client_certificate: ::prost::alloc::vec::Vec<u8>,
+    /// DER of the intermediate CA certificates the client presented after its own, in the
+    /// order it sent them; core builds the chain to the Spine CA from these.
+    #[prost(bytes = "vec", repeated, tag = "6")]
+    pub client_certificate_chain: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
 }
 /// Notice is a non-fatal message returned with a successful answer, such as an event
 /// type being deprecated. The edge renders each as an information OperationOutcome issue.
@@ -3623,16 +3628,18 @@ pub struct AuditRecord {
     /// Calling organisation ODS code.
     #[prost(string, tag = "4")]
     pub ods_code: ::prost::alloc::string::String,
-    /// Requesting user, when given.
+    /// Requesting user, when given; for a call refused by role (action `rpc`), the identity
+    /// core gave the caller: its certificate's DNS name, or `plaintext`.
     #[prost(string, tag = "5")]
     pub user: ::prost::alloc::string::String,
-    /// Action, for example `publish`, `create`, `read`, `delete`, `directory.put-system`.
+    /// Action, for example `publish`, `create`, `read`, `delete`, `directory.put-system`, or
+    /// `rpc` for a call refused because the caller's role does not open the service.
     #[prost(string, tag = "6")]
     pub action: ::prost::alloc::string::String,
-    /// Resource type acted on, for example `Subscription`, `Bundle`, `SpineSystem`.
+    /// Resource type acted on, for example `Subscription`, `Bundle`, `SpineSystem`, `gRPC`.
     #[prost(string, tag = "7")]
     pub resource_type: ::prost::alloc::string::String,
-    /// Resource id (subscription id, event id, ASID, mailbox).
+    /// Resource id (subscription id, event id, ASID, mailbox; the method path for `rpc`).
     #[prost(string, tag = "8")]
     pub resource_id: ::prost::alloc::string::String,
     /// Outcome: `ok` or the Spine error code.

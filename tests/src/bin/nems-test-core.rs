@@ -29,24 +29,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let config = CoreConfig {
         listen: loopback,
-        operator_listen: Some(loopback),
+        operator_listen: loopback,
         data_dir,
         directory_file: Some(directory),
         ..Default::default()
     };
     let listeners = CoreListeners {
         service: TcpListener::bind(service_addr).await?,
-        operator: Some(TcpListener::bind(loopback).await?),
+        operator: TcpListener::bind(loopback).await?,
     };
     let (service, operator) = listeners.addrs()?;
     let core = Core::open(config).await?;
     {
         let mut out = std::io::stdout().lock();
-        writeln!(
-            out,
-            "READY {service} {}",
-            operator.ok_or("operator listener")?
-        )?;
+        writeln!(out, "READY {service} {operator}")?;
         out.flush()?;
     }
     core.serve(listeners, std::future::pending()).await?;

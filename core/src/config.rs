@@ -41,6 +41,11 @@ pub struct CoreConfig {
     pub directory_file: Option<PathBuf>,
     /// Fsync every commit before answering (production: true). False is for benchmarks.
     pub durable: bool,
+    /// Commit in two phases (redb's `set_two_phase_commit`): the commit record is written and
+    /// synced only after the data it points at, so that no crash mid-fsync can leave a
+    /// partially committed transaction whose pages an attacker chose (published payloads are
+    /// attacker-controlled values). Default true; costs one more fsync per group commit.
+    pub two_phase_commit: bool,
     /// Capacity of the store's write queue; a full queue makes publish answer 503.
     pub write_queue: usize,
     /// Most write jobs in one group commit.
@@ -150,6 +155,7 @@ impl Default for CoreConfig {
             data_dir: PathBuf::from("nems-data"),
             directory_file: None,
             durable: true,
+            two_phase_commit: true,
             write_queue: 8192,
             max_batch: 1024,
             cache_mib: 256,
@@ -370,6 +376,9 @@ mod tests {
                 .unwrap_err()
                 .contains("core.import.max_bad_row_percent")
         );
+        let c: CoreConfig = toml::from_str("two_phase_commit = false").unwrap();
+        assert!(!c.two_phase_commit);
+        assert!(CoreConfig::default().two_phase_commit, "on by default");
         assert!(CoreConfig::default().validate().is_ok());
     }
 

@@ -101,6 +101,7 @@ impl Core {
             .map_err(CoreError::Config)?;
         let options = StoreOptions {
             durable: config.durable,
+            two_phase_commit: config.two_phase_commit,
             queue: config.write_queue,
             max_batch: config.max_batch,
             cache_bytes: config.cache_mib.saturating_mul(1 << 20),

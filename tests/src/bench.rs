@@ -150,14 +150,15 @@ async fn spawn(nems: &Path, args: &[&str], env: &[(&str, String)], marker: &str)
     }
 }
 
-/// Starts `nems core` on a fresh data directory with the benchmark directory file.
-pub async fn start_core(nems: &Path, dir: &Path, durable: bool) -> Service {
+/// Starts `nems core` on a fresh data directory with the benchmark directory file;
+/// `two_phase_commit` is `core.two_phase_commit`.
+pub async fn start_core(nems: &Path, dir: &Path, durable: bool, two_phase_commit: bool) -> Service {
     let directory = dir.join("directory.toml");
     std::fs::write(&directory, crate::stack::TEST_DIRECTORY).expect("directory file");
     let config = dir.join("nems.toml");
     std::fs::write(
         &config,
-        format!("version = 1\n[core]\ndurable = {durable}\nmax_pending_deliveries = 100000000\nwrite_queue = 65536\n"),
+        format!("version = 1\n[core]\ndurable = {durable}\ntwo_phase_commit = {two_phase_commit}\nmax_pending_deliveries = 100000000\nwrite_queue = 65536\n"),
     )
     .expect("config file");
     spawn(

@@ -232,6 +232,8 @@ pub struct StoreOptions {
     /// `true`: every commit is fsynced before it is acknowledged (production).
     /// `false`: commits are not fsynced (benchmarks only: a crash may lose acknowledged work).
     pub durable: bool,
+    /// Commit in two phases (see `core.two_phase_commit`).
+    pub two_phase_commit: bool,
     /// Capacity of the write queue.
     pub queue: usize,
     /// Most write jobs in one transaction.
@@ -247,6 +249,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             durable: true,
+            two_phase_commit: true,
             queue: 8192,
             max_batch: 1024,
             cache_bytes: 256 << 20,
@@ -314,6 +317,7 @@ impl Store {
             } else {
                 Durability::None
             },
+            two_phase_commit: options.two_phase_commit,
         };
         let (writer, handle) = Writer::start(cell.clone(), settings);
         Ok(Store {

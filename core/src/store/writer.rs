@@ -203,6 +203,8 @@ pub(crate) struct WriterSettings {
     pub(crate) max_batch: usize,
     /// Commit durability.
     pub(crate) durability: Durability,
+    /// Commit in two phases (redb's recommendation when values are attacker-controlled).
+    pub(crate) two_phase_commit: bool,
 }
 
 impl Writer {
@@ -314,7 +316,7 @@ fn run(
             }
         }
         let outcome = match cell.get() {
-            Ok(db) => apply_and_commit(&db, &mut batch, settings.durability, stats),
+            Ok(db) => apply_and_commit(&db, &mut batch, &settings, stats),
             Err(e) => Err(e),
         };
         // Failed before anyone is answered: from here reads and writes are refused.
@@ -413,12 +415,13 @@ fn recover(
 fn apply_and_commit(
     db: &Database,
     batch: &mut [Box<dyn Job>],
-    durability: Durability,
+    settings: &WriterSettings,
     stats: &WriterStats,
 ) -> Result<(), StoreError> {
     let mut tx = db.begin_write()?;
-    tx.set_durability(durability)
+    tx.set_durability(settings.durability)
         .map_err(|e| StoreError::Corrupt(format!("set durability: {e}")))?;
+    tx.set_two_phase_commit(settings.two_phase_commit);
     for job in batch.iter_mut() {
         if let Err(e) = job.apply(&tx) {
             tracing::error!(error = %e, batch = batch.len(), "store write failed; batch aborted");

@@ -6,6 +6,7 @@
 //! target/release/nems-bench subscriptions [--count 1000000] [--http 20000] [--concurrency 64]
 //! target/release/nems-bench publish [--subscriptions 1000000] [--seconds 20] [--concurrency 64]
 //!                                   [--rate 0|5000] [--bytes 10240] [--durable true|false]
+//!                                   [--two-phase-commit true|false]
 //! ```
 //! Options: `--nems PATH` (default `target/release/nems`), `--dir DIR` (default a temp dir).
 #![allow(
@@ -60,7 +61,7 @@ async fn main() {
         "subscriptions" => {
             let count: u64 = opt(&o, "count", 1_000_000);
             let http_count: u64 = opt(&o, "http", 20_000);
-            let core = bench::start_core(&nems, &dir, true).await;
+            let core = bench::start_core(&nems, &dir, true, true).await;
             println!(
                 "subscription creation, {count} over gRPC then {http_count} over HTTP, concurrency {concurrency}, durable"
             );
@@ -103,7 +104,8 @@ async fn main() {
             let rate: u64 = opt(&o, "rate", 0);
             let bytes: usize = opt(&o, "bytes", 10_240);
             let durable: bool = opt(&o, "durable", true);
-            let core = bench::start_core(&nems, &dir, durable).await;
+            let two_phase: bool = opt(&o, "two-phase-commit", true);
+            let core = bench::start_core(&nems, &dir, durable, two_phase).await;
             println!("preloading {subscriptions} explicit subscriptions over gRPC...");
             let mut p = bench::create_grpc(core.addr, 0, subscriptions, concurrency).await;
             line("preload", &mut p);
@@ -139,7 +141,7 @@ async fn main() {
                 format!("closed loop, {concurrency} clients")
             };
             println!(
-                "publish over HTTP, ~{bytes}-byte events, {subscriptions} subscriptions stored, durable={durable}, {mode}"
+                "publish over HTTP, ~{bytes}-byte events, {subscriptions} subscriptions stored, durable={durable}, two-phase commit={two_phase}, {mode}"
             );
             line("publishes", &mut p);
             println!(

@@ -65,6 +65,9 @@ struct State {
     last_answer: Option<Instant>,
     /// The last successful probe.
     last_probe_ok: Option<Instant>,
+    /// Times the circuit opened: a probe loop ends when the circuit it was started for
+    /// closed, even if the circuit has opened again since (which starts a loop of its own).
+    opened: u64,
 }
 
 /// The circuit of one MESH endpoint, shared by the pump's delivery tasks.
@@ -181,19 +184,20 @@ impl Circuit {
     fn trip(self: &Arc<Self>) {
         let opened = self.with(|s| {
             if s.open_since.is_some() {
-                return false;
+                return None;
             }
             s.open_since = Some(Instant::now());
-            true
+            s.opened += 1;
+            Some(s.opened)
         });
-        if !opened {
+        let Some(generation) = opened else {
             return;
-        }
+        };
         tracing::warn!("mesh endpoint unavailable: circuit open, deliveries held until it answers");
         crate::metrics::set_circuit(true);
         self.open.send_replace(true);
         let circuit = Arc::clone(self);
-        tokio::spawn(async move { circuit.probe_until_closed().await });
+        tokio::spawn(async move { circuit.probe_until_closed(generation).await });
     }
 
     fn close_now(&self) {
@@ -210,11 +214,16 @@ impl Circuit {
         }
     }
 
-    async fn probe_until_closed(self: Arc<Self>) {
+    /// True while the circuit is open since its `generation`-th opening.
+    fn open_since_opening(&self, generation: u64) -> bool {
+        self.with(|s| s.open_since.is_some() && s.opened == generation)
+    }
+
+    async fn probe_until_closed(self: Arc<Self>, generation: u64) {
         let mut delay = self.settings.probe_initial;
-        while self.is_open() {
+        while self.open_since_opening(generation) {
             tokio::time::sleep(delay).await;
-            if !self.is_open() {
+            if !self.open_since_opening(generation) {
                 break;
             }
             let answered = (self.probe)().await;

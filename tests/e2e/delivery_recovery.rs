@@ -30,6 +30,22 @@ pub(crate) fn metric(sample: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Waits until a row of `mailbox` is in `state`; returns it.
+async fn first_in_state(
+    stack: &nems_e2e::stack::TestStack,
+    mailbox: &str,
+    state: pb::DeliveryState,
+    what: &str,
+) -> pb::DeliveryRecord {
+    eventually(what, WAIT, || async {
+        deliveries_to(stack, mailbox)
+            .await
+            .into_iter()
+            .find(|r| r.state() == state)
+    })
+    .await
+}
+
 /// The readiness failure of the adapter's MESH check, if any.
 fn mesh_unready() -> Option<String> {
     nems_proto::ops::readiness()
@@ -56,19 +72,19 @@ async fn a_redriven_delivery_mesh_reported_undeliverable_is_sent_as_a_new_messag
     }
     let payload = vaccination_event(NHS_NUMBER, "recovery-ndr-redrive");
     publish(&stack, payload.as_bytes()).await;
-    let sent = eventually("RECIP01's delivery to be delivered", WAIT, || async {
-        deliveries_to(&stack, "RECIP01")
-            .await
-            .into_iter()
-            .find(|r| r.state() == pb::DeliveryState::Delivered)
-    })
+    let sent = first_in_state(
+        &stack,
+        "RECIP01",
+        pb::DeliveryState::Delivered,
+        "RECIP01's delivery to be delivered",
+    )
     .await;
-    eventually("DEAD01's delivery to be dead-lettered", WAIT, || async {
-        deliveries_to(&stack, "DEAD01")
-            .await
-            .into_iter()
-            .find(|r| r.state() == pb::DeliveryState::DeadLettered)
-    })
+    first_in_state(
+        &stack,
+        "DEAD01",
+        pb::DeliveryState::DeadLettered,
+        "DEAD01's delivery to be dead-lettered",
+    )
     .await;
 
     // MESH gives up on the message (never collected) and reports it to our mailbox.
@@ -83,12 +99,12 @@ async fn a_redriven_delivery_mesh_reported_undeliverable_is_sent_as_a_new_messag
             description: "Message not collected by recipient after 5 days".into(),
         },
     );
-    let dead = eventually("the report to dead-letter the delivery", WAIT, || async {
-        deliveries_to(&stack, "RECIP01")
-            .await
-            .into_iter()
-            .find(|r| r.state() == pb::DeliveryState::DeadLettered)
-    })
+    let dead = first_in_state(
+        &stack,
+        "RECIP01",
+        pb::DeliveryState::DeadLettered,
+        "the report to dead-letter the delivery",
+    )
     .await;
     assert_eq!(dead.last_error_code, "MESH_14");
 
@@ -102,12 +118,12 @@ async fn a_redriven_delivery_mesh_reported_undeliverable_is_sent_as_a_new_messag
         .expect("redrive")
         .into_inner();
     assert_eq!(redriven.redriven, 1, "{redriven:?}");
-    let again = eventually("the redriven delivery to be delivered", WAIT, || async {
-        deliveries_to(&stack, "RECIP01")
-            .await
-            .into_iter()
-            .find(|r| r.state() == pb::DeliveryState::Delivered)
-    })
+    let again = first_in_state(
+        &stack,
+        "RECIP01",
+        pb::DeliveryState::Delivered,
+        "the redriven delivery to be delivered",
+    )
     .await;
     assert_ne!(
         again.mesh_message_id, sent.mesh_message_id,
@@ -291,19 +307,19 @@ async fn sandbox_redrive_after_a_non_delivery_report_reaches_the_recipient() {
     }
     let payload = vaccination_event(NHS_NUMBER, "recovery-sandbox-redrive");
     publish(&stack, payload.as_bytes()).await;
-    let sent = eventually("the delivery to be delivered", WAIT, || async {
-        deliveries_to(&stack, recipient.id)
-            .await
-            .into_iter()
-            .find(|r| r.state() == pb::DeliveryState::Delivered)
-    })
+    let sent = first_in_state(
+        &stack,
+        recipient.id,
+        pb::DeliveryState::Delivered,
+        "the delivery to be delivered",
+    )
     .await;
-    eventually("UNREG01's delivery to be dead-lettered", WAIT, || async {
-        deliveries_to(&stack, "UNREG01")
-            .await
-            .into_iter()
-            .find(|r| r.state() == pb::DeliveryState::DeadLettered)
-    })
+    first_in_state(
+        &stack,
+        "UNREG01",
+        pb::DeliveryState::DeadLettered,
+        "UNREG01's delivery to be dead-lettered",
+    )
     .await;
     // MESH gives up on the message and reports it to our mailbox.
     sandbox
@@ -324,12 +340,12 @@ async fn sandbox_redrive_after_a_non_delivery_report_reaches_the_recipient() {
             "Message not collected by recipient after 5 days",
         )
         .await;
-    let dead = eventually("the report to dead-letter the delivery", WAIT, || async {
-        deliveries_to(&stack, recipient.id)
-            .await
-            .into_iter()
-            .find(|r| r.state() == pb::DeliveryState::DeadLettered)
-    })
+    let dead = first_in_state(
+        &stack,
+        recipient.id,
+        pb::DeliveryState::DeadLettered,
+        "the report to dead-letter the delivery",
+    )
     .await;
     assert_eq!(dead.last_error_code, "MESH_14");
     let redriven = stack
@@ -342,12 +358,12 @@ async fn sandbox_redrive_after_a_non_delivery_report_reaches_the_recipient() {
         .expect("redrive")
         .into_inner();
     assert_eq!(redriven.redriven, 1, "{redriven:?}");
-    let again = eventually("the redriven delivery to be delivered", WAIT, || async {
-        deliveries_to(&stack, recipient.id)
-            .await
-            .into_iter()
-            .find(|r| r.state() == pb::DeliveryState::Delivered)
-    })
+    let again = first_in_state(
+        &stack,
+        recipient.id,
+        pb::DeliveryState::Delivered,
+        "the redriven delivery to be delivered",
+    )
     .await;
     assert_ne!(again.mesh_message_id, sent.mesh_message_id);
     assert_ne!(

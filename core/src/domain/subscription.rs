@@ -14,6 +14,12 @@ pub const PROFILE: &str = "https://fhir.nhs.uk/STU3/StructureDefinition/EMS-Subs
 /// The prefix of the contact value; the ODS code follows it.
 pub const CONTACT_PREFIX: &str = "https://directory.spineservices.nhs.uk/STU3/Organization/";
 
+/// The longest `Subscription.reason` accepted, in characters.
+pub const MAX_REASON_CHARS: usize = 1_000;
+
+/// The longest `Subscription.contact.value` accepted, in characters.
+pub const MAX_CONTACT_VALUE_CHARS: usize = 256;
+
 /// Elements of the base resource that an `EMS-Subscription-1` must not carry.
 const FORBIDDEN_OTHER_ELEMENTS: [&str; 3] = ["contained", "modifierExtension", "implicitRules"];
 
@@ -59,6 +65,20 @@ pub fn validate(
         return Err(resource_error(
             "Subscription.status must be `requested` when creating a subscription",
         ));
+    }
+    if resource
+        .contact
+        .iter()
+        .any(|c| c.value.chars().count() > MAX_CONTACT_VALUE_CHARS)
+    {
+        return Err(resource_error(format!(
+            "Subscription.contact.value is longer than {MAX_CONTACT_VALUE_CHARS} characters"
+        )));
+    }
+    if resource.reason.chars().count() > MAX_REASON_CHARS {
+        return Err(resource_error(format!(
+            "Subscription.reason is longer than {MAX_REASON_CHARS} characters"
+        )));
     }
     let contact_ods = contact_ods(resource)?;
     if resource.reason.trim().is_empty() {
@@ -323,6 +343,28 @@ mod tests {
     fn rejected(r: pb::SubscriptionResource) -> (SpineCode, String) {
         let e = validate(&r, &Catalogue::default(), NOW).unwrap_err();
         (e.code, e.diagnostics)
+    }
+
+    #[test]
+    fn reason_and_contact_values_are_length_capped() {
+        let mut r = sample();
+        r.reason = "a".repeat(MAX_REASON_CHARS);
+        assert!(validate(&r, &Catalogue::default(), NOW).is_ok());
+        r.reason = "a".repeat(MAX_REASON_CHARS + 1);
+        let (code, text) = rejected(r);
+        assert_eq!(code, SpineCode::InvalidResource);
+        assert!(
+            text.contains("Subscription.reason is longer than 1000"),
+            "{text}"
+        );
+        let mut r = sample();
+        r.contact[0].value = format!("{CONTACT_PREFIX}{}", "A".repeat(MAX_CONTACT_VALUE_CHARS));
+        let (code, text) = rejected(r);
+        assert_eq!(code, SpineCode::InvalidResource);
+        assert!(
+            text.contains("Subscription.contact.value is longer than 256"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -88,6 +88,14 @@ pub struct CoreConfig {
     /// How long audit records are kept.
     #[serde(with = "duration")]
     pub audit_retention: Duration,
+    /// How long records of refused requests are kept (aggregated: one record per caller,
+    /// action, resource and outcome within an audit window, with its count).
+    #[serde(with = "duration")]
+    pub refusal_audit_retention: Duration,
+    /// Most live subscriptions one ASID may own; a create beyond it is refused `403`
+    /// `ACCESS_DENIED` (deleted subscriptions free their place; ended ones count until
+    /// they are deleted).
+    pub subscription_quota_per_asid: u64,
     /// Publish answers 503 when more deliveries than this are waiting (backpressure).
     pub max_pending_deliveries: u64,
     /// Event catalogue overrides and additions (`[[core.event_types]]`).
@@ -167,6 +175,8 @@ impl Default for CoreConfig {
             max_streams: 32,
             ledger_retention: Duration::from_secs(90 * 24 * 3600),
             audit_retention: Duration::from_secs(2 * 365 * 24 * 3600),
+            refusal_audit_retention: Duration::from_secs(30 * 24 * 3600),
+            subscription_quota_per_asid: 1_000_000,
             dead_letter_retention: Duration::from_secs(30 * 24 * 3600),
             sweep_interval: Duration::from_secs(600),
             sweep_batch: 1_000,
@@ -212,6 +222,9 @@ impl CoreConfig {
         }
         if self.sweep_batch == 0 {
             return Err("core.sweep_batch must be at least 1".into());
+        }
+        if self.subscription_quota_per_asid == 0 {
+            return Err("core.subscription_quota_per_asid must be at least 1".into());
         }
         if self.sweep_interval < Duration::from_secs(1) {
             return Err("core.sweep_interval must be at least 1s".into());
@@ -351,6 +364,13 @@ mod tests {
                     ..Default::default()
                 },
                 "core.max_streams",
+            ),
+            (
+                CoreConfig {
+                    subscription_quota_per_asid: 0,
+                    ..Default::default()
+                },
+                "core.subscription_quota_per_asid",
             ),
             (
                 CoreConfig {

@@ -8,7 +8,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
 use crate::state::CoreState;
@@ -47,6 +47,7 @@ pub(crate) struct CoreMetrics {
     pub(crate) pds_lookups: Family<OutcomeLabel, Counter>,
     pub(crate) calls_refused: Counter,
     pub(crate) audit_dropped: Counter,
+    pub(crate) audit_queue_depth: Gauge,
 }
 
 /// The process-wide metrics, registered on first use.
@@ -66,6 +67,7 @@ pub(crate) fn metrics() -> &'static CoreMetrics {
             pds_lookups: Family::default(),
             calls_refused: Counter::default(),
             audit_dropped: Counter::default(),
+            audit_queue_depth: Gauge::default(),
         };
         nems_proto::ops::register(
             "events_accepted",
@@ -124,8 +126,13 @@ pub(crate) fn metrics() -> &'static CoreMetrics {
         );
         nems_proto::ops::register(
             "audit_dropped",
-            "Refusal audit records dropped because the audit or write queue was full",
+            "Audit records (reads and refusals) dropped because the audit queue was full or the write failed",
             m.audit_dropped.clone(),
+        );
+        nems_proto::ops::register(
+            "audit_queue_depth",
+            "Audit records waiting in the audit queue (bounded; beyond it records are dropped)",
+            m.audit_queue_depth.clone(),
         );
         nems_proto::ops::register_collector(Box::new(StoreCollector));
         m

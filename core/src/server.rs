@@ -30,7 +30,7 @@ use crate::service::subscriptions::Subscriptions;
 use crate::state::CoreState;
 use crate::store::{Store, StoreError, StoreOptions, audit, directory as dir_store, ledger};
 use crate::trust::Trust;
-use crate::trust::gate::{self, Gate, GateLayer, Listener};
+use crate::trust::gate::{Gate, GateLayer, Listener};
 
 /// Why core could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -185,9 +185,11 @@ impl Core {
             service_names::DELIVERY,
         ])?;
         let operator_reflection = reflection(&[service_names::DIRECTORY, service_names::OPERATOR])?;
-        // Refusals of both gates are audited through one bounded queue; its task ends once
-        // both listeners have stopped (and dropped the gates), before the store closes.
-        let (refusals, refusal_audit) = gate::audit_queue(state.store.writer().clone(), 4096);
+        // Reads and refusals (of both gates and the services) are audited through one
+        // bounded queue; its task is finished once both listeners have stopped, before the
+        // store closes.
+        let refusal_audit = state.audit.start(state.store.writer().clone());
+        let refusals = state.audit.clone();
         let service_gate = GateLayer::new(Gate::new(
             Listener::Service,
             state.config.tls.is_some(),
@@ -268,7 +270,9 @@ impl Core {
             .map_err(|e| CoreError::Config(format!("operator task: {e}")))?;
         service_result?;
         operator_result?;
-        let _ = refusal_audit.await;
+        if let Some(task) = refusal_audit {
+            task.finish().await;
+        }
         let _ = sweeper.await;
         let _ = reloader.await;
         drop(state);
@@ -395,13 +399,16 @@ async fn sweep_loop(state: Arc<CoreState>) {
         let retention = state.config.ledger_retention.as_millis() as u64;
         let dead = state.config.dead_letter_retention.as_millis() as u64;
         let audit_cutoff = now.saturating_sub(state.config.audit_retention.as_millis() as u64);
+        let refusal_cutoff =
+            now.saturating_sub(state.config.refusal_audit_retention.as_millis() as u64);
         loop {
             let result = state
                 .store
                 .writer()
                 .write(move |tx| {
                     let swept = ledger::sweep(tx, now, retention, dead, batch)?;
-                    let pruned = audit::prune(tx, audit_cutoff, LIMIT)?;
+                    let pruned = audit::prune(tx, audit_cutoff, LIMIT)?
+                        + audit::prune_refused(tx, refusal_cutoff, LIMIT)?;
                     Ok((swept, pruned))
                 })
                 .await;

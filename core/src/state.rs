@@ -10,8 +10,7 @@ use crate::config::CoreConfig;
 use crate::directory::Directory;
 use crate::dispatch::Dispatcher;
 use crate::domain::catalogue::Catalogue;
-use crate::store::keys::now_ms;
-use crate::store::{Store, StoreError, audit, directory as dir_store};
+use crate::store::{Store, StoreError, directory as dir_store};
 
 /// Core's shared state.
 #[derive(Debug)]
@@ -24,6 +23,8 @@ pub(crate) struct CoreState {
     pub(crate) pds: Option<crate::pds::PdsClient>,
     /// Who callers are: client roles and the Spine CA of forwarded certificates.
     pub(crate) trust: Arc<crate::trust::Trust>,
+    /// The detached audit queue (reads and refusals).
+    pub(crate) audit: crate::audit::AuditSink,
     /// Set when core shuts down: long-lived delivery streams end.
     pub(crate) stop: tokio::sync::watch::Sender<bool>,
     /// Deliveries queued or in flight (for backpressure and metrics).
@@ -50,6 +51,7 @@ impl CoreState {
             dispatcher: Dispatcher::default(),
             pds,
             trust: Arc::new(trust),
+            audit: crate::audit::AuditSink::default(),
             stop: tokio::sync::watch::channel(false).0,
             pending: AtomicU64::new(0),
             imports: Default::default(),
@@ -126,16 +128,11 @@ impl CoreState {
         }
     }
 
-    /// Records an audit entry without waiting for it (reads and refusals); writes that
-    /// change state record theirs in their own transaction.
+    /// Records an audit entry without waiting for it (reads and refusals), through the
+    /// bounded audit queue; writes that change state record theirs in their own
+    /// transaction.
     pub(crate) fn audit_detached(&self, record: pb::AuditRecord) {
-        let writer = self.store.writer().clone();
-        tokio::spawn(async move {
-            let at = now_ms();
-            if let Err(e) = writer.write(move |tx| audit::append(tx, at, &record)).await {
-                tracing::warn!(error = %e, "audit record not written");
-            }
-        });
+        self.audit.record(record);
     }
 }
 
@@ -157,5 +154,6 @@ pub(crate) fn audit_record(
         resource_type: resource_type.into(),
         resource_id: resource_id.into(),
         outcome: outcome.into(),
+        count: 0,
     }
 }

@@ -42,9 +42,11 @@ pub struct EdgeConfig {
     /// Most concurrent connections; further ones are answered `503` with an
     /// OperationOutcome and `Retry-After` (256 at a time; beyond that, closed at once).
     pub max_connections: usize,
-    /// Requests per second allowed per calling ASID (0: no limit); beyond it `429`.
+    /// Requests per second allowed per verified client (0: no limit); beyond it `429`.
+    /// A client is its mutual-TLS certificate (which core binds to one ASID), else its
+    /// peer address; never the ASID a request names, which a client could borrow.
     pub rate_limit_per_asid: u32,
-    /// Burst of requests allowed per calling ASID above the steady rate.
+    /// Burst of requests allowed per verified client above the steady rate.
     pub rate_limit_burst: u32,
     /// Most requests (streams) open at once on one HTTP/2 connection; the client queues
     /// the rest. Kept small so that one connection cannot take the whole service.

@@ -117,6 +117,10 @@ pub async fn route(state: Arc<AppState>, req: Request<impl RequestBody>) -> Http
             .get::<Option<crate::tls::PeerCertificate>>()
             .cloned()
             .flatten(),
+        peer_addr: parts
+            .extensions
+            .get::<crate::server::PeerAddr>()
+            .map(|p| p.0),
     };
     let method = parts.method.clone();
     let path = parts.uri.path().to_string();

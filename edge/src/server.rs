@@ -137,6 +137,10 @@ fn drop_invalid_request_id<B>(mut request: Request<B>) -> Request<B> {
 /// Most connections being answered `503` at once (beyond the connection limit).
 const MAX_REFUSALS: usize = 256;
 
+/// The peer address of a request's connection (a request extension).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::IpAddr);
+
 /// Answers the requests of a connection over the connection limit with `503`, an
 /// OperationOutcome and `Retry-After`, then closes it; bounded by `timeout`.
 async fn refuse(stream: TcpStream, acceptor: Option<TlsAcceptor>, timeout: Duration) {
@@ -266,7 +270,7 @@ pub async fn run(
     tracing::info!(addr = %listener.local_addr()?, "edge serving HTTP");
     tokio::pin!(shutdown);
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer_addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -314,6 +318,9 @@ pub async fn run(
             let peer = io.peer_certificate();
             let service = tower::ServiceBuilder::new()
                 .layer(tower_http::add_extension::AddExtensionLayer::new(peer))
+                .layer(tower_http::add_extension::AddExtensionLayer::new(PeerAddr(
+                    peer_addr.ip(),
+                )))
                 .service(service);
             let connection =
                 builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));

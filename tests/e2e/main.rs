@@ -29,6 +29,7 @@ mod mesh_sandbox_interop;
 mod mesh_tls;
 
 mod security;
+mod security_abuse;
 mod security_roles;
 
 mod publish_common;

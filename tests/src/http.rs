@@ -56,6 +56,18 @@ impl HttpClient {
         }
     }
 
+    /// A client for `addr` whose connections come from `local` (e.g. `127.0.0.2`, another
+    /// peer address on loopback).
+    pub fn with_local_address(addr: SocketAddr, local: std::net::IpAddr) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_local_address(Some(local));
+        HttpClient {
+            addr,
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
     /// Sends a request.
     pub async fn send(
         &self,

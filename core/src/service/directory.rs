@@ -30,6 +30,7 @@ fn admin_audit(who: String, action: &str, resource_type: &str, id: &str) -> pb::
         resource_type: resource_type.into(),
         resource_id: id.into(),
         outcome: "ok".into(),
+        count: 0,
         user: who,
         ..Default::default()
     }

@@ -50,6 +50,7 @@ fn operator_audit(who: String, action: &str, resource_type: &str, id: &str) -> p
         resource_type: resource_type.into(),
         resource_id: id.into(),
         outcome: "ok".into(),
+        count: 0,
         user: who,
         ..Default::default()
     }

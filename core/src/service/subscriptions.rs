@@ -122,31 +122,50 @@ impl Subscriptions {
         let id_text = id_hex(id);
         let mut record = stored_record(&resource, &valid, &system, now);
         let audit_ok = audit_record(&caller, "create", "Subscription", &id_text, "ok");
+        let quota = self.state.config.subscription_quota_per_asid;
         let outcome = self
             .state
             .store
             .writer()
             .write(move |tx| {
+                // The quota is counted in the same transaction as the insert, so that
+                // concurrent creates cannot pass it together.
+                if store::owned_by_asid(tx, &record.owner_asid)? >= quota {
+                    return Ok(Created::OverQuota);
+                }
                 // Created at the time of the write, the order matching sees (publishes
                 // match inside their own writes): an event accepted after this commit
                 // is matched, one accepted before it is not.
                 record.created_ms = now_ms().max(now);
-                let inserted = store::insert(tx, id, &record, record.created_ms)?;
-                if inserted.is_ok() {
-                    audit::append(tx, record.created_ms, &audit_ok)?;
-                }
-                Ok(inserted.map(|()| record))
+                Ok(match store::insert(tx, id, &record, record.created_ms)? {
+                    Ok(()) => {
+                        audit::append(tx, record.created_ms, &audit_ok)?;
+                        Created::Stored(Box::new(record))
+                    }
+                    Err(existing) => Created::Duplicate(existing),
+                })
             })
             .await
             .map_err(|e| store_status(e, &caller.request_id))?;
         let record = match outcome {
-            Ok(record) => record,
-            Err(existing) => {
+            Created::Stored(record) => *record,
+            Created::Duplicate(existing) => {
                 let r = Rejection::new(
                     SpineCode::DuplicateRejected,
                     format!(
                         "an identical subscription already exists with id {}",
                         id_hex(existing)
+                    ),
+                );
+                return Err(self.refuse(&caller, "create", "", r));
+            }
+            Created::OverQuota => {
+                let r = Rejection::new(
+                    SpineCode::AccessDenied,
+                    format!(
+                        "this ASID already has {quota} subscriptions, its quota; delete those it \
+                         no longer needs, or ask the service operator to raise \
+                         core.subscription_quota_per_asid"
                     ),
                 );
                 return Err(self.refuse(&caller, "create", "", r));
@@ -165,6 +184,16 @@ impl Subscriptions {
             notices: valid.notices,
         })
     }
+}
+
+/// What a create's write did.
+enum Created {
+    /// Stored (the record as written).
+    Stored(Box<StoredSubscription>),
+    /// A live identical subscription exists (its id); nothing written.
+    Duplicate(u128),
+    /// The caller's ASID is at its quota; nothing written.
+    OverQuota,
 }
 
 fn stored_record(

@@ -1,12 +1,15 @@
 //! The audit trail: who did what to which resource, when, with what outcome. Never holds
 //! clinical content. Keyed by (time ms, random) so that appends need no counter.
+//!
+//! Refused requests are kept apart (`audit-refused-v1`, aggregated records with a count,
+//! their own retention); listings merge both tables in key order.
 
 use nems_proto::v1 as pb;
 use prost::Message;
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use super::StoreError;
-use super::tables::AUDIT;
+use super::tables::{AUDIT, AUDIT_REFUSED};
 
 /// Appends one record.
 pub(crate) fn append(
@@ -15,6 +18,20 @@ pub(crate) fn append(
     record: &pb::AuditRecord,
 ) -> Result<(), StoreError> {
     let mut table = tx.open_table(AUDIT)?;
+    table.insert(
+        (at_ms, rand::random::<u64>()),
+        record.encode_to_vec().as_slice(),
+    )?;
+    Ok(())
+}
+
+/// Appends one (aggregated) refusal record.
+pub(crate) fn append_refused(
+    tx: &WriteTransaction,
+    at_ms: u64,
+    record: &pb::AuditRecord,
+) -> Result<(), StoreError> {
+    let mut table = tx.open_table(AUDIT_REFUSED)?;
     table.insert(
         (at_ms, rand::random::<u64>()),
         record.encode_to_vec().as_slice(),
@@ -32,14 +49,37 @@ pub(crate) struct AuditFilter {
     pub(crate) resource_id: String,
 }
 
-/// Lists one page, oldest first; the token is `ms:seq` of the last record returned.
+/// Lists one page of both tables merged, oldest first; the token is `ms:seq` of the last
+/// record returned.
 pub(crate) fn list(
     tx: &ReadTransaction,
     filter: &AuditFilter,
     page_token: &str,
     page_size: usize,
 ) -> Result<(Vec<pb::AuditRecord>, String), StoreError> {
-    let table = tx.open_table(AUDIT)?;
+    list_tables(tx, &[AUDIT, AUDIT_REFUSED], filter, page_token, page_size)
+}
+
+/// Lists one page of the refusals only.
+#[cfg(test)]
+pub(crate) fn list_refused(
+    tx: &ReadTransaction,
+    filter: &AuditFilter,
+    page_token: &str,
+    page_size: usize,
+) -> Result<(Vec<pb::AuditRecord>, String), StoreError> {
+    list_tables(tx, &[AUDIT_REFUSED], filter, page_token, page_size)
+}
+
+type AuditTable = redb::TableDefinition<'static, (u64, u64), &'static [u8]>;
+
+fn list_tables(
+    tx: &ReadTransaction,
+    tables: &[AuditTable],
+    filter: &AuditFilter,
+    page_token: &str,
+    page_size: usize,
+) -> Result<(Vec<pb::AuditRecord>, String), StoreError> {
     let start = match page_token.split_once(':') {
         Some((ms, seq)) => {
             let ms: u64 = ms
@@ -60,8 +100,35 @@ pub(crate) fn list(
     } else {
         filter.until_ms
     };
+    let opened = tables
+        .iter()
+        .map(|t| tx.open_table(*t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut ranges = Vec::with_capacity(opened.len());
+    for table in &opened {
+        ranges.push(table.range(start..)?.peekable());
+    }
     let mut out = Vec::new();
-    for item in table.range(start..)? {
+    loop {
+        // The range whose next key is smallest (an error is taken first, to be returned).
+        let mut best: Option<(usize, (u64, u64))> = None;
+        for (i, range) in ranges.iter_mut().enumerate() {
+            match range.peek() {
+                None => {}
+                Some(Err(_)) => {
+                    best = Some((i, (0, 0)));
+                    break;
+                }
+                Some(Ok((k, _))) => {
+                    let key = k.value();
+                    if best.is_none_or(|(_, b)| key < b) {
+                        best = Some((i, key));
+                    }
+                }
+            }
+        }
+        let Some((i, _)) = best else { break };
+        let Some(item) = ranges[i].next() else { break };
         let (k, v) = item?;
         let (ms, seq) = k.value();
         if ms >= until {
@@ -89,7 +156,16 @@ pub(crate) fn prune(
     before_ms: u64,
     limit: usize,
 ) -> Result<usize, StoreError> {
-    let mut table = tx.open_table(AUDIT)?;
+    prune_table(tx, AUDIT, before_ms, limit)
+}
+
+fn prune_table(
+    tx: &WriteTransaction,
+    table: AuditTable,
+    before_ms: u64,
+    limit: usize,
+) -> Result<usize, StoreError> {
+    let mut table = tx.open_table(table)?;
     let mut keys = Vec::new();
     for item in table.range(..(before_ms, 0))? {
         let (k, _) = item?;
@@ -102,4 +178,13 @@ pub(crate) fn prune(
         table.remove(*key)?;
     }
     Ok(keys.len())
+}
+
+/// Deletes refusal records older than `before_ms`, at most `limit` of them.
+pub(crate) fn prune_refused(
+    tx: &WriteTransaction,
+    before_ms: u64,
+    limit: usize,
+) -> Result<usize, StoreError> {
+    prune_table(tx, AUDIT_REFUSED, before_ms, limit)
 }

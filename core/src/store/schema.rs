@@ -11,7 +11,9 @@ use super::tables::*;
 ///
 /// - 1: the first.
 /// - 2: the retention index `ledger-by-settled-v1` (built from the ledger on migration).
-pub(crate) const SCHEMA_VERSION: u64 = 2;
+/// - 3: per-ASID live subscription counts in `counters-v1` (the subscription quota),
+///   counted from the subscriptions on migration; `audit-refused-v1`.
+pub(crate) const SCHEMA_VERSION: u64 = 3;
 
 const VERSION_KEY: &str = "version";
 
@@ -35,6 +37,7 @@ pub(crate) fn migrate(db: &Database) -> Result<u64, StoreError> {
             while v < SCHEMA_VERSION {
                 match v {
                     1 => migrate_1_to_2(&tx)?,
+                    2 => migrate_2_to_3(&tx)?,
                     _ => {
                         return Err(StoreError::Corrupt(format!(
                             "no migration from schema version {v}"
@@ -62,6 +65,14 @@ fn migrate_1_to_2(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
         events_without_deliveries = events,
         "schema 1 -> 2: retention index built"
     );
+    Ok(())
+}
+
+/// Schema 2 → 3: the per-ASID subscription counts, from the subscriptions as they are.
+fn migrate_2_to_3(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let owners = super::subscriptions::rebuild_owner_counts(tx)?;
+    tx.open_table(AUDIT_REFUSED)?;
+    tracing::info!(owners, "schema 2 -> 3: per-ASID subscription counts built");
     Ok(())
 }
 
@@ -93,6 +104,7 @@ fn create_tables(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(MAILBOXES)?;
     tx.open_table(PATIENTS)?;
     tx.open_table(AUDIT)?;
+    tx.open_table(AUDIT_REFUSED)?;
     tx.open_table(REF_META)?;
     for slots in REF_SLOTS {
         for slot in slots {

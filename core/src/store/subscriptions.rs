@@ -66,7 +66,44 @@ pub(crate) fn insert(
     tx.open_table(SUBS_BY_MAILBOX)?
         .insert((sub.mailbox.as_str(), id), ())?;
     bump(tx, "subscriptions-live", 1)?;
+    bump(tx, &owner_counter(&sub.owner_asid), 1)?;
     Ok(Ok(()))
+}
+
+/// The `counters-v1` key of the live subscriptions an ASID owns (the quota's count).
+fn owner_counter(asid: &str) -> String {
+    format!("subscriptions-asid/{asid}")
+}
+
+/// Number of live (not deleted) subscriptions created by `asid`, in a write (the quota
+/// check, serialised with the insert that follows it).
+pub(crate) fn owned_by_asid(tx: &WriteTransaction, asid: &str) -> Result<u64, StoreError> {
+    let counters = tx.open_table(COUNTERS)?;
+    Ok(counters
+        .get(owner_counter(asid).as_str())?
+        .map(|v| v.value())
+        .unwrap_or(0))
+}
+
+/// Rebuilds the per-ASID counts from the subscriptions as they are (schema 2 → 3);
+/// returns how many ASIDs own live subscriptions.
+pub(crate) fn rebuild_owner_counts(tx: &WriteTransaction) -> Result<usize, StoreError> {
+    let mut counts: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    {
+        let subs = tx.open_table(SUBSCRIPTIONS)?;
+        for item in subs.iter()? {
+            let (_, v) = item?;
+            let sub = StoredSubscription::decode(v.value())?;
+            if sub.deleted_ms == 0 {
+                *counts.entry(sub.owner_asid).or_default() += 1;
+            }
+        }
+    }
+    let mut counters = tx.open_table(COUNTERS)?;
+    for (asid, n) in &counts {
+        counters.insert(owner_counter(asid).as_str(), *n)?;
+    }
+    Ok(counts.len())
 }
 
 fn add_match_index(
@@ -161,6 +198,7 @@ pub(crate) fn delete(
         dedup.remove(sub.dedup_key())?;
     }
     bump(tx, "subscriptions-live", -1)?;
+    bump(tx, &owner_counter(&sub.owner_asid), -1)?;
     Ok(true)
 }
 

@@ -91,6 +91,11 @@ pub(crate) const PATIENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::ne
 /// Audit trail: (time ms, sequence) → `AuditRecord`.
 pub(crate) const AUDIT: TableDefinition<'_, (u64, u64), &[u8]> = TableDefinition::new("audit-v1");
 
+/// Refused requests, aggregated (`AuditRecord.count`), with their own retention: the
+/// same key and value as the audit trail.
+pub(crate) const AUDIT_REFUSED: TableDefinition<'_, (u64, u64), &[u8]> =
+    TableDefinition::new("audit-refused-v1");
+
 /// Reference data metadata: data set name → `RefMeta` (generation, active slot).
 pub(crate) const REF_META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("ref-meta-v1");
 

@@ -356,6 +356,7 @@ async fn audit_records_are_listed_filtered_and_pruned_by_age() {
                     action: action.into(),
                     asid: "200000000111".into(),
                     outcome: "ok".into(),
+                    count: 0,
                     ..Default::default()
                 };
                 audit::append(tx, at, &record)?;
@@ -1167,4 +1168,74 @@ async fn a_schema_1_store_gets_its_retention_index_built() {
         (3, 4),
         "all four events are past retention"
     );
+}
+
+#[tokio::test]
+async fn per_asid_subscription_counts_follow_creates_and_deletes_and_are_rebuilt_on_migration() {
+    use super::subscriptions::{delete, insert, owned_by_asid};
+    use super::tables::{COUNTERS, SCHEMA};
+    use crate::domain::catalogue::Catalogue;
+    let dir = tempfile::tempdir().unwrap();
+    let owned = |s: &Store, asid: &'static str| {
+        let s = s.writer().clone();
+        async move { s.write(move |tx| owned_by_asid(tx, asid)).await.unwrap() }
+    };
+    let mut ids = Vec::new();
+    {
+        let s = store(dir.path());
+        for (nhs, asid) in [
+            ("9434765803", "200000000111"),
+            ("9434765811", "200000000111"),
+            ("9434765838", "200000000222"),
+        ] {
+            let criteria = format!(
+                "/Bundle?type=message&Patient.identifier=https://fhir.nhs.uk/Id/nhs-number|{nhs}&MessageHeader.event=vaccinations-1"
+            );
+            let (id, mut record) =
+                crate::bench::stored_subscription(&Catalogue::default(), criteria, "MB1", 1_000)
+                    .unwrap();
+            record.owner_asid = asid.into();
+            s.writer()
+                .write(move |tx| Ok(insert(tx, id, &record, 1_000)?.is_ok()))
+                .await
+                .map(|inserted| assert!(inserted))
+                .unwrap();
+            ids.push(id);
+        }
+        assert_eq!(owned(&s, "200000000111").await, 2);
+        assert_eq!(owned(&s, "200000000222").await, 1);
+        assert_eq!(owned(&s, "200000000333").await, 0);
+        let first = ids[0];
+        let deleted = s
+            .writer()
+            .write(move |tx| delete(tx, first, 2_000, |_| true))
+            .await
+            .unwrap();
+        assert!(deleted);
+        // A second delete of the same subscription changes nothing.
+        let again = s
+            .writer()
+            .write(move |tx| delete(tx, first, 2_000, |_| true))
+            .await
+            .unwrap();
+        assert!(!again);
+        assert_eq!(owned(&s, "200000000111").await, 1);
+        // As schema 2 left it: no per-ASID counts.
+        s.writer()
+            .write(|tx| {
+                let mut counters = tx.open_table(COUNTERS)?;
+                counters.remove("subscriptions-asid/200000000111")?;
+                counters.remove("subscriptions-asid/200000000222")?;
+                tx.open_table(SCHEMA)?.insert("version", 2)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(owned(&s, "200000000111").await, 0);
+        s.close();
+    }
+    let s = store(dir.path());
+    assert_eq!(owned(&s, "200000000111").await, 1);
+    assert_eq!(owned(&s, "200000000222").await, 1);
+    s.close();
 }

@@ -2,10 +2,9 @@
 //! TLS client certificate, or the listener's plaintext roles) and refuses a call to a
 //! service the peer's roles do not open, before the request body is decoded.
 //!
-//! Refusals are audited through a bounded queue drained by one task that writes whatever
-//! has accumulated in one store transaction (never a task per refusal, and never waiting
-//! for room in the store's write queue: a full queue drops the records and counts them in
-//! `nems_audit_dropped_total`).
+//! Refusals are audited through core's bounded audit queue ([`crate::audit`]): never a
+//! task per refusal, aggregated, and dropped (counted in `nems_audit_dropped_total`) when
+//! the queue is full.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,14 +14,11 @@ use std::task::{Context, Poll};
 use nems_proto::service_names;
 use nems_proto::spine::{self, SpineCode};
 use nems_proto::v1 as pb;
-use tokio::sync::mpsc;
 use tonic::body::Body;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use super::{Peer, Role, Roles, Trust};
-use crate::store::audit;
-use crate::store::keys::now_ms;
-use crate::store::writer::Writer;
+use crate::audit::AuditSink;
 
 /// Which listener a gate guards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,17 +64,12 @@ pub(crate) struct Gate {
     /// The peer every caller is on a plaintext listener (`None` with TLS).
     plaintext: Option<Peer>,
     trust: Arc<Trust>,
-    audit: mpsc::Sender<pb::AuditRecord>,
+    audit: AuditSink,
 }
 
 impl Gate {
     /// A gate for `listener`; `tls` tells whether it verifies client certificates.
-    pub(crate) fn new(
-        listener: Listener,
-        tls: bool,
-        trust: Arc<Trust>,
-        audit: mpsc::Sender<pb::AuditRecord>,
-    ) -> Self {
+    pub(crate) fn new(listener: Listener, tls: bool, trust: Arc<Trust>, audit: AuditSink) -> Self {
         Gate {
             listener,
             plaintext: (!tls).then(|| Peer {
@@ -143,42 +134,10 @@ impl Gate {
             resource_type: "gRPC".into(),
             resource_id: path.chars().take(200).collect(),
             outcome: SpineCode::AccessDenied.as_str().into(),
+            count: 0,
         };
-        if self.audit.try_send(record).is_err() {
-            crate::metrics::metrics().audit_dropped.inc();
-        }
+        self.audit.record(record);
     }
-}
-
-/// The refusal audit queue: its sender for the gates, and the task writing it (ends when
-/// every sender is dropped, i.e. once the listeners have stopped).
-pub(crate) fn audit_queue(
-    writer: Writer,
-    capacity: usize,
-) -> (mpsc::Sender<pb::AuditRecord>, tokio::task::JoinHandle<()>) {
-    const BATCH: usize = 512;
-    let (tx, mut rx) = mpsc::channel::<pb::AuditRecord>(capacity.max(1));
-    let task = tokio::spawn(async move {
-        let mut batch = Vec::with_capacity(BATCH);
-        while rx.recv_many(&mut batch, BATCH).await > 0 {
-            let records = std::mem::take(&mut batch);
-            let n = records.len() as u64;
-            let written = writer
-                .try_write(move |tx| {
-                    let at = now_ms();
-                    for r in &records {
-                        audit::append(tx, at, r)?;
-                    }
-                    Ok(())
-                })
-                .await;
-            if let Err(e) = written {
-                crate::metrics::metrics().audit_dropped.inc_by(n);
-                tracing::warn!(error = %e, records = n, "refusal audit records not written");
-            }
-        }
-    });
-    (tx, task)
 }
 
 // === GateLayer ===

@@ -43,6 +43,8 @@ pub struct Ctx {
     pub query: Option<String>,
     /// The verified TLS client certificate (mutual TLS), if any.
     pub client_certificate: Option<crate::tls::PeerCertificate>,
+    /// The address of the connection's peer, when known.
+    pub peer_addr: Option<std::net::IpAddr>,
 }
 
 /// The response type of every handler.
@@ -188,14 +190,23 @@ pub fn check_headers(
         checked.caller.client_certificate.clone_from(leaf);
         checked.caller.client_certificate_chain = intermediates.to_vec();
     }
-    if let Err(wait) = state.limiter.check(&checked.caller.asid) {
+    // Charged to what the edge verified (the certificate, else the peer address), never
+    // to the ASID the request names.
+    let key = match ctx.client_certificate.as_ref().and_then(|c| c.0.first()) {
+        Some(leaf) => state.limiter.certificate_key(leaf),
+        None => crate::ratelimit::RateLimiter::address_key(
+            ctx.peer_addr
+                .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+        ),
+    };
+    if let Err(wait) = state.limiter.check(key) {
         crate::metrics::metrics().rate_limited.inc();
         return Err(EdgeError {
             retry_after: Some(wait.max(Duration::from_secs(1))),
             ..EdgeError::with_status(
                 SpineCode::BadRequest,
                 StatusCode::TOO_MANY_REQUESTS,
-                "too many requests from this ASID; slow down and retry after the Retry-After delay",
+                "too many requests from this client; slow down and retry after the Retry-After delay",
             )
         });
     }

@@ -3645,6 +3645,12 @@ pub struct AuditRecord {
     /// Outcome: `ok` or the Spine error code.
     #[prost(string, tag = "9")]
     pub outcome: ::prost::alloc::string::String,
+    /// For a refusal (outcome other than `ok`): how many identical refusals (same caller,
+    /// action, resource and outcome) this record stands for, aggregated over one audit window
+    /// (about a second; `at` is the first of them, `request_id` the first one's). 0 or 1 means
+    /// one. Refusals are kept for `core.refusal_audit_retention`.
+    #[prost(uint32, tag = "10")]
+    pub count: u32,
 }
 /// ListAuditRequest filters the audit trail.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -155,6 +155,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("NEMS_CORE_OPERATOR_LISTEN", "core.operator_listen"),
     ("NEMS_CORE_URL", "edge.core_url and mesh_adapter.core_url"),
     ("NEMS_EDGE_LISTEN", "edge.listen"),
+    ("NEMS_EDGE_GRPC_LISTEN", "edge.grpc_listen"),
     ("NEMS_BASE_URL", "edge.base_url"),
     ("NEMS_SERVICE_ASID", "edge.service_asid"),
     ("NEMS_SINK", "mesh_adapter.sink"),
@@ -295,6 +296,9 @@ impl NemsConfig {
         }
         if let Some(v) = get("NEMS_EDGE_LISTEN") {
             self.edge.listen = parsed("NEMS_EDGE_LISTEN", &v)?;
+        }
+        if let Some(v) = get("NEMS_EDGE_GRPC_LISTEN") {
+            self.edge.grpc_listen = Some(parsed("NEMS_EDGE_GRPC_LISTEN", &v)?);
         }
         if let Some(v) = get("NEMS_BASE_URL") {
             self.edge.base_url = v;

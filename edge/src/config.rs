@@ -66,6 +66,10 @@ pub struct EdgeConfig {
     /// Serve plain HTTP on a non-loopback `listen` address (behind a TLS-terminating proxy
     /// on a trusted network); otherwise such a configuration refuses to start.
     pub allow_plaintext: bool,
+    /// gRPC listen address of `BundleService` (internal services publishing the FHIR
+    /// Bundle over gRPC); unset: not served. Uses `[edge.tls]` as the HTTP API does (with
+    /// its client CA, mutual TLS). Env: `NEMS_EDGE_GRPC_LISTEN`.
+    pub grpc_listen: Option<SocketAddr>,
 }
 
 impl Default for EdgeConfig {
@@ -90,6 +94,7 @@ impl Default for EdgeConfig {
             tls: None,
             core_tls: None,
             allow_plaintext: false,
+            grpc_listen: None,
         }
     }
 }
@@ -123,6 +128,16 @@ impl EdgeConfig {
                 ));
             }
             None => {}
+        }
+        if let Some(grpc) = self.grpc_listen {
+            if grpc.port() != 0 && grpc == self.listen {
+                return Err("edge.grpc_listen must differ from edge.listen".into());
+            }
+            if self.tls.is_none() && !grpc.ip().is_loopback() && !self.allow_plaintext {
+                return Err(format!(
+                    "edge.grpc_listen {grpc} is not a loopback address and edge.tls is not set: serve TLS, or set edge.allow_plaintext = true"
+                ));
+            }
         }
         if let Some(tls) = &self.core_tls {
             tls.check("edge.core_tls")?;

@@ -17,6 +17,7 @@ pub mod config;
 pub mod core_client;
 pub mod error;
 pub mod fhir;
+pub mod grpc;
 pub mod handlers;
 pub mod headers;
 pub mod jwt;
@@ -29,4 +30,4 @@ pub mod tls;
 pub mod translate;
 
 pub use config::EdgeConfig;
-pub use server::run;
+pub use server::{run, run_with_grpc};

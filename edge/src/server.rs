@@ -137,6 +137,50 @@ fn drop_invalid_request_id<B>(mut request: Request<B>) -> Request<B> {
 /// Most connections being answered `503` at once (beyond the connection limit).
 const MAX_REFUSALS: usize = 256;
 
+/// Builds the gRPC server of `BundleService` (with reflection) on `listener`; the future
+/// serves until `stop` turns true.
+fn serve_grpc(
+    state: Arc<AppState>,
+    listener: TcpListener,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<impl Future<Output = Result<(), tonic::transport::Error>> + Send, EdgeRunError> {
+    use nems_proto::v1::bundle_service_server::BundleServiceServer;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(nems_proto::FILE_DESCRIPTOR_SET)
+            .with_service_name(nems_proto::service_names::BUNDLE)
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection")
+    };
+    let v1 = reflection()
+        .build_v1()
+        .map_err(|e| EdgeRunError::Config(format!("reflection: {e}")))?;
+    let v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| EdgeRunError::Config(format!("reflection: {e}")))?;
+    let mut builder = tonic::transport::Server::builder()
+        .timeout(state.config.request_timeout)
+        .concurrency_limit_per_connection(state.config.http2_max_concurrent_streams as usize);
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| EdgeRunError::Config(format!("edge.tls: {e}")))?;
+    }
+    // The bundle plus the request's other fields.
+    let max_message = state.config.max_body_bytes + 64 * 1024;
+    let addr = listener.local_addr()?;
+    let router = builder.add_service(v1).add_service(v1alpha).add_service(
+        BundleServiceServer::new(crate::grpc::Bundles { state })
+            .max_decoding_message_size(max_message),
+    );
+    tracing::info!(%addr, "edge serving gRPC (BundleService)");
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    Ok(router.serve_with_incoming_shutdown(incoming, async move {
+        let _ = stop.wait_for(|s| *s).await;
+    }))
+}
+
 /// The peer address of a request's connection (a request extension).
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub std::net::IpAddr);
@@ -184,14 +228,41 @@ async fn refuse(stream: TcpStream, acceptor: Option<TlsAcceptor>, timeout: Durat
     let _ = tokio::time::timeout(timeout, work).await;
 }
 
-/// Serves the edge on `listener` until `shutdown` completes, then lets open requests
-/// finish (up to 10 s).
+/// Serves the edge on `listener` (and `BundleService` on `edge.grpc_listen`, when set)
+/// until `shutdown` completes, then lets open requests finish (up to 10 s).
 pub async fn run(
     config: EdgeConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), EdgeRunError> {
     config.validate().map_err(EdgeRunError::Config)?;
+    let grpc = match config.grpc_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| EdgeRunError::Config(format!("edge.grpc_listen {addr}: {e}")))?,
+        ),
+        None => None,
+    };
+    run_with_grpc(config, listener, grpc, shutdown).await
+}
+
+/// [`run`] with the gRPC listener bound by the caller (`None`: no gRPC API; tests bind
+/// port 0).
+pub async fn run_with_grpc(
+    config: EdgeConfig,
+    listener: TcpListener,
+    grpc: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), EdgeRunError> {
+    config.validate().map_err(EdgeRunError::Config)?;
+    let grpc_tls = match (&grpc, &config.tls) {
+        (Some(_), Some(tls)) => Some(
+            tls.to_tonic()
+                .map_err(|e| EdgeRunError::Config(format!("edge.tls: {e}")))?,
+        ),
+        _ => None,
+    };
     let core_tls = match &config.core_tls {
         Some(tls) => Some(
             tls.to_tonic()
@@ -219,6 +290,16 @@ pub async fn run(
         core,
         limiter,
     });
+    let (grpc_stop, grpc_stopped) = tokio::sync::watch::channel(false);
+    let grpc_task = match grpc {
+        Some(grpc) => Some(tokio::spawn(serve_grpc(
+            state.clone(),
+            grpc,
+            grpc_tls,
+            grpc_stopped,
+        )?)),
+        None => None,
+    };
     let service = ServiceBuilder::new()
         .map_request(drop_invalid_request_id)
         .layer(SetRequestIdLayer::new(
@@ -332,6 +413,14 @@ pub async fn run(
     }
     drop(listener);
     tracing::info!("edge shutting down");
+    grpc_stop.send_replace(true);
+    if let Some(task) = grpc_task {
+        match task.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "edge gRPC server ended with an error"),
+            Err(e) => tracing::warn!(error = %e, "edge gRPC server task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(Duration::from_secs(10)) => {

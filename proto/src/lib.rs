@@ -44,6 +44,8 @@ pub mod service_names {
     pub const SUBSCRIPTION: &str = "nems.core.v1.SubscriptionService";
     /// `nems.core.v1.EventService`.
     pub const EVENT: &str = "nems.core.v1.EventService";
+    /// `nems.core.v1.BundleService` (served by the edge).
+    pub const BUNDLE: &str = "nems.core.v1.BundleService";
     /// `nems.core.v1.DeliveryService`.
     pub const DELIVERY: &str = "nems.core.v1.DeliveryService";
     /// `nems.core.v1.DirectoryService`.
@@ -72,6 +74,7 @@ mod tests {
         for name in [
             super::service_names::SUBSCRIPTION,
             super::service_names::EVENT,
+            super::service_names::BUNDLE,
             super::service_names::DELIVERY,
             super::service_names::DIRECTORY,
             super::service_names::OPERATOR,

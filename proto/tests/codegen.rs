@@ -27,6 +27,7 @@ fn generate(out: &Path) -> Vec<u8> {
         // Message payloads as `bytes::Bytes`: decoded without a copy from the gRPC frame,
         // and handed on (edge → core, core → adapter) without another.
         .bytes(".nems.core.v1.PublishEventRequest.payload")
+        .bytes(".nems.core.v1.PublishBundleRequest.bundle")
         .bytes(".nems.core.v1.Delivery.payload")
         .bytes(".nems.core.v1.InjectDeliveryRequest.payload")
         .out_dir(out)

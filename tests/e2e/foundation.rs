@@ -192,16 +192,56 @@ async fn grpcurl_lists_describes_and_calls() {
         "comments are served: {described}"
     );
     let operator = stack.operator_addr.to_string();
-    let status = tokio::task::spawn_blocking(move || {
-        run(vec![
-            "-plaintext".into(),
-            operator,
-            "nems.core.v1.OperatorService/ListEventTypes".into(),
-        ])
+    let status = tokio::task::spawn_blocking({
+        let run = run.clone();
+        move || {
+            run(vec![
+                "-plaintext".into(),
+                operator,
+                "nems.core.v1.OperatorService/ListEventTypes".into(),
+            ])
+        }
     })
     .await
     .unwrap();
     assert!(status.contains("VACCINATIONS_1"), "{status}");
+    // The edge's BundleService: listed by reflection, and a Bundle published as the
+    // README shows (the bytes base64 in grpcurl's JSON).
+    let bundle = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("e2e/fixtures/events/vaccinations-1-new.xml"),
+    )
+    .unwrap();
+    let request = serde_json::json!({
+        "caller": {"asid": "200000000111", "odsCode": "RR8"},
+        "interactionId": "urn:nhs:names:services:events:Vaccinations.Write",
+        "bundle": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &bundle),
+    })
+    .to_string();
+    let edge = stack.edge_grpc_addr.to_string();
+    let (edge_list, published) = tokio::task::spawn_blocking(move || {
+        let list = run(vec!["-plaintext".into(), edge.clone(), "list".into()]);
+        let published = run(vec![
+            "-plaintext".into(),
+            "-d".into(),
+            request,
+            edge,
+            "nems.core.v1.BundleService/PublishBundle".into(),
+        ]);
+        (list, published)
+    })
+    .await
+    .unwrap();
+    assert!(
+        edge_list.contains("nems.core.v1.BundleService"),
+        "{edge_list}"
+    );
+    let answer: serde_json::Value = serde_json::from_str(&published).unwrap();
+    assert_eq!(
+        answer["eventId"].as_str().map(str::len),
+        Some(32),
+        "{published}"
+    );
     stack.shutdown().await;
 }
 

@@ -1,7 +1,9 @@
-//! Parity of the two publish doors: core's `EventService.PublishEvent`, given the message
-//! the edge extracts (`nems_edge::translate::bundle::extract`) and the same bytes, refuses
-//! with the same Spine code as `POST /STU3/Events/1/$process-message` for the same broken
-//! message, and accepts what HTTP accepts (an event that is then in the ledger).
+//! Parity of the publish doors: core's `EventService.PublishEvent` (given the message the
+//! edge extracts, `nems_edge::translate::bundle::extract`, and the same bytes) and the
+//! edge's `BundleService.PublishBundle` (given only the bytes) refuse with the same Spine
+//! code as `POST /STU3/Events/1/$process-message` for the same broken message, and accept
+//! what HTTP accepts (an event that is then in the ledger). A bundle the edge cannot read
+//! is refused by the bundle door as by HTTP.
 
 use nems_e2e::spine::{self, Caller};
 use nems_e2e::stack::TestStack;
@@ -28,6 +30,33 @@ async fn publish_grpc(
         payload: body.as_bytes().to_vec().into(),
     };
     match stack.events().publish_event(request).await {
+        Ok(response) => Ok(response.into_inner().event_id),
+        Err(status) => {
+            assert!(
+                !status.message().contains(VACC_NHS),
+                "no NHS number in {status:?}"
+            );
+            Err(code_of(&status)
+                .map(|c| c.as_str().to_string())
+                .unwrap_or_else(|| panic!("a Spine code in {status:?}")))
+        }
+    }
+}
+
+/// Publishes the bytes through the edge's `BundleService`; `Ok(event id)` or
+/// `Err(Spine code)`.
+async fn publish_bundle(
+    stack: &TestStack,
+    caller: Caller,
+    interaction: &str,
+    body: &str,
+) -> Result<String, String> {
+    let request = pb::PublishBundleRequest {
+        caller: Some(spine::pb_caller(caller)),
+        interaction_id: format!("urn:nhs:names:services:events:{interaction}.Write"),
+        bundle: body.as_bytes().to_vec().into(),
+    };
+    match stack.bundles().publish_bundle(request).await {
         Ok(response) => Ok(response.into_inner().event_id),
         Err(status) => {
             assert!(
@@ -112,7 +141,59 @@ async fn publish_over_grpc_gives_the_same_spine_codes_as_http() {
         assert_eq!(outcome.issues[0].spine_code, code, "HTTP: {what}");
         let grpc = publish_grpc(&stack, caller, interaction, &body).await;
         assert_eq!(grpc, Err(code.to_string()), "gRPC: {what}");
+        let bundle = publish_bundle(&stack, caller, interaction, &body).await;
+        assert_eq!(bundle, Err(code.to_string()), "BundleService: {what}");
     }
+    // What only the edge can see (a bundle it cannot read) is refused by both its doors.
+    for (what, body, code) in [
+        (
+            "not well formed",
+            "<Bundle xmlns=\"http://hl7.org/fhir\"><id",
+            "MESSAGE_NOT_WELL_FORMED",
+        ),
+        (
+            "an attribute FHIR does not allow",
+            &edit(
+                &valid,
+                "<Bundle xmlns=\"http://hl7.org/fhir\"",
+                "<Bundle xmlns=\"http://hl7.org/fhir\" junk=\"1\"",
+            ),
+            "INVALID_RESOURCE",
+        ),
+        ("empty", "", "BAD_REQUEST"),
+    ] {
+        let http = publish(&stack, spine::SUBSCRIBER, "Vaccinations", body.to_string()).await;
+        let outcome = parse_outcome(&http.text());
+        assert_eq!(
+            outcome.issues[0].spine_code,
+            code,
+            "HTTP: {what}: {}",
+            http.text()
+        );
+        let bundle = publish_bundle(&stack, spine::SUBSCRIBER, "Vaccinations", body).await;
+        assert_eq!(bundle, Err(code.to_string()), "BundleService: {what}");
+    }
+    // A caller without an ASID is refused before anything is read.
+    let anonymous = stack
+        .bundles()
+        .publish_bundle(pb::PublishBundleRequest {
+            caller: None,
+            interaction_id: "urn:nhs:names:services:events:Vaccinations.Write".into(),
+            bundle: valid.clone().into_bytes().into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        code_of(&anonymous).map(|c| c.as_str()),
+        Some("MISSING_OR_INVALID_HEADER"),
+        "{anonymous:?}"
+    );
+    let over_bundle = publish_bundle(&stack, spine::SUBSCRIBER, "Vaccinations", &valid)
+        .await
+        .expect("accepted over BundleService");
+    let event = get_event(&stack, &over_bundle).await.event.unwrap();
+    assert_eq!(event.event_code, "vaccinations-1");
+    assert_eq!(event.payload_bytes as usize, valid.len());
 
     // Both doors accept the valid message; each makes an event.
     let http = publish(&stack, spine::SUBSCRIBER, "Vaccinations", valid.clone()).await;

@@ -13,6 +13,7 @@ use nems_e2e::spine::{self, Op, SUBSCRIBER};
 use nems_e2e::stack::{Sink, TEST_DIRECTORY, TestStack};
 use nems_proto::tls::{ClientTls, ServerTls};
 use nems_proto::v1 as pb;
+use nems_proto::v1::bundle_service_client::BundleServiceClient;
 use nems_proto::v1::operator_service_client::OperatorServiceClient;
 use tonic::transport::Endpoint;
 
@@ -156,6 +157,52 @@ async fn edge_with_mutual_tls_checks_the_certificate_against_the_asid() {
             .contains("does not belong to ASID 200000000111"),
         "{}",
         mismatch.text()
+    );
+
+    // The gRPC BundleService takes the same certificates for the same ASIDs.
+    let bundle = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("e2e/fixtures/events/vaccinations-1-new.xml"),
+    )
+    .unwrap();
+    let publish = |client: Option<&pki::Pair>| {
+        let tls = ClientTls {
+            ca_file: pki.ca.clone(),
+            cert_file: client.map(|c| c.cert.clone()),
+            key_file: client.map(|c| c.key.clone()),
+            domain: Some("localhost".into()),
+        };
+        let (addr, bundle) = (stack.edge_grpc_addr, bundle.clone());
+        async move {
+            let channel = Endpoint::from_shared(format!("https://{addr}"))
+                .unwrap()
+                .connect_timeout(Duration::from_secs(5))
+                .tls_config(tls.to_tonic().unwrap())
+                .unwrap()
+                .connect()
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            BundleServiceClient::new(channel)
+                .publish_bundle(pb::PublishBundleRequest {
+                    caller: Some(spine::pb_caller(spine::SUBSCRIBER)),
+                    interaction_id: "urn:nhs:names:services:events:Vaccinations.Write".into(),
+                    bundle: bundle.into(),
+                })
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let accepted = publish(Some(&pki.rr8)).await.unwrap();
+    assert_eq!(accepted.event_id.len(), 32);
+    let other = publish(Some(&pki.other)).await.unwrap_err();
+    assert_eq!(
+        nems_proto::spine::code_of(&other),
+        Some(nems_proto::spine::SpineCode::AccessDenied),
+        "{other:?}"
+    );
+    assert!(
+        publish(None).await.is_err(),
+        "a connection without a certificate published"
     );
 
     // An ASID with no registered identity cannot be used under mutual TLS.

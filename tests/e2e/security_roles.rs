@@ -430,6 +430,29 @@ async fn a_direct_caller_acts_as_the_asid_of_its_certificate_only() {
         other.message().contains("bound to ASID 200000000111"),
         "{other:?}"
     );
+    // Even as itself, a direct caller may not send a summary with a payload (the summary
+    // could describe another patient than the payload): it publishes the bundle through
+    // the edge's BundleService.
+    let valid = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("e2e/fixtures/events/vaccinations-1-new.xml"),
+    )
+    .unwrap();
+    let summary = nems_edge::translate::bundle::extract(valid.as_bytes()).unwrap();
+    let mismatched = EventServiceClient::new(direct.clone())
+        .publish_event(pb::PublishEventRequest {
+            caller: None,
+            interaction_id: "urn:nhs:names:services:events:Vaccinations.Write".into(),
+            message: Some(summary),
+            payload: b"hello".to_vec().into(),
+        })
+        .await
+        .unwrap_err();
+    assert_denied(&mismatched, "direct caller publishing a summary");
+    assert!(
+        mismatched.message().contains("BundleService"),
+        "{mismatched:?}"
+    );
     let as_pds = EventServiceClient::new(direct)
         .publish_event(pb::PublishEventRequest {
             caller: Some(spine::pb_caller(spine::PDS)),

@@ -14,6 +14,7 @@ use std::time::Duration;
 use nems_core::{Core, CoreConfig, CoreListeners};
 use nems_edge::EdgeConfig;
 use nems_mesh_adapter::{AdapterConfig, SinkKind};
+use nems_proto::v1::bundle_service_client::BundleServiceClient;
 use nems_proto::v1::delivery_service_client::DeliveryServiceClient;
 use nems_proto::v1::directory_service_client::DirectoryServiceClient;
 use nems_proto::v1::event_service_client::EventServiceClient;
@@ -127,6 +128,8 @@ pub struct TestStack {
     pub operator_addr: SocketAddr,
     /// The edge's HTTP address.
     pub edge_addr: SocketAddr,
+    /// The edge's gRPC address (`BundleService`).
+    pub edge_grpc_addr: SocketAddr,
     /// The data directory.
     pub data_dir: PathBuf,
     /// The folder sink root.
@@ -194,6 +197,12 @@ impl TestStack {
     /// Delivery client.
     pub fn deliveries(&self) -> DeliveryServiceClient<Channel> {
         DeliveryServiceClient::new(self.core_channel()).max_decoding_message_size(16 << 20)
+    }
+
+    /// The edge's `BundleService` client.
+    pub fn bundles(&self) -> BundleServiceClient<Channel> {
+        BundleServiceClient::new(Self::channel(self.edge_grpc_addr))
+            .max_encoding_message_size(16 << 20)
     }
 
     /// Operator client.
@@ -341,6 +350,8 @@ impl TestStackBuilder {
 
         let edge_listener = TcpListener::bind(loopback).await.expect("bind edge");
         let edge_addr = edge_listener.local_addr().expect("edge addr");
+        let edge_grpc_listener = TcpListener::bind(loopback).await.expect("bind edge gRPC");
+        let edge_grpc_addr = edge_grpc_listener.local_addr().expect("edge gRPC addr");
         let mut edge_config = EdgeConfig {
             listen: edge_addr,
             core_url: format!("http://{core_addr}"),
@@ -352,9 +363,14 @@ impl TestStackBuilder {
         tasks.push((
             "edge",
             tokio::spawn(async move {
-                nems_edge::run(edge_config, edge_listener, edge_stop)
-                    .await
-                    .map_err(|e| e.to_string())
+                nems_edge::run_with_grpc(
+                    edge_config,
+                    edge_listener,
+                    Some(edge_grpc_listener),
+                    edge_stop,
+                )
+                .await
+                .map_err(|e| e.to_string())
             }),
         ));
 
@@ -391,6 +407,7 @@ impl TestStackBuilder {
             core_addr,
             operator_addr,
             edge_addr,
+            edge_grpc_addr,
             data_dir,
             outbox,
             http: HttpClient::new(edge_addr),

@@ -168,6 +168,18 @@ impl EventService for Events {
                 CallerError::Impersonation(caller, r) => self.refuse(&caller, r),
                 CallerError::Refused(r) => self.refuse(&pb::Caller::default(), r),
             })?;
+        // The summary is matched on and the payload delivered: only the edge, which reads
+        // the one from the other, may send both. An internal service publishes the bundle
+        // itself through the edge's BundleService.
+        if matches!(proof, Proof::Bound) {
+            return Err(self.refuse(
+                &caller,
+                Rejection::new(
+                    SpineCode::AccessDenied,
+                    "EventService.PublishEvent takes event summaries from an edge only; publish the Bundle through the edge's nems.core.v1.BundleService.PublishBundle",
+                ),
+            ));
+        }
         let (system, valid) = self
             .check(&caller, proof, &req)
             .map_err(|r| self.refuse(&caller, r))?;

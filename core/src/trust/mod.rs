@@ -14,7 +14,9 @@
 //! The gate layer (`gate.rs`) refuses a call to a service the caller's roles do not open
 //! (`PERMISSION_DENIED` with `ACCESS_DENIED` in the details, audited): Subscription and
 //! Event services take edge and direct callers, DeliveryService adapters, Directory and
-//! Operator services operators.
+//! Operator services operators. `EventService.PublishEvent` then refuses a direct caller
+//! (it must publish the Bundle through the edge's `BundleService`, so that the summary
+//! matched on is always read from the payload delivered).
 //!
 //! A `pb::Caller` inside a request is honoured only from an edge (`Trust::caller`), and
 //! its forwarded client certificate is verified again here (`SpineCa`, against

@@ -37,6 +37,65 @@ async fn extract(body: &bytes::Bytes) -> Result<pb::EventMessage, crate::fhir::F
         })
 }
 
+/// Why [`forward`] gave no answer.
+#[derive(Debug)]
+pub(crate) enum Refused {
+    /// The edge refused the bundle (unreadable, too large).
+    Edge(EdgeError),
+    /// Core refused it or failed.
+    Core(tonic::Status),
+}
+
+/// Reads the bundle's structure from `body` and publishes it to core with the exact bytes:
+/// the one path of both the HTTP API and `BundleService.PublishBundle`.
+pub(crate) async fn forward(
+    state: &AppState,
+    caller: pb::Caller,
+    interaction_id: String,
+    body: bytes::Bytes,
+) -> Result<pb::PublishEventResponse, Refused> {
+    if body.is_empty() {
+        return Err(Refused::Edge(EdgeError::new(
+            SpineCode::BadRequest,
+            "an event message Bundle is required in the body",
+        )));
+    }
+    if body.len() > state.config.max_body_bytes {
+        return Err(Refused::Edge(super::too_large_error(
+            state.config.max_body_bytes,
+        )));
+    }
+    let message = extract(&body).await.map_err(|e| {
+        Refused::Edge(match fhir_error(e) {
+            EdgeError {
+                code: SpineCode::InvalidResource,
+                diagnostics,
+                ..
+            } => EdgeError::new(SpineCode::InvalidResource, diagnostics),
+            other => other,
+        })
+    })?;
+    let request = pb::PublishEventRequest {
+        caller: Some(caller),
+        interaction_id,
+        message: Some(message),
+        payload: body,
+    };
+    if prost::Message::encoded_len(&request) > nems_proto::MAX_CORE_REQUEST_BYTES {
+        return Err(Refused::Edge(super::too_large_error(
+            state.config.max_body_bytes,
+        )));
+    }
+    state
+        .core
+        .events
+        .clone()
+        .publish_event(request)
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(Refused::Core)
+}
+
 /// Publishes one event message.
 pub async fn publish(
     state: &AppState,
@@ -49,32 +108,12 @@ pub async fn publish(
         response_format(headers, ctx.query.as_deref(), Formats::XmlOnly, Format::Xml)?;
         let checked = check_headers(state, headers, Operation::Publish, ctx)?;
         let body = read_body(body, state.config.max_body_bytes).await?;
-        if body.is_empty() {
-            return Err(EdgeError::new(SpineCode::BadRequest, "an event message Bundle is required in the body"));
-        }
-        let message = extract(&body).await.map_err(|e| match fhir_error(e) {
-            EdgeError { code: SpineCode::InvalidResource, diagnostics, .. } => {
-                EdgeError::new(SpineCode::InvalidResource, diagnostics)
-            }
-            other => other,
-        })?;
-        let request = pb::PublishEventRequest {
-            caller: Some(checked.caller),
-            interaction_id: checked.interaction_id,
-            message: Some(message),
-            payload: body,
-        };
-        if prost::Message::encoded_len(&request) > nems_proto::MAX_CORE_REQUEST_BYTES {
-            return Err(super::too_large_error(state.config.max_body_bytes));
-        }
-        let accepted = state
-            .core
-            .events
-            .clone()
-            .publish_event(request)
+        let accepted = forward(state, checked.caller, checked.interaction_id, body)
             .await
-            .map_err(|s| EdgeError::from_core(&s, &ctx.request_id))?
-            .into_inner();
+            .map_err(|e| match e {
+                Refused::Edge(e) => e,
+                Refused::Core(s) => EdgeError::from_core(&s, &ctx.request_id),
+            })?;
         tracing::info!(request_id = %ctx.request_id, event = %accepted.event_id, mailboxes = accepted.mailboxes, "event published");
         Ok(match notices_body(&accepted.notices, Format::Xml, &ctx.request_id) {
             Some(body) => fhir_response(StatusCode::ACCEPTED, Format::Xml, body),

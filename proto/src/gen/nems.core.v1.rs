@@ -1099,6 +1099,35 @@ pub mod subscription_service_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+/// PublishBundleRequest carries one event message Bundle as published.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PublishBundleRequest {
+    /// Who is publishing (ASID, ODS code, optionally the user); the client certificate
+    /// fields are ignored: the edge forwards the certificate of the connection.
+    #[prost(message, optional, tag = "1")]
+    pub caller: ::core::option::Option<Caller>,
+    /// The interaction id, as the `InteractionID` header of the HTTP API, for example
+    /// `urn:nhs:names:services:events:Vaccinations.Write`.
+    #[prost(string, tag = "2")]
+    pub interaction_id: ::prost::alloc::string::String,
+    /// The FHIR XML message Bundle, stored and delivered unchanged (at most the edge's
+    /// `max_body_bytes`, 3 MB by default).
+    #[prost(bytes = "bytes", tag = "3")]
+    pub bundle: ::prost::bytes::Bytes,
+}
+/// PublishBundleResponse answers an accepted event, as `PublishEventResponse` does.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PublishBundleResponse {
+    /// The id the service gave the accepted event (32 lowercase hex).
+    #[prost(string, tag = "1")]
+    pub event_id: ::prost::alloc::string::String,
+    /// Number of mailboxes that will receive the event (suppressed ones excluded).
+    #[prost(uint32, tag = "2")]
+    pub mailboxes: u32,
+    /// Information notices (for example `DEPRECATED`).
+    #[prost(message, repeated, tag = "3")]
+    pub notices: ::prost::alloc::vec::Vec<Notice>,
+}
 /// PublishEventRequest carries one event message: the exact published bytes, which are
 /// delivered unchanged, and the routing summary that the edge extracted from them.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -1572,6 +1601,310 @@ pub mod event_service_server {
     /// Generated gRPC service name
     pub const SERVICE_NAME: &str = "nems.core.v1.EventService";
     impl<T> tonic::server::NamedService for EventServiceServer<T> {
+        const NAME: &'static str = SERVICE_NAME;
+    }
+}
+/// Generated client implementations.
+pub mod bundle_service_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    use tonic::codegen::http::Uri;
+    /// BundleService is served by the **edge** (`edge.grpc_listen`), for internal services
+    /// that publish over gRPC: it takes the FHIR message Bundle as published and runs the
+    /// edge's own extraction, so that the summary core matches on is read from the very bytes
+    /// delivered (core never parses FHIR, and takes `EventService.PublishEvent` only from an
+    /// edge). The caller is checked as on the HTTP API: under the edge's mutual TLS its
+    /// certificate must be the one registered for the ASID it names.
+    #[derive(Debug, Clone)]
+    pub struct BundleServiceClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl<T> BundleServiceClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> BundleServiceClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<
+                    <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                >,
+            >,
+            <T as tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            BundleServiceClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        /// Reads, validates and publishes one event message Bundle; answered once it is accepted
+        /// durably, with the same Spine codes as `POST /STU3/Events/1/$process-message`.
+        pub async fn publish_bundle(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PublishBundleRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::PublishBundleResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/nems.core.v1.BundleService/PublishBundle",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("nems.core.v1.BundleService", "PublishBundle"));
+            self.inner.unary(req, path, codec).await
+        }
+    }
+}
+/// Generated server implementations.
+pub mod bundle_service_server {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    /// Generated trait containing gRPC methods that should be implemented for use with BundleServiceServer.
+    #[async_trait]
+    pub trait BundleService: std::marker::Send + std::marker::Sync + 'static {
+        /// Reads, validates and publishes one event message Bundle; answered once it is accepted
+        /// durably, with the same Spine codes as `POST /STU3/Events/1/$process-message`.
+        async fn publish_bundle(
+            &self,
+            request: tonic::Request<super::PublishBundleRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::PublishBundleResponse>,
+            tonic::Status,
+        >;
+    }
+    /// BundleService is served by the **edge** (`edge.grpc_listen`), for internal services
+    /// that publish over gRPC: it takes the FHIR message Bundle as published and runs the
+    /// edge's own extraction, so that the summary core matches on is read from the very bytes
+    /// delivered (core never parses FHIR, and takes `EventService.PublishEvent` only from an
+    /// edge). The caller is checked as on the HTTP API: under the edge's mutual TLS its
+    /// certificate must be the one registered for the ASID it names.
+    #[derive(Debug)]
+    pub struct BundleServiceServer<T> {
+        inner: Arc<T>,
+        accept_compression_encodings: EnabledCompressionEncodings,
+        send_compression_encodings: EnabledCompressionEncodings,
+        max_decoding_message_size: Option<usize>,
+        max_encoding_message_size: Option<usize>,
+    }
+    impl<T> BundleServiceServer<T> {
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(Arc::new(inner))
+        }
+        pub fn from_arc(inner: Arc<T>) -> Self {
+            Self {
+                inner,
+                accept_compression_encodings: Default::default(),
+                send_compression_encodings: Default::default(),
+                max_decoding_message_size: None,
+                max_encoding_message_size: None,
+            }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> InterceptedService<Self, F>
+        where
+            F: tonic::service::Interceptor,
+        {
+            InterceptedService::new(Self::new(inner), interceptor)
+        }
+        /// Enable decompressing requests with the given encoding.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.accept_compression_encodings.enable(encoding);
+            self
+        }
+        /// Compress responses with the given encoding, if the client supports it.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.send_compression_encodings.enable(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.max_decoding_message_size = Some(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.max_encoding_message_size = Some(limit);
+            self
+        }
+    }
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for BundleServiceServer<T>
+    where
+        T: BundleService,
+        B: Body + std::marker::Send + 'static,
+        B::Error: Into<StdError> + std::marker::Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<std::result::Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            match req.uri().path() {
+                "/nems.core.v1.BundleService/PublishBundle" => {
+                    #[allow(non_camel_case_types)]
+                    struct PublishBundleSvc<T: BundleService>(pub Arc<T>);
+                    impl<
+                        T: BundleService,
+                    > tonic::server::UnaryService<super::PublishBundleRequest>
+                    for PublishBundleSvc<T> {
+                        type Response = super::PublishBundleResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PublishBundleRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as BundleService>::publish_bundle(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PublishBundleSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                _ => {
+                    Box::pin(async move {
+                        let mut response = http::Response::new(
+                            tonic::body::Body::default(),
+                        );
+                        let headers = response.headers_mut();
+                        headers
+                            .insert(
+                                tonic::Status::GRPC_STATUS,
+                                (tonic::Code::Unimplemented as i32).into(),
+                            );
+                        headers
+                            .insert(
+                                http::header::CONTENT_TYPE,
+                                tonic::metadata::GRPC_CONTENT_TYPE,
+                            );
+                        Ok(response)
+                    })
+                }
+            }
+        }
+    }
+    impl<T> Clone for BundleServiceServer<T> {
+        fn clone(&self) -> Self {
+            let inner = self.inner.clone();
+            Self {
+                inner,
+                accept_compression_encodings: self.accept_compression_encodings,
+                send_compression_encodings: self.send_compression_encodings,
+                max_decoding_message_size: self.max_decoding_message_size,
+                max_encoding_message_size: self.max_encoding_message_size,
+            }
+        }
+    }
+    /// Generated gRPC service name
+    pub const SERVICE_NAME: &str = "nems.core.v1.BundleService";
+    impl<T> tonic::server::NamedService for BundleServiceServer<T> {
         const NAME: &'static str = SERVICE_NAME;
     }
 }

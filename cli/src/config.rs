@@ -240,8 +240,17 @@ impl NemsConfig {
             None => NemsConfig::default(),
         };
         config.apply(source)?;
+        config.follow_data_dir();
         config.validate()?;
         Ok(config)
+    }
+
+    /// The folder sink's outbox follows the data directory when it was not set
+    /// (`<data_dir>/outbox`), rather than the working directory.
+    fn follow_data_dir(&mut self) {
+        if self.mesh_adapter.folder == nems_mesh_adapter::AdapterConfig::default().folder {
+            self.mesh_adapter.folder = self.core.data_dir.join("outbox");
+        }
     }
 
     /// Parses TOML text (no overrides, no validation).
@@ -455,6 +464,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("mesh_adapter.mesh.base_url"), "{e}");
+    }
+
+    #[test]
+    fn the_outbox_follows_the_data_directory_unless_set() {
+        let c = NemsConfig::load(None, &env(&[("NEMS_DATA_DIR", "/srv/nems")])).unwrap();
+        assert_eq!(c.mesh_adapter.folder, PathBuf::from("/srv/nems/outbox"));
+        let c = NemsConfig::load(
+            None,
+            &env(&[
+                ("NEMS_DATA_DIR", "/srv/nems"),
+                ("NEMS_OUTBOX_DIR", "/mnt/out"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.mesh_adapter.folder, PathBuf::from("/mnt/out"));
+        let c = NemsConfig::parse(
+            "version = 1\n[core]\ndata_dir = \"/d\"\n[mesh_adapter]\nfolder = \"/o\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.mesh_adapter.folder, PathBuf::from("/o"));
     }
 
     #[test]

@@ -124,7 +124,11 @@ pub async fn run(
                 &config.folder,
                 config.mesh.mailbox.clone(),
             ));
+            sink.prepare();
+            let health = sink.health();
+            nems_proto::ops::set_check("folder", move || health.check());
             tokio::join!(signal, pump::run(channel, sink, settings, stopped(stop_rx)));
+            nems_proto::ops::remove_check("folder");
         }
         SinkKind::Mesh => {
             let client = mesh::MeshClient::new(config.mesh_client_config())

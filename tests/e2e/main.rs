@@ -8,6 +8,7 @@ mod disk_full;
 mod edge_core_faults;
 mod foundation;
 mod ops;
+mod ops_visibility;
 
 mod generic_demographics;
 mod generic_pds_lookup;

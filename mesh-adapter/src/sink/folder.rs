@@ -8,16 +8,55 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use nems_proto::v1 as pb;
 
 use super::{Sink, SinkOutcome};
+
+/// Consecutive failed writes after which the sink counts as failing (readiness false).
+pub const UNREADY_AFTER_FAILURES: u32 = 3;
+
+/// Whether the folder sink can write: consecutive failed writes since the last success.
+#[derive(Debug, Default)]
+pub struct FolderHealth {
+    failures: AtomicU32,
+}
+
+impl FolderHealth {
+    fn note(&self, ok: bool) {
+        if ok {
+            self.failures.store(0, Ordering::Relaxed);
+        } else {
+            let _ = self
+                .failures
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_add(1))
+                });
+        }
+    }
+
+    /// `Err` once [`UNREADY_AFTER_FAILURES`] writes in a row failed (or the folder could
+    /// not be made at start).
+    pub fn check(&self) -> Result<(), String> {
+        let failures = self.failures.load(Ordering::Relaxed);
+        if failures >= UNREADY_AFTER_FAILURES {
+            Err(format!(
+                "folder sink cannot write ({failures} attempts in a row failed); deliveries held"
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
 
 /// Writes deliveries into a folder tree.
 #[derive(Debug, Clone)]
 pub struct FolderSink {
     root: PathBuf,
     from_mailbox: String,
+    health: Arc<FolderHealth>,
 }
 
 impl FolderSink {
@@ -26,6 +65,23 @@ impl FolderSink {
         FolderSink {
             root: root.into(),
             from_mailbox: from_mailbox.into(),
+            health: Arc::default(),
+        }
+    }
+
+    /// The sink's health (for the readiness check).
+    pub fn health(&self) -> Arc<FolderHealth> {
+        self.health.clone()
+    }
+
+    /// Makes the root folder at start: a folder that cannot be made (say, under a regular
+    /// file) is logged and turns readiness false at once, before any delivery fails.
+    pub fn prepare(&self) {
+        if let Err(e) = std::fs::create_dir_all(&self.root) {
+            tracing::warn!(folder = %self.root.display(), error = %e.kind(), "folder sink cannot create its folder; deliveries will be held until it can");
+            self.health
+                .failures
+                .store(UNREADY_AFTER_FAILURES, Ordering::Relaxed);
         }
     }
 
@@ -53,6 +109,11 @@ impl Sink for FolderSink {
         let this = self.clone();
         let d = delivery.clone();
         let written = tokio::task::spawn_blocking(move || this.write(&d)).await;
+        self.health.note(matches!(written, Ok(Ok(()))));
+        if let Ok(Err(e)) = &written {
+            // The delivery id and the error kind only: no payload, no patient data.
+            tracing::warn!(delivery = delivery.delivery_id, folder = %self.root.display(), error = %e.kind(), "folder sink could not write a delivery; it will be retried");
+        }
         match written {
             Ok(Ok(())) => SinkOutcome::Sent {
                 message_id: format!("FOLDER-{}", delivery.local_id),

@@ -97,14 +97,51 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OpsConfig {
-    /// Listen address; absent: no endpoint. Env: `NEMS_OPS_LISTEN`.
+    /// Listen address of `nems up` (all three services in one process); absent: no
+    /// endpoint. Env: `NEMS_OPS_LISTEN` (for whichever command runs).
     pub listen: Option<std::net::SocketAddr>,
+    /// Listen address of `nems core`, so that the three services can run from one
+    /// configuration on one host.
+    pub core_listen: Option<std::net::SocketAddr>,
+    /// Listen address of `nems edge`.
+    pub edge_listen: Option<std::net::SocketAddr>,
+    /// Listen address of `nems mesh-adapter`.
+    pub adapter_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for OpsConfig {
     fn default() -> Self {
+        let local = |port| Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
         OpsConfig {
-            listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9100))),
+            listen: local(9100),
+            core_listen: local(9101),
+            edge_listen: local(9102),
+            adapter_listen: local(9103),
+        }
+    }
+}
+
+/// Which command's operations endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpsOf {
+    /// `nems up`.
+    All,
+    /// `nems core`.
+    Core,
+    /// `nems edge`.
+    Edge,
+    /// `nems mesh-adapter`.
+    Adapter,
+}
+
+impl OpsConfig {
+    /// The endpoint address of `command`.
+    pub fn listen_of(&self, command: OpsOf) -> Option<std::net::SocketAddr> {
+        match command {
+            OpsOf::All => self.listen,
+            OpsOf::Core => self.core_listen,
+            OpsOf::Edge => self.edge_listen,
+            OpsOf::Adapter => self.adapter_listen,
         }
     }
 }
@@ -148,7 +185,10 @@ impl Default for NemsConfig {
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("NEMS_LOG", "log.level"),
     ("NEMS_LOG_FORMAT", "log.format"),
-    ("NEMS_OPS_LISTEN", "ops.listen (\"off\" disables)"),
+    (
+        "NEMS_OPS_LISTEN",
+        "the running command's ops endpoint (ops.listen, core_listen, edge_listen or adapter_listen; \"off\" disables)",
+    ),
     ("NEMS_DATA_DIR", "core.data_dir"),
     ("NEMS_DIRECTORY_FILE", "core.directory_file"),
     ("NEMS_CORE_LISTEN", "core.listen"),
@@ -281,11 +321,16 @@ impl NemsConfig {
             };
         }
         if let Some(v) = get("NEMS_OPS_LISTEN") {
-            self.ops.listen = if v == "off" {
+            // The environment is the running process's: it sets that command's endpoint.
+            let addr = if v == "off" {
                 None
             } else {
                 Some(parsed("NEMS_OPS_LISTEN", &v)?)
             };
+            self.ops.listen = addr;
+            self.ops.core_listen = addr;
+            self.ops.edge_listen = addr;
+            self.ops.adapter_listen = addr;
         }
         if let Some(v) = get("NEMS_DATA_DIR") {
             self.core.data_dir = PathBuf::from(v);
@@ -464,6 +509,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("mesh_adapter.mesh.base_url"), "{e}");
+    }
+
+    #[test]
+    fn each_command_has_its_own_ops_endpoint_and_the_environment_sets_the_running_ones() {
+        let c = NemsConfig::load(None, &env(&[])).unwrap();
+        let ports: std::collections::BTreeSet<u16> =
+            [OpsOf::All, OpsOf::Core, OpsOf::Edge, OpsOf::Adapter]
+                .iter()
+                .map(|o| c.ops.listen_of(*o).unwrap().port())
+                .collect();
+        assert_eq!(ports.len(), 4, "{ports:?}");
+        let c = NemsConfig::load(None, &env(&[("NEMS_OPS_LISTEN", "127.0.0.1:9999")])).unwrap();
+        assert_eq!(c.ops.listen_of(OpsOf::Edge).unwrap().port(), 9999);
+        let c = NemsConfig::load(None, &env(&[("NEMS_OPS_LISTEN", "off")])).unwrap();
+        assert_eq!(c.ops.listen_of(OpsOf::Core), None);
     }
 
     #[test]

@@ -52,8 +52,12 @@ pub fn on_signal() -> Shutdown {
 }
 
 /// Starts the operations endpoint when configured; returns its address.
-async fn start_ops(config: &NemsConfig, shutdown: &Shutdown) -> anyhow::Result<Option<SocketAddr>> {
-    let Some(addr) = config.ops.listen else {
+async fn start_ops(
+    config: &NemsConfig,
+    command: crate::config::OpsOf,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Option<SocketAddr>> {
+    let Some(addr) = config.ops.listen_of(command) else {
         return Ok(None);
     };
     let listener = TcpListener::bind(addr)
@@ -88,7 +92,7 @@ pub async fn up(mut config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()
     {
         config.core.spine_ca_file = Some(ca);
     }
-    let ops = start_ops(&config, &shutdown).await?;
+    let ops = start_ops(&config, crate::config::OpsOf::All, &shutdown).await?;
     let core_listeners = CoreListeners::bind(&config.core)
         .await
         .context("binding core's gRPC listener")?;
@@ -169,7 +173,7 @@ pub async fn up(mut config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()
 
 /// `nems core`.
 pub async fn core(config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()> {
-    start_ops(&config, &shutdown).await?;
+    start_ops(&config, crate::config::OpsOf::Core, &shutdown).await?;
     let listeners = CoreListeners::bind(&config.core)
         .await
         .context("binding core's listeners")?;
@@ -188,7 +192,7 @@ pub async fn core(config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()> 
 
 /// `nems edge`.
 pub async fn edge(config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()> {
-    start_ops(&config, &shutdown).await?;
+    start_ops(&config, crate::config::OpsOf::Edge, &shutdown).await?;
     let listener = TcpListener::bind(config.edge.listen)
         .await
         .context("binding the edge listener")?;
@@ -210,7 +214,7 @@ pub async fn edge(config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()> 
 
 /// `nems mesh-adapter`.
 pub async fn adapter(config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()> {
-    start_ops(&config, &shutdown).await?;
+    start_ops(&config, crate::config::OpsOf::Adapter, &shutdown).await?;
     nems_mesh_adapter::run(config.mesh_adapter, shutdown.wait())
         .await
         .context("mesh adapter")

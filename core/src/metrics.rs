@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
 use crate::state::CoreState;
-use crate::store::ledger;
+use crate::store::{ledger, refdata};
 
 /// Labels naming an event type.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -20,10 +20,23 @@ pub(crate) struct EventLabel {
     pub(crate) event_code: String,
 }
 
-/// Labels naming a delivery outcome.
+/// Labels naming what became of a reported delivery.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct StateLabel {
-    pub(crate) state: String,
+pub(crate) struct ResultLabel {
+    pub(crate) result: &'static str,
+}
+
+/// Labels of a gRPC call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct GrpcLabel {
+    pub(crate) method: String,
+    pub(crate) code: String,
+}
+
+/// Labels naming a gRPC method.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct MethodLabel {
+    pub(crate) method: String,
 }
 
 /// Labels naming the outcome of a PDS lookup.
@@ -41,7 +54,10 @@ pub(crate) struct CoreMetrics {
     pub(crate) publishes_shed: Counter,
     pub(crate) store_refusals: Counter,
     pub(crate) store_reopens: Counter,
-    pub(crate) deliveries_completed: Family<StateLabel, Counter>,
+    pub(crate) delivery_reports: Family<ResultLabel, Counter>,
+    pub(crate) dead_letters: Counter,
+    pub(crate) grpc_requests: Family<GrpcLabel, Counter>,
+    pub(crate) grpc_seconds: Family<MethodLabel, Histogram>,
     pub(crate) commit_seconds: Histogram,
     pub(crate) commit_batch: Histogram,
     pub(crate) pds_lookups: Family<OutcomeLabel, Counter>,
@@ -61,7 +77,12 @@ pub(crate) fn metrics() -> &'static CoreMetrics {
             publishes_shed: Counter::default(),
             store_refusals: Counter::default(),
             store_reopens: Counter::default(),
-            deliveries_completed: Family::default(),
+            delivery_reports: Family::default(),
+            dead_letters: Counter::default(),
+            grpc_requests: Family::default(),
+            grpc_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0002, 2.0, 16))
+            }),
             commit_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
             commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             pds_lookups: Family::default(),
@@ -100,9 +121,24 @@ pub(crate) fn metrics() -> &'static CoreMetrics {
             m.store_reopens.clone(),
         );
         nems_proto::ops::register(
-            "deliveries_completed",
-            "Delivery outcomes reported by adapters, by resulting state",
-            m.deliveries_completed.clone(),
+            "delivery_reports",
+            "Attempt outcomes reported by adapters, by what became of the delivery (delivered, requeued for a retry, dead_lettered)",
+            m.delivery_reports.clone(),
+        );
+        nems_proto::ops::register(
+            "dead_letters",
+            "Deliveries dead-lettered (retries ran out, refused by MESH, or reported undelivered)",
+            m.dead_letters.clone(),
+        );
+        nems_proto::ops::register(
+            "grpc_server_requests",
+            "gRPC calls answered by core, by method and gRPC status code (the code of the response headers; a unary call's OK is in its trailers)",
+            m.grpc_requests.clone(),
+        );
+        nems_proto::ops::register(
+            "grpc_server_duration_seconds",
+            "Time from a gRPC call's arrival to its response headers, by method",
+            m.grpc_seconds.clone(),
         );
         nems_proto::ops::register(
             "store_commit_duration_seconds",
@@ -256,6 +292,38 @@ impl Collector for StoreCollector {
             ConstGauge::new(to_i64(m.queued + m.in_flight))
                 .encode(depth.encode_family(&labels)?)?;
         }
+        // How old each reference data set in force is (never imported, or imported before
+        // the time was recorded: no sample).
+        let metas = state
+            .store
+            .read_now(|tx| {
+                (0..refdata::SET_NAMES.len())
+                    .map(|set| refdata::meta(tx, set))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .unwrap_or_default();
+        let mut age = encoder.encode_descriptor(
+            "refdata_age_seconds",
+            "Seconds since the reference data set in force was imported, by set",
+            None,
+            g.metric_type(),
+        )?;
+        let now = crate::store::keys::now_ms();
+        for (set, meta) in metas.iter().enumerate() {
+            if meta.generation == 0 || meta.imported_ms == 0 {
+                continue;
+            }
+            let labels = Set {
+                set: refdata::SET_NAMES[set],
+            };
+            ConstGauge::new(to_i64(now.saturating_sub(meta.imported_ms) / 1000))
+                .encode(age.encode_family(&labels)?)?;
+        }
         Ok(())
     }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Set {
+    set: &'static str,
 }

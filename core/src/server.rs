@@ -308,6 +308,7 @@ fn reflection(
     let builder = || {
         let mut b = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(nems_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(nems_proto::ERROR_DETAILS_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .with_service_name("grpc.health.v1.Health")
             .with_service_name("grpc.reflection.v1.ServerReflection")

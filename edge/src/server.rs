@@ -149,6 +149,7 @@ fn serve_grpc(
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(nems_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(nems_proto::ERROR_DETAILS_DESCRIPTOR_SET)
             .with_service_name(nems_proto::service_names::BUNDLE)
             .with_service_name("grpc.reflection.v1.ServerReflection")
             .with_service_name("grpc.reflection.v1alpha.ServerReflection")

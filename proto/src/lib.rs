@@ -26,6 +26,11 @@ pub mod v1 {
 /// registering with gRPC server reflection so that `grpcurl describe` shows the docs.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("gen/nems.core.v1.fds.bin");
 
+/// The descriptor set of `google/rpc/error_details.proto` (`google.rpc.ErrorInfo`, which
+/// carries the Spine code of every refusal, and `RetryInfo`), registered with reflection
+/// so that grpcurl can show error details.
+pub const ERROR_DETAILS_DESCRIPTOR_SET: &[u8] = tonic_types::pb::FILE_DESCRIPTOR_SET;
+
 /// The largest request core decodes on its service API (tonic's default is 4 MiB): a publish
 /// carries the bundle's bytes and the fields the edge extracted from it, so this is well above
 /// twice the edge's largest body (`edge.max_body_bytes`, 3 MiB by default); the edge answers

@@ -15,10 +15,115 @@ struct Ops {
 
 fn ops() -> &'static Ops {
     static OPS: OnceLock<Ops> = OnceLock::new();
-    OPS.get_or_init(|| Ops {
-        registry: Mutex::new(Registry::with_prefix("nems")),
-        checks: Mutex::new(Vec::new()),
+    OPS.get_or_init(|| {
+        let mut registry = Registry::with_prefix("nems");
+        registry.register_collector(Box::new(ProcessCollector));
+        Ops {
+            registry: Mutex::new(registry),
+            checks: Mutex::new(Vec::new()),
+        }
     })
+}
+
+/// `nems_build_info` and the `nems_process_*` metrics of this process (Linux `/proc`;
+/// elsewhere only the build info).
+#[derive(Debug)]
+struct ProcessCollector;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+/// What `/proc` says of this process: (CPU seconds, resident bytes, open fds, start time
+/// in seconds since the epoch).
+fn process_figures() -> Option<(f64, u64, u64, f64)> {
+    // Linux's USER_HZ is 100 on every architecture nems builds for.
+    const TICKS: f64 = 100.0;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    let started: f64 = fields.get(19)?.parse().ok()?;
+    let boot: f64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())?;
+    let rss_kb: u64 = std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })?;
+    let fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    Some((
+        (utime + stime) / TICKS,
+        rss_kb * 1024,
+        fds,
+        boot + started / TICKS,
+    ))
+}
+
+impl prometheus_client::collector::Collector for ProcessCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let one = ConstGauge::new(1i64);
+        {
+            let mut build = encoder.encode_descriptor(
+                "build_info",
+                "The nems build serving (always 1; the version in the label)",
+                None,
+                one.metric_type(),
+            )?;
+            one.encode(build.encode_family(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })?)?;
+        }
+        let Some((cpu, rss, fds, start)) = process_figures() else {
+            return Ok(());
+        };
+        let cpu = ConstCounter::new(cpu);
+        cpu.encode(encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "User and system CPU time of this process",
+            None,
+            cpu.metric_type(),
+        )?)?;
+        let gauges: [(&str, &str, f64); 3] = [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory of this process",
+                rss as f64,
+            ),
+            (
+                "process_open_fds",
+                "Open file descriptors of this process",
+                fds as f64,
+            ),
+            (
+                "process_start_time_seconds",
+                "Start time of this process (seconds since the Unix epoch)",
+                start,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let g = ConstGauge::new(value);
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
+        Ok(())
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

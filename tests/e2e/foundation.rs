@@ -242,6 +242,34 @@ async fn grpcurl_lists_describes_and_calls() {
         Some(32),
         "{published}"
     );
+    // A refusal's Spine code is in google.rpc.ErrorInfo, which grpcurl decodes through
+    // reflection (error_details.proto is served).
+    let grpcurl = venv.join("bin/grpcurl");
+    let refused = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(grpcurl)
+            .args([
+                "-plaintext",
+                "-d",
+                r#"{"caller": {"asid": "200000000999", "odsCode": "ZZZ"}, "id": "0123456789abcdef0123456789abcdef"}"#,
+                &addr,
+                "nems.core.v1.SubscriptionService/GetSubscription",
+            ])
+            .output()
+            .expect("run grpcurl")
+    })
+    .await
+    .unwrap();
+    assert!(!refused.status.success());
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(
+        shown.contains(r#""@type":"type.googleapis.com/google.rpc.ErrorInfo""#)
+            && shown.contains(r#""reason":"ASID_CHECK_FAILED""#),
+        "{shown}"
+    );
     stack.shutdown().await;
 }
 

@@ -884,5 +884,15 @@ async fn generic_refdata_imports_are_audited_with_their_time_outcome_and_operato
             "{at} not in {started}..={finished}"
         );
     }
+    // The set in force has an age in /metrics (seconds since it was switched in); the
+    // practices were never imported here, so they have none.
+    let metrics = nems_proto::ops::encode();
+    let age = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"nems_refdata_age_seconds{set="postcodes"} "#))
+        .unwrap_or_else(|| panic!("no postcode age in {metrics}"));
+    let age: i64 = age.trim().parse().unwrap();
+    assert!((0..=finished - started + 1).contains(&age), "{age}");
+    assert!(!metrics.contains(r#"nems_refdata_age_seconds{set="practices"}"#));
     stack.shutdown().await;
 }

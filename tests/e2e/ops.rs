@@ -46,7 +46,14 @@ async fn metrics_move_after_a_publish_and_a_delivery() {
     })
     .await;
     assert_eq!(ready.text().trim(), "ready");
-    let before = ops.get("/metrics", &[]).await.text();
+    let scrape = ops.get("/metrics", &[]).await;
+    // OpenMetrics text, served as such.
+    assert_eq!(
+        scrape.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    let before = scrape.text();
+    assert!(before.trim_end().ends_with("# EOF"), "{before}");
     let published_before = sample(
         &before,
         r#"nems_http_requests_total{route="publish",status="202"}"#,
@@ -91,11 +98,7 @@ async fn metrics_move_after_a_publish_and_a_delivery() {
             &text,
             r#"nems_deliveries{mailbox="RR8MBX01",state="delivered"}"#,
         ) == Some(1.0)
-            && sample(
-                &text,
-                r#"nems_deliveries_completed_total{state="delivered"}"#,
-            )
-            .is_some())
+            && sample(&text, r#"nems_delivery_reports_total{result="delivered"}"#).is_some())
         .then_some(text)
     })
     .await;
@@ -123,7 +126,29 @@ async fn metrics_move_after_a_publish_and_a_delivery() {
         r#"nems_delivery_attempts_total{sink="folder",outcome="sent"}"#,
         1.0,
     );
-    check(r#"nems_deliveries_completed_total{state="delivered"}"#, 1.0);
+    check(r#"nems_delivery_reports_total{result="delivered"}"#, 1.0);
+    assert!(
+        !after.contains("nems_deliveries_completed"),
+        "the old name is gone"
+    );
+    check(
+        r#"nems_grpc_server_requests_total{method="nems.core.v1.SubscriptionService/CreateSubscription",code="Ok"}"#,
+        1.0,
+    );
+    check(
+        r#"nems_grpc_server_duration_seconds_count{method="nems.core.v1.EventService/PublishEvent"}"#,
+        1.0,
+    );
+    check(
+        &format!(
+            r#"nems_build_info{{version="{}"}}"#,
+            env!("CARGO_PKG_VERSION")
+        ),
+        1.0,
+    );
+    check("nems_process_resident_memory_bytes", 1_000_000.0);
+    check("nems_process_open_fds", 3.0);
+    check("nems_dead_letters_total", 0.0);
     check("nems_store_commit_batch_size_count", 1.0);
     check("nems_publish_duration_seconds_count", 1.0);
     check("nems_delivery_backlog_limit", 1.0);

@@ -271,11 +271,20 @@ impl DeliveryService for Deliveries {
         {
             self.state.note_settled(1);
         }
-        let state_name = format!("{:?}", done.state).to_ascii_lowercase();
-        crate::metrics::metrics()
-            .deliveries_completed
-            .get_or_create(&crate::metrics::StateLabel { state: state_name })
+        let result = match done.state {
+            pb::DeliveryState::Delivered => "delivered",
+            pb::DeliveryState::DeadLettered => "dead_lettered",
+            pb::DeliveryState::Queued => "requeued",
+            _ => "other",
+        };
+        let metrics = crate::metrics::metrics();
+        metrics
+            .delivery_reports
+            .get_or_create(&crate::metrics::ResultLabel { result })
             .inc();
+        if done.state == pb::DeliveryState::DeadLettered {
+            metrics.dead_letters.inc();
+        }
         if let Some(at) = done.requeued_at {
             self.state.dispatcher.available(&done.mailbox, at);
         }
@@ -300,11 +309,16 @@ impl DeliveryService for Deliveries {
                 else {
                     return Ok(None);
                 };
-                ledger::record_report(tx, id, &req.code, &req.description, now)?;
-                Ok(Some(id))
+                let dead_lettered =
+                    ledger::record_report(tx, id, &req.code, &req.description, now)?;
+                Ok(Some((id, dead_lettered)))
             })
             .await
             .map_err(|e| store_status(e, "report-undelivered"))?;
+        if let Some((_, true)) = found {
+            crate::metrics::metrics().dead_letters.inc();
+        }
+        let found = found.map(|(id, _)| id);
         if let Some(id) = found {
             self.state.dispatcher.released(id);
             tracing::warn!(

@@ -606,7 +606,8 @@ pub(crate) fn find_reported(
         .map(|_| id))
 }
 
-/// Dead-letters a delivery that MESH reported undelivered (e.g. not collected in time).
+/// Dead-letters a delivery that MESH reported undelivered (e.g. not collected in time);
+/// true when this call dead-lettered it (false: unknown, or already dead or suppressed).
 pub(crate) fn record_report(
     tx: &WriteTransaction,
     id: u64,
@@ -622,7 +623,7 @@ pub(crate) fn record_report(
         d.state(),
         pb::DeliveryState::Suppressed | pb::DeliveryState::DeadLettered
     ) {
-        return Ok(true);
+        return Ok(false);
     }
     let indexed = settle_key(id, &d);
     ledger.transition(id, &mut d, pb::DeliveryState::DeadLettered, None, now)?;

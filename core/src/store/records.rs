@@ -205,6 +205,10 @@ pub(crate) struct RefMeta {
     /// Slot being filled by an import in progress (`u32::MAX`: none).
     #[prost(uint32, tag = "6")]
     pub(crate) filling_slot: u32,
+    /// When the set in force was switched in (ms since the epoch; 0: before this was
+    /// recorded, or never imported).
+    #[prost(uint64, tag = "7")]
+    pub(crate) imported_ms: u64,
 }
 
 impl StoredDelivery {

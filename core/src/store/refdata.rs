@@ -38,6 +38,9 @@ fn read_meta(
 }
 
 /// The metadata of a data set.
+/// The names of the reference data sets, by set index.
+pub(crate) const SET_NAMES: [&str; 3] = NAMES;
+
 pub(crate) fn meta(tx: &impl Snapshot, set: usize) -> Result<RefMeta, StoreError> {
     read_meta(&tx.table(REF_META)?, set)
 }
@@ -245,6 +248,7 @@ pub(crate) fn finish(
     m.rows = rows;
     m.format = format.to_string();
     m.source = source.to_string();
+    m.imported_ms = super::keys::now_ms();
     metas.insert(NAMES[set], m.encode_to_vec().as_slice())?;
     drop(metas);
     if had_data && old != slot {

@@ -174,6 +174,59 @@ pub(crate) struct GateService<S> {
     gate: Arc<Gate>,
 }
 
+/// The metrics label of a request path: `Service/Method` of nems, health and reflection,
+/// else `other` (a bounded label set, whatever paths clients send).
+fn method_label(path: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "nems.core.v1.SubscriptionService/CreateSubscription",
+        "nems.core.v1.SubscriptionService/GetSubscription",
+        "nems.core.v1.SubscriptionService/DeleteSubscription",
+        "nems.core.v1.EventService/PublishEvent",
+        "nems.core.v1.DeliveryService/StreamDeliveries",
+        "nems.core.v1.DeliveryService/CompleteDelivery",
+        "nems.core.v1.DeliveryService/ReportUndelivered",
+        "grpc.health.v1.Health/Check",
+        "grpc.health.v1.Health/Watch",
+        "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    ];
+    let path = path.strip_prefix('/').unwrap_or(path);
+    if let Some(known) = KNOWN.iter().find(|k| **k == path) {
+        return known;
+    }
+    if path.starts_with("nems.core.v1.OperatorService/") {
+        return "nems.core.v1.OperatorService";
+    }
+    if path.starts_with("nems.core.v1.DirectoryService/") {
+        return "nems.core.v1.DirectoryService";
+    }
+    "other"
+}
+
+/// Counts one answered call by its method and the gRPC status of its response headers.
+fn observe(method: &'static str, response: &http::Response<Body>, started: std::time::Instant) {
+    let code = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map_or(tonic::Code::Ok, tonic::Code::from_i32);
+    let metrics = crate::metrics::metrics();
+    metrics
+        .grpc_requests
+        .get_or_create(&crate::metrics::GrpcLabel {
+            method: method.to_string(),
+            code: format!("{code:?}"),
+        })
+        .inc();
+    metrics
+        .grpc_seconds
+        .get_or_create(&crate::metrics::MethodLabel {
+            method: method.to_string(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+}
+
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
 impl<S> tower::Service<http::Request<Body>> for GateService<S>
@@ -190,13 +243,21 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        let started = std::time::Instant::now();
+        let method = method_label(request.uri().path());
         match self.gate.admit(request.uri().path(), request.extensions()) {
             Ok(peer) => {
                 request.extensions_mut().insert(peer);
-                Box::pin(self.inner.call(request))
+                let call = self.inner.call(request);
+                Box::pin(async move {
+                    let response = call.await?;
+                    observe(method, &response, started);
+                    Ok(response)
+                })
             }
             Err(status) => {
                 let response = status.into_http::<Body>();
+                observe(method, &response, started);
                 Box::pin(async move { Ok(response) })
             }
         }

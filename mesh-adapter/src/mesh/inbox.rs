@@ -91,20 +91,8 @@ impl MeshClient {
         for _ in 0..MAX_PAGES {
             let request = self.request(Method::GET, &path).body(Full::default());
             let response = self.call(request).await?;
-            let page: Value = serde_json::from_slice(&response.body).map_err(|_| {
-                DeliveryError::transient("INVALID_RESPONSE", "inbox listing is not json")
-            })?;
-            let messages = page
-                .get("messages")
-                .and_then(Value::as_array)
-                .ok_or_else(|| {
-                    DeliveryError::transient("INVALID_RESPONSE", "inbox listing without messages")
-                })?;
-            ids.extend(messages.iter().filter_map(Value::as_str).map(str::to_owned));
-            let next = page
-                .pointer("/links/next")
-                .and_then(Value::as_str)
-                .and_then(path_of);
+            let (page_ids, next) = inbox_page(&response.body)?;
+            ids.extend(page_ids);
             match next {
                 Some(next) if next != path => path = next,
                 _ => return Ok(ids),
@@ -127,11 +115,7 @@ impl MeshClient {
         let request = self.request(Method::GET, &base).body(Full::default());
         let first = self.call(request).await?;
         let message = InboxMessage::from_headers(message_id, &first.headers);
-        let total = message
-            .header(MEX_CHUNK_RANGE)
-            .and_then(|range| range.split_once(':'))
-            .and_then(|(_, total)| total.trim().parse::<usize>().ok())
-            .unwrap_or(1);
+        let total = chunk_total(&message);
         let mut payload = BytesMut::from(&decoded(&first.headers, first.body)?[..]);
         for number in 2..=total {
             let request = self
@@ -157,8 +141,39 @@ impl MeshClient {
     }
 }
 
+/// Reads one inbox listing page: its message ids and the path of `links.next`, if any.
+pub fn inbox_page(body: &[u8]) -> Result<(Vec<String>, Option<String>), DeliveryError> {
+    let page: Value = serde_json::from_slice(body)
+        .map_err(|_| DeliveryError::transient("INVALID_RESPONSE", "inbox listing is not json"))?;
+    let messages = page
+        .get("messages")
+        .and_then(Value::as_array)
+        .ok_or_else(|| {
+            DeliveryError::transient("INVALID_RESPONSE", "inbox listing without messages")
+        })?;
+    let ids = messages
+        .iter()
+        .filter_map(Value::as_str)
+        .map(str::to_owned)
+        .collect();
+    let next = page
+        .pointer("/links/next")
+        .and_then(Value::as_str)
+        .and_then(path_of);
+    Ok((ids, next))
+}
+
+/// The number of chunks a downloaded message has, from `mex-Chunk-Range` (`1:N`); 1 without.
+pub fn chunk_total(message: &InboxMessage) -> usize {
+    message
+        .header(MEX_CHUNK_RANGE)
+        .and_then(|range| range.split_once(':'))
+        .and_then(|(_, total)| total.trim().parse::<usize>().ok())
+        .unwrap_or(1)
+}
+
 /// Returns the path and query of a `links.next` value (relative or absolute).
-fn path_of(link: &str) -> Option<String> {
+pub fn path_of(link: &str) -> Option<String> {
     let rest = link
         .strip_prefix("https://")
         .or_else(|| link.strip_prefix("http://"));
@@ -170,7 +185,7 @@ fn path_of(link: &str) -> Option<String> {
 }
 
 /// Undoes `Content-Encoding: gzip` when the server sent the stored compressed bytes.
-fn decoded(headers: &HeaderMap, body: Bytes) -> Result<Bytes, DeliveryError> {
+pub fn decoded(headers: &HeaderMap, body: Bytes) -> Result<Bytes, DeliveryError> {
     let gzipped = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())

@@ -26,3 +26,10 @@ pub use config::{ConfigError, DEFAULT_CHUNK_SIZE, MeshClientConfig, Secret, TlsC
 pub use inbox::{Downloaded, InboxMessage};
 pub use outbox::{OutboundMessage, chunk_ranges};
 pub use tracking::{LOCAL_ID_NOT_UNIQUE, LOCAL_ID_ROUTE_UNCONFIRMED, Tracked, TrackedState};
+
+/// The pure parsers of MESH answers, for the fuzz targets (`fuzz-targets/`); not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::inbox::{chunk_total, decoded, inbox_page, path_of};
+    pub use super::outbox::message_id_from;
+}

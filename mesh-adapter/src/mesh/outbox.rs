@@ -260,7 +260,7 @@ async fn gzip(part: Bytes) -> Result<Bytes, DeliveryError> {
 }
 
 /// Reads the message id from a v2 (`message_id`) or v1 (`messageID`) send answer.
-fn message_id_from(body: &[u8]) -> Option<String> {
+pub fn message_id_from(body: &[u8]) -> Option<String> {
     let json: Value = serde_json::from_slice(body).ok()?;
     ["message_id", "messageID", "messageId"]
         .iter()

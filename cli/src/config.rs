@@ -22,7 +22,7 @@ use anyhow::{Context, bail};
 use nems_core::CoreConfig;
 use nems_edge::EdgeConfig;
 use nems_mesh_adapter::{AdapterConfig, SinkKind};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Where configuration values come from besides the file (the process environment in
 /// production, a map in tests).
@@ -65,7 +65,7 @@ impl Source for HashMap<String, String> {
 }
 
 /// Log output settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `human` or `json`. Env: `NEMS_LOG_FORMAT`.
@@ -75,7 +75,7 @@ pub struct LogConfig {
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -94,7 +94,7 @@ impl Default for LogConfig {
 }
 
 /// The operations endpoint (`/metrics`, `/livez`, `/readyz`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OpsConfig {
     /// Listen address of `nems up` (all three services in one process); absent: no
@@ -147,7 +147,7 @@ impl OpsConfig {
 }
 
 /// The whole file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NemsConfig {
     /// File format version (1).
@@ -159,6 +159,10 @@ pub struct NemsConfig {
     /// TLS for the operator commands' connection to core's operator API
     /// (`[operator_tls]`: the operators' client certificate and the CA of core).
     pub operator_tls: Option<nems_proto::tls::ClientTls>,
+    /// Core's operator API for `nems admin` and `nems import` (`http://` or `https://`; an
+    /// `https://` URL uses `[operator_tls]`). Default: `core.operator_listen` on this host.
+    /// Env: `NEMS_OPERATOR_URL`; `--operator` overrides both.
+    pub operator_url: Option<String>,
     /// Core.
     pub core: CoreConfig,
     /// Edge.
@@ -174,6 +178,7 @@ impl Default for NemsConfig {
             log: LogConfig::default(),
             ops: OpsConfig::default(),
             operator_tls: None,
+            operator_url: None,
             core: CoreConfig::default(),
             edge: EdgeConfig::default(),
             mesh_adapter: AdapterConfig::default(),
@@ -194,6 +199,10 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("NEMS_CORE_LISTEN", "core.listen"),
     ("NEMS_CORE_OPERATOR_LISTEN", "core.operator_listen"),
     ("NEMS_CORE_URL", "edge.core_url and mesh_adapter.core_url"),
+    (
+        "NEMS_OPERATOR_URL",
+        "operator_url (nems admin and nems import)",
+    ),
     ("NEMS_EDGE_LISTEN", "edge.listen"),
     ("NEMS_EDGE_GRPC_LISTEN", "edge.grpc_listen"),
     ("NEMS_BASE_URL", "edge.base_url"),
@@ -344,6 +353,10 @@ impl NemsConfig {
         if let Some(v) = get("NEMS_CORE_OPERATOR_LISTEN") {
             self.core.operator_listen = parsed("NEMS_CORE_OPERATOR_LISTEN", &v)?;
         }
+        if let Some(v) = get("NEMS_OPERATOR_URL") {
+            crate::remote::check_url(&v).context("environment variable NEMS_OPERATOR_URL")?;
+            self.operator_url = Some(v);
+        }
         if let Some(v) = get("NEMS_CORE_URL") {
             self.edge.core_url.clone_from(&v);
             self.mesh_adapter.core_url = v;
@@ -411,6 +424,9 @@ impl NemsConfig {
         self.mesh_adapter.validate().map_err(anyhow::Error::msg)?;
         if let Some(tls) = &self.operator_tls {
             tls.check("operator_tls").map_err(anyhow::Error::msg)?;
+        }
+        if let Some(url) = &self.operator_url {
+            crate::remote::check_url(url).context("operator_url")?;
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
             anyhow::anyhow!("log.level `{}` is not a valid filter: {e}", self.log.level)

@@ -186,6 +186,7 @@ pub fn operator_client_with(
     url: &str,
     tls: Option<tonic::transport::ClientTlsConfig>,
 ) -> anyhow::Result<OperatorServiceClient<Channel>> {
+    crate::remote::check_url(url)?;
     let mut endpoint = Endpoint::from_shared(url.to_string()).context("operator URL")?;
     if let Some(tls) = tls {
         endpoint = endpoint.tls_config(tls).context("operator TLS")?;
@@ -587,7 +588,9 @@ pub async fn import_sources(
             });
             let (sent, report) = while_reading(client.import_demographics(stream), parse).await?;
             if let Some(sent) = sent {
-                let response = sent.map_err(|s| refused(label, &s))?.into_inner();
+                let response = sent
+                    .map_err(|s| refused(operator_url, label, &s))?
+                    .into_inner();
                 summary.rows = response.written + response.skipped_older;
                 summary.applied = true;
             }
@@ -632,7 +635,9 @@ pub async fn import_sources(
             let stream = tokio_stream::once(header).chain(batches);
             let (sent, report) = while_reading(client.import_reference_data(stream), parse).await?;
             if let Some(sent) = sent {
-                let r = sent.map_err(|s| refused(label, &s))?.into_inner();
+                let r = sent
+                    .map_err(|s| refused(operator_url, label, &s))?
+                    .into_inner();
                 summary.rows = r.rows;
                 summary.applied = r.applied;
                 summary.previous_rows = r.previous_rows;
@@ -660,15 +665,13 @@ pub async fn import_sources(
     Ok(summary)
 }
 
-/// One line for a call core answered with an error (a refusal keeps the set in force).
-fn refused(label: &str, status: &tonic::Status) -> anyhow::Error {
-    match status.code() {
-        tonic::Code::FailedPrecondition => anyhow::anyhow!("{}", status.message()),
-        tonic::Code::Unavailable => {
-            anyhow::anyhow!("cannot reach core: {}", status.message())
-        }
-        _ => anyhow::anyhow!("core refused the import of {label}: {}", status.message()),
+/// One line for a call that failed: core's refusal (which keeps the set in force) in its
+/// own words, or why core's operator API was not reached.
+fn refused(url: &str, label: &str, status: &tonic::Status) -> anyhow::Error {
+    if status.code() == tonic::Code::FailedPrecondition {
+        return anyhow::anyhow!("{}", status.message());
     }
+    crate::remote::explain(url, &format!("the import of {label}"), status)
 }
 
 /// Why reading one of the files failed.

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use nems_cli::{admin, config, import, logging, run};
+use nems_cli::{admin, config, import, logging, remote, run};
 
 /// mimalloc: the services move many 10 KB message buffers between threads, where glibc's
 /// allocator spends a measurable share of the CPU (see the publish benchmark in the README).
@@ -60,10 +60,11 @@ enum Command {
         #[arg(long, value_name = "PERCENT")]
         max_bad_rows: Option<f64>,
     },
-    /// Operator commands.
-    #[command(subcommand)]
-    Admin(admin::Admin),
-    /// Print the effective configuration (secrets hidden).
+    /// Operator commands against core's operator API (exit codes: 0 done, 1 failed, 2 usage,
+    /// 3 not found).
+    Admin(admin::AdminArgs),
+    /// Print the effective configuration as TOML: every key, the file it was read from and
+    /// the environment variables that changed it; secrets print as "set" or "not set".
     Config,
 }
 
@@ -83,30 +84,28 @@ core.import.max_bad_row_percent); the data in force is then kept and the command
 non-zero. --check reports what would change without changing anything; --force replaces the \
 set anyway.";
 
-fn operator_tls(
-    config: &config::NemsConfig,
-) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
-    config
-        .operator_tls
-        .as_ref()
-        .map(|t| t.to_tonic().map_err(anyhow::Error::msg))
-        .transpose()
-}
-
-/// Core's operator API as the configuration places it (its own listener, `127.0.0.1:9091`
-/// by default), over TLS when `[operator_tls]` is set.
-fn operator_url(config: &config::NemsConfig) -> String {
-    let scheme = if config.operator_tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    format!("{scheme}://{}", config.core.operator_listen)
-}
-
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    match execute(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the context chain joined with ": " (no "Caused by" block).
+            #[allow(clippy::print_stderr, reason = "the command's error is its output")]
+            {
+                eprintln!("nems: {e:#}");
+            }
+            let code = if e.downcast_ref::<remote::NotFound>().is_some() {
+                remote::NOT_FOUND_EXIT
+            } else {
+                1
+            };
+            std::process::ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
+    }
+}
+
+async fn execute(cli: Cli) -> anyhow::Result<()> {
     let config = config::NemsConfig::load(cli.config.as_deref(), &config::Environment)?;
     logging::init(&config.log);
     config::warn_unknown_variables(&config::Environment);
@@ -123,7 +122,7 @@ async fn main() -> anyhow::Result<()> {
             max_shrink,
             max_bad_rows,
         } => {
-            let url = operator.unwrap_or_else(|| operator_url(&config));
+            let remote = remote::Remote::from_config(&config, operator.as_deref())?;
             let options = import::Options {
                 check,
                 force,
@@ -133,8 +132,8 @@ async fn main() -> anyhow::Result<()> {
             let mut err = std::io::stderr();
             import::import_paths(
                 &paths,
-                &url,
-                operator_tls(&config)?,
+                &remote.url,
+                remote.tls.clone(),
                 &options,
                 true,
                 &mut err,
@@ -142,17 +141,17 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             Ok(())
         }
-        Command::Admin(command) => {
-            admin::run_with(command, &operator_url(&config), operator_tls(&config)?).await
+        Command::Admin(args) => {
+            let remote = remote::Remote::from_config(&config, args.operator.as_deref())?;
+            let mut stdout = std::io::stdout().lock();
+            admin::run_to(args.command, &remote, &mut stdout).await
         }
         Command::Config => {
+            let text =
+                nems_cli::effective::render(&config, cli.config.as_deref(), &config::Environment);
             #[allow(clippy::print_stdout, reason = "prints the configuration")]
             {
-                println!("{config:#?}");
-                println!("\nenvironment overrides:");
-                for (name, key) in config::ENV_OVERRIDES {
-                    println!("  {name:28} {key}");
-                }
+                print!("{text}");
             }
             Ok(())
         }

@@ -101,7 +101,7 @@ async fn a_refused_import_exits_non_zero_with_one_line_and_keeps_the_set() {
     let lines = stderr_lines(&refused);
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(
-        lines[0].starts_with("Error: import header-only.csv: import refused, the postcodes set in force (generation 1, 9 rows) is kept: the new postcodes set is empty"),
+        lines[0].starts_with("nems: import header-only.csv: import refused, the postcodes set in force (generation 1, 9 rows) is kept: the new postcodes set is empty"),
         "{lines:?}"
     );
 

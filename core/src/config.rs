@@ -6,12 +6,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::domain::catalogue::EventTypeOverride;
 
 /// The `[core]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CoreConfig {
     /// gRPC address of the service API (subscriptions, events, deliveries, health,
@@ -118,7 +118,7 @@ pub struct CoreConfig {
 /// The `[core.import]` section: when an import of a reference data set is refused (the set
 /// in force is kept). An import that would leave the set empty is always refused. A caller
 /// may pass other limits with an import, or `force` it (`nems import --force`).
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ImportLimits {
     /// Refuse a new set with more than this percentage fewer rows than the set in force.

@@ -20,7 +20,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use nems_proto::v1 as pb;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::Date;
 
@@ -29,7 +29,7 @@ use crate::domain::patient::DemographicUpdate;
 use crate::refdata::normalise_postcode;
 
 /// `[core.pds]`.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PdsConfig {
     /// Base URL of the PDS FHIR R4 API, for example
@@ -40,6 +40,7 @@ pub struct PdsConfig {
     #[serde(with = "crate::config::duration")]
     pub timeout: Duration,
     /// Bearer token sent as `Authorization` (secret; never printed). Env: `NEMS_PDS_TOKEN`.
+    #[serde(serialize_with = "nems_proto::config::secret::optional")]
     pub bearer_token: Option<String>,
     /// CA certificates (PEM) to trust for `https` (the system roots when absent).
     pub ca_file: Option<PathBuf>,

@@ -3,13 +3,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Most HTTP/2 streams per connection `validate` accepts (hyper's own default is 200).
 const MAX_HTTP2_STREAMS: u32 = 256;
 
 /// The `[edge]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EdgeConfig {
     /// HTTP listen address. Env: `NEMS_EDGE_LISTEN`.

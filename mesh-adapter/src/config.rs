@@ -5,13 +5,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::mesh::{MeshClientConfig, Secret, TlsConfig};
 use crate::retry::RetryPolicy;
 
 /// Where deliveries go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SinkKind {
     /// One `.dat` + `.ctl` pair per delivery under `folder` (the embedded default).
@@ -21,7 +21,7 @@ pub enum SinkKind {
 }
 
 /// The `[mesh_adapter]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdapterConfig {
     /// Core's gRPC service API URL. Env: `NEMS_CORE_URL`.
@@ -53,7 +53,7 @@ pub struct AdapterConfig {
 }
 
 /// The `[mesh_adapter.mesh]` section.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MeshSettings {
     /// MESH base URL. Env: `NEMS_MESH_URL`.
@@ -61,8 +61,10 @@ pub struct MeshSettings {
     /// The service's own mailbox (sender, and where reports arrive). Env: `NEMS_MESH_MAILBOX`.
     pub mailbox: String,
     /// Mailbox password. Env: `NEMS_MESH_PASSWORD`.
+    #[serde(serialize_with = "nems_proto::config::secret::serialize")]
     pub password: String,
     /// Environment shared secret. Env: `NEMS_MESH_SHARED_KEY`.
+    #[serde(serialize_with = "nems_proto::config::secret::serialize")]
     pub shared_key: String,
     /// CA certificates (PEM) to trust for MESH. Env: `NEMS_MESH_CA_FILE`.
     pub ca_file: Option<PathBuf>,

@@ -4,7 +4,32 @@
 pub mod duration {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Serializes as `nems config` prints it, in the largest unit that divides it exactly:
+    /// `"90days"`, `"36h"`, `"5m"`, `"90s"`, `"1500ms"` (read back by [`deserialize`]).
+    pub fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(*value))
+    }
+
+    /// See [`serialize`].
+    pub fn format(value: Duration) -> String {
+        let ms = value.as_millis();
+        if !value.subsec_nanos().is_multiple_of(1_000_000) {
+            return format!("{}ns", value.as_nanos());
+        }
+        for (unit, size) in [
+            ("days", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1000),
+        ] {
+            if ms >= size && ms.is_multiple_of(size) {
+                return format!("{}{unit}", ms / size);
+            }
+        }
+        format!("{ms}ms")
+    }
 
     /// Deserializes `"500ms"`, `"90s"`, `"5m"`, `"3days"`.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -14,6 +39,43 @@ pub mod duration {
                 "`{text}` is not a duration ({e}); write e.g. 500ms, 30s, 5m, 12h, 3days"
             ))
         })
+    }
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use std::time::Duration;
+
+    #[test]
+    fn durations_print_in_their_largest_exact_unit_and_read_back() {
+        for (value, text) in [
+            (Duration::from_secs(90 * 86_400), "90days"),
+            (Duration::from_secs(36 * 3600), "36h"),
+            (Duration::from_secs(300), "5m"),
+            (Duration::from_secs(90), "90s"),
+            (Duration::from_millis(1500), "1500ms"),
+            (Duration::ZERO, "0ms"),
+            (Duration::from_nanos(1_500), "1500ns"),
+        ] {
+            assert_eq!(super::duration::format(value), text);
+            assert_eq!(humantime::parse_duration(text).unwrap(), value, "{text}");
+        }
+    }
+}
+
+/// Serializes a secret as whether it is set (`"set"` or `"not set"`), never its value: for
+/// `nems config`, which prints the effective configuration.
+pub mod secret {
+    use serde::Serializer;
+
+    /// A secret string: empty is not set.
+    pub fn serialize<S: Serializer>(value: &str, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if value.is_empty() { "not set" } else { "set" })
+    }
+
+    /// An optional secret string.
+    pub fn optional<S: Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+        serialize(value.as_deref().unwrap_or_default(), s)
     }
 }
 

@@ -9,12 +9,12 @@ use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 /// A TLS server: its certificate and key, and (for mutual TLS) the CA that client
 /// certificates must chain to.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerTls {
     /// Certificate chain (PEM).
@@ -27,7 +27,7 @@ pub struct ServerTls {
 }
 
 /// A TLS client: the CA to trust, and (for mutual TLS) its own certificate and key.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientTls {
     /// CA certificates (PEM) the server's certificate must chain to.

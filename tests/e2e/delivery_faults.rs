@@ -270,6 +270,7 @@ async fn delivery_refused_by_mesh_is_dead_lettered_then_redriven_by_the_cli() {
     fake.set_behaviour(MAILBOX, Behaviour::Accept);
     nems_cli::admin::run(
         Admin::Redrive {
+            yes: false,
             ids: Vec::new(),
             mailbox: Some(MAILBOX.to_ascii_lowercase()),
             event_code: None,

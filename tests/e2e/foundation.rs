@@ -242,6 +242,63 @@ async fn grpcurl_lists_describes_and_calls() {
         Some(32),
         "{published}"
     );
+    // A subscription created, read and deleted on core as the README shows.
+    let subscription = serde_json::json!({
+        "caller": {"asid": "200000000111", "odsCode": "RR8"},
+        "subscription": {
+            "meta": {"profile": ["https://fhir.nhs.uk/STU3/StructureDefinition/EMS-Subscription-1"]},
+            "status": "requested",
+            "contact": [{"system": "url", "use": "work",
+                "value": "https://directory.spineservices.nhs.uk/STU3/Organization/RR8"}],
+            "reason": "Direct care",
+            "criteria": "/Bundle?type=message&Patient.identifier=https://fhir.nhs.uk/Id/nhs-number|9434765919&MessageHeader.event=vaccinations-1",
+            "channel": {"type": "message", "endpoint": "RR8MBX01"},
+        },
+    })
+    .to_string();
+    let grpcurl = venv.join("bin/grpcurl");
+    let core = addr.clone();
+    let (created, read, deleted) = tokio::task::spawn_blocking(move || {
+        let call = |body: String, method: &str| {
+            std::process::Command::new(&grpcurl)
+                .args(["-plaintext", "-d", &body, &core, method])
+                .output()
+                .expect("run grpcurl")
+        };
+        let created = call(
+            subscription,
+            "nems.core.v1.SubscriptionService/CreateSubscription",
+        );
+        let id = serde_json::from_slice::<serde_json::Value>(&created.stdout)
+            .ok()
+            .and_then(|v| v["id"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let key =
+            format!(r#"{{"caller": {{"asid": "200000000111", "odsCode": "RR8"}}, "id": "{id}"}}"#);
+        let read = call(
+            key.clone(),
+            "nems.core.v1.SubscriptionService/GetSubscription",
+        );
+        let deleted = call(key, "nems.core.v1.SubscriptionService/DeleteSubscription");
+        (created, read, deleted)
+    })
+    .await
+    .unwrap();
+    let created: serde_json::Value = serde_json::from_slice(&created.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&created.stderr)));
+    assert_eq!(created["id"].as_str().map(str::len), Some(32), "{created}");
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let read: serde_json::Value = serde_json::from_slice(&read.stdout).unwrap();
+    assert_eq!(read["subscription"]["status"], "active", "{read}");
+    assert!(
+        deleted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deleted.stderr)
+    );
     // A refusal's Spine code is in google.rpc.ErrorInfo, which grpcurl decodes through
     // reflection (error_details.proto is served).
     let grpcurl = venv.join("bin/grpcurl");

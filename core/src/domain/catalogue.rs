@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use nems_proto::v1 as pb;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The `MessageHeader.event` code system.
 pub const EVENT_TYPE_SYSTEM: &str = "https://fhir.nhs.uk/STU3/CodeSystem/EventType-1";
@@ -177,7 +177,7 @@ const BUILTIN: &[Builtin] = &[
 ];
 
 /// Lifecycle state as written in configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LifecycleState {
     /// Supported.
@@ -204,7 +204,7 @@ impl From<LifecycleState> for pb::EventTypeState {
 /// One `[[core.event_types]]` entry: overrides fields of a built-in event type (matched
 /// by `code`), or adds a new one (then `display`, `workflow_id` and `focus_resource_type`
 /// are required).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventTypeOverride {
     /// Event code, for example `newborn-hearing-1`.

@@ -30,7 +30,7 @@ use nems_proto::spine::SpineCode;
 use nems_proto::v1 as pb;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::domain::Rejection;
 
@@ -38,7 +38,7 @@ pub(crate) mod gate;
 
 /// The `[core.clients]` section: the roles of core's TLS clients, each by the DNS names
 /// (subjectAltName) their certificates carry.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientRoles {
     /// FHIR edges: may call SubscriptionService and EventService on behalf of the caller
@@ -53,7 +53,7 @@ pub struct ClientRoles {
 }
 
 /// A `[[core.clients.direct]]` entry: a certificate identity acting as one ASID.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DirectClient {
     /// The DNS name (subjectAltName) of the client's certificate.

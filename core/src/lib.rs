@@ -11,12 +11,15 @@
 //! - `trust/`: who a gRPC caller is (roles from its certificate or listener, forwarded
 //!   Spine certificates verified again) and the gate refusing calls a role does not open.
 //! - `service/`: thin gRPC services over the domain and the store.
+//! - `accept.rs`: accepting an event, the one use case behind publishing and an operator's
+//!   injected delivery (the acceptance transaction and every chore after its commit).
 //! - `audit.rs`: the bounded, aggregating queue of detached audit records (reads and
 //!   refusals).
 //! - `store/`: synchronous redb code; one writer thread with group commit.
 //! - `refdata/`: readers for the official reference files and the demographics CSV.
 //! - `bench.rs`: hidden benchmarking hooks over crate-private matching (not an API).
 
+mod accept;
 mod audit;
 #[doc(hidden)]
 pub mod bench;

@@ -10,15 +10,16 @@ use nems_proto::v1::event_service_server::EventService;
 use tonic::{Request, Response, Status};
 
 use super::{missing, store_status};
+use crate::accept;
 use crate::domain::Rejection;
 use crate::domain::event::{self as rules, ValidEvent};
 use crate::domain::patient::{self, DemographicUpdate};
-use crate::matching::{self, MailboxMatch};
+use crate::matching;
 use crate::pds::Lookup;
 use crate::state::{CoreState, audit_record};
-use crate::store::events::{self as store, NewDelivery, NewEvent};
+use crate::store::demographics;
+use crate::store::events::NewEvent;
 use crate::store::keys::{id_hex, new_id, nhs_key, now_ms};
-use crate::store::{StoreError, audit, demographics};
 use crate::trust::{CallerError, Peer, Proof};
 
 /// The event service.
@@ -117,14 +118,6 @@ impl Events {
     }
 }
 
-/// What the acceptance write did.
-struct Outcome {
-    accepted: crate::store::events::Accepted,
-    accepted_ms: u64,
-    suppressed: bool,
-    matched: usize,
-}
-
 /// What matching needs from a valid event.
 fn matching_event(valid: &ValidEvent, accepted_ms: u64) -> matching::Event {
     matching::Event {
@@ -135,18 +128,6 @@ fn matching_event(valid: &ValidEvent, accepted_ms: u64) -> matching::Event {
         accepted_ms,
         looked_up: None,
     }
-}
-
-fn deliveries(matches: &[MailboxMatch], suppressed: bool) -> Vec<NewDelivery> {
-    matches
-        .iter()
-        .map(|m| NewDelivery {
-            mailbox: m.mailbox.clone(),
-            partner_id: m.partner_id(),
-            subscription_ids: m.subscriptions.iter().map(|(id, _)| id.clone()).collect(),
-            suppressed,
-        })
-        .collect()
 }
 
 #[tonic::async_trait]
@@ -199,7 +180,7 @@ impl EventService for Events {
         demographic_updates.extend(looked_up);
         let event_id = new_id();
         let event_hex = id_hex(event_id);
-        let mut event = NewEvent {
+        let event = NewEvent {
             event_id,
             event_code: valid.event_type.code.clone(),
             message_event_type: valid.message_event_type.clone(),
@@ -210,74 +191,38 @@ impl EventService for Events {
             matched_subscriptions: 0,
             accepted_ms: planned_ms,
         };
-        let audit_ok = audit_record(&caller, "publish", "Bundle", &event_hex, "ok");
-        let outcome = self
-            .state
-            .store
-            .writer()
-            .try_write(move |tx| {
-                // Matching runs in the acceptance transaction, stamped with the time of the
-                // write: it sees every subscription and demographics change ordered before
-                // this event (even in the same group commit) and none after it.
-                let accepted_ms = now_ms().max(planned_ms);
-                subject.accepted_ms = accepted_ms;
-                let (matches, suppressed) = matching::match_event(tx, &subject)?;
-                let matched: usize = matches.iter().map(|m| m.subscriptions.len()).sum();
-                event.accepted_ms = accepted_ms;
-                event.deliveries = deliveries(&matches, suppressed);
-                event.matched_subscriptions = u32::try_from(matched).unwrap_or(u32::MAX);
-                let accepted = store::accept(tx, &event)?;
-                for update in &demographic_updates {
-                    demographics::apply(tx, update)?;
-                }
-                audit::append(tx, accepted_ms, &audit_ok)?;
-                Ok(Outcome {
-                    accepted,
-                    accepted_ms,
-                    suppressed,
-                    matched,
-                })
-            })
+        let acceptance = accept::Acceptance {
+            event,
+            recipients: accept::Recipients::Matched {
+                subject: Box::new(subject),
+                updates: demographic_updates,
+            },
+            audit: audit_record(&caller, "publish", "Bundle", &event_hex, "ok"),
+            when_busy: accept::WhenBusy::Shed,
+        };
+        let accepted = accept::accept(&self.state, acceptance)
             .await
-            .map_err(|e| match e {
-                StoreError::Busy => {
-                    tracing::warn!("store write queue full; shedding publishes");
-                    crate::metrics::metrics().publishes_shed.inc();
-                    store_status(e, &caller.request_id)
-                }
-                other => store_status(other, &caller.request_id),
-            })?;
-        let Outcome {
-            accepted,
-            accepted_ms,
+            .map_err(|e| store_status(e, &caller.request_id))?;
+        crate::metrics::metrics()
+            .publish_seconds
+            .observe(received.elapsed().as_secs_f64());
+        let accept::Accepted {
+            written,
             suppressed,
-            matched: matched_subscriptions,
-        } = outcome;
-        self.state
-            .note_queued(accepted.queued_mailboxes.len() as u64);
-        let m = crate::metrics::metrics();
-        m.events_accepted
-            .get_or_create(&crate::metrics::EventLabel {
-                event_code: valid.event_type.code.clone(),
-            })
-            .inc();
-        m.publish_seconds.observe(received.elapsed().as_secs_f64());
-        m.mailboxes_per_event
-            .observe(accepted.queued_mailboxes.len() as f64);
-        for mailbox in &accepted.queued_mailboxes {
-            self.state.dispatcher.available(mailbox, accepted_ms);
-        }
+            matched_subscriptions,
+            ..
+        } = accepted;
         tracing::info!(
             event = %event_hex,
             event_code = %valid.event_type.code,
             suppressed,
-            mailboxes = accepted.queued_mailboxes.len(),
+            mailboxes = written.queued_mailboxes.len(),
             subscriptions = matched_subscriptions,
             "event accepted"
         );
         Ok(Response::new(pb::PublishEventResponse {
             event_id: event_hex,
-            mailboxes: accepted.queued_mailboxes.len() as u32,
+            mailboxes: written.queued_mailboxes.len() as u32,
             notices: valid.notices,
         }))
     }

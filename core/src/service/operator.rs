@@ -10,6 +10,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{missing, store_status};
+use crate::accept;
 use crate::domain::datetime;
 use crate::domain::patient::DemographicUpdate;
 use crate::refdata::normalise_postcode;
@@ -457,7 +458,6 @@ impl OperatorService for Operator {
         if req.payload.is_empty() {
             return Err(missing("payload"));
         }
-        let now = now_ms();
         let event_id = new_id();
         let event = NewEvent {
             event_id,
@@ -466,29 +466,25 @@ impl OperatorService for Operator {
             publisher_asid: "operator".into(),
             workflow_id: event_type.workflow_id.clone(),
             payload: req.payload,
-            deliveries: vec![NewDelivery {
-                mailbox: mailbox.clone(),
+            deliveries: Vec::new(),
+            matched_subscriptions: 0,
+            accepted_ms: now_ms(),
+        };
+        let acceptance = accept::Acceptance {
+            event,
+            recipients: accept::Recipients::Given(vec![NewDelivery {
+                mailbox,
                 partner_id: req.partner_id,
                 subscription_ids: Vec::new(),
                 suppressed: false,
-            }],
-            matched_subscriptions: 0,
-            accepted_ms: now,
+            }]),
+            audit: operator_audit(who, "inject-delivery", "Delivery", &id_hex(event_id)),
+            when_busy: accept::WhenBusy::Wait,
         };
-        let record = operator_audit(who, "inject-delivery", "Delivery", &id_hex(event_id));
-        let accepted = self
-            .state
-            .store
-            .writer()
-            .write(move |tx| {
-                let a = event_store::accept(tx, &event)?;
-                audit::append(tx, now, &record)?;
-                Ok(a)
-            })
+        let accepted = accept::accept(&self.state, acceptance)
             .await
-            .map_err(|e| store_status(e, "inject"))?;
-        self.state.note_queued(1);
-        self.state.dispatcher.available(&mailbox, now);
+            .map_err(|e| store_status(e, "inject"))?
+            .written;
         Ok(Response::new(pb::InjectDeliveryResponse {
             event_id: id_hex(event_id),
             delivery_id: accepted.delivery_ids.first().copied().unwrap_or(0),

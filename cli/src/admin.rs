@@ -11,7 +11,7 @@ use nems_proto::v1 as pb;
 use pb::directory_service_client::DirectoryServiceClient;
 use pb::operator_service_client::OperatorServiceClient;
 
-use crate::remote::{NotFound, Remote};
+use crate::remote::{NotFound, Remote, Usage};
 
 /// `nems admin [--operator URL] COMMAND`.
 #[derive(Debug, Args)]
@@ -259,7 +259,11 @@ pub fn state_of(name: &str) -> anyhow::Result<pb::DeliveryState> {
                 .into_iter()
                 .map(delivery_state_name)
                 .collect();
-            anyhow::anyhow!("--state `{name}` must be one of {}", names.join(", "))
+            Usage(format!(
+                "--state `{name}` must be one of {}",
+                names.join(", ")
+            ))
+            .into()
         })
 }
 
@@ -520,6 +524,11 @@ pub async fn run_to(command: Admin, remote: &Remote, w: &mut dyn Write) -> anyho
             event_code,
             error_code,
         } => {
+            // A blank filter (an unset shell variable) is no filter: it must not skip the
+            // question below.
+            let given = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
+            let (mailbox, event_code, error_code) =
+                (given(mailbox), given(event_code), given(error_code));
             let unfiltered =
                 ids.is_empty() && mailbox.is_none() && event_code.is_none() && error_code.is_none();
             if unfiltered && !yes {
@@ -619,7 +628,7 @@ pub async fn run_to(command: Admin, remote: &Remote, w: &mut dyn Write) -> anyho
             let (key, what) = match (postcode, practice) {
                 (Some(p), _) => (Key::Postcode(p), "postcode"),
                 (_, Some(p)) => (Key::Practice(p), "practice"),
-                _ => anyhow::bail!("give --postcode or --practice"),
+                _ => return Err(Usage("give --postcode or --practice".into()).into()),
             };
             let r = client
                 .lookup_area(pb::LookupAreaRequest { key: Some(key) })
@@ -710,13 +719,22 @@ async fn directory_command(
                 ..Default::default()
             };
             args.apply_to(&mut system);
-            client
+            let r = client
                 .put_system(pb::PutSystemRequest {
-                    system: Some(system.clone()),
+                    system: Some(system),
                 })
                 .await
-                .map_err(failed(format!("adding system {asid}")))?;
-            out.line(&format!("added {}", system_line(&system)))?;
+                .map_err(failed(format!("adding system {asid}")))?
+                .into_inner();
+            let stored = get_system(client, remote, &asid).await?.unwrap_or_default();
+            if r.replaced {
+                anyhow::bail!(
+                    "system {asid} was added by someone else meanwhile and is now replaced by \
+                     this one: {}",
+                    system_line(&stored)
+                );
+            }
+            out.line(&format!("added {}", system_line(&stored)))?;
         }
         Directory::ChangeSystem(args) => {
             let asid = args.asid.clone();
@@ -726,11 +744,12 @@ async fn directory_command(
             args.apply_to(&mut system);
             client
                 .put_system(pb::PutSystemRequest {
-                    system: Some(system.clone()),
+                    system: Some(system),
                 })
                 .await
                 .map_err(failed(format!("changing system {asid}")))?;
-            out.line(&format!("changed {}", system_line(&system)))?;
+            let stored = get_system(client, remote, &asid).await?.unwrap_or_default();
+            out.line(&format!("changed {}", system_line(&stored)))?;
         }
         Directory::RemoveSystem { asid } => {
             let r = client
@@ -759,9 +778,10 @@ async fn directory_command(
             ods,
             description,
         } => {
+            // As core stores them (upper case).
             let mailbox = pb::MeshMailbox {
-                mailbox_id: id.clone(),
-                ods_code: ods,
+                mailbox_id: id.to_ascii_uppercase(),
+                ods_code: ods.to_ascii_uppercase(),
                 description: description.unwrap_or_default(),
             };
             let r = client

@@ -97,16 +97,51 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OpsConfig {
-    /// Listen address of `nems up` (all three services in one process); absent: no
+    /// Listen address of `nems up` (all three services in one process); `"off"`: no
     /// endpoint. Env: `NEMS_OPS_LISTEN` (for whichever command runs).
+    #[serde(with = "ops_addr")]
     pub listen: Option<std::net::SocketAddr>,
     /// Listen address of `nems core`, so that the three services can run from one
     /// configuration on one host.
+    #[serde(with = "ops_addr")]
     pub core_listen: Option<std::net::SocketAddr>,
     /// Listen address of `nems edge`.
+    #[serde(with = "ops_addr")]
     pub edge_listen: Option<std::net::SocketAddr>,
     /// Listen address of `nems mesh-adapter`.
+    #[serde(with = "ops_addr")]
     pub adapter_listen: Option<std::net::SocketAddr>,
+}
+
+/// An ops endpoint address, or `"off"` for none.
+mod ops_addr {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        value: &Option<SocketAddr>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(addr) => s.collect_str(addr),
+            None => s.serialize_str("off"),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text == "off" {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not an address such as 127.0.0.1:9100, or \"off\""
+            ))
+        })
+    }
 }
 
 impl Default for OpsConfig {

@@ -97,6 +97,8 @@ async fn main() -> std::process::ExitCode {
             }
             let code = if e.downcast_ref::<remote::NotFound>().is_some() {
                 remote::NOT_FOUND_EXIT
+            } else if e.downcast_ref::<remote::Usage>().is_some() {
+                remote::USAGE_EXIT
             } else {
                 1
             };
@@ -148,7 +150,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Config => {
             let text =
-                nems_cli::effective::render(&config, cli.config.as_deref(), &config::Environment);
+                nems_cli::effective::render(&config, cli.config.as_deref(), &config::Environment)?;
             #[allow(clippy::print_stdout, reason = "prints the configuration")]
             {
                 print!("{text}");

@@ -34,6 +34,22 @@ impl std::error::Error for NotFound {}
 /// The exit code of a command whose record does not exist.
 pub const NOT_FOUND_EXIT: i32 = 3;
 
+/// A command given wrongly in a way the argument parser cannot see (exit code 2, as for
+/// clap's own usage errors).
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// The exit code of a usage error.
+pub const USAGE_EXIT: i32 = 2;
+
 impl Remote {
     /// The operator API the configuration names: `explicit` (`--operator`) first, then
     /// `operator_url` (`NEMS_OPERATOR_URL`), else core's own `core.operator_listen`
@@ -152,9 +168,14 @@ pub fn explain(url: &str, what: &str, status: &tonic::Status) -> anyhow::Error {
             unreachable("host not found")
         }
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
-            if lower.contains("timed out") || lower.contains("deadline") =>
+            if lower.contains("timed out")
+                || lower.contains("timeout expired")
+                || lower.contains("deadline") =>
         {
-            unreachable("no answer in time")
+            anyhow::anyhow!(
+                "no answer from core at {url} in time for {what}; a change may still have \
+                 taken effect: check before repeating it"
+            )
         }
         tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
             if lower.contains("certificate")
@@ -170,10 +191,7 @@ pub fn explain(url: &str, what: &str, status: &tonic::Status) -> anyhow::Error {
         _ if lower.contains("http status code")
             || lower.contains("while receiving response with status")
             || lower.contains("invalid compression flag")
-            || lower.contains("invalid content-type")
-            || lower.contains("frame with invalid size")
-            || lower.contains("http2 error")
-            || lower.contains("h2 protocol error") =>
+            || lower.contains("invalid content-type") =>
         {
             anyhow::anyhow!(
                 "{url} answered, but not with gRPC: it is not core's operator API (the edge's \
@@ -186,6 +204,22 @@ pub fn explain(url: &str, what: &str, status: &tonic::Status) -> anyhow::Error {
             "{url} is a gRPC server without the operator API (core's service listener?); \
              {OPERATOR_HINT}"
         ),
+        // The connection broke: core restarting, a reset, or TLS spoken to by plaintext.
+        _ if lower.contains("frame with invalid size")
+            || lower.contains("http2 error")
+            || lower.contains("h2 protocol error")
+            || lower.contains("connection reset") =>
+        {
+            let hint = if url.starts_with("http://") {
+                "; if core's operator API uses TLS, give an https:// URL (with [operator_tls])"
+            } else {
+                ""
+            };
+            unreachable(&format!(
+                "the connection broke ({}){hint}",
+                first_line(message)
+            ))
+        }
         tonic::Code::Unavailable => unreachable(&first_line(message)),
         tonic::Code::NotFound => NotFound(format!("{what}: {}", first_line(message))).into(),
         tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => anyhow::anyhow!(

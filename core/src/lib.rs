@@ -16,6 +16,7 @@
 //! - `audit.rs`: the bounded, aggregating queue of detached audit records (reads and
 //!   refusals).
 //! - `store/`: synchronous redb code; one writer thread with group commit.
+//! - `postgres/`: the PostgreSQL backend being built (issue 13): schema and migrator.
 //! - `refdata/`: readers for the official reference files and the demographics CSV.
 //! - `bench.rs`: hidden benchmarking hooks over crate-private matching (not an API).
 
@@ -30,6 +31,7 @@ pub mod domain;
 mod matching;
 mod metrics;
 pub mod pds;
+pub mod postgres;
 pub mod refdata;
 mod server;
 mod service;

@@ -33,6 +33,8 @@ mod security;
 mod security_abuse;
 mod security_roles;
 
+mod postgres_schema;
+
 mod publish_common;
 mod publish_fixtures;
 mod publish_grpc;

@@ -19,6 +19,7 @@ pub mod mesh_sandbox;
 pub mod outbox;
 pub mod pds_fake;
 pub mod pki;
+pub mod postgres;
 pub mod spine;
 pub mod stack;
 pub mod tools;

@@ -1,0 +1,236 @@
+//! Throwaway PostgreSQL clusters for tests: `initdb` into a temporary folder, the server on a
+//! free loopback port with its socket in that folder, stopped (and the folder removed) when
+//! the [`PgCluster`] is dropped.
+//!
+//! The server binaries are Debian's (`/usr/lib/postgresql/<version>/bin`, not on `PATH`), or
+//! the folder `$NEMS_PG_BIN` names. `initdb` refuses to run as root: as root, the cluster
+//! belongs to the `postgres` user and every server command runs through `runuser`. Without
+//! the binaries a test prints a skip notice, or fails under `NEMS_REQUIRE_TOOLS=1`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A running throwaway cluster. Its superuser is `nems`, with trust authentication on
+/// loopback only.
+#[derive(Debug)]
+pub struct PgCluster {
+    /// The server's port on 127.0.0.1.
+    pub port: u16,
+    bin: PathBuf,
+    data: PathBuf,
+    /// `Some(uid, gid)` of `postgres` when the commands run as that user.
+    owner: Option<(u32, u32)>,
+    _dir: tempfile::TempDir,
+}
+
+/// The folder with `initdb`, `pg_ctl` and `postgres`.
+fn bin_dir() -> Option<PathBuf> {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "test harness reads its own settings"
+    )]
+    if let Some(dir) = std::env::var_os("NEMS_PG_BIN") {
+        return Some(PathBuf::from(dir));
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let version = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, bin)| bin)
+}
+
+/// The uid and gid of `user`.
+fn ids_of(user: &str) -> Option<(u32, u32)> {
+    let id = |flag: &str| -> Option<u32> {
+        let out = Command::new("id").args([flag, user]).output().ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    };
+    Some((id("-u")?, id("-g")?))
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|uid| uid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+impl PgCluster {
+    /// Starts a cluster, or returns `None` after a skip notice when PostgreSQL is not
+    /// installed (a failure with `NEMS_REQUIRE_TOOLS=1`). Blocking: call it from
+    /// `spawn_blocking` in async tests.
+    pub fn start(test: &str) -> Option<PgCluster> {
+        let Some(bin) = bin_dir() else {
+            #[allow(
+                clippy::disallowed_methods,
+                reason = "test harness reads its own settings"
+            )]
+            let required = std::env::var_os("NEMS_REQUIRE_TOOLS").is_some();
+            assert!(
+                !required,
+                "{test}: PostgreSQL's server binaries are missing (apt-get install postgresql, or set NEMS_PG_BIN)"
+            );
+            #[allow(clippy::print_stderr, reason = "a skip notice is the point")]
+            {
+                eprintln!("skipping {test}: no PostgreSQL server binaries (set NEMS_PG_BIN)");
+            }
+            return None;
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("nems-pg-")
+            .tempdir()
+            .expect("a temporary folder");
+        let owner = if running_as_root() {
+            let ids = ids_of("postgres").expect("a postgres user to own the cluster");
+            std::os::unix::fs::chown(dir.path(), Some(ids.0), Some(ids.1))
+                .expect("give the cluster folder to postgres");
+            Some(ids)
+        } else {
+            None
+        };
+        let data = dir.path().join("data");
+        let mut cluster = PgCluster {
+            port: 0,
+            bin,
+            data,
+            owner,
+            _dir: dir,
+        };
+        let data = cluster.data.to_string_lossy().into_owned();
+        cluster.run(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-U",
+                "nems",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+        );
+        // A free port, then the server on it; a port taken meanwhile is tried again.
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let socket_dir = cluster.socket_dir();
+            let options =
+                format!("-p {port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=on");
+            let log = cluster.log_file();
+            let started = cluster.try_run(
+                "pg_ctl",
+                &[
+                    "-D", &data, "-l", &log, "-w", "-t", "60", "-o", &options, "start",
+                ],
+            );
+            if started {
+                cluster.port = port;
+                return Some(cluster);
+            }
+        }
+        panic!(
+            "{test}: the PostgreSQL server did not start; its log:\n{}",
+            std::fs::read_to_string(cluster.log_file()).unwrap_or_default()
+        );
+    }
+
+    /// A `postgres://` URL for `database` (`postgres` always exists).
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://nems@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// A connection to `database`, its connection task spawned.
+    pub async fn connect(&self, database: &str) -> tokio_postgres::Client {
+        let (client, connection) =
+            tokio_postgres::connect(&self.url(database), tokio_postgres::NoTls)
+                .await
+                .unwrap_or_else(|e| panic!("connect to the test cluster: {e}"));
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client
+    }
+
+    /// Creates `name` and returns its URL.
+    pub async fn create_database(&self, name: &str) -> String {
+        self.connect("postgres")
+            .await
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .unwrap_or_else(|e| panic!("create database {name}: {e}"));
+        self.url(name)
+    }
+
+    fn socket_dir(&self) -> String {
+        self.data
+            .parent()
+            .unwrap_or(Path::new("/tmp"))
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    fn log_file(&self) -> String {
+        self.data
+            .parent()
+            .unwrap_or(Path::new("/tmp"))
+            .join("server.log")
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    fn command(&self, tool: &str) -> Command {
+        let program = self.bin.join(tool);
+        match self.owner {
+            Some(_) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
+    fn try_run(&self, tool: &str, args: &[&str]) -> bool {
+        self.command(tool)
+            .args(args)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let out = self
+            .command(tool)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("run {tool}: {e}"));
+        assert!(
+            out.status.success(),
+            "{tool} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let data = self.data.to_string_lossy().into_owned();
+        // Immediate: nothing of a throwaway cluster needs a clean shutdown.
+        let _ = self.try_run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]);
+    }
+}

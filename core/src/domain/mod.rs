@@ -29,11 +29,6 @@ impl Rejection {
             diagnostics: diagnostics.into(),
         }
     }
-
-    /// Converts into the gRPC status core returns.
-    pub fn into_status(self) -> tonic::Status {
-        nems_proto::spine::status(self.code, self.diagnostics)
-    }
 }
 
 impl std::fmt::Display for Rejection {

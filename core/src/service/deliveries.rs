@@ -8,15 +8,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use nems_proto::spine::SpineCode;
 use nems_proto::v1 as pb;
 use nems_proto::v1::delivery_service_server::DeliveryService;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::store_status;
-use crate::domain::Rejection;
+use super::Fault;
 use crate::state::CoreState;
 use crate::store::keys::now_ms;
 use crate::store::ledger::{self, Outcome};
@@ -215,7 +213,7 @@ fn outcome(req: &pb::CompleteDeliveryRequest) -> Result<Outcome, Status> {
             code: clip(&refused.code),
             reason: clip(&refused.reason),
         }),
-        None => Err(super::missing("outcome")),
+        None => Err(Fault::missing("outcome").into()),
     }
 }
 
@@ -232,9 +230,9 @@ impl DeliveryService for Deliveries {
         let limits = Limits::new(&req, config);
         let Some(stream) = self.state.dispatcher.open_stream(config.max_streams) else {
             tracing::warn!(consumer = %req.consumer, max_streams = config.max_streams, "delivery stream refused: too many open");
-            return Err(Status::resource_exhausted(
-                "too many delivery streams are open; try again later",
-            ));
+            return Err(
+                Fault::Exhausted("too many delivery streams are open; try again later").into(),
+            );
         };
         let (tx, rx) = mpsc::channel(limits.stream as usize);
         tracing::info!(stream, consumer = %req.consumer, max_in_flight = limits.stream, "delivery stream opened");
@@ -256,10 +254,8 @@ impl DeliveryService for Deliveries {
             .writer()
             .write(move |tx| ledger::complete(tx, id, attempt, &outcome, now))
             .await
-            .map_err(|e| store_status(e, "complete-delivery"))?
-            .ok_or_else(|| {
-                Rejection::new(SpineCode::NoRecordFound, "no such delivery").into_status()
-            })?;
+            .map_err(|e| Fault::store(e, "complete-delivery"))?
+            .ok_or_else(|| Fault::not_found("no such delivery"))?;
         if done.state != pb::DeliveryState::InFlight {
             self.state.dispatcher.released(id);
         }
@@ -314,7 +310,7 @@ impl DeliveryService for Deliveries {
                 Ok(Some((id, dead_lettered)))
             })
             .await
-            .map_err(|e| store_status(e, "report-undelivered"))?;
+            .map_err(|e| Fault::store(e, "report-undelivered"))?;
         if let Some((_, true)) = found {
             crate::metrics::metrics().dead_letters.inc();
         }

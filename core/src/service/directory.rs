@@ -2,12 +2,11 @@
 
 use std::sync::Arc;
 
-use nems_proto::spine::SpineCode;
 use nems_proto::v1 as pb;
 use nems_proto::v1::directory_service_server::DirectoryService;
 use tonic::{Request, Response, Status};
 
-use super::{missing, store_status};
+use super::Fault;
 use crate::directory::{check_mailbox, check_system};
 use crate::state::CoreState;
 use crate::store::audit;
@@ -18,10 +17,6 @@ use crate::store::keys::now_ms;
 #[derive(Debug, Clone)]
 pub(crate) struct DirectoryAdmin {
     pub(crate) state: Arc<CoreState>,
-}
-
-fn invalid(text: String) -> Status {
-    nems_proto::spine::status(SpineCode::InvalidRequestMessage, text)
 }
 
 fn admin_audit(who: String, action: &str, resource_type: &str, id: &str) -> pb::AuditRecord {
@@ -54,9 +49,9 @@ impl DirectoryService for DirectoryAdmin {
             request
                 .into_inner()
                 .system
-                .ok_or_else(|| missing("system"))?,
+                .ok_or_else(|| Fault::missing("system"))?,
         );
-        check_system(&system).map_err(|e| invalid(format!("system: {e}")))?;
+        check_system(&system).map_err(|e| Fault::invalid(format!("system: {e}")))?;
         let record = admin_audit(who, "directory.put-system", "SpineSystem", &system.asid);
         let replaced = self
             .state
@@ -65,7 +60,7 @@ impl DirectoryService for DirectoryAdmin {
                 store::put_system(tx, &system)
             })
             .await
-            .map_err(|e| store_status(e, "directory"))?;
+            .map_err(|e| Fault::store(e, "directory"))?;
         Ok(Response::new(pb::PutSystemResponse { replaced }))
     }
 
@@ -79,9 +74,7 @@ impl DirectoryService for DirectoryAdmin {
             .directory()
             .system(&asid)
             .cloned()
-            .ok_or_else(|| {
-                nems_proto::spine::status(SpineCode::NoRecordFound, "no system with that ASID")
-            })?;
+            .ok_or_else(|| Fault::not_found("no system with that ASID"))?;
         Ok(Response::new(pb::GetSystemResponse {
             system: Some(system),
         }))
@@ -101,7 +94,7 @@ impl DirectoryService for DirectoryAdmin {
                 store::delete_system(tx, &asid)
             })
             .await
-            .map_err(|e| store_status(e, "directory"))?;
+            .map_err(|e| Fault::store(e, "directory"))?;
         Ok(Response::new(pb::DeleteSystemResponse { deleted }))
     }
 
@@ -114,7 +107,7 @@ impl DirectoryService for DirectoryAdmin {
             .store
             .read(store::load)
             .await
-            .map_err(|e| store_status(e, "directory"))?;
+            .map_err(|e| Fault::store(e, "directory"))?;
         systems.sort_by(|a, b| a.asid.cmp(&b.asid));
         Ok(Response::new(pb::ListSystemsResponse { systems }))
     }
@@ -127,10 +120,10 @@ impl DirectoryService for DirectoryAdmin {
         let mut mailbox = request
             .into_inner()
             .mailbox
-            .ok_or_else(|| missing("mailbox"))?;
+            .ok_or_else(|| Fault::missing("mailbox"))?;
         mailbox.mailbox_id = mailbox.mailbox_id.to_ascii_uppercase();
         mailbox.ods_code = mailbox.ods_code.to_ascii_uppercase();
-        check_mailbox(&mailbox).map_err(|e| invalid(format!("mailbox: {e}")))?;
+        check_mailbox(&mailbox).map_err(|e| Fault::invalid(format!("mailbox: {e}")))?;
         let record = admin_audit(
             who,
             "directory.put-mailbox",
@@ -144,7 +137,7 @@ impl DirectoryService for DirectoryAdmin {
                 store::put_mailbox(tx, &mailbox)
             })
             .await
-            .map_err(|e| store_status(e, "directory"))?;
+            .map_err(|e| Fault::store(e, "directory"))?;
         Ok(Response::new(pb::PutMailboxResponse { replaced }))
     }
 
@@ -162,7 +155,7 @@ impl DirectoryService for DirectoryAdmin {
                 store::delete_mailbox(tx, &id)
             })
             .await
-            .map_err(|e| store_status(e, "directory"))?;
+            .map_err(|e| Fault::store(e, "directory"))?;
         Ok(Response::new(pb::DeleteMailboxResponse { deleted }))
     }
 
@@ -175,7 +168,7 @@ impl DirectoryService for DirectoryAdmin {
             .store
             .read(store::load)
             .await
-            .map_err(|e| store_status(e, "directory"))?;
+            .map_err(|e| Fault::store(e, "directory"))?;
         mailboxes.sort_by(|a, b| a.mailbox_id.cmp(&b.mailbox_id));
         Ok(Response::new(pb::ListMailboxesResponse { mailboxes }))
     }

@@ -4,12 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use nems_proto::spine::{self, SpineCode};
+use nems_proto::spine::SpineCode;
 use nems_proto::v1 as pb;
 use nems_proto::v1::event_service_server::EventService;
 use tonic::{Request, Response, Status};
 
-use super::{missing, store_status};
+use super::Fault;
 use crate::accept;
 use crate::domain::Rejection;
 use crate::domain::event::{self as rules, ValidEvent};
@@ -38,7 +38,7 @@ impl Events {
             r.code.as_str(),
         ));
         tracing::info!(code = %r.code, "publish refused");
-        r.into_status()
+        Fault::from(r).into()
     }
 
     fn check(
@@ -80,7 +80,7 @@ impl Events {
             .state
             .store
             .read_inline(|tx| demographics::get(tx, nhs))
-            .map_err(|e| store_status(e, "pds-lookup"))?
+            .map_err(|e| Fault::store(e, "pds-lookup"))?
             .is_some();
         if known {
             return Ok(None);
@@ -109,10 +109,11 @@ impl Events {
                 "delivery backlog above its bound; shedding publishes"
             );
             crate::metrics::metrics().publishes_shed.inc();
-            return Err(spine::unavailable(
-                "the delivery backlog is full; retry later",
-                Duration::from_secs(5),
-            ));
+            return Err(Fault::Overloaded {
+                message: "the delivery backlog is full; retry later",
+                retry_after: Duration::from_secs(5),
+            }
+            .into());
         }
         Ok(())
     }
@@ -145,7 +146,7 @@ impl EventService for Events {
             .trust
             .caller(peer.as_ref(), req.caller.take())
             .map_err(|e| match e {
-                CallerError::Missing => missing("caller"),
+                CallerError::Missing => Fault::missing("caller").into(),
                 CallerError::Impersonation(caller, r) => self.refuse(&caller, r),
                 CallerError::Refused(r) => self.refuse(&pb::Caller::default(), r),
             })?;
@@ -202,7 +203,7 @@ impl EventService for Events {
         };
         let accepted = accept::accept(&self.state, acceptance)
             .await
-            .map_err(|e| store_status(e, &caller.request_id))?;
+            .map_err(|e| Fault::store(e, &caller.request_id))?;
         crate::metrics::metrics()
             .publish_seconds
             .observe(received.elapsed().as_secs_f64());

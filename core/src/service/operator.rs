@@ -3,14 +3,15 @@
 
 use std::sync::Arc;
 
-use nems_proto::spine::{self, SpineCode};
+use nems_proto::spine::SpineCode;
 use nems_proto::v1 as pb;
 use nems_proto::v1::operator_service_server::OperatorService;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{missing, store_status};
+use super::Fault;
 use crate::accept;
+use crate::domain::Rejection;
 use crate::domain::datetime;
 use crate::domain::patient::DemographicUpdate;
 use crate::refdata::normalise_postcode;
@@ -37,7 +38,7 @@ fn page_size(requested: u32) -> usize {
 }
 
 fn invalid(text: impl Into<String>) -> Status {
-    spine::status(SpineCode::InvalidRequestMessage, text)
+    Fault::invalid(text).into()
 }
 
 fn ms_of(t: Option<prost_types::Timestamp>) -> u64 {
@@ -116,9 +117,9 @@ impl Operator {
         let slot = writer
             .write(move |tx| refdata::begin(tx, set))
             .await
-            .map_err(|e| store_status(e, "import"))?;
+            .map_err(|e| Fault::store(e, "import"))?;
         while let Some(message) = stream.next().await {
-            let item = message?.item.ok_or_else(|| missing("item"))?;
+            let item = message?.item.ok_or_else(|| Fault::missing("item"))?;
             let (received, encoded) = match (set, item) {
                 (_, Item::End(end)) => {
                     guard.bad = end.bad_rows;
@@ -137,7 +138,7 @@ impl Operator {
             writer
                 .write(move |tx| refdata::insert(tx, set, slot, &encoded))
                 .await
-                .map_err(|e| store_status(e, "import"))?;
+                .map_err(|e| Fault::store(e, "import"))?;
         }
         // A dry run compares keys with the set in force before the filled slot is emptied.
         let (added, removed, changed) = if guard.check {
@@ -145,7 +146,7 @@ impl Operator {
                 .store
                 .read(move |tx| refdata::diff(tx, set, slot))
                 .await
-                .map_err(|e| store_status(e, "import"))?
+                .map_err(|e| Fault::store(e, "import"))?
         } else {
             (0, 0, 0)
         };
@@ -166,7 +167,7 @@ impl Operator {
                 Ok(finished)
             })
             .await
-            .map_err(|e| store_status(e, "import"))?;
+            .map_err(|e| Fault::store(e, "import"))?;
         let name = refdata::set_name(set);
         if guard.check {
             tracing::info!(
@@ -185,12 +186,13 @@ impl Operator {
                 generation = finished.meta.generation,
                 "reference data import refused, set in force kept"
             );
-            return Err(Status::failed_precondition(format!(
+            return Err(Fault::ImportRefused(format!(
                 "import refused, the {name} set in force (generation {}, {} rows) is kept: {} (force the import to replace it anyway)",
                 finished.meta.generation,
                 finished.previous_rows,
                 finished.refusals.join("; ")
-            )));
+            ))
+            .into());
         } else {
             tracing::info!(
                 set = name,
@@ -266,7 +268,10 @@ impl OperatorService for Operator {
             Some(Filter::OdsCode(c)) => ListFilter::Owner(c.to_ascii_uppercase()),
             Some(Filter::Mailbox(m)) => ListFilter::Mailbox(m.to_ascii_uppercase()),
             Some(Filter::NhsNumber(n)) => ListFilter::Nhs(nhs_key(&n).ok_or_else(|| {
-                spine::status(SpineCode::InvalidNhsNumber, "nhs_number must be 10 digits")
+                Fault::from(Rejection::new(
+                    SpineCode::InvalidNhsNumber,
+                    "nhs_number must be 10 digits",
+                ))
             })?),
             Some(Filter::Rule(r)) => {
                 let rule = r.rule_type();
@@ -290,7 +295,7 @@ impl OperatorService for Operator {
             .store
             .read(move |tx| subs::list(tx, &filter, &token, size, include_deleted))
             .await
-            .map_err(|e| store_status(e, "list-subscriptions"))?;
+            .map_err(|e| Fault::store(e, "list-subscriptions"))?;
         let now = now_ms();
         Ok(Response::new(pb::ListSubscriptionsResponse {
             subscriptions: page
@@ -322,7 +327,7 @@ impl OperatorService for Operator {
             .store
             .read(move |tx| ledger::list(tx, &query, &token, size))
             .await
-            .map_err(|e| store_status(e, "list-deliveries"))?;
+            .map_err(|e| Fault::store(e, "list-deliveries"))?;
         Ok(Response::new(pb::ListDeliveriesResponse {
             deliveries,
             next_page_token: next,
@@ -335,10 +340,7 @@ impl OperatorService for Operator {
     ) -> Result<Response<pb::GetEventResponse>, Status> {
         let event_id = request.into_inner().event_id;
         let Some(id) = parse_id(&event_id) else {
-            return Err(spine::status(
-                SpineCode::NoRecordFound,
-                "no event with that id",
-            ));
+            return Err(Fault::not_found("no event with that id").into());
         };
         let found = self
             .state
@@ -359,9 +361,8 @@ impl OperatorService for Operator {
                 Ok(Some((event_store::to_record(&e, held), deliveries)))
             })
             .await
-            .map_err(|e| store_status(e, "get-event"))?;
-        let (event, deliveries) = found
-            .ok_or_else(|| spine::status(SpineCode::NoRecordFound, "no event with that id"))?;
+            .map_err(|e| Fault::store(e, "get-event"))?;
+        let (event, deliveries) = found.ok_or_else(|| Fault::not_found("no event with that id"))?;
         Ok(Response::new(pb::GetEventResponse {
             event: Some(event),
             deliveries,
@@ -395,7 +396,7 @@ impl OperatorService for Operator {
                 Ok(out)
             })
             .await
-            .map_err(|e| store_status(e, "redrive"))?;
+            .map_err(|e| Fault::store(e, "redrive"))?;
         self.state.note_queued(redriven.len() as u64);
         for (_, mailbox) in &redriven {
             self.state.dispatcher.available(mailbox, now);
@@ -421,7 +422,7 @@ impl OperatorService for Operator {
             .store
             .read(move |tx| ledger::stats(tx, &mailbox))
             .await
-            .map_err(|e| store_status(e, "mailbox-stats"))?;
+            .map_err(|e| Fault::store(e, "mailbox-stats"))?;
         Ok(Response::new(pb::GetMailboxStatsResponse { mailboxes }))
     }
 
@@ -449,14 +450,14 @@ impl OperatorService for Operator {
             .catalogue
             .get(&req.event_code)
             .ok_or_else(|| {
-                spine::status(
+                Fault::from(Rejection::new(
                     SpineCode::InvalidCodeValue,
                     "event_code is not in the catalogue",
-                )
+                ))
             })?
             .clone();
         if req.payload.is_empty() {
-            return Err(missing("payload"));
+            return Err(Fault::missing("payload").into());
         }
         let event_id = new_id();
         let event = NewEvent {
@@ -483,7 +484,7 @@ impl OperatorService for Operator {
         };
         let accepted = accept::accept(&self.state, acceptance)
             .await
-            .map_err(|e| store_status(e, "inject"))?
+            .map_err(|e| Fault::store(e, "inject"))?
             .written;
         Ok(Response::new(pb::InjectDeliveryResponse {
             event_id: id_hex(event_id),
@@ -498,7 +499,10 @@ impl OperatorService for Operator {
         let who = super::operator_identity(&request);
         use pb::import_reference_data_request::Item;
         let mut stream = request.into_inner();
-        let first = stream.next().await.ok_or_else(|| missing("header"))??;
+        let first = stream
+            .next()
+            .await
+            .ok_or_else(|| Fault::missing("header"))??;
         let Some(Item::Header(header)) = first.item else {
             return Err(invalid("the first message of an import must be its header"));
         };
@@ -534,7 +538,7 @@ impl OperatorService for Operator {
                     Ok((w, updates.len() as u64 - w))
                 })
                 .await
-                .map_err(|e| store_status(e, "import-demographics"))?;
+                .map_err(|e| Fault::store(e, "import-demographics"))?;
             written += w;
             skipped += s;
         }
@@ -552,7 +556,10 @@ impl OperatorService for Operator {
         request: Request<pb::LookupAreaRequest>,
     ) -> Result<Response<pb::LookupAreaResponse>, Status> {
         use pb::lookup_area_request::Key;
-        let key = request.into_inner().key.ok_or_else(|| missing("key"))?;
+        let key = request
+            .into_inner()
+            .key
+            .ok_or_else(|| Fault::missing("key"))?;
         let response = self
             .state
             .store
@@ -587,7 +594,7 @@ impl OperatorService for Operator {
                 })
             })
             .await
-            .map_err(|e| store_status(e, "lookup"))?;
+            .map_err(|e| Fault::store(e, "lookup"))?;
         Ok(Response::new(response))
     }
 
@@ -610,7 +617,7 @@ impl OperatorService for Operator {
             .store
             .read(move |tx| audit::list(tx, &filter, &token, size))
             .await
-            .map_err(|e| store_status(e, "list-audit"))?;
+            .map_err(|e| Fault::store(e, "list-audit"))?;
         Ok(Response::new(pb::ListAuditResponse {
             records,
             next_page_token: next,
@@ -638,7 +645,7 @@ impl OperatorService for Operator {
                 })
             })
             .await
-            .map_err(|e| store_status(e, "status"))?;
+            .map_err(|e| Fault::store(e, "status"))?;
         Ok(Response::new(status))
     }
 }

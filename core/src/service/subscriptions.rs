@@ -8,7 +8,7 @@ use nems_proto::v1 as pb;
 use nems_proto::v1::subscription_service_server::SubscriptionService;
 use tonic::{Request, Response, Status};
 
-use super::{missing, store_status};
+use super::Fault;
 use crate::directory::Directory;
 use crate::domain::Rejection;
 use crate::domain::subscription::{self as rules, ValidSubscription};
@@ -30,11 +30,10 @@ fn not_found(id: &str) -> Status {
     } else {
         "(malformed id)"
     };
-    Rejection::new(
-        SpineCode::NoRecordFound,
-        format!("No record found for supplied Subscription identifier - {shown}"),
-    )
-    .into_status()
+    Fault::not_found(format!(
+        "No record found for supplied Subscription identifier - {shown}"
+    ))
+    .into()
 }
 
 /// The resource as read back now: `status` `off` once `end` has passed.
@@ -57,7 +56,7 @@ impl Subscriptions {
             id,
             r.code.as_str(),
         ));
-        r.into_status()
+        Fault::from(r).into()
     }
 
     /// The caller the request acts as (see [`crate::trust`]): refused and audited when the
@@ -73,7 +72,7 @@ impl Subscriptions {
             .trust
             .caller(peer.as_ref(), named)
             .map_err(|e| match e {
-                CallerError::Missing => missing("caller"),
+                CallerError::Missing => Fault::missing("caller").into(),
                 CallerError::Impersonation(caller, r) => self.refuse(&caller, action, id, r),
                 CallerError::Refused(r) => self.refuse(&pb::Caller::default(), action, id, r),
             })
@@ -146,7 +145,7 @@ impl Subscriptions {
                 })
             })
             .await
-            .map_err(|e| store_status(e, &caller.request_id))?;
+            .map_err(|e| Fault::store(e, &caller.request_id))?;
         let record = match outcome {
             Created::Stored(record) => *record,
             Created::Duplicate(existing) => {
@@ -224,7 +223,9 @@ impl SubscriptionService for Subscriptions {
         let peer = Peer::of(&request);
         let req = request.into_inner();
         let (caller, proof) = self.identify(peer, req.caller, "create", "")?;
-        let resource = req.subscription.ok_or_else(|| missing("subscription"))?;
+        let resource = req
+            .subscription
+            .ok_or_else(|| Fault::missing("subscription"))?;
         self.create(caller, proof, resource)
             .await
             .map(Response::new)
@@ -242,7 +243,7 @@ impl SubscriptionService for Subscriptions {
             .state
             .store
             .read_inline(|tx| store::get(tx, id))
-            .map_err(|e| store_status(e, &caller.request_id))?;
+            .map_err(|e| Fault::store(e, &caller.request_id))?;
         let sub = found.filter(|s| s.deleted_ms == 0 && Directory::owns(&system, &s.owner_ods));
         let Some(sub) = sub else {
             self.state.audit_detached(audit_record(
@@ -284,7 +285,7 @@ impl SubscriptionService for Subscriptions {
                 Ok(deleted)
             })
             .await
-            .map_err(|e| store_status(e, &caller.request_id))?;
+            .map_err(|e| Fault::store(e, &caller.request_id))?;
         if !deleted {
             self.state.audit_detached(audit_record(
                 &caller,

@@ -1,12 +1,15 @@
 //! Core's Prometheus metrics (all named `nems_…`): publishing, matching, the delivery
 //! ledger, backpressure and the store's group commits. Counters and histograms are updated
-//! on the hot paths; per-mailbox and backlog gauges are read from the store at each scrape.
+//! on the hot paths; per-mailbox and backlog gauges, and the writer's commit statistics, are
+//! read from the store at each scrape (the store never calls in here).
 
+use std::sync::atomic::Ordering;
 use std::sync::{Mutex, OnceLock, Weak};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -53,13 +56,10 @@ pub(crate) struct CoreMetrics {
     pub(crate) mailboxes_per_event: Histogram,
     pub(crate) publishes_shed: Counter,
     pub(crate) store_refusals: Counter,
-    pub(crate) store_reopens: Counter,
     pub(crate) delivery_reports: Family<ResultLabel, Counter>,
     pub(crate) dead_letters: Counter,
     pub(crate) grpc_requests: Family<GrpcLabel, Counter>,
     pub(crate) grpc_seconds: Family<MethodLabel, Histogram>,
-    pub(crate) commit_seconds: Histogram,
-    pub(crate) commit_batch: Histogram,
     pub(crate) pds_lookups: Family<OutcomeLabel, Counter>,
     pub(crate) calls_refused: Counter,
     pub(crate) audit_dropped: Counter,
@@ -76,15 +76,12 @@ pub(crate) fn metrics() -> &'static CoreMetrics {
             mailboxes_per_event: Histogram::new([0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0]),
             publishes_shed: Counter::default(),
             store_refusals: Counter::default(),
-            store_reopens: Counter::default(),
             delivery_reports: Family::default(),
             dead_letters: Counter::default(),
             grpc_requests: Family::default(),
             grpc_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0002, 2.0, 16))
             }),
-            commit_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
-            commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             pds_lookups: Family::default(),
             calls_refused: Counter::default(),
             audit_dropped: Counter::default(),
@@ -116,11 +113,6 @@ pub(crate) fn metrics() -> &'static CoreMetrics {
             m.store_refusals.clone(),
         );
         nems_proto::ops::register(
-            "store_reopens",
-            "Times the writer reopened the store after a storage failure",
-            m.store_reopens.clone(),
-        );
-        nems_proto::ops::register(
             "delivery_reports",
             "Attempt outcomes reported by adapters, by what became of the delivery (delivered, requeued for a retry, dead_lettered)",
             m.delivery_reports.clone(),
@@ -139,16 +131,6 @@ pub(crate) fn metrics() -> &'static CoreMetrics {
             "grpc_server_duration_seconds",
             "Time from a gRPC call's arrival to its response headers, by method",
             m.grpc_seconds.clone(),
-        );
-        nems_proto::ops::register(
-            "store_commit_duration_seconds",
-            "Duration of each redb group commit (including fsync)",
-            m.commit_seconds.clone(),
-        );
-        nems_proto::ops::register(
-            "store_commit_batch_size",
-            "Write jobs per redb group commit",
-            m.commit_batch.clone(),
         );
         nems_proto::ops::register(
             "pds_lookups",
@@ -253,6 +235,35 @@ impl Collector for StoreCollector {
             "Write queue capacity; a full queue sheds publishes",
             to_i64(state.config.write_queue as u64),
         )?;
+        // The writer's own statistics, read as they stand (it never calls in here).
+        let writer = state.store.writer_stats();
+        let reopens = ConstCounter::new(writer.reopens.load(Ordering::Relaxed));
+        let e = encoder.encode_descriptor(
+            "store_reopens",
+            "Times the writer reopened the store after a storage failure",
+            None,
+            reopens.metric_type(),
+        )?;
+        reopens.encode(e)?;
+        let (micros, commits, buckets) = writer.commit_latency.snapshot();
+        let seconds: Vec<(f64, u64)> = buckets.iter().map(|(b, n)| (b / 1e6, *n)).collect();
+        encoder
+            .encode_descriptor(
+                "store_commit_duration_seconds",
+                "Duration of each redb group commit (including fsync)",
+                None,
+                MetricType::Histogram,
+            )?
+            .encode_histogram::<NoLabelSet>(micros as f64 / 1e6, commits, &seconds, None)?;
+        let (jobs, batches, buckets) = writer.batch_sizes.snapshot();
+        encoder
+            .encode_descriptor(
+                "store_commit_batch_size",
+                "Write jobs per redb group commit",
+                None,
+                MetricType::Histogram,
+            )?
+            .encode_histogram::<NoLabelSet>(jobs as f64, batches, &buckets, None)?;
         let stats = state
             .store
             .read_now(|tx| ledger::stats(tx, ""))

@@ -150,6 +150,29 @@ async fn metrics_move_after_a_publish_and_a_delivery() {
     check("nems_process_open_fds", 3.0);
     check("nems_dead_letters_total", 0.0);
     check("nems_store_commit_batch_size_count", 1.0);
+    // The writer's histograms: the +Inf bucket holds every observation, and the buckets
+    // only grow with their bounds.
+    for name in [
+        "nems_store_commit_batch_size",
+        "nems_store_commit_duration_seconds",
+    ] {
+        let count = sample(&after, &format!("{name}_count")).unwrap();
+        assert_eq!(
+            sample(&after, &format!(r#"{name}_bucket{{le="+Inf"}}"#)),
+            Some(count),
+            "{name}"
+        );
+        let buckets: Vec<f64> = after
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}_bucket{{")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        assert!(buckets.len() > 10, "{name}: {buckets:?}");
+        assert!(
+            buckets.windows(2).all(|w| w[0] <= w[1]),
+            "{name}: {buckets:?}"
+        );
+    }
     check("nems_publish_duration_seconds_count", 1.0);
     check("nems_delivery_backlog_limit", 1.0);
     assert_eq!(

@@ -40,7 +40,7 @@ mod sweep_bench;
 #[cfg(test)]
 mod tests;
 
-pub use writer::WriterStats;
+pub use writer::{Buckets, WriterStats};
 use writer::{DbCell, Writer, WriterSettings};
 
 /// File name of the database inside the data directory.

@@ -164,7 +164,8 @@ where
     }
 }
 
-/// Statistics of the writer, for metrics and tests.
+/// Statistics of the writer, for metrics and tests. The writer only records here; the
+/// metrics endpoint reads them when scraped (the writer never calls up into metrics).
 #[derive(Debug, Default)]
 pub struct WriterStats {
     /// Commits done.
@@ -175,6 +176,63 @@ pub struct WriterStats {
     pub max_batch: AtomicU64,
     /// Total commit time in microseconds.
     pub commit_micros: AtomicU64,
+    /// Times the store was reopened after a storage failure.
+    pub reopens: AtomicU64,
+    /// Commit durations in microseconds, fsync included (16 µs to 524 ms).
+    pub commit_latency: Buckets<16>,
+    /// Jobs per group commit (1 to 32768).
+    pub batch_sizes: Buckets<1>,
+}
+
+/// How many buckets a [`Buckets`] has (the last also counts everything above it).
+const BUCKETS: usize = 16;
+
+/// A histogram of `u64` observations in buckets with upper bounds `BASE × 1, 2, 4, …, 2^15`
+/// (in the unit observed), plus their count and sum: lock-free, for a writer thread that
+/// must not wait for whoever reads it.
+#[derive(Debug, Default)]
+pub struct Buckets<const BASE: u64> {
+    counts: [AtomicU64; BUCKETS],
+    above: AtomicU64,
+    sum: AtomicU64,
+}
+
+impl<const BASE: u64> Buckets<BASE> {
+    /// Records one observation.
+    pub fn observe(&self, value: u64) {
+        let units = value.div_ceil(BASE);
+        let index = if units <= 1 {
+            0
+        } else {
+            (u64::BITS - (units - 1).leading_zeros()) as usize
+        };
+        match self.counts.get(index) {
+            Some(count) => count.fetch_add(1, Ordering::Relaxed),
+            None => self.above.fetch_add(1, Ordering::Relaxed),
+        };
+        self.sum.fetch_add(value, Ordering::Relaxed);
+    }
+
+    /// The upper bound of bucket `i`.
+    pub fn bound(i: usize) -> u64 {
+        BASE << i
+    }
+
+    /// `(sum, count, observations per bucket by its upper bound)`, `+Inf` last: each
+    /// bucket's own count, not cumulative (prometheus-client's `encode_histogram`
+    /// accumulates them as it writes).
+    pub fn snapshot(&self) -> (u64, u64, Vec<(f64, u64)>) {
+        let mut total = 0;
+        let mut buckets = Vec::with_capacity(BUCKETS + 1);
+        for (i, count) in self.counts.iter().enumerate() {
+            let n = count.load(Ordering::Relaxed);
+            total += n;
+            buckets.push((Self::bound(i) as f64, n));
+        }
+        let above = self.above.load(Ordering::Relaxed);
+        buckets.push((f64::INFINITY, above));
+        (self.sum.load(Ordering::Relaxed), total + above, buckets)
+    }
 }
 
 /// Handle to the writer thread. Cloning shares the same thread.
@@ -333,7 +391,7 @@ fn run(
         };
         finish_all(batch, &outcome);
         if let Some(old) = failed
-            && !recover(cell, old, &mut rx)
+            && !recover(cell, old, &mut rx, stats)
         {
             return;
         }
@@ -347,6 +405,7 @@ fn recover(
     cell: &DbCell,
     mut old: Option<Arc<Database>>,
     rx: &mut mpsc::Receiver<Box<dyn Job>>,
+    stats: &WriterStats,
 ) -> bool {
     let started = Instant::now();
     let mut pause = REOPEN_FIRST;
@@ -386,7 +445,7 @@ fn recover(
             match (cell.open)() {
                 Ok(db) => {
                     cell.install(db);
-                    crate::metrics::metrics().store_reopens.inc();
+                    stats.reopens.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         attempts,
                         millis = started.elapsed().as_millis() as u64,
@@ -439,9 +498,8 @@ fn apply_and_commit(
         .max_batch
         .fetch_max(batch.len() as u64, Ordering::Relaxed);
     stats.commit_micros.fetch_add(micros, Ordering::Relaxed);
-    let m = crate::metrics::metrics();
-    m.commit_seconds.observe(micros as f64 / 1e6);
-    m.commit_batch.observe(batch.len() as f64);
+    stats.commit_latency.observe(micros);
+    stats.batch_sizes.observe(batch.len() as u64);
     if started.elapsed() > Duration::from_secs(1) {
         tracing::warn!(micros, batch = batch.len(), "slow store commit");
     }
@@ -451,5 +509,53 @@ fn apply_and_commit(
 fn finish_all(batch: Vec<Box<dyn Job>>, outcome: &Result<(), StoreError>) {
     for job in batch {
         job.finish(outcome.clone());
+    }
+}
+
+#[cfg(test)]
+mod bucket_tests {
+    use super::Buckets;
+
+    #[test]
+    fn observations_land_in_the_bucket_of_their_upper_bound() {
+        let b = Buckets::<1>::default();
+        let values = [
+            0,
+            1,
+            2,
+            3,
+            4,
+            5,
+            1000,
+            1 << 15,
+            (1 << 15) + 1,
+            u64::from(u32::MAX),
+        ];
+        for v in values {
+            b.observe(v);
+        }
+        let (sum, count, buckets) = b.snapshot();
+        assert_eq!(count, 10);
+        assert_eq!(sum, values.iter().sum::<u64>());
+        let at = |bound: f64| buckets.iter().find(|(b, _)| *b == bound).unwrap().1;
+        assert_eq!(at(1.0), 2, "0 and 1");
+        assert_eq!(at(2.0), 1);
+        assert_eq!(at(4.0), 2, "3 and 4 are at most 4");
+        assert_eq!(at(8.0), 1);
+        assert_eq!(at(16.0), 0);
+        assert_eq!(at(1024.0), 1);
+        assert_eq!(at(32768.0), 1);
+        assert_eq!(at(f64::INFINITY), 2, "above the last bound");
+    }
+
+    #[test]
+    fn a_base_scales_the_bounds() {
+        let b = Buckets::<16>::default();
+        for v in [1, 16, 17, 40] {
+            b.observe(v);
+        }
+        let (_, _, buckets) = b.snapshot();
+        assert_eq!(&buckets[..3], &[(16.0, 2), (32.0, 1), (64.0, 1)]);
+        assert_eq!(buckets[15].0, (16u64 << 15) as f64);
     }
 }

@@ -18,7 +18,7 @@ use crate::remote::{NotFound, Remote, Usage};
 pub struct AdminArgs {
     /// Core's operator API URL, `http://host:port` or `https://host:port` (default:
     /// operator_url / NEMS_OPERATOR_URL, else core.operator_listen on this host; https uses
-    /// [operator_tls]).
+    /// the operator_tls section).
     #[arg(long, global = true, value_name = "URL")]
     pub operator: Option<String>,
     /// The command.
@@ -161,7 +161,7 @@ pub enum Directory {
         /// The mailbox id.
         id: String,
     },
-    /// Add or replace every [[system]] and [[mailbox]] of a directory file (the format of
+    /// Add or replace every system and mailbox entry of a directory file (the format of
     /// core.directory_file, see config/directory.sample.toml); entries not in the file stay.
     Apply {
         /// The directory file (TOML).

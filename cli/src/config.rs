@@ -193,7 +193,7 @@ pub struct NemsConfig {
     pub ops: OpsConfig,
     /// TLS for the operator commands' connection to core's operator API
     /// (`[operator_tls]`: the operators' client certificate and the CA of core).
-    pub operator_tls: Option<nems_proto::tls::ClientTls>,
+    pub operator_tls: Option<nems_runtime::tls::ClientTls>,
     /// Core's operator API for `nems admin` and `nems import` (`http://` or `https://`; an
     /// `https://` URL uses `[operator_tls]`). Default: `core.operator_listen` on this host.
     /// Env: `NEMS_OPERATOR_URL`; `--operator` overrides both.
@@ -341,7 +341,7 @@ impl NemsConfig {
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         // Never `{e}`: toml's Display quotes the source line, which may hold a secret.
         let config: NemsConfig = toml::from_str(text)
-            .map_err(|e| anyhow::anyhow!(nems_proto::config::describe_toml_error(text, &e)))?;
+            .map_err(|e| anyhow::anyhow!(nems_runtime::config::describe_toml_error(text, &e)))?;
         if config.version != 1 {
             bail!(
                 "version = {} is not supported (this build reads version 1)",

@@ -19,7 +19,7 @@ fn respond(req: &Request<Incoming>) -> Response<Full<Bytes>> {
         ("GET", "/metrics") => (
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            nems_proto::ops::encode(),
+            nems_runtime::ops::encode(),
         ),
         ("GET", "/livez") => (
             StatusCode::OK,
@@ -27,7 +27,7 @@ fn respond(req: &Request<Incoming>) -> Response<Full<Bytes>> {
             "ok\n".to_string(),
         ),
         ("GET", "/readyz") => {
-            let failures = nems_proto::ops::readiness();
+            let failures = nems_runtime::ops::readiness();
             if failures.is_empty() {
                 (
                     StatusCode::OK,

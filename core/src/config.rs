@@ -103,10 +103,10 @@ pub struct CoreConfig {
     /// TLS for the service API (`[core.tls]`, `client_ca_file` required): clients (edges,
     /// adapters, direct callers) present a certificate from that CA, and get their role
     /// from its identity (`[core.clients]`).
-    pub tls: Option<nems_proto::tls::ServerTls>,
+    pub tls: Option<nems_runtime::tls::ServerTls>,
     /// TLS for the operator API (`[core.operator_tls]`, `client_ca_file` required); give it
     /// the operators' CA so that the edge's and adapters' certificates cannot reach it.
-    pub operator_tls: Option<nems_proto::tls::ServerTls>,
+    pub operator_tls: Option<nems_runtime::tls::ServerTls>,
     /// Lookup of patients the demographics store does not know from a PDS FHIR API
     /// (`[core.pds]`); off when absent.
     pub pds: Option<crate::pds::PdsConfig>,
@@ -299,7 +299,7 @@ impl CoreConfig {
     }
 }
 
-pub use nems_proto::config::duration;
+pub use nems_runtime::config::duration;
 
 #[cfg(test)]
 mod tests {
@@ -402,8 +402,8 @@ mod tests {
         assert!(CoreConfig::default().validate().is_ok());
     }
 
-    fn tls(client_ca: bool) -> nems_proto::tls::ServerTls {
-        nems_proto::tls::ServerTls {
+    fn tls(client_ca: bool) -> nems_runtime::tls::ServerTls {
+        nems_runtime::tls::ServerTls {
             cert_file: "Cargo.toml".into(),
             key_file: "Cargo.toml".into(),
             client_ca_file: client_ca.then(|| "Cargo.toml".into()),

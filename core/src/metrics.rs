@@ -87,72 +87,72 @@ pub(crate) fn metrics() -> &'static CoreMetrics {
             audit_dropped: Counter::default(),
             audit_queue_depth: Gauge::default(),
         };
-        nems_proto::ops::register(
+        nems_runtime::ops::register(
             "events_accepted",
             "Events accepted (202), by event type",
             m.events_accepted.clone(),
         );
-        nems_proto::ops::register(
+        nems_runtime::ops::register(
             "publish_duration_seconds",
             "Core time from receiving a publish to its durable acceptance",
             m.publish_seconds.clone(),
         );
-        nems_proto::ops::register(
+        nems_runtime::ops::register(
             "mailboxes_per_event",
             "Mailboxes matched per accepted event",
             m.mailboxes_per_event.clone(),
         );
-        nems_proto::ops::register(
+        nems_runtime::ops::register(
             "publishes_shed",
             "Publishes answered 503 because the backlog or write queue was full",
             m.publishes_shed.clone(),
         );
-        nems_proto::ops::register(
+        nems_runtime::ops::register(
             "store_refusals",
             "Requests answered UNAVAILABLE (503) because the store failed (storage I/O or commit error)",
             m.store_refusals.clone(),
         );
-        nems_proto::ops::register(
+        nems_runtime::ops::register(
             "delivery_reports",
             "Attempt outcomes reported by adapters, by what became of the delivery (delivered, requeued for a retry, dead_lettered)",
             m.delivery_reports.clone(),
         );
-        nems_proto::ops::register(
+        nems_runtime::ops::register(
             "dead_letters",
             "Deliveries dead-lettered (retries ran out, refused by MESH, or reported undelivered)",
             m.dead_letters.clone(),
         );
-        nems_proto::ops::register(
+        nems_runtime::ops::register(
             "grpc_server_requests",
             "gRPC calls answered by core, by method and gRPC status code (the code of the response headers; a unary call's OK is in its trailers)",
             m.grpc_requests.clone(),
         );
-        nems_proto::ops::register(
+        nems_runtime::ops::register(
             "grpc_server_duration_seconds",
             "Time from a gRPC call's arrival to its response headers, by method",
             m.grpc_seconds.clone(),
         );
-        nems_proto::ops::register(
+        nems_runtime::ops::register(
             "pds_lookups",
             "Lookups of unknown patients in PDS, by outcome (found, unknown, error)",
             m.pds_lookups.clone(),
         );
-        nems_proto::ops::register(
+        nems_runtime::ops::register(
             "grpc_calls_refused",
             "gRPC calls refused because the caller's role does not open the service",
             m.calls_refused.clone(),
         );
-        nems_proto::ops::register(
+        nems_runtime::ops::register(
             "audit_dropped",
             "Audit records (reads and refusals) dropped because the audit queue was full or the write failed",
             m.audit_dropped.clone(),
         );
-        nems_proto::ops::register(
+        nems_runtime::ops::register(
             "audit_queue_depth",
             "Audit records waiting in the audit queue (bounded; beyond it records are dropped)",
             m.audit_queue_depth.clone(),
         );
-        nems_proto::ops::register_collector(Box::new(StoreCollector));
+        nems_runtime::ops::register_collector(Box::new(StoreCollector));
         m
     })
 }
@@ -170,7 +170,7 @@ pub(crate) fn attach(state: &std::sync::Arc<CoreState>) {
         *slot = std::sync::Arc::downgrade(state);
     }
     let weak = std::sync::Arc::downgrade(state);
-    nems_proto::ops::set_check("core-store", move || match weak.upgrade() {
+    nems_runtime::ops::set_check("core-store", move || match weak.upgrade() {
         Some(s) if s.store.is_poisoned() => Err(format!(
             "the store failed ({}); refusing writes and reads until it is reopened",
             s.store.failure().unwrap_or_else(|| "storage error".into())

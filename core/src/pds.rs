@@ -40,7 +40,7 @@ pub struct PdsConfig {
     #[serde(with = "crate::config::duration")]
     pub timeout: Duration,
     /// Bearer token sent as `Authorization` (secret; never printed). Env: `NEMS_PDS_TOKEN`.
-    #[serde(serialize_with = "nems_proto::config::secret::optional")]
+    #[serde(serialize_with = "nems_runtime::config::secret::optional")]
     pub bearer_token: Option<String>,
     /// CA certificates (PEM) to trust for `https` (the system roots when absent).
     pub ca_file: Option<PathBuf>,
@@ -146,8 +146,9 @@ impl PdsClient {
             .client_cert_file
             .as_deref()
             .zip(config.client_key_file.as_deref());
-        let tls = nems_proto::tls::https_client_config(config.ca_file.as_deref(), client_identity)
-            .map_err(|e| format!("core.pds: {e}"))?;
+        let tls =
+            nems_runtime::tls::https_client_config(config.ca_file.as_deref(), client_identity)
+                .map_err(|e| format!("core.pds: {e}"))?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);

@@ -86,7 +86,7 @@ impl Core {
     /// Opens the store (creating or migrating it), applies the directory file and builds
     /// the event catalogue.
     pub async fn open(config: CoreConfig) -> Result<Core, CoreError> {
-        nems_proto::ops::set_check("core-store", || Err("the store is opening".into()));
+        nems_runtime::ops::set_check("core-store", || Err("the store is opening".into()));
         config.validate().map_err(CoreError::Config)?;
         let catalogue = Catalogue::new(&config.event_types).map_err(CoreError::Config)?;
         let file = match &config.directory_file {

@@ -60,9 +60,9 @@ pub struct EdgeConfig {
     pub http2_keep_alive_timeout: Duration,
     /// HTTPS (`[edge.tls]`); with `client_ca_file`, mutual TLS: clients must present a
     /// certificate from that CA naming their ASID's registered identity.
-    pub tls: Option<nems_proto::tls::ServerTls>,
+    pub tls: Option<nems_runtime::tls::ServerTls>,
     /// TLS to core's service API (`[edge.core_tls]`; `core_url` must be `https://`).
-    pub core_tls: Option<nems_proto::tls::ClientTls>,
+    pub core_tls: Option<nems_runtime::tls::ClientTls>,
     /// Serve plain HTTP on a non-loopback `listen` address (behind a TLS-terminating proxy
     /// on a trusted network); otherwise such a configuration refuses to start.
     pub allow_plaintext: bool,
@@ -163,7 +163,7 @@ impl EdgeConfig {
     }
 }
 
-pub use nems_proto::config::duration;
+pub use nems_runtime::config::duration;
 
 #[cfg(test)]
 mod tests {

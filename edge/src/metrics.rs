@@ -49,22 +49,22 @@ pub fn metrics() -> &'static EdgeMetrics {
             rate_limited: Counter::default(),
             connections_refused: Counter::default(),
         };
-        nems_proto::ops::register(
+        nems_runtime::ops::register(
             "http_requests",
             "HTTP requests answered by the edge, by route and status",
             m.requests.clone(),
         );
-        nems_proto::ops::register(
+        nems_runtime::ops::register(
             "http_request_duration_seconds",
             "HTTP request duration at the edge, by route",
             m.duration.clone(),
         );
-        nems_proto::ops::register(
+        nems_runtime::ops::register(
             "http_rate_limited",
             "Requests answered 429 by the per-ASID rate limit",
             m.rate_limited.clone(),
         );
-        nems_proto::ops::register(
+        nems_runtime::ops::register(
             "http_connections_refused",
             "Connections over edge.max_connections, answered 503 or closed",
             m.connections_refused.clone(),

@@ -49,7 +49,7 @@ pub struct AdapterConfig {
     /// MESH settings (used when `sink = "mesh"`).
     pub mesh: MeshSettings,
     /// TLS to core's service API (`[mesh_adapter.core_tls]`; `core_url` must be `https://`).
-    pub core_tls: Option<nems_proto::tls::ClientTls>,
+    pub core_tls: Option<nems_runtime::tls::ClientTls>,
 }
 
 /// The `[mesh_adapter.mesh]` section.
@@ -61,10 +61,10 @@ pub struct MeshSettings {
     /// The service's own mailbox (sender, and where reports arrive). Env: `NEMS_MESH_MAILBOX`.
     pub mailbox: String,
     /// Mailbox password. Env: `NEMS_MESH_PASSWORD`.
-    #[serde(serialize_with = "nems_proto::config::secret::serialize")]
+    #[serde(serialize_with = "nems_runtime::config::secret::serialize")]
     pub password: String,
     /// Environment shared secret. Env: `NEMS_MESH_SHARED_KEY`.
-    #[serde(serialize_with = "nems_proto::config::secret::serialize")]
+    #[serde(serialize_with = "nems_runtime::config::secret::serialize")]
     pub shared_key: String,
     /// CA certificates (PEM) to trust for MESH. Env: `NEMS_MESH_CA_FILE`.
     pub ca_file: Option<PathBuf>,
@@ -243,7 +243,7 @@ impl AdapterConfig {
     }
 }
 
-pub use nems_proto::config::duration;
+pub use nems_runtime::config::duration;
 
 #[cfg(test)]
 mod tests {

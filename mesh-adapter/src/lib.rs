@@ -126,9 +126,9 @@ pub async fn run(
             ));
             sink.prepare();
             let health = sink.health();
-            nems_proto::ops::set_check("folder", move || health.check());
+            nems_runtime::ops::set_check("folder", move || health.check());
             tokio::join!(signal, pump::run(channel, sink, settings, stopped(stop_rx)));
-            nems_proto::ops::remove_check("folder");
+            nems_runtime::ops::remove_check("folder");
         }
         SinkKind::Mesh => {
             let client = mesh::MeshClient::new(config.mesh_client_config())
@@ -145,7 +145,7 @@ pub async fn run(
                 },
             );
             settings.circuit = Some(circuit.clone());
-            nems_proto::ops::set_check("mesh", move || {
+            nems_runtime::ops::set_check("mesh", move || {
                 if let Some(open) = circuit.open_for() {
                     return Err(format!(
                         "MESH unreachable: circuit open for {}s, deliveries held",
@@ -179,7 +179,7 @@ pub async fn run(
             );
         }
     }
-    nems_proto::ops::remove_check("mesh");
+    nems_runtime::ops::remove_check("mesh");
     tracing::info!("mesh adapter stopped");
     Ok(())
 }

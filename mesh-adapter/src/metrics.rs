@@ -75,32 +75,32 @@ pub fn metrics() -> &'static AdapterMetrics {
             circuit_opens: Counter::default(),
             circuit_probes: Family::default(),
         };
-        nems_proto::ops::register(
+        nems_runtime::ops::register(
             "mesh_circuit_open",
             "1 while the MESH endpoint's circuit is open (deliveries held, probing)",
             m.circuit_open.clone(),
         );
-        nems_proto::ops::register(
+        nems_runtime::ops::register(
             "mesh_circuit_opens",
             "Times the MESH endpoint's circuit opened",
             m.circuit_opens.clone(),
         );
-        nems_proto::ops::register(
+        nems_runtime::ops::register(
             "mesh_circuit_probes",
             "MESH circuit probes (handshakes) by result",
             m.circuit_probes.clone(),
         );
-        nems_proto::ops::register(
+        nems_runtime::ops::register(
             "delivery_attempts",
             "Delivery attempts by sink and outcome",
             m.attempts.clone(),
         );
-        nems_proto::ops::register(
+        nems_runtime::ops::register(
             "delivery_attempt_duration_seconds",
             "Duration of one delivery attempt by sink (MESH send latency)",
             m.duration.clone(),
         );
-        nems_proto::ops::register(
+        nems_runtime::ops::register(
             "mesh_send_errors",
             "MESH send failures by code",
             m.mesh_errors.clone(),

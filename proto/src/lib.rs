@@ -37,11 +37,8 @@ pub const ERROR_DETAILS_DESCRIPTOR_SET: &[u8] = tonic_types::pb::FILE_DESCRIPTOR
 /// `413` before sending anything larger.
 pub const MAX_CORE_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 
-pub mod config;
 pub mod ids;
-pub mod ops;
 pub mod spine;
-pub mod tls;
 
 /// Fully qualified gRPC service names, for health reporting and listener routing.
 pub mod service_names {

@@ -254,7 +254,7 @@ async fn delivery_refused_by_mesh_is_dead_lettered_then_redriven_by_the_cli() {
     assert_eq!(dead.attempts, 1, "a permanent refusal is not retried");
     assert!(dead.mesh_message_id.is_empty());
     // Counted as a dead letter (one process per test: the counter is this test's).
-    let dead_letters = nems_proto::ops::encode().lines().find_map(|l| {
+    let dead_letters = nems_runtime::ops::encode().lines().find_map(|l| {
         l.strip_prefix("nems_dead_letters_total ")?
             .trim()
             .parse::<f64>()

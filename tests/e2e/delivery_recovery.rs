@@ -21,7 +21,7 @@ use crate::delivery_support::{
 
 /// Reads one sample of the process's metrics (`name` with its labels, as encoded).
 pub(crate) fn metric(sample: &str) -> f64 {
-    nems_proto::ops::encode()
+    nems_runtime::ops::encode()
         .lines()
         .find_map(|line| {
             let (name, value) = line.rsplit_once(' ')?;
@@ -48,7 +48,7 @@ async fn first_in_state(
 
 /// The readiness failure of the adapter's MESH check, if any.
 fn mesh_unready() -> Option<String> {
-    nems_proto::ops::readiness()
+    nems_runtime::ops::readiness()
         .into_iter()
         .find(|(name, _)| name == "mesh")
         .map(|(_, why)| why)

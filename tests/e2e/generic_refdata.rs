@@ -886,7 +886,7 @@ async fn generic_refdata_imports_are_audited_with_their_time_outcome_and_operato
     }
     // The set in force has an age in /metrics (seconds since it was switched in); the
     // practices were never imported here, so they have none.
-    let metrics = nems_proto::ops::encode();
+    let metrics = nems_runtime::ops::encode();
     let age = metrics
         .lines()
         .find_map(|l| l.strip_prefix(r#"nems_refdata_age_seconds{set="postcodes"} "#))

@@ -219,7 +219,7 @@ async fn publish_sheds_load_with_503_when_the_backlog_is_full() {
         None,
     );
     let shed_before =
-        sample(&nems_proto::ops::encode(), "nems_publishes_shed_total").unwrap_or(0.0);
+        sample(&nems_runtime::ops::encode(), "nems_publishes_shed_total").unwrap_or(0.0);
     let mut statuses = Vec::new();
     for _ in 0..5 {
         let r = stack
@@ -241,7 +241,7 @@ async fn publish_sheds_load_with_503_when_the_backlog_is_full() {
         statuses.push(r.status);
     }
     assert_eq!(statuses, vec![202, 202, 202, 503, 503]);
-    let metrics = nems_proto::ops::encode();
+    let metrics = nems_runtime::ops::encode();
     assert_eq!(sample(&metrics, "nems_delivery_backlog"), Some(3.0));
     assert_eq!(sample(&metrics, "nems_delivery_backlog_limit"), Some(3.0));
     assert!(sample(&metrics, "nems_publishes_shed_total").unwrap() >= shed_before + 2.0);

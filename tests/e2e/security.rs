@@ -11,10 +11,10 @@ use http::Method;
 use nems_e2e::pki::{self, RR8_IDENTITY, TestPki};
 use nems_e2e::spine::{self, Op, SUBSCRIBER};
 use nems_e2e::stack::{Sink, TEST_DIRECTORY, TestStack};
-use nems_proto::tls::{ClientTls, ServerTls};
 use nems_proto::v1 as pb;
 use nems_proto::v1::bundle_service_client::BundleServiceClient;
 use nems_proto::v1::operator_service_client::OperatorServiceClient;
+use nems_runtime::tls::{ClientTls, ServerTls};
 use tonic::transport::Endpoint;
 
 fn directory_with_identity() -> String {

@@ -16,7 +16,7 @@ use nems_proto::v1 as pb;
 const NHS: [&str; 3] = ["9434765803", "9434765811", "9434765838"];
 
 fn metric(sample: &str) -> f64 {
-    nems_proto::ops::encode()
+    nems_runtime::ops::encode()
         .lines()
         .find_map(|line| {
             let (name, value) = line.rsplit_once(' ')?;

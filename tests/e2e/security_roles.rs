@@ -18,12 +18,12 @@ use nems_e2e::spine::{self, Op, SUBSCRIBER};
 use nems_e2e::stack::{TEST_DIRECTORY, TestStack};
 use nems_e2e::{events, outbox};
 use nems_proto::spine::{SpineCode, code_of};
-use nems_proto::tls::{ClientTls, ServerTls};
 use nems_proto::v1 as pb;
 use nems_proto::v1::delivery_service_client::DeliveryServiceClient;
 use nems_proto::v1::event_service_client::EventServiceClient;
 use nems_proto::v1::operator_service_client::OperatorServiceClient;
 use nems_proto::v1::subscription_service_client::SubscriptionServiceClient;
+use nems_runtime::tls::{ClientTls, ServerTls};
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 

@@ -103,8 +103,8 @@ impl DirectoryFile {
     /// Parses and checks directory TOML.
     pub fn parse(text: &str) -> Result<Self, String> {
         // Never `e.to_string()`: toml's Display quotes the source line.
-        let file: DirectoryFile =
-            toml::from_str(text).map_err(|e| nems_proto::config::describe_toml_error(text, &e))?;
+        let file: DirectoryFile = toml::from_str(text)
+            .map_err(|e| nems_runtime::config::describe_toml_error(text, &e))?;
         for s in &file.system {
             check_system(&s.to_pb()).map_err(|e| format!("system {}: {e}", s.asid))?;
         }

@@ -1,7 +1,7 @@
 //! The rustls client configuration of the MESH client (ring provider): trusted roots and
 //! the optional client certificate for mutual TLS, named by the MESH settings' keys.
 
-use nems_proto::tls::{TlsFileError, https_client_config};
+use nems_runtime::tls::{TlsFileError, https_client_config};
 
 use super::config::{ConfigError, TlsConfig};
 

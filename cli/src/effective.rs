@@ -42,6 +42,10 @@ pub fn render(
         anyhow::bail!("the configuration did not serialize as a table");
     };
     table(&mut out, "", map);
+    out.push_str("\n# Environment variables that override the file:\n");
+    for (name, key) in ENV_OVERRIDES {
+        let _ = writeln!(out, "#   {name:28} {key}");
+    }
     Ok(out)
 }
 
@@ -168,6 +172,11 @@ mod tests {
         assert!(text.contains("# operator_url = (not set)"), "{text}");
         assert!(text.contains("lease_timeout = \"5m\""), "{text}");
         assert!(text.contains("max_shrink_percent = 10.0"), "{text}");
+        // The list the unknown-variable warning points to.
+        assert!(
+            text.contains("#   NEMS_OPERATOR_URL            operator_url"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -58,7 +58,10 @@ mkdir -p "$out_root"
 # Fixtures in the repository that seed a target (besides its corpus).
 repo_seeds() {
     case $1 in
-        bundle) ls "$root"/edge/tests/fixtures/bundles/*.xml ;;
+        # The public NEMS example messages in ../shared too, when present (read, never copied:
+        # inputs kept verbatim are left out of the corpus).
+        bundle) ls "$root"/edge/tests/fixtures/bundles/*.xml
+                ls "$root"/../shared/fixtures/nems-examples/*.xml 2>/dev/null || true ;;
         subscription_xml) ls "$root"/edge/tests/fixtures/subscription/*.xml ;;
         subscription_json) ls "$root"/edge/tests/fixtures/subscription/*.json ;;
     esac

@@ -822,16 +822,12 @@ async fn directory_command(
                 .map_err(failed("list mailboxes".into()))?
                 .into_inner()
                 .mailboxes;
-            let (mut added, mut changed, mut same) = (0, 0, 0);
+            let mut tally = [0u32; 3];
             for entry in &file.system {
                 let system = entry.to_pb();
-                let verb = match systems.iter().find(|s| s.asid == system.asid) {
-                    None => "add",
-                    Some(s) if *s == system => "same",
-                    Some(_) => "change",
-                };
-                count(verb, &mut added, &mut changed, &mut same);
-                if verb != "same" && !check {
+                let change = Applied::of(systems.iter().find(|s| s.asid == system.asid), &system);
+                tally[change as usize] += 1;
+                if change != Applied::Same && !check {
                     client
                         .put_system(pb::PutSystemRequest {
                             system: Some(system.clone()),
@@ -839,20 +835,16 @@ async fn directory_command(
                         .await
                         .map_err(failed(format!("putting system {}", system.asid)))?;
                 }
-                out.line(&format!("{verb} system {}", system.asid))?;
+                out.line(&format!("{} system {}", change.verb(), system.asid))?;
             }
             for entry in &file.mailbox {
                 let mailbox = entry.to_pb();
-                let verb = match mailboxes
+                let current = mailboxes
                     .iter()
-                    .find(|m| m.mailbox_id == mailbox.mailbox_id)
-                {
-                    None => "add",
-                    Some(m) if *m == mailbox => "same",
-                    Some(_) => "change",
-                };
-                count(verb, &mut added, &mut changed, &mut same);
-                if verb != "same" && !check {
+                    .find(|m| m.mailbox_id == mailbox.mailbox_id);
+                let change = Applied::of(current, &mailbox);
+                tally[change as usize] += 1;
+                if change != Applied::Same && !check {
                     client
                         .put_mailbox(pb::PutMailboxRequest {
                             mailbox: Some(mailbox.clone()),
@@ -860,8 +852,9 @@ async fn directory_command(
                         .await
                         .map_err(failed(format!("putting mailbox {}", mailbox.mailbox_id)))?;
                 }
-                out.line(&format!("{verb} mailbox {}", mailbox.mailbox_id))?;
+                out.line(&format!("{} mailbox {}", change.verb(), mailbox.mailbox_id))?;
             }
+            let [added, changed, same] = tally;
             out.line(&format!(
                 "{added} added, {changed} changed, {same} unchanged{}",
                 if check {
@@ -875,11 +868,29 @@ async fn directory_command(
     Ok(())
 }
 
-fn count(verb: &str, added: &mut u32, changed: &mut u32, same: &mut u32) {
-    match verb {
-        "add" => *added += 1,
-        "change" => *changed += 1,
-        _ => *same += 1,
+/// What applying a directory file entry does to the entry in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applied {
+    Add = 0,
+    Change = 1,
+    Same = 2,
+}
+
+impl Applied {
+    fn of<T: PartialEq>(current: Option<&T>, new: &T) -> Applied {
+        match current {
+            None => Applied::Add,
+            Some(c) if c == new => Applied::Same,
+            Some(_) => Applied::Change,
+        }
+    }
+
+    fn verb(self) -> &'static str {
+        match self {
+            Applied::Add => "add",
+            Applied::Change => "change",
+            Applied::Same => "same",
+        }
     }
 }
 

@@ -362,11 +362,9 @@ async fn directory_entries_are_added_changed_listed_applied_and_removed() {
 async fn errors_when_core_is_not_what_answers_are_one_line_with_a_hint() {
     let stack = TestStack::start().await;
     let dir = tempfile::tempdir().unwrap();
-    // A port nothing listens on.
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
+    // A port nothing listens on: tcpmux (1), which no test binds. A port freed after a
+    // bind could be taken meanwhile by a stack another test starts.
+    let closed = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
     let one_line = |out: &Output| {
         assert_eq!(out.status.code(), Some(1));
         let said = lines(&out.stderr);

@@ -71,19 +71,10 @@ impl PgCluster {
     /// `spawn_blocking` in async tests.
     pub fn start(test: &str) -> Option<PgCluster> {
         let Some(bin) = bin_dir() else {
-            #[allow(
-                clippy::disallowed_methods,
-                reason = "test harness reads its own settings"
-            )]
-            let required = std::env::var_os("NEMS_REQUIRE_TOOLS").is_some();
-            assert!(
-                !required,
-                "{test}: PostgreSQL's server binaries are missing (apt-get install postgresql, or set NEMS_PG_BIN)"
+            crate::tools::missing_tool(
+                test,
+                "PostgreSQL's server binaries are missing (apt-get install postgresql, or set NEMS_PG_BIN)",
             );
-            #[allow(clippy::print_stderr, reason = "a skip notice is the point")]
-            {
-                eprintln!("skipping {test}: no PostgreSQL server binaries (set NEMS_PG_BIN)");
-            }
             return None;
         };
         let dir = tempfile::Builder::new()

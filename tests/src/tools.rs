@@ -16,24 +16,29 @@ pub fn venv(test: &str) -> Option<PathBuf> {
     if dir.join("bin/python3").exists() {
         return Some(dir);
     }
+    missing_tool(
+        test,
+        &format!(
+            "the Python test tools are missing at {} (run scripts/setup-test-tools.sh)",
+            dir.display()
+        ),
+    );
+    None
+}
+
+/// A tool `test` needs is missing (`what` says which, and how to get it): a failure with
+/// `NEMS_REQUIRE_TOOLS=1` (set by the test command), else a skip notice.
+pub fn missing_tool(test: &str, what: &str) {
     #[allow(
         clippy::disallowed_methods,
         reason = "test harness reads its own settings"
     )]
     let required = std::env::var_os("NEMS_REQUIRE_TOOLS").is_some();
-    assert!(
-        !required,
-        "{test}: the Python test tools are missing at {}; run scripts/setup-test-tools.sh",
-        dir.display()
-    );
+    assert!(!required, "{test}: {what}");
     #[allow(clippy::print_stderr, reason = "a skip notice is the point")]
     {
-        eprintln!(
-            "skipping {test}: no Python venv at {} (run scripts/setup-test-tools.sh)",
-            dir.display()
-        );
+        eprintln!("skipping {test}: {what}");
     }
-    None
 }
 
 /// Returns `../shared` (the public NEMS fixtures), or `None` after printing a skip notice.

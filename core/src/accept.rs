@@ -1,18 +1,19 @@
 //! Accepting an event: the one use case behind `EventService.PublishEvent` and
-//! `OperatorService.InjectDelivery`. It owns the acceptance transaction (matching inside it
-//! when the recipients are to be matched, the event, its payload and one delivery row per
-//! mailbox, demographics, the audit row) and everything that follows the commit (the pending
-//! count, the dispatcher's wake-up, the metrics), so that a caller cannot forget a chore.
+//! `OperatorService.InjectDelivery`. It owns the acceptance transaction's body ([`write`]:
+//! matching inside it when the recipients are to be matched, the event, its payload and one
+//! delivery row per mailbox, demographics, the audit row), written once for every storage
+//! engine, and everything that follows the commit (the pending count, the dispatcher's
+//! wake-up, the metrics), so that a caller cannot forget a chore.
 
+use crate::backend::keys::now_ms;
+use crate::backend::{self, AcceptTx, NewDelivery, NewEvent, StoreError};
 use crate::domain::patient::DemographicUpdate;
 use crate::matching::{self, MailboxMatch};
 use crate::state::CoreState;
-use crate::store::events::{self as event_store, NewDelivery, NewEvent};
-use crate::store::keys::now_ms;
-use crate::store::{StoreError, audit, demographics};
 use nems_proto::v1 as pb;
 
 /// Who receives the event.
+#[derive(Debug)]
 pub(crate) enum Recipients {
     /// Matched in the acceptance transaction, stamped with the time of the write: matching
     /// sees every subscription and demographics change ordered before this event (even in
@@ -39,6 +40,7 @@ pub(crate) enum WhenBusy {
 }
 
 /// One event to accept.
+#[derive(Debug)]
 pub(crate) struct Acceptance {
     /// The event; its `deliveries` and `matched_subscriptions` are filled from `recipients`,
     /// its `accepted_ms` is the time of the write (never before the time given).
@@ -51,11 +53,19 @@ pub(crate) struct Acceptance {
     pub(crate) when_busy: WhenBusy,
 }
 
+/// What the acceptance transaction writes: an [`Acceptance`] as a backend receives it.
+#[derive(Debug)]
+pub(crate) struct Write {
+    event: NewEvent,
+    recipients: Recipients,
+    audit: pb::AuditRecord,
+}
+
 /// What was accepted.
 #[derive(Debug)]
-pub(crate) struct Accepted {
+pub(crate) struct Written {
     /// The write's own record (sequence, queued mailboxes, delivery ids).
-    pub(crate) written: event_store::Accepted,
+    pub(crate) written: backend::Accepted,
     /// The time the event was accepted (Unix ms).
     pub(crate) accepted_ms: u64,
     /// True when the patient's events are suppressed: the deliveries were written as such.
@@ -77,58 +87,67 @@ fn deliveries(matches: &[MailboxMatch], suppressed: bool) -> Vec<NewDelivery> {
         .collect()
 }
 
+/// The acceptance transaction's body, run by the backend inside its transaction: stamps
+/// the event with the time of the write, matches it there (or takes the given
+/// recipients), writes the event, its deliveries, the demographics it carries and its
+/// audit row. Any error leaves the transaction to be rolled back.
+pub(crate) async fn write(tx: &impl AcceptTx, write: Write) -> Result<Written, StoreError> {
+    let Write {
+        mut event,
+        recipients,
+        audit,
+    } = write;
+    let accepted_ms = now_ms().max(event.accepted_ms);
+    event.accepted_ms = accepted_ms;
+    let (suppressed, matched, updates) = match recipients {
+        Recipients::Matched {
+            mut subject,
+            updates,
+        } => {
+            subject.accepted_ms = accepted_ms;
+            let (matches, suppressed) = matching::match_event(tx, &subject).await?;
+            let matched: usize = matches.iter().map(|m| m.subscriptions.len()).sum();
+            event.deliveries = deliveries(&matches, suppressed);
+            (suppressed, matched, updates)
+        }
+        Recipients::Given(given) => {
+            event.deliveries = given;
+            (false, 0, Vec::new())
+        }
+    };
+    event.matched_subscriptions = u32::try_from(matched).unwrap_or(u32::MAX);
+    let written = tx.insert_event(&event).await?;
+    for update in &updates {
+        tx.apply_demographics(update).await?;
+    }
+    tx.append_audit(accepted_ms, &audit).await?;
+    Ok(Written {
+        written,
+        accepted_ms,
+        suppressed,
+        matched_subscriptions: matched,
+    })
+}
+
 /// Accepts `acceptance` durably; returns once its transaction has committed, after the
 /// chores that follow a commit. On an error nothing was written.
 pub(crate) async fn accept(
     state: &CoreState,
     acceptance: Acceptance,
-) -> Result<Accepted, StoreError> {
+) -> Result<Written, StoreError> {
     let Acceptance {
-        mut event,
+        event,
         recipients,
-        audit: audit_row,
+        audit,
         when_busy,
     } = acceptance;
     let event_code = event.event_code.clone();
-    let planned_ms = event.accepted_ms;
-    let write = move |tx: &redb::WriteTransaction| {
-        let accepted_ms = now_ms().max(planned_ms);
-        event.accepted_ms = accepted_ms;
-        let (suppressed, matched, updates) = match recipients {
-            Recipients::Matched {
-                mut subject,
-                updates,
-            } => {
-                subject.accepted_ms = accepted_ms;
-                let (matches, suppressed) = matching::match_event(tx, &subject)?;
-                let matched: usize = matches.iter().map(|m| m.subscriptions.len()).sum();
-                event.deliveries = deliveries(&matches, suppressed);
-                (suppressed, matched, updates)
-            }
-            Recipients::Given(given) => {
-                event.deliveries = given;
-                (false, 0, Vec::new())
-            }
-        };
-        event.matched_subscriptions = u32::try_from(matched).unwrap_or(u32::MAX);
-        let written = event_store::accept(tx, &event)?;
-        for update in &updates {
-            demographics::apply(tx, update)?;
-        }
-        audit::append(tx, accepted_ms, &audit_row)?;
-        Ok(Accepted {
-            written,
-            accepted_ms,
-            suppressed,
-            matched_subscriptions: matched,
-        })
+    let write = Write {
+        event,
+        recipients,
+        audit,
     };
-    let writer = state.store.writer();
-    let accepted = match when_busy {
-        WhenBusy::Shed => writer.try_write(write).await,
-        WhenBusy::Wait => writer.write(write).await,
-    };
-    let accepted = match accepted {
+    let accepted = match state.store.accept(write, when_busy == WhenBusy::Shed).await {
         Ok(accepted) => accepted,
         Err(e) => {
             if matches!(e, StoreError::Busy) {

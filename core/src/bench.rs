@@ -1,21 +1,23 @@
 //! Benchmarking hooks: hidden from the documentation and not an API. [`MatchBench`] drives
-//! the crate-private matching (`matching::match_event`) on a real redb store for
+//! the crate-private matching (`matching::match_event`, through the storage seam's
+//! `Backend::preview_match`) on a real redb store for
 //! `examples/bench_generic.rs`, and the test below uses it to show that matching never
 //! scans: the time to match an event does not grow with the number of generic
 //! subscriptions for other areas, and the matches are the same.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nems_proto::v1 as pb;
 
+use crate::backend::keys::{new_id, nhs_key, now_ms};
+use crate::backend::{self, Backend, Guard, RefdataFinish, StoreError, StoredSubscription};
 use crate::domain::catalogue::Catalogue;
 use crate::domain::patient::{DemographicUpdate, EventFacts};
 use crate::domain::subscription as rules;
-use crate::matching::{self, Event};
-use crate::store::keys::{new_id, nhs_key, now_ms};
-use crate::store::records::StoredSubscription;
-use crate::store::{Store, StoreError, StoreOptions, demographics, refdata, subscriptions};
+use crate::matching::Event;
+use crate::store::{Store, StoreOptions};
 
 /// The patient every benchmark event is about: `LS1 4AP` (sub-ICB `15F` = `E38000225`,
 /// local authority `409`, England), registered at `B86001` (parent `15F`).
@@ -45,17 +47,12 @@ const OTHER_EVENTS: [&str; 3] = [
     "pds-birth-notification-1",
 ];
 
-/// A write job for the store's writer.
-type Job = Box<dyn FnOnce(&redb::WriteTransaction) -> Result<(), StoreError> + Send>;
-
-/// Encoded reference data rows (key, value) for `refdata::insert`.
-type Rows = Vec<(String, Vec<u8>)>;
-
 /// A store holding one patient, the reference data of their areas, the five `OWN`
 /// subscriptions and any number of generic subscriptions for other areas.
 #[derive(Debug)]
 pub struct MatchBench {
-    store: Store,
+    store: Arc<dyn Backend>,
+    runtime: tokio::runtime::Runtime,
     event: Event,
     /// Subscriptions stored (own and others).
     pub subscriptions: usize,
@@ -145,54 +142,60 @@ impl MatchBench {
     /// # Errors
     /// Any store failure.
     pub fn build(dir: &Path, others: usize) -> Result<Self, StoreError> {
-        let store = Store::open(
+        let store: Arc<dyn Backend> = Arc::new(Store::open(
             dir,
             StoreOptions {
                 durable: false,
                 ..StoreOptions::default()
             },
-        )?;
+        )?);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .map_err(|e| StoreError::Storage(e.to_string()))?;
         let catalogue = Catalogue::default();
         let now = now_ms().saturating_sub(60_000);
-        let write = |f: Job| runtime.block_on(store.writer().write(f));
-        write(Box::new(move |tx| {
-            let postcode = pb::PostcodeRow {
-                postcode: "LS14AP".into(),
-                sub_icb: vec!["15F".into()],
-                local_authority: vec!["409".into(), "E08000035".into()],
-                country: "E92000001".into(),
-                terminated: false,
-            };
-            let practice = pb::PracticeRow {
-                code: "B86001".into(),
-                parent_sub_icb: "15F".into(),
-                closed: false,
-            };
-            let map = pb::CodeMapRow {
-                gss: "E38000225".into(),
-                ods: "15F".into(),
-            };
-            let sets: [(usize, Rows); 3] = [
-                (0, refdata::encode_postcodes(vec![postcode])),
-                (1, refdata::encode_practices(vec![practice])),
-                (2, refdata::encode_code_map(vec![map])),
-            ];
-            for (set, rows) in &sets {
-                let slot = refdata::begin(tx, *set)?;
-                refdata::insert(tx, *set, slot, rows)?;
-                let guard = refdata::Guard {
-                    force: true,
-                    ..Default::default()
+        let postcode = pb::PostcodeRow {
+            postcode: "LS14AP".into(),
+            sub_icb: vec!["15F".into()],
+            local_authority: vec!["409".into(), "E08000035".into()],
+            country: "E92000001".into(),
+            terminated: false,
+        };
+        let practice = pb::PracticeRow {
+            code: "B86001".into(),
+            parent_sub_icb: "15F".into(),
+            closed: false,
+        };
+        let map = pb::CodeMapRow {
+            gss: "E38000225".into(),
+            ods: "15F".into(),
+        };
+        let sets = [
+            (0, backend::encode_postcodes(vec![postcode])),
+            (1, backend::encode_practices(vec![practice])),
+            (2, backend::encode_code_map(vec![map])),
+        ];
+        let nhs = nhs_key(NHS).ok_or_else(|| StoreError::Corrupt("NHS number".into()))?;
+        runtime.block_on(async {
+            for (set, rows) in sets {
+                let slot = store.refdata_begin(set).await?;
+                store.refdata_insert(set, slot, rows).await?;
+                let finish = RefdataFinish {
+                    set,
+                    slot,
+                    format: "BENCH".into(),
+                    source: "bench".into(),
+                    guard: Guard {
+                        force: true,
+                        ..Default::default()
+                    },
                 };
-                refdata::finish(tx, *set, slot, "BENCH", "bench", &guard)?;
+                store
+                    .refdata_finish(finish, pb::AuditRecord::default())
+                    .await?;
             }
-            let nhs = nhs_key(NHS).ok_or_else(|| StoreError::Corrupt("NHS number".into()))?;
-            demographics::apply(
-                tx,
-                &DemographicUpdate {
+            store
+                .apply_demographics(vec![DemographicUpdate {
                     nhs,
                     at_ms: now,
                     postcode: Some(("LS14AP".into(), String::new())),
@@ -200,10 +203,9 @@ impl MatchBench {
                     flag: Some(pb::PatientFlag::Unspecified),
                     date_of_death: Some(String::new()),
                     birth_date: Some("1984-03-02".into()),
-                },
-            )?;
-            Ok(())
-        }))?;
+                }])
+                .await
+        })?;
 
         let started = Instant::now();
         let mut records = Vec::with_capacity(OWN.len() + others);
@@ -229,16 +231,12 @@ impl MatchBench {
             chunks.push(std::mem::replace(&mut records, rest));
         }
         for chunk in chunks {
-            write(Box::new(move |tx| {
-                for (id, record) in &chunk {
-                    if subscriptions::insert(tx, *id, record, now)?.is_err() {
-                        return Err(StoreError::Corrupt(
-                            "duplicate benchmark subscription".into(),
-                        ));
-                    }
-                }
-                Ok(())
-            }))?;
+            let n = chunk.len();
+            if runtime.block_on(store.insert_subscriptions(chunk))? != n {
+                return Err(StoreError::Corrupt(
+                    "duplicate benchmark subscription".into(),
+                ));
+            }
         }
         let seeding = started.elapsed();
         let event = Event {
@@ -251,47 +249,28 @@ impl MatchBench {
         };
         Ok(MatchBench {
             store,
+            runtime,
             event,
             subscriptions,
             seeding,
         })
     }
 
-    /// Matches the event `iterations` times on one read transaction: the mean time per
-    /// event and the number of subscriptions matched.
+    /// Matches the event `iterations` times, each in a read transaction of its own as
+    /// publishing pays: the mean time per event and the number of subscriptions matched.
     ///
     /// # Errors
     /// Any store failure.
     pub fn per_event(&self, iterations: u32) -> Result<(Duration, usize), StoreError> {
-        self.store.read_now(|tx| {
+        self.runtime.block_on(async {
             let mut matched = 0;
             let started = Instant::now();
             for _ in 0..iterations {
-                let (matches, _) = matching::match_event(tx, &self.event)?;
+                let (matches, _) = self.store.preview_match(self.event.clone()).await?;
                 matched = matches.iter().map(|m| m.subscriptions.len()).sum();
             }
             Ok((started.elapsed() / iterations.max(1), matched))
         })
-    }
-
-    /// Like [`MatchBench::per_event`] with a fresh read transaction per event, as publishing
-    /// pays.
-    ///
-    /// # Errors
-    /// Any store failure.
-    pub fn per_event_fresh_transaction(
-        &self,
-        iterations: u32,
-    ) -> Result<(Duration, usize), StoreError> {
-        let mut matched = 0;
-        let started = Instant::now();
-        for _ in 0..iterations {
-            matched = self.store.read_now(|tx| {
-                let (matches, _) = matching::match_event(tx, &self.event)?;
-                Ok(matches.iter().map(|m| m.subscriptions.len()).sum())
-            })?;
-        }
-        Ok((started.elapsed() / iterations.max(1), matched))
     }
 
     /// The lowest of `rounds` [`MatchBench::per_event`] means (robust to other load).
@@ -311,7 +290,9 @@ impl MatchBench {
 
     /// Stops the store's writer.
     pub fn close(self) {
-        self.store.close();
+        if let Some(close) = self.store.closer() {
+            close();
+        }
     }
 }
 

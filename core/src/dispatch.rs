@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use tokio::sync::Notify;
 
-use crate::store::ledger::Budget;
+use crate::backend::Budget;
 
 #[derive(Debug, Default)]
 struct MailboxState {

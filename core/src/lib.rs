@@ -15,13 +15,16 @@
 //!   injected delivery (the acceptance transaction and every chore after its commit).
 //! - `audit.rs`: the bounded, aggregating queue of detached audit records (reads and
 //!   refusals).
-//! - `store/`: synchronous redb code; one writer thread with group commit.
-//! - `postgres/`: the PostgreSQL backend being built (issue 13): schema and migrator.
+//! - `backend/`: the storage seam: the `Backend` trait the services call, the values that
+//!   cross it, and the views shared code (matching, the acceptance body) runs on.
+//! - `store/`: the redb engine: synchronous code, one writer thread with group commit.
+//! - `postgres/`: the PostgreSQL engine being built (issue 13): schema and migrator.
 //! - `refdata/`: readers for the official reference files and the demographics CSV.
 //! - `bench.rs`: hidden benchmarking hooks over crate-private matching (not an API).
 
 mod accept;
 mod audit;
+pub mod backend;
 #[doc(hidden)]
 pub mod bench;
 pub mod config;

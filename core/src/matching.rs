@@ -6,18 +6,12 @@
 use std::collections::BTreeMap;
 
 use nems_proto::v1 as pb;
-use prost::Message;
-use redb::ReadableTable;
 use time::Date;
 
+use crate::backend::keys::id_hex;
+use crate::backend::{MatchEntry, MatchView, StoreError, rule_key};
 use crate::domain::datetime;
 use crate::domain::patient::EventFacts;
-use crate::store::keys::id_hex;
-use crate::store::records::MatchEntry;
-use crate::store::subscriptions::rule_key;
-use crate::store::tables::{SUBS_BY_NHS, SUBS_BY_RULE};
-use crate::store::{Snapshot, StoreError};
-use crate::store::{demographics, refdata};
 
 /// MESH's limit on `Mex-PartnerID`.
 pub(crate) const PARTNER_ID_MAX: usize = 500;
@@ -57,9 +51,9 @@ pub(crate) struct Patient {
 /// Completes the event's patient facts from the store: PDS events' own facts win; for
 /// other events the store's record wins and the event's Patient fills in when the store
 /// knows nothing (decisions.md §17).
-pub(crate) fn resolve(tx: &impl Snapshot, event: &Event) -> Result<Patient, StoreError> {
+pub(crate) async fn resolve(view: &impl MatchView, event: &Event) -> Result<Patient, StoreError> {
     let record = match event.nhs {
-        Some(nhs) => demographics::get(tx, nhs)?.or_else(|| event.looked_up.clone()),
+        Some(nhs) => view.patient(nhs).await?.or_else(|| event.looked_up.clone()),
         None => None,
     };
     let facts = &event.facts;
@@ -103,8 +97,8 @@ pub(crate) fn resolve(tx: &impl Snapshot, event: &Event) -> Result<Patient, Stor
 }
 
 /// A code and the codes the code map declares equivalent (GSS ↔ ODS).
-fn with_equivalents(
-    tx: &impl Snapshot,
+async fn with_equivalents(
+    view: &impl MatchView,
     code: &str,
     out: &mut Vec<String>,
 ) -> Result<(), StoreError> {
@@ -112,7 +106,7 @@ fn with_equivalents(
     if upper.is_empty() || out.contains(&upper) {
         return Ok(());
     }
-    let others = refdata::equivalents(tx, &upper)?;
+    let others = view.equivalents(&upper).await?;
     out.push(upper);
     for other in others {
         if !out.contains(&other) {
@@ -125,8 +119,8 @@ fn with_equivalents(
 /// The generic index keys a patient's areas give for `event_code`: each postcode's
 /// sub-ICB location, local authority and country, the practice and its parent sub-ICB,
 /// each in every code form known. Lookups only, no scans.
-pub(crate) fn generic_keys(
-    tx: &impl Snapshot,
+pub(crate) async fn generic_keys(
+    view: &impl MatchView,
     patient: &Patient,
     event_code: &str,
 ) -> Result<Vec<String>, StoreError> {
@@ -134,21 +128,21 @@ pub(crate) fn generic_keys(
     let mut local_authority = Vec::new();
     let mut country = Vec::new();
     for postcode in &patient.postcodes {
-        if let Some(row) = refdata::postcode(tx, postcode)? {
+        if let Some(row) = view.postcode(postcode).await? {
             for code in &row.sub_icb {
-                with_equivalents(tx, code, &mut sub_icb)?;
+                with_equivalents(view, code, &mut sub_icb).await?;
             }
             for code in &row.local_authority {
-                with_equivalents(tx, code, &mut local_authority)?;
+                with_equivalents(view, code, &mut local_authority).await?;
             }
-            with_equivalents(tx, &row.country, &mut country)?;
+            with_equivalents(view, &row.country, &mut country).await?;
         }
     }
     let mut practice_parent = Vec::new();
     if !patient.practice.is_empty()
-        && let Some(row) = refdata::practice(tx, &patient.practice)?
+        && let Some(row) = view.practice(&patient.practice).await?
     {
-        with_equivalents(tx, &row.parent_sub_icb, &mut practice_parent)?;
+        with_equivalents(view, &row.parent_sub_icb, &mut practice_parent).await?;
     }
     let mut keys = Vec::new();
     let mut add = |rule: pb::RuleType, codes: &[String]| {
@@ -171,20 +165,20 @@ pub(crate) fn generic_keys(
 
 /// Resolves the patient and finds every match: the result and whether the patient is
 /// flagged (then every delivery is recorded as suppressed).
-pub(crate) fn match_event(
-    tx: &impl Snapshot,
+pub(crate) async fn match_event(
+    view: &impl MatchView,
     event: &Event,
 ) -> Result<(Vec<MailboxMatch>, bool), StoreError> {
-    let patient = resolve(tx, event)?;
+    let patient = resolve(view, event).await?;
     let subject = Subject {
         event_code: event.event_code.clone(),
         nhs: event.nhs,
         birth_date: patient.birth_date,
         registered: !patient.practice.is_empty(),
-        generic_keys: generic_keys(tx, &patient, &event.event_code)?,
+        generic_keys: generic_keys(view, &patient, &event.event_code).await?,
         accepted_ms: event.accepted_ms,
     };
-    Ok((find(tx, &subject)?, patient.flagged))
+    Ok((find(view, &subject).await?, patient.flagged))
 }
 
 /// What matching knows about the event and its patient.
@@ -239,14 +233,16 @@ impl MailboxMatch {
 }
 
 /// Finds every matching subscription, grouped by mailbox (in mailbox order).
-pub(crate) fn find(tx: &impl Snapshot, subject: &Subject) -> Result<Vec<MailboxMatch>, StoreError> {
+pub(crate) async fn find(
+    view: &impl MatchView,
+    subject: &Subject,
+) -> Result<Vec<MailboxMatch>, StoreError> {
     let today = datetime::utc_date(subject.accepted_ms);
     let age = subject
         .birth_date
         .and_then(|birth| datetime::completed_years(birth, today));
     let mut by_mailbox: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
-    let mut consider = |id: u128, bytes: &[u8]| -> Result<(), StoreError> {
-        let entry = MatchEntry::decode(bytes)?;
+    let mut consider = |id: u128, entry: MatchEntry| {
         if passes(&entry, subject, age) {
             let list = by_mailbox.entry(entry.mailbox).or_default();
             let id_text = id_hex(id);
@@ -254,22 +250,15 @@ pub(crate) fn find(tx: &impl Snapshot, subject: &Subject) -> Result<Vec<MailboxM
                 list.push((id_text, entry.tag));
             }
         }
-        Ok(())
     };
     if let Some(nhs) = subject.nhs {
-        let table = tx.table(SUBS_BY_NHS)?;
-        for item in table.range((nhs, 0)..=(nhs, u128::MAX))? {
-            let (k, v) = item?;
-            consider(k.value().1, v.value())?;
+        for (id, entry) in view.explicit(nhs).await? {
+            consider(id, entry);
         }
     }
-    if !subject.generic_keys.is_empty() {
-        let table = tx.table(SUBS_BY_RULE)?;
-        for key in &subject.generic_keys {
-            for item in table.range((key.as_str(), 0)..=(key.as_str(), u128::MAX))? {
-                let (k, v) = item?;
-                consider(k.value().1, v.value())?;
-            }
+    for key in &subject.generic_keys {
+        for (id, entry) in view.generic(key).await? {
+            consider(id, entry);
         }
     }
     Ok(by_mailbox
@@ -452,50 +441,5 @@ mod tests {
             p.len() <= PARTNER_ID_MAX && p.split("~~~").all(|e| e.len() == 53),
             "{p}"
         );
-    }
-
-    #[tokio::test]
-    async fn matching_in_a_write_sees_what_the_same_transaction_wrote_before_it() {
-        use crate::domain::catalogue::Catalogue;
-        use crate::store::{Store, StoreOptions, keys, subscriptions};
-
-        const NHS: &str = "9434765919";
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
-            dir.path(),
-            StoreOptions {
-                durable: false,
-                ..StoreOptions::default()
-            },
-        )
-        .unwrap();
-        let now = keys::now_ms();
-        let criteria = format!(
-            "/Bundle?type=message&Patient.identifier=https://fhir.nhs.uk/Id/nhs-number|{NHS}&MessageHeader.event=vaccinations-1"
-        );
-        let (id, record) =
-            crate::bench::stored_subscription(&Catalogue::default(), criteria, "MB1", now).unwrap();
-        let event = Event {
-            event_code: "vaccinations-1".into(),
-            nhs: keys::nhs_key(NHS),
-            accepted_ms: now + 1,
-            ..Default::default()
-        };
-        let (before, after) = store
-            .writer()
-            .write(move |tx| {
-                let before = match_event(tx, &event)?.0;
-                subscriptions::insert(tx, id, &record, now)?
-                    .map_err(|_| StoreError::Corrupt("duplicate".into()))?;
-                let after = match_event(tx, &event)?.0;
-                Ok((before, after))
-            })
-            .await
-            .unwrap();
-        assert!(before.is_empty());
-        assert_eq!(after.len(), 1);
-        assert_eq!(after[0].mailbox, "MB1");
-        assert_eq!(after[0].subscriptions[0].0, id_hex(id));
-        store.close();
     }
 }

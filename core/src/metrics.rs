@@ -14,8 +14,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
+use crate::backend::SET_NAMES;
 use crate::state::CoreState;
-use crate::store::{ledger, refdata};
 
 /// Labels naming an event type.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -171,11 +171,12 @@ pub(crate) fn attach(state: &std::sync::Arc<CoreState>) {
     }
     let weak = std::sync::Arc::downgrade(state);
     nems_runtime::ops::set_check("core-store", move || match weak.upgrade() {
-        Some(s) if s.store.is_poisoned() => Err(format!(
-            "the store failed ({}); refusing writes and reads until it is reopened",
-            s.store.failure().unwrap_or_else(|| "storage error".into())
-        )),
-        Some(_) => Ok(()),
+        Some(s) => match s.store.failure() {
+            Some(why) => Err(format!(
+                "the store failed ({why}); refusing writes and reads until it is reopened"
+            )),
+            None => Ok(()),
+        },
         None => Err("core is not running".into()),
     });
 }
@@ -227,7 +228,7 @@ impl Collector for StoreCollector {
             &mut encoder,
             "store_write_queue",
             "Write jobs waiting for the store writer",
-            to_i64(state.store.writer_queue() as u64),
+            to_i64(state.store.write_queue() as u64),
         )?;
         gauge(
             &mut encoder,
@@ -264,10 +265,8 @@ impl Collector for StoreCollector {
                 MetricType::Histogram,
             )?
             .encode_histogram::<NoLabelSet>(jobs as f64, batches, &buckets, None)?;
-        let stats = state
-            .store
-            .read_now(|tx| ledger::stats(tx, ""))
-            .unwrap_or_default();
+        let gauges = state.store.gauges();
+        let stats = &gauges.mailboxes;
         let g = ConstGauge::new(0i64);
         let mut family = encoder.encode_descriptor(
             "deliveries",
@@ -275,7 +274,7 @@ impl Collector for StoreCollector {
             None,
             g.metric_type(),
         )?;
-        for m in &stats {
+        for m in stats {
             for (name, value) in [
                 ("queued", m.queued),
                 ("in_flight", m.in_flight),
@@ -296,7 +295,7 @@ impl Collector for StoreCollector {
             None,
             g.metric_type(),
         )?;
-        for m in &stats {
+        for m in stats {
             let labels = Mailbox {
                 mailbox: m.mailbox.clone(),
             };
@@ -305,27 +304,20 @@ impl Collector for StoreCollector {
         }
         // How old each reference data set in force is (never imported, or imported before
         // the time was recorded: no sample).
-        let metas = state
-            .store
-            .read_now(|tx| {
-                (0..refdata::SET_NAMES.len())
-                    .map(|set| refdata::meta(tx, set))
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .unwrap_or_default();
+        let metas = &gauges.refdata;
         let mut age = encoder.encode_descriptor(
             "refdata_age_seconds",
             "Seconds since the reference data set in force was imported, by set",
             None,
             g.metric_type(),
         )?;
-        let now = crate::store::keys::now_ms();
+        let now = crate::backend::keys::now_ms();
         for (set, meta) in metas.iter().enumerate() {
             if meta.generation == 0 || meta.imported_ms == 0 {
                 continue;
             }
             let labels = Set {
-                set: refdata::SET_NAMES[set],
+                set: SET_NAMES[set],
             };
             ConstGauge::new(to_i64(now.saturating_sub(meta.imported_ms) / 1000))
                 .encode(age.encode_family(&labels)?)?;

@@ -19,6 +19,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::backend::{Backend, DirectoryChange, Retention, StoreError, Swept};
 use crate::config::CoreConfig;
 use crate::directory::{Directory, DirectoryFile};
 use crate::domain::catalogue::Catalogue;
@@ -28,7 +29,7 @@ use crate::service::events::Events;
 use crate::service::operator::Operator;
 use crate::service::subscriptions::Subscriptions;
 use crate::state::CoreState;
-use crate::store::{Store, StoreError, StoreOptions, audit, directory as dir_store, ledger};
+use crate::store::{Store, StoreOptions};
 use crate::trust::Trust;
 use crate::trust::gate::{Gate, GateLayer, Listener};
 
@@ -108,15 +109,18 @@ impl Core {
             reopen_min_free: config.reopen_min_free_mib.saturating_mul(1 << 20),
         };
         let data_dir = config.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || Store::open(&data_dir, options))
-            .await
-            .map_err(|e| CoreError::Config(format!("store open task failed: {e}")))??;
+        let store: Arc<dyn Backend> = Arc::new(
+            tokio::task::spawn_blocking(move || Store::open(&data_dir, options))
+                .await
+                .map_err(|e| CoreError::Config(format!("store open task failed: {e}")))??,
+        );
         if !config.durable {
             tracing::warn!(
                 "core.durable = false: commits are not fsynced; a crash may lose acknowledged events"
             );
         }
-        let (systems, mailboxes) = store.read_now(dir_store::load)?;
+        tracing::info!(engine = store.engine(), "store opened");
+        let (systems, mailboxes) = store.directory().await?;
         let state = Arc::new(CoreState::new(
             store,
             catalogue,
@@ -130,18 +134,12 @@ impl Core {
         }
         // No delivery stream from before this start can be open: every lease is given
         // back, so those deliveries go out again now rather than after `lease_timeout`.
-        let now = crate::store::keys::now_ms();
-        let given_back = state
-            .store
-            .writer()
-            .write(move |tx| ledger::give_back_all(tx, now))
-            .await?;
+        let now = crate::backend::keys::now_ms();
+        let given_back = state.store.give_back_all(now).await?;
         if given_back > 0 {
             tracing::info!(given_back, "leases from before the start given back");
         }
-        let (heads, pending) = state
-            .store
-            .read_now(|tx| Ok((ledger::queue_heads(tx)?, ledger::pending(tx)?)))?;
+        let (heads, pending) = state.store.queue().await?;
         for (mailbox, at) in &heads {
             state.dispatcher.available(mailbox, *at);
         }
@@ -151,11 +149,6 @@ impl Core {
         let (systems, mailboxes) = state.directory().len();
         tracing::info!(systems, mailboxes, "directory loaded");
         Ok(Core { state })
-    }
-
-    /// The store (for tests and tools running in the same process).
-    pub fn store(&self) -> &Store {
-        &self.state.store
     }
 
     /// Serves until `shutdown` completes, then drains in-flight requests, ends delivery
@@ -188,7 +181,7 @@ impl Core {
         // Reads and refusals (of both gates and the services) are audited through one
         // bounded queue; its task is finished once both listeners have stopped, before the
         // store closes.
-        let refusal_audit = state.audit.start(state.store.writer().clone());
+        let refusal_audit = state.audit.start(state.store.clone());
         let refusals = state.audit.clone();
         let service_gate = GateLayer::new(Gate::new(
             Listener::Service,
@@ -276,12 +269,12 @@ impl Core {
         let _ = sweeper.await;
         let _ = reloader.await;
         drop(state);
-        let store = match Arc::try_unwrap(self.state) {
-            Ok(state) => Some(state.store),
+        let closer = match Arc::try_unwrap(self.state) {
+            Ok(state) => state.store.closer(),
             Err(_) => None,
         };
-        if let Some(store) = store {
-            tokio::task::spawn_blocking(move || store.close())
+        if let Some(close) = closer {
+            tokio::task::spawn_blocking(close)
                 .await
                 .map_err(|e| CoreError::Config(format!("store close task: {e}")))?;
         }
@@ -361,10 +354,7 @@ async fn reload_after_reopen(state: Arc<CoreState>) {
             changed = reopened.changed() => if changed.is_err() { return },
             _ = stop.wait_for(|s| *s) => return,
         }
-        let loaded = state
-            .store
-            .read(|tx| Ok((ledger::queue_heads(tx)?, ledger::pending(tx)?)))
-            .await;
+        let loaded = state.store.queue().await;
         match loaded {
             Ok((heads, pending)) => {
                 for (mailbox, at) in &heads {
@@ -396,26 +386,22 @@ async fn sweep_loop(state: Arc<CoreState>) {
             () = tokio::time::sleep(state.config.sweep_interval) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let now = crate::store::keys::now_ms();
-        let retention = state.config.ledger_retention.as_millis() as u64;
-        let dead = state.config.dead_letter_retention.as_millis() as u64;
-        let audit_cutoff = now.saturating_sub(state.config.audit_retention.as_millis() as u64);
-        let refusal_cutoff =
-            now.saturating_sub(state.config.refusal_audit_retention.as_millis() as u64);
+        let now = crate::backend::keys::now_ms();
+        let config = &state.config;
+        let retention = Retention {
+            now,
+            ledger_ms: config.ledger_retention.as_millis() as u64,
+            dead_letter_ms: config.dead_letter_retention.as_millis() as u64,
+            batch,
+            audit_cutoff_ms: now.saturating_sub(config.audit_retention.as_millis() as u64),
+            refusal_cutoff_ms: now
+                .saturating_sub(config.refusal_audit_retention.as_millis() as u64),
+            audit_limit: LIMIT,
+        };
         loop {
-            let result = state
-                .store
-                .writer()
-                .write(move |tx| {
-                    let swept = ledger::sweep(tx, now, retention, dead, batch)?;
-                    let pruned = audit::prune(tx, audit_cutoff, LIMIT)?
-                        + audit::prune_refused(tx, refusal_cutoff, LIMIT)?;
-                    Ok((swept, pruned))
-                })
-                .await;
-            match result {
+            match state.store.sweep(retention).await {
                 Ok((swept, pruned)) => {
-                    if swept != ledger::Swept::default() || pruned > 0 {
+                    if swept != Swept::default() || pruned > 0 {
                         tracing::info!(?swept, audit_pruned = pruned, "retention sweep");
                     }
                     let more = swept.scanned >= batch || pruned >= LIMIT;
@@ -433,18 +419,16 @@ async fn sweep_loop(state: Arc<CoreState>) {
 }
 
 async fn apply_directory_file(state: &CoreState, file: DirectoryFile) -> Result<(), CoreError> {
-    let systems: Vec<_> = file.system.iter().map(|s| s.to_pb()).collect();
-    let mailboxes: Vec<_> = file.mailbox.iter().map(|m| m.to_pb()).collect();
-    state
-        .change_directory(move |tx| {
-            for s in &systems {
-                dir_store::put_system(tx, s)?;
-            }
-            for m in &mailboxes {
-                dir_store::put_mailbox(tx, m)?;
-            }
-            Ok(())
-        })
-        .await?;
+    let changes = file
+        .system
+        .iter()
+        .map(|s| DirectoryChange::PutSystem(s.to_pb()))
+        .chain(
+            file.mailbox
+                .iter()
+                .map(|m| DirectoryChange::PutMailbox(m.to_pb())),
+        )
+        .collect();
+    state.change_directory(changes, None).await?;
     Ok(())
 }

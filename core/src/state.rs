@@ -4,18 +4,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use nems_proto::v1 as pb;
-use redb::WriteTransaction;
 
+use crate::backend::{Backend, DirectoryChange, StoreError};
 use crate::config::CoreConfig;
 use crate::directory::Directory;
 use crate::dispatch::Dispatcher;
 use crate::domain::catalogue::Catalogue;
-use crate::store::{Store, StoreError, directory as dir_store};
 
 /// Core's shared state.
 #[derive(Debug)]
 pub(crate) struct CoreState {
-    pub(crate) store: Store,
+    /// Storage, behind the seam.
+    pub(crate) store: Arc<dyn Backend>,
     pub(crate) catalogue: Catalogue,
     pub(crate) config: CoreConfig,
     pub(crate) dispatcher: Dispatcher,
@@ -37,7 +37,7 @@ pub(crate) struct CoreState {
 
 impl CoreState {
     pub(crate) fn new(
-        store: Store,
+        store: Arc<dyn Backend>,
         catalogue: Catalogue,
         config: CoreConfig,
         directory: Directory,
@@ -97,16 +97,17 @@ impl CoreState {
         }
     }
 
-    /// Applies a directory change in the store, then reloads the snapshot. Changes are
+    /// Applies directory changes in the store (with their audit row), then reloads the
+    /// snapshot: for each change, true when it replaced or removed something. Changes are
     /// serialised so that a slower reload never replaces a newer snapshot.
-    pub(crate) async fn change_directory<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
-    {
+    pub(crate) async fn change_directory(
+        &self,
+        changes: Vec<DirectoryChange>,
+        audit: Option<pb::AuditRecord>,
+    ) -> Result<Vec<bool>, StoreError> {
         let _serial = self.directory_changes.lock().await;
-        let out = self.store.writer().write(f).await?;
-        let (systems, mailboxes) = self.store.read(dir_store::load).await?;
+        let out = self.store.change_directory(changes, audit).await?;
+        let (systems, mailboxes) = self.store.directory().await?;
         self.replace_directory(Directory::new(systems, mailboxes));
         Ok(out)
     }
@@ -115,7 +116,7 @@ impl CoreState {
     /// serialised with changes.
     pub(crate) async fn reload_directory(&self) -> Result<(), StoreError> {
         let _serial = self.directory_changes.lock().await;
-        let (systems, mailboxes) = self.store.read(dir_store::load).await?;
+        let (systems, mailboxes) = self.store.directory().await?;
         self.replace_directory(Directory::new(systems, mailboxes));
         Ok(())
     }

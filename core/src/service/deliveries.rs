@@ -15,9 +15,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::Fault;
+use crate::backend::Outcome;
+use crate::backend::keys::now_ms;
 use crate::state::CoreState;
-use crate::store::keys::now_ms;
-use crate::store::ledger::{self, Outcome};
 
 /// Longest delay an adapter may ask for before a retry.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -96,11 +96,7 @@ async fn pump(
         }
         let (budget, mark) = state.dispatcher.byte_budget(stream, limits.bytes);
         let job_picks = picks.clone();
-        let leased = state
-            .store
-            .writer()
-            .write(move |t| ledger::lease(t, &job_picks, now, lease_ms, budget))
-            .await;
+        let leased = state.store.lease(job_picks, now, lease_ms, budget).await;
         let leased = match leased {
             Ok(leased) => leased,
             Err(e) => {
@@ -157,12 +153,7 @@ async fn give_back(state: &CoreState, stream: u64) {
         return;
     }
     let now = now_ms();
-    match state
-        .store
-        .writer()
-        .write(move |tx| ledger::give_back(tx, &held, now))
-        .await
-    {
+    match state.store.give_back(held, now).await {
         Ok(back) => {
             let mut mailboxes: Vec<&str> = back.iter().map(|(_, mb)| mb.as_str()).collect();
             mailboxes.sort_unstable();
@@ -251,8 +242,7 @@ impl DeliveryService for Deliveries {
         let done = self
             .state
             .store
-            .writer()
-            .write(move |tx| ledger::complete(tx, id, attempt, &outcome, now))
+            .complete(id, attempt, outcome, now)
             .await
             .map_err(|e| Fault::store(e, "complete-delivery"))?
             .ok_or_else(|| Fault::not_found("no such delivery"))?;
@@ -299,16 +289,13 @@ impl DeliveryService for Deliveries {
         let found = self
             .state
             .store
-            .writer()
-            .write(move |tx| {
-                let Some(id) = ledger::find_reported(tx, &req.mesh_message_id, &req.local_id)?
-                else {
-                    return Ok(None);
-                };
-                let dead_lettered =
-                    ledger::record_report(tx, id, &req.code, &req.description, now)?;
-                Ok(Some((id, dead_lettered)))
-            })
+            .report_undelivered(
+                req.mesh_message_id,
+                req.local_id,
+                req.code,
+                req.description,
+                now,
+            )
             .await
             .map_err(|e| Fault::store(e, "report-undelivered"))?;
         if let Some((_, true)) = found {

@@ -7,11 +7,9 @@ use nems_proto::v1::directory_service_server::DirectoryService;
 use tonic::{Request, Response, Status};
 
 use super::Fault;
+use crate::backend::DirectoryChange;
 use crate::directory::{check_mailbox, check_system};
 use crate::state::CoreState;
-use crate::store::audit;
-use crate::store::directory as store;
-use crate::store::keys::now_ms;
 
 /// The directory service.
 #[derive(Debug, Clone)]
@@ -55,12 +53,12 @@ impl DirectoryService for DirectoryAdmin {
         let record = admin_audit(who, "directory.put-system", "SpineSystem", &system.asid);
         let replaced = self
             .state
-            .change_directory(move |tx| {
-                audit::append(tx, now_ms(), &record)?;
-                store::put_system(tx, &system)
-            })
+            .change_directory(vec![DirectoryChange::PutSystem(system)], Some(record))
             .await
-            .map_err(|e| Fault::store(e, "directory"))?;
+            .map_err(|e| Fault::store(e, "directory"))?
+            .first()
+            .copied()
+            .unwrap_or(false);
         Ok(Response::new(pb::PutSystemResponse { replaced }))
     }
 
@@ -89,12 +87,12 @@ impl DirectoryService for DirectoryAdmin {
         let record = admin_audit(who, "directory.delete-system", "SpineSystem", &asid);
         let deleted = self
             .state
-            .change_directory(move |tx| {
-                audit::append(tx, now_ms(), &record)?;
-                store::delete_system(tx, &asid)
-            })
+            .change_directory(vec![DirectoryChange::DeleteSystem(asid)], Some(record))
             .await
-            .map_err(|e| Fault::store(e, "directory"))?;
+            .map_err(|e| Fault::store(e, "directory"))?
+            .first()
+            .copied()
+            .unwrap_or(false);
         Ok(Response::new(pb::DeleteSystemResponse { deleted }))
     }
 
@@ -105,7 +103,7 @@ impl DirectoryService for DirectoryAdmin {
         let (mut systems, _) = self
             .state
             .store
-            .read(store::load)
+            .directory()
             .await
             .map_err(|e| Fault::store(e, "directory"))?;
         systems.sort_by(|a, b| a.asid.cmp(&b.asid));
@@ -132,12 +130,12 @@ impl DirectoryService for DirectoryAdmin {
         );
         let replaced = self
             .state
-            .change_directory(move |tx| {
-                audit::append(tx, now_ms(), &record)?;
-                store::put_mailbox(tx, &mailbox)
-            })
+            .change_directory(vec![DirectoryChange::PutMailbox(mailbox)], Some(record))
             .await
-            .map_err(|e| Fault::store(e, "directory"))?;
+            .map_err(|e| Fault::store(e, "directory"))?
+            .first()
+            .copied()
+            .unwrap_or(false);
         Ok(Response::new(pb::PutMailboxResponse { replaced }))
     }
 
@@ -150,12 +148,12 @@ impl DirectoryService for DirectoryAdmin {
         let record = admin_audit(who, "directory.delete-mailbox", "MeshMailbox", &id);
         let deleted = self
             .state
-            .change_directory(move |tx| {
-                audit::append(tx, now_ms(), &record)?;
-                store::delete_mailbox(tx, &id)
-            })
+            .change_directory(vec![DirectoryChange::DeleteMailbox(id)], Some(record))
             .await
-            .map_err(|e| Fault::store(e, "directory"))?;
+            .map_err(|e| Fault::store(e, "directory"))?
+            .first()
+            .copied()
+            .unwrap_or(false);
         Ok(Response::new(pb::DeleteMailboxResponse { deleted }))
     }
 
@@ -166,7 +164,7 @@ impl DirectoryService for DirectoryAdmin {
         let (_, mut mailboxes) = self
             .state
             .store
-            .read(store::load)
+            .directory()
             .await
             .map_err(|e| Fault::store(e, "directory"))?;
         mailboxes.sort_by(|a, b| a.mailbox_id.cmp(&b.mailbox_id));

@@ -11,15 +11,14 @@ use tonic::{Request, Response, Status};
 
 use super::Fault;
 use crate::accept;
+use crate::backend::NewEvent;
+use crate::backend::keys::{id_hex, new_id, nhs_key, now_ms};
 use crate::domain::Rejection;
 use crate::domain::event::{self as rules, ValidEvent};
 use crate::domain::patient::{self, DemographicUpdate};
 use crate::matching;
 use crate::pds::Lookup;
 use crate::state::{CoreState, audit_record};
-use crate::store::demographics;
-use crate::store::events::NewEvent;
-use crate::store::keys::{id_hex, new_id, nhs_key, now_ms};
 use crate::trust::{CallerError, Peer, Proof};
 
 /// The event service.
@@ -79,7 +78,8 @@ impl Events {
         let known = self
             .state
             .store
-            .read_inline(|tx| demographics::get(tx, nhs))
+            .patient(nhs)
+            .await
             .map_err(|e| Fault::store(e, "pds-lookup"))?
             .is_some();
         if known {
@@ -176,7 +176,7 @@ impl EventService for Events {
         let planned_ms = now_ms();
         let mut subject = matching_event(&valid, planned_ms);
         let looked_up = self.look_up(&valid, &subject).await?;
-        subject.looked_up = looked_up.as_ref().map(demographics::record_of);
+        subject.looked_up = looked_up.as_ref().map(crate::backend::record_of);
         let mut demographic_updates = patient::updates(&valid, planned_ms);
         demographic_updates.extend(looked_up);
         let event_id = new_id();
@@ -207,7 +207,7 @@ impl EventService for Events {
         crate::metrics::metrics()
             .publish_seconds
             .observe(received.elapsed().as_secs_f64());
-        let accept::Accepted {
+        let accept::Written {
             written,
             suppressed,
             matched_subscriptions,

@@ -11,18 +11,17 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::Fault;
 use crate::accept;
+use crate::backend::keys::{id_hex, new_id, nhs_key, now_ms, parse_id, timestamp};
+use crate::backend::{
+    self, AuditFilter, Guard, ListFilter, NewDelivery, NewEvent, Query, RefdataFinish, Selection,
+    StoredSubscription, rule_key,
+};
 use crate::domain::Rejection;
 use crate::domain::datetime;
 use crate::domain::patient::DemographicUpdate;
 use crate::refdata::normalise_postcode;
 use crate::service::subscriptions::current_resource;
 use crate::state::CoreState;
-use crate::store::demographics;
-use crate::store::events::{self as event_store, NewDelivery, NewEvent};
-use crate::store::keys::{id_hex, new_id, nhs_key, now_ms, parse_id};
-use crate::store::ledger::{self, Query, Selection};
-use crate::store::subscriptions::{self as subs, ListFilter, rule_key};
-use crate::store::{audit, refdata, schema};
 
 /// The operator service.
 #[derive(Debug, Clone)]
@@ -59,11 +58,7 @@ fn operator_audit(who: String, action: &str, resource_type: &str, id: &str) -> p
 }
 
 impl Operator {
-    fn record(
-        sub: crate::store::records::StoredSubscription,
-        id: u128,
-        now: u64,
-    ) -> pb::SubscriptionRecord {
+    fn record(sub: StoredSubscription, id: u128, now: u64) -> pb::SubscriptionRecord {
         let state = if sub.deleted_ms != 0 {
             pb::SubscriptionState::Deleted
         } else if sub.end_ms != 0 && sub.end_ms <= now {
@@ -78,7 +73,7 @@ impl Operator {
             owner_asid: sub.owner_asid,
             owner_ods_code: sub.owner_ods,
             mailbox: sub.mailbox,
-            created_at: Some(ledger::timestamp(sub.created_ms)),
+            created_at: Some(timestamp(sub.created_ms)),
             state: state.into(),
         }
     }
@@ -97,7 +92,7 @@ impl Operator {
             Some(p) if (0.0..=100.0).contains(&p) => Ok(p),
             Some(_) => Err(invalid(format!("header.{name} must be between 0 and 100"))),
         };
-        let mut guard = refdata::Guard {
+        let mut guard = Guard {
             check: header.check,
             force: header.force,
             max_shrink_percent: percent(
@@ -113,9 +108,9 @@ impl Operator {
             received: 0,
             bad: 0,
         };
-        let writer = self.state.store.writer().clone();
-        let slot = writer
-            .write(move |tx| refdata::begin(tx, set))
+        let store = &self.state.store;
+        let slot = store
+            .refdata_begin(set)
             .await
             .map_err(|e| Fault::store(e, "import"))?;
         while let Some(message) = stream.next().await {
@@ -125,9 +120,9 @@ impl Operator {
                     guard.bad = end.bad_rows;
                     continue;
                 }
-                (0, Item::Postcodes(b)) => (b.rows.len(), refdata::encode_postcodes(b.rows)),
-                (1, Item::Practices(b)) => (b.rows.len(), refdata::encode_practices(b.rows)),
-                (2, Item::CodeMap(b)) => (b.rows.len(), refdata::encode_code_map(b.rows)),
+                (0, Item::Postcodes(b)) => (b.rows.len(), backend::encode_postcodes(b.rows)),
+                (1, Item::Practices(b)) => (b.rows.len(), backend::encode_practices(b.rows)),
+                (2, Item::CodeMap(b)) => (b.rows.len(), backend::encode_code_map(b.rows)),
                 _ => {
                     return Err(invalid(
                         "a batch does not match the data set named in the header",
@@ -135,40 +130,33 @@ impl Operator {
                 }
             };
             guard.received += received as u64;
-            writer
-                .write(move |tx| refdata::insert(tx, set, slot, &encoded))
+            store
+                .refdata_insert(set, slot, encoded)
                 .await
                 .map_err(|e| Fault::store(e, "import"))?;
         }
         // A dry run compares keys with the set in force before the filled slot is emptied.
         let (added, removed, changed) = if guard.check {
-            self.state
-                .store
-                .read(move |tx| refdata::diff(tx, set, slot))
+            store
+                .refdata_diff(set, slot)
                 .await
                 .map_err(|e| Fault::store(e, "import"))?
         } else {
             (0, 0, 0)
         };
-        let mut record =
-            operator_audit(who, "import.reference-data", &header.format, &header.source);
-        let finished = writer
-            .write(move |tx| {
-                let finished =
-                    refdata::finish(tx, set, slot, &header.format, &header.source, &guard)?;
-                if !guard.check {
-                    if !finished.applied {
-                        "refused".clone_into(&mut record.outcome);
-                    } else if !finished.refusals.is_empty() {
-                        "forced".clone_into(&mut record.outcome);
-                    }
-                    audit::append(tx, now_ms(), &record)?;
-                }
-                Ok(finished)
-            })
+        let record = operator_audit(who, "import.reference-data", &header.format, &header.source);
+        let finish = RefdataFinish {
+            set,
+            slot,
+            format: header.format,
+            source: header.source,
+            guard,
+        };
+        let finished = store
+            .refdata_finish(finish, record)
             .await
             .map_err(|e| Fault::store(e, "import"))?;
-        let name = refdata::set_name(set);
+        let name = backend::set_name(set);
         if guard.check {
             tracing::info!(
                 set = name,
@@ -216,21 +204,6 @@ impl Operator {
             changed,
         })
     }
-}
-
-/// `codes` followed by their equivalents in the code map in force, each once.
-fn with_equivalents(
-    tx: &redb::ReadTransaction,
-    mut codes: Vec<String>,
-) -> Result<Vec<String>, crate::store::StoreError> {
-    for i in 0..codes.len() {
-        for other in refdata::equivalents(tx, &codes[i])? {
-            if !codes.contains(&other) {
-                codes.push(other);
-            }
-        }
-    }
-    Ok(codes)
 }
 
 /// Builds the demographics update of an imported record; `None` for a bad NHS number.
@@ -293,7 +266,7 @@ impl OperatorService for Operator {
         let (page, next) = self
             .state
             .store
-            .read(move |tx| subs::list(tx, &filter, &token, size, include_deleted))
+            .list_subscriptions(filter, token, size, include_deleted)
             .await
             .map_err(|e| Fault::store(e, "list-subscriptions"))?;
         let now = now_ms();
@@ -325,7 +298,7 @@ impl OperatorService for Operator {
         let (deliveries, next) = self
             .state
             .store
-            .read(move |tx| ledger::list(tx, &query, &token, size))
+            .list_deliveries(query, token, size)
             .await
             .map_err(|e| Fault::store(e, "list-deliveries"))?;
         Ok(Response::new(pb::ListDeliveriesResponse {
@@ -345,21 +318,7 @@ impl OperatorService for Operator {
         let found = self
             .state
             .store
-            .read(move |tx| {
-                let Some((seq, e)) = event_store::get_by_id(tx, id)? else {
-                    return Ok(None);
-                };
-                let held = tx
-                    .open_table(crate::store::tables::PAYLOADS)?
-                    .get(seq)?
-                    .is_some();
-                let query = Query {
-                    event_id: e.event_id.clone(),
-                    ..Default::default()
-                };
-                let (deliveries, _) = ledger::list(tx, &query, "", 10_000)?;
-                Ok(Some((event_store::to_record(&e, held), deliveries)))
-            })
+            .event(id)
             .await
             .map_err(|e| Fault::store(e, "get-event"))?;
         let (event, deliveries) = found.ok_or_else(|| Fault::not_found("no event with that id"))?;
@@ -387,14 +346,7 @@ impl OperatorService for Operator {
         let (redriven, skipped) = self
             .state
             .store
-            .writer()
-            .write(move |tx| {
-                let out = ledger::redrive(tx, &selection, now)?;
-                if !out.0.is_empty() {
-                    audit::append(tx, now, &record)?;
-                }
-                Ok(out)
-            })
+            .redrive(selection, now, record)
             .await
             .map_err(|e| Fault::store(e, "redrive"))?;
         self.state.note_queued(redriven.len() as u64);
@@ -420,7 +372,7 @@ impl OperatorService for Operator {
         let mailboxes = self
             .state
             .store
-            .read(move |tx| ledger::stats(tx, &mailbox))
+            .mailbox_stats(mailbox)
             .await
             .map_err(|e| Fault::store(e, "mailbox-stats"))?;
         Ok(Response::new(pb::GetMailboxStatsResponse { mailboxes }))
@@ -506,7 +458,7 @@ impl OperatorService for Operator {
         let Some(Item::Header(header)) = first.item else {
             return Err(invalid("the first message of an import must be its header"));
         };
-        let set = refdata::set_index(header.data_set())
+        let set = backend::set_index(header.data_set())
             .ok_or_else(|| invalid("header.data_set is required"))?;
         let _exclusive = self.state.import_lock(set).lock().await;
         self.import_rows(who, set, header, stream)
@@ -524,21 +476,14 @@ impl OperatorService for Operator {
         while let Some(message) = stream.next().await {
             let updates: Vec<DemographicUpdate> =
                 message?.patients.iter().filter_map(import_update).collect();
-            let (w, s) = self
+            let n = updates.len() as u64;
+            let w = self
                 .state
                 .store
-                .writer()
-                .write(move |tx| {
-                    let mut w = 0u64;
-                    for u in &updates {
-                        if demographics::apply(tx, u)? {
-                            w += 1;
-                        }
-                    }
-                    Ok((w, updates.len() as u64 - w))
-                })
+                .apply_demographics(updates)
                 .await
                 .map_err(|e| Fault::store(e, "import-demographics"))?;
+            let s = n - w;
             written += w;
             skipped += s;
         }
@@ -555,7 +500,6 @@ impl OperatorService for Operator {
         &self,
         request: Request<pb::LookupAreaRequest>,
     ) -> Result<Response<pb::LookupAreaResponse>, Status> {
-        use pb::lookup_area_request::Key;
         let key = request
             .into_inner()
             .key
@@ -563,36 +507,7 @@ impl OperatorService for Operator {
         let response = self
             .state
             .store
-            .read(move |tx| {
-                Ok(match key {
-                    Key::Postcode(p) => {
-                        let row = match normalise_postcode(&p) {
-                            Some(k) => refdata::postcode(tx, &k)?,
-                            None => None,
-                        };
-                        let codes = row.as_ref().map_or_else(Vec::new, |r| r.sub_icb.clone());
-                        pb::LookupAreaResponse {
-                            found: row.is_some(),
-                            sub_icb_codes: with_equivalents(tx, codes)?,
-                            postcode: row,
-                            practice: None,
-                        }
-                    }
-                    Key::Practice(code) => {
-                        let row = refdata::practice(tx, &code.to_ascii_uppercase())?;
-                        let codes = row
-                            .as_ref()
-                            .filter(|r| !r.parent_sub_icb.is_empty())
-                            .map_or_else(Vec::new, |r| vec![r.parent_sub_icb.clone()]);
-                        pb::LookupAreaResponse {
-                            found: row.is_some(),
-                            sub_icb_codes: with_equivalents(tx, codes)?,
-                            postcode: None,
-                            practice: row,
-                        }
-                    }
-                })
-            })
+            .lookup_area(key)
             .await
             .map_err(|e| Fault::store(e, "lookup"))?;
         Ok(Response::new(response))
@@ -603,7 +518,7 @@ impl OperatorService for Operator {
         request: Request<pb::ListAuditRequest>,
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
         let req = request.into_inner();
-        let filter = audit::AuditFilter {
+        let filter = AuditFilter {
             since_ms: ms_of(req.since),
             until_ms: ms_of(req.until),
             asid: req.asid,
@@ -615,7 +530,7 @@ impl OperatorService for Operator {
         let (records, next) = self
             .state
             .store
-            .read(move |tx| audit::list(tx, &filter, &token, size))
+            .list_audit(filter, token, size)
             .await
             .map_err(|e| Fault::store(e, "list-audit"))?;
         Ok(Response::new(pb::ListAuditResponse {
@@ -628,24 +543,20 @@ impl OperatorService for Operator {
         &self,
         _request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
-        let status = self
+        let totals = self
             .state
             .store
-            .read(|tx| {
-                Ok(pb::GetStatusResponse {
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    schema_version: schema::version(tx)?,
-                    subscriptions: subs::live_count(tx)?,
-                    events_accepted: event_store::accepted_count(tx)?,
-                    deliveries_pending: ledger::pending(tx)?,
-                    reference_generations: (0..3)
-                        .map(|set| refdata::meta(tx, set).map(|m| m.generation))
-                        .collect::<Result<_, _>>()?,
-                    patients: demographics::count(tx)?,
-                })
-            })
+            .totals()
             .await
             .map_err(|e| Fault::store(e, "status"))?;
-        Ok(Response::new(status))
+        Ok(Response::new(pb::GetStatusResponse {
+            version: env!("CARGO_PKG_VERSION").into(),
+            schema_version: totals.schema_version,
+            subscriptions: totals.subscriptions,
+            events_accepted: totals.events_accepted,
+            deliveries_pending: totals.deliveries_pending,
+            reference_generations: totals.reference_generations,
+            patients: totals.patients,
+        }))
     }
 }

@@ -9,13 +9,12 @@ use nems_proto::v1::subscription_service_server::SubscriptionService;
 use tonic::{Request, Response, Status};
 
 use super::Fault;
+use crate::backend::keys::{id_hex, new_id, now_ms, parse_id};
+use crate::backend::{Created, StoredSubscription};
 use crate::directory::Directory;
 use crate::domain::Rejection;
 use crate::domain::subscription::{self as rules, ValidSubscription};
 use crate::state::{CoreState, audit_record};
-use crate::store::keys::{id_hex, new_id, now_ms, parse_id};
-use crate::store::records::StoredSubscription;
-use crate::store::{audit, subscriptions as store};
 use crate::trust::{CallerError, Peer, Proof};
 
 /// The subscription service.
@@ -119,31 +118,13 @@ impl Subscriptions {
         };
         let id = new_id();
         let id_text = id_hex(id);
-        let mut record = stored_record(&resource, &valid, &system, now);
+        let record = stored_record(&resource, &valid, &system, now);
         let audit_ok = audit_record(&caller, "create", "Subscription", &id_text, "ok");
         let quota = self.state.config.subscription_quota_per_asid;
         let outcome = self
             .state
             .store
-            .writer()
-            .write(move |tx| {
-                // The quota is counted in the same transaction as the insert, so that
-                // concurrent creates cannot pass it together.
-                if store::owned_by_asid(tx, &record.owner_asid)? >= quota {
-                    return Ok(Created::OverQuota);
-                }
-                // Created at the time of the write, the order matching sees (publishes
-                // match inside their own writes): an event accepted after this commit
-                // is matched, one accepted before it is not.
-                record.created_ms = now_ms().max(now);
-                Ok(match store::insert(tx, id, &record, record.created_ms)? {
-                    Ok(()) => {
-                        audit::append(tx, record.created_ms, &audit_ok)?;
-                        Created::Stored(Box::new(record))
-                    }
-                    Err(existing) => Created::Duplicate(existing),
-                })
-            })
+            .create_subscription(id, record, quota, now, audit_ok)
             .await
             .map_err(|e| Fault::store(e, &caller.request_id))?;
         let record = match outcome {
@@ -183,16 +164,6 @@ impl Subscriptions {
             notices: valid.notices,
         })
     }
-}
-
-/// What a create's write did.
-enum Created {
-    /// Stored (the record as written).
-    Stored(Box<StoredSubscription>),
-    /// A live identical subscription exists (its id); nothing written.
-    Duplicate(u128),
-    /// The caller's ASID is at its quota; nothing written.
-    OverQuota,
 }
 
 fn stored_record(
@@ -242,7 +213,8 @@ impl SubscriptionService for Subscriptions {
         let found = self
             .state
             .store
-            .read_inline(|tx| store::get(tx, id))
+            .subscription(id)
+            .await
             .map_err(|e| Fault::store(e, &caller.request_id))?;
         let sub = found.filter(|s| s.deleted_ms == 0 && Directory::owns(&system, &s.owner_ods));
         let Some(sub) = sub else {
@@ -275,15 +247,12 @@ impl SubscriptionService for Subscriptions {
         let deleted = self
             .state
             .store
-            .writer()
-            .write(move |tx| {
-                let deleted =
-                    store::delete(tx, id, now, |s| Directory::owns(&system, &s.owner_ods))?;
-                if deleted {
-                    audit::append(tx, now, &audit_ok)?;
-                }
-                Ok(deleted)
-            })
+            .delete_subscription(
+                id,
+                now,
+                Box::new(move |s| Directory::owns(&system, &s.owner_ods)),
+                audit_ok,
+            )
             .await
             .map_err(|e| Fault::store(e, &caller.request_id))?;
         if !deleted {

@@ -10,6 +10,7 @@ use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use super::StoreError;
 use super::tables::{AUDIT, AUDIT_REFUSED};
+use crate::backend::AuditFilter;
 
 /// Appends one record.
 pub(crate) fn append(
@@ -39,16 +40,6 @@ pub(crate) fn append_refused(
     Ok(())
 }
 
-/// A filter over the audit trail.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct AuditFilter {
-    pub(crate) since_ms: u64,
-    pub(crate) until_ms: u64,
-    pub(crate) asid: String,
-    pub(crate) action: String,
-    pub(crate) resource_id: String,
-}
-
 /// Lists one page of both tables merged, oldest first; the token is `ms:seq` of the last
 /// record returned.
 pub(crate) fn list(
@@ -58,17 +49,6 @@ pub(crate) fn list(
     page_size: usize,
 ) -> Result<(Vec<pb::AuditRecord>, String), StoreError> {
     list_tables(tx, &[AUDIT, AUDIT_REFUSED], filter, page_token, page_size)
-}
-
-/// Lists one page of the refusals only.
-#[cfg(test)]
-pub(crate) fn list_refused(
-    tx: &ReadTransaction,
-    filter: &AuditFilter,
-    page_token: &str,
-    page_size: usize,
-) -> Result<(Vec<pb::AuditRecord>, String), StoreError> {
-    list_tables(tx, &[AUDIT_REFUSED], filter, page_token, page_size)
 }
 
 type AuditTable = redb::TableDefinition<'static, (u64, u64), &'static [u8]>;
@@ -136,7 +116,7 @@ fn list_tables(
         }
         let mut record = pb::AuditRecord::decode(v.value())?;
         // The time is the key's: records are stored without it.
-        record.at = Some(super::ledger::timestamp(ms));
+        record.at = Some(super::keys::timestamp(ms));
         let keep = (filter.asid.is_empty() || record.asid == filter.asid)
             && (filter.action.is_empty() || record.action == filter.action)
             && (filter.resource_id.is_empty() || record.resource_id == filter.resource_id);

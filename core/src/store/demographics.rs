@@ -42,28 +42,6 @@ pub(crate) fn get(tx: &impl Snapshot, nhs: u64) -> Result<Option<pb::PatientReco
     }
 }
 
-/// The record an update alone gives (for a patient the store does not hold yet).
-pub(crate) fn record_of(u: &DemographicUpdate) -> pb::PatientRecord {
-    let mut record = pb::PatientRecord::default();
-    if let Some((postcode, previous)) = &u.postcode {
-        record.postcode.clone_from(postcode);
-        record.previous_postcode.clone_from(previous);
-    }
-    if let Some(gp) = &u.gp_practice {
-        record.gp_practice.clone_from(gp);
-    }
-    if let Some(flag) = u.flag {
-        record.flag = flag.into();
-    }
-    if let Some(death) = &u.date_of_death {
-        record.date_of_death.clone_from(death);
-    }
-    if let Some(birth) = &u.birth_date {
-        record.birth_date.clone_from(birth);
-    }
-    record
-}
-
 /// Applies an update fact by fact: each fact is written only when it is at least as new
 /// as what is held. Returns true when anything changed.
 pub(crate) fn apply(tx: &WriteTransaction, u: &DemographicUpdate) -> Result<bool, StoreError> {

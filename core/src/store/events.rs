@@ -11,44 +11,7 @@ use super::keys::id_hex;
 use super::ledger::{SETTLE_EVENT, SETTLE_ROW, bump_count, index_state};
 use super::records::{StoredDelivery, StoredEvent};
 use super::tables::*;
-
-/// One mailbox's delivery of a new event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct NewDelivery {
-    /// Recipient mailbox.
-    pub(crate) mailbox: String,
-    /// `Mex-PartnerID`.
-    pub(crate) partner_id: String,
-    /// Matched subscription ids.
-    pub(crate) subscription_ids: Vec<String>,
-    /// Patient flagged S or I: recorded, never sent.
-    pub(crate) suppressed: bool,
-}
-
-/// A new event with its deliveries.
-#[derive(Debug, Clone)]
-pub(crate) struct NewEvent {
-    pub(crate) event_id: u128,
-    pub(crate) event_code: String,
-    pub(crate) message_event_type: String,
-    pub(crate) publisher_asid: String,
-    pub(crate) workflow_id: String,
-    pub(crate) payload: bytes::Bytes,
-    pub(crate) deliveries: Vec<NewDelivery>,
-    pub(crate) matched_subscriptions: u32,
-    pub(crate) accepted_ms: u64,
-}
-
-/// What accepting wrote.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Accepted {
-    /// Event sequence number.
-    pub(crate) seq: u64,
-    /// Mailboxes with a queued (not suppressed) delivery, available now.
-    pub(crate) queued_mailboxes: Vec<String>,
-    /// Ids of the deliveries, in order.
-    pub(crate) delivery_ids: Vec<u64>,
-}
+use crate::backend::{Accepted, NewEvent};
 
 fn next(
     counters: &mut redb::Table<'_, &'static str, u64>,
@@ -202,7 +165,7 @@ pub(crate) fn to_record(e: &StoredEvent, payload_held: bool) -> pb::EventRecord 
         event_code: e.event_code.clone(),
         message_event_type: e.message_event_type.clone(),
         publisher_asid: e.publisher_asid.clone(),
-        accepted_at: Some(super::ledger::timestamp(e.accepted_ms)),
+        accepted_at: Some(super::keys::timestamp(e.accepted_ms)),
         payload_bytes: e.payload_bytes,
         payload_held,
         deliveries: e.deliveries,

@@ -12,17 +12,12 @@ use prost::Message;
 use redb::{ReadTransaction, ReadableTable, Table, WriteTransaction};
 
 use super::StoreError;
-use super::keys::parse_id;
+use super::keys::{parse_id, timestamp};
 use super::records::{StoredDelivery, StoredEvent};
 use super::tables::*;
-
-/// Protobuf timestamp of epoch milliseconds.
-pub(crate) fn timestamp(ms: u64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: (ms / 1000) as i64,
-        nanos: ((ms % 1000) * 1_000_000) as i32,
-    }
-}
+use crate::backend::{
+    Budget, Completed, Lease, Leased, Outcome, Query, Redriven, Selection, Swept,
+};
 
 /// Moves a delivery between state index entries.
 pub(crate) fn index_state(
@@ -205,43 +200,6 @@ fn acquire_payload(tx: &WriteTransaction, d: &mut StoredDelivery) -> Result<bool
     Ok(true)
 }
 
-/// Deliveries leased from one mailbox.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Lease {
-    pub(crate) mailbox: String,
-    pub(crate) deliveries: Vec<pb::Delivery>,
-    /// When the mailbox next has something available (queued later, or a lease expiry).
-    pub(crate) next_ready: Option<u64>,
-}
-
-/// What one lease call handed out.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Leased {
-    /// One entry per pick, in order.
-    pub(crate) leases: Vec<Lease>,
-    /// The byte budget stopped the call before a delivery that was available.
-    pub(crate) out_of_budget: bool,
-}
-
-/// The most payload bytes one lease call may hand out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Budget {
-    /// Payload bytes the call may add.
-    pub(crate) bytes: u64,
-    /// Take the first delivery even if it is larger than `bytes` (the stream has nothing
-    /// in flight, so a payload larger than the whole budget still gets through).
-    pub(crate) take_one: bool,
-}
-
-impl Budget {
-    /// No byte limit (tests and tools).
-    #[cfg(test)]
-    pub(crate) const UNLIMITED: Budget = Budget {
-        bytes: u64::MAX,
-        take_one: true,
-    };
-}
-
 /// Leases up to `max` available deliveries from each picked mailbox until `now + lease_ms`,
 /// within `budget` payload bytes. Deliveries of one event share one payload buffer.
 pub(crate) fn lease(
@@ -391,40 +349,6 @@ pub(crate) fn give_back_all(tx: &WriteTransaction, now: u64) -> Result<usize, St
         held
     };
     Ok(give_back(tx, &held, now)?.len())
-}
-
-/// An adapter's report on one attempt.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    Sent {
-        mesh_message_id: String,
-    },
-    Retry {
-        code: String,
-        reason: String,
-        retry_after_ms: u64,
-    },
-    Refused {
-        code: String,
-        reason: String,
-    },
-    /// The destination as a whole was unavailable: offered again later, no failure counted.
-    Deferred {
-        code: String,
-        reason: String,
-        retry_after_ms: u64,
-    },
-}
-
-/// The effect of a completion.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Completed {
-    pub(crate) state: pb::DeliveryState,
-    pub(crate) mailbox: String,
-    /// The delivery was queued or in flight before this report.
-    pub(crate) was_pending: bool,
-    /// When queued again for a retry.
-    pub(crate) requeued_at: Option<u64>,
 }
 
 /// Records an attempt's outcome. Settled deliveries keep their state. `Sent` settles the
@@ -636,19 +560,6 @@ pub(crate) fn record_report(
     Ok(true)
 }
 
-/// Which dead letters to redrive.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Selection {
-    pub(crate) ids: Vec<u64>,
-    pub(crate) mailbox: String,
-    pub(crate) event_code: String,
-    pub(crate) error_code: String,
-    pub(crate) limit: usize,
-}
-
-/// What a redrive did: (redriven delivery, mailbox) pairs and skipped ids.
-pub(crate) type Redriven = (Vec<(u64, String)>, Vec<u64>);
-
 /// Queues selected dead letters again.
 pub(crate) fn redrive(
     tx: &WriteTransaction,
@@ -723,16 +634,6 @@ pub(crate) fn redrive(
         redriven.push((id, d.mailbox.clone()));
     }
     Ok((redriven, skipped))
-}
-
-/// The ledger query.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Query {
-    pub(crate) event_id: String,
-    pub(crate) mailbox: String,
-    pub(crate) state: Option<pb::DeliveryState>,
-    pub(crate) event_code: String,
-    pub(crate) error_code: String,
 }
 
 /// Lists one page of ledger rows in delivery order; the token is the last id returned.
@@ -864,17 +765,6 @@ pub(crate) fn pending(tx: &ReadTransaction) -> Result<u64, StoreError> {
             .count() as u64;
     }
     Ok(n)
-}
-
-/// What one retention pass did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Swept {
-    pub(crate) dead_letter_payloads_released: usize,
-    pub(crate) deliveries_removed: usize,
-    pub(crate) events_removed: usize,
-    /// Retention index entries read (at most the pass's limit; at the limit, more may be
-    /// due).
-    pub(crate) scanned: usize,
 }
 
 /// One retention pass, reading at most `scan_limit` entries of the retention index (only

@@ -4,10 +4,11 @@
 //! (`Store::read_inline`), long ones in `spawn_blocking`.
 //!
 //! # Layout
-//! - `tables.rs`: every table definition (versioned names); `keys.rs`: id encodings.
+//! - `backend.rs`: the seam's `Backend` over the functions below.
+//! - `tables.rs`: every table definition (versioned names).
 //! - `writer.rs`: the single writer thread (group commit).
 //! - `schema.rs`: the schema-version table and migrations.
-//! - `records.rs`: the prost-encoded storage records.
+//! - `records.rs`: the ledger's prost-encoded records.
 //! - `subscriptions.rs`, `events.rs`, `ledger.rs`, `directory.rs`, `refdata.rs`,
 //!   `demographics.rs`, `audit.rs`: operations per area.
 
@@ -21,10 +22,11 @@ use redb::{
 };
 
 pub(crate) mod audit;
+mod backend;
 pub(crate) mod demographics;
 pub(crate) mod directory;
 pub(crate) mod events;
-pub(crate) mod keys;
+pub(crate) use crate::backend::keys;
 pub(crate) mod ledger;
 pub(crate) mod records;
 pub(crate) mod refdata;
@@ -40,71 +42,12 @@ mod sweep_bench;
 #[cfg(test)]
 mod tests;
 
-pub use writer::{Buckets, WriterStats};
+pub use crate::backend::StoreError;
+pub use crate::backend::{Buckets, WriterStats};
 use writer::{DbCell, Writer, WriterSettings};
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "nems.redb";
-
-/// A storage failure. Cloneable so one batch failure can answer every job in the batch.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    /// redb failed to open or create the database.
-    #[error("database: {0}")]
-    Database(String),
-    /// A transaction could not begin.
-    #[error("transaction: {0}")]
-    Transaction(String),
-    /// A table could not be opened.
-    #[error("table: {0}")]
-    Table(String),
-    /// A read or write failed in storage for a reason other than I/O (a value too large,
-    /// an unsupported operation).
-    #[error("storage: {0}")]
-    Storage(String),
-    /// A storage I/O error (a full disk, a failed read, write or fsync), raised while a
-    /// transaction runs (redb flushing or reading pages) or opening one. Fatal for the
-    /// writer, like [`StoreError::Commit`]: redb refuses every later operation on that
-    /// database (`PreviousIo`) until it is reopened.
-    #[error("storage I/O: {0}")]
-    Io(String),
-    /// The commit failed; the writer is failed until the store is reopened.
-    #[error("commit: {0}")]
-    Commit(String),
-    /// A stored record could not be decoded, or an invariant does not hold.
-    #[error("corrupt store: {0}")]
-    Corrupt(String),
-    /// The schema version on disk is not one this build understands.
-    #[error("schema version {found} is newer than this build supports ({supported})")]
-    SchemaTooNew {
-        /// Version on disk.
-        found: u64,
-        /// Newest version this build knows.
-        supported: u64,
-    },
-    /// The write queue is full (shed load).
-    #[error("store busy")]
-    Busy,
-    /// The store failed (a storage I/O or commit error) and is not reopened yet: writes
-    /// and reads are refused until the writer has reopened it.
-    #[error("store failed by a storage error; reopening")]
-    Poisoned,
-    /// The writer has stopped.
-    #[error("store closed")]
-    Closed,
-    /// The job did not run (batch aborted by another job's storage error).
-    #[error("write aborted")]
-    Aborted,
-}
-
-impl StoreError {
-    /// True for the errors that fail the writer: a commit error, or any storage I/O error
-    /// (after which redb refuses the database until it is reopened). Business-level and
-    /// decoding errors are not fatal: they abort their batch only.
-    pub fn is_fatal(&self) -> bool {
-        matches!(self, StoreError::Io(_) | StoreError::Commit(_))
-    }
-}
 
 /// Classifies a redb storage error: I/O (and the latched `PreviousIo` that follows one)
 /// is [`StoreError::Io`]; corruption is [`StoreError::Corrupt`]; the rest `Storage`.

@@ -7,28 +7,17 @@ use nems_proto::v1 as pb;
 use prost::Message;
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 
-use super::records::RefMeta;
 use super::tables::{REF_META, REF_SLOTS};
 use super::{Snapshot, StoreError};
+use crate::backend::{Finished, Guard, RefMeta, SET_NAMES, refusals};
 
-/// Index of a data set in `REF_SLOTS`.
-pub(crate) fn set_index(set: pb::ReferenceDataSet) -> Option<usize> {
-    match set {
-        pb::ReferenceDataSet::Postcodes => Some(0),
-        pb::ReferenceDataSet::Practices => Some(1),
-        pb::ReferenceDataSet::CodeMap => Some(2),
-        pb::ReferenceDataSet::Unspecified => None,
-    }
-}
-
-const NAMES: [&str; 3] = ["postcodes", "practices", "code-map"];
 const NO_SLOT: u32 = u32::MAX;
 
 fn read_meta(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
     set: usize,
 ) -> Result<RefMeta, StoreError> {
-    match table.get(NAMES[set])? {
+    match table.get(SET_NAMES[set])? {
         Some(bytes) => Ok(RefMeta::decode(bytes.value())?),
         None => Ok(RefMeta {
             filling_slot: NO_SLOT,
@@ -38,9 +27,6 @@ fn read_meta(
 }
 
 /// The metadata of a data set.
-/// The names of the reference data sets, by set index.
-pub(crate) const SET_NAMES: [&str; 3] = NAMES;
-
 pub(crate) fn meta(tx: &impl Snapshot, set: usize) -> Result<RefMeta, StoreError> {
     read_meta(&tx.table(REF_META)?, set)
 }
@@ -66,7 +52,7 @@ pub(crate) fn begin(tx: &WriteTransaction, set: usize) -> Result<u32, StoreError
         1 - (m.active_slot & 1)
     };
     m.filling_slot = slot;
-    metas.insert(NAMES[set], m.encode_to_vec().as_slice())?;
+    metas.insert(SET_NAMES[set], m.encode_to_vec().as_slice())?;
     drop(metas);
     let def = REF_SLOTS[set][slot as usize];
     tx.delete_table(def)?;
@@ -86,72 +72,6 @@ pub(crate) fn insert(
         table.insert(key.as_str(), value.as_slice())?;
     }
     Ok(())
-}
-
-/// How an import is judged against the set in force when it finishes.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub(crate) struct Guard {
-    /// Keep the set in force whatever the verdict (a dry run).
-    pub(crate) check: bool,
-    /// Switch even when the verdict refuses.
-    pub(crate) force: bool,
-    /// Most rows lost against the set in force, in percent.
-    pub(crate) max_shrink_percent: f64,
-    /// Most malformed rows, in percent of the rows read.
-    pub(crate) max_bad_row_percent: f64,
-    /// Rows the caller sent (before encoding: a code-map pair is one).
-    pub(crate) received: u64,
-    /// Rows the caller's reader refused as malformed.
-    pub(crate) bad: u64,
-}
-
-/// What [`finish`] did.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Finished {
-    /// The data set's metadata after the commit (the new set's when applied).
-    pub(crate) meta: RefMeta,
-    /// Whether the new set is now in force.
-    pub(crate) applied: bool,
-    /// Rows of the new set (stored, or that would have been).
-    pub(crate) rows: u64,
-    /// Rows of the set in force before (0 when none was).
-    pub(crate) previous_rows: u64,
-    /// Why the import is refused (see [`refusals`]); empty when every limit passed.
-    pub(crate) refusals: Vec<String>,
-}
-
-/// Why replacing a set of `previous` rows (0: none in force) by one of `rows` is refused,
-/// given `received` rows sent and `bad` refused as malformed by the reader. Reasons quote
-/// counts only.
-pub(crate) fn refusals(set: usize, previous: u64, rows: u64, guard: &Guard) -> Vec<String> {
-    let name = NAMES[set];
-    let mut out = Vec::new();
-    if rows == 0 {
-        out.push(if previous > 0 {
-            format!("the new {name} set is empty (the set in force has {previous} rows)")
-        } else {
-            format!("the new {name} set is empty")
-        });
-    } else if previous > 0 && rows < previous {
-        let shrink = (previous - rows) as f64 * 100.0 / previous as f64;
-        if shrink > guard.max_shrink_percent {
-            out.push(format!(
-                "the {name} set would shrink from {previous} to {rows} rows ({shrink:.1} %), more than the {} % allowed",
-                guard.max_shrink_percent
-            ));
-        }
-    }
-    let read = guard.received + guard.bad;
-    if guard.bad > 0 {
-        let share = guard.bad as f64 * 100.0 / read as f64;
-        if share > guard.max_bad_row_percent {
-            out.push(format!(
-                "{} of {read} rows read ({share:.1} %) were malformed, more than the {} % allowed",
-                guard.bad, guard.max_bad_row_percent
-            ));
-        }
-    }
-    out
 }
 
 /// Counts the keys the filled `slot` would add, remove and change against the set in force.
@@ -219,7 +139,7 @@ pub(crate) fn finish(
     if m.filling_slot != slot {
         return Err(StoreError::Corrupt(format!(
             "{} import lost its slot",
-            NAMES[set]
+            SET_NAMES[set]
         )));
     }
     let rows = tx.open_table(REF_SLOTS[set][slot as usize & 1])?.len()?;
@@ -227,7 +147,7 @@ pub(crate) fn finish(
     let refusals = refusals(set, previous_rows, rows, guard);
     if guard.check || (!refusals.is_empty() && !guard.force) {
         m.filling_slot = NO_SLOT;
-        metas.insert(NAMES[set], m.encode_to_vec().as_slice())?;
+        metas.insert(SET_NAMES[set], m.encode_to_vec().as_slice())?;
         drop(metas);
         let def = REF_SLOTS[set][slot as usize & 1];
         tx.delete_table(def)?;
@@ -249,7 +169,7 @@ pub(crate) fn finish(
     m.format = format.to_string();
     m.source = source.to_string();
     m.imported_ms = super::keys::now_ms();
-    metas.insert(NAMES[set], m.encode_to_vec().as_slice())?;
+    metas.insert(SET_NAMES[set], m.encode_to_vec().as_slice())?;
     drop(metas);
     if had_data && old != slot {
         let def = REF_SLOTS[set][old as usize & 1];
@@ -263,11 +183,6 @@ pub(crate) fn finish(
         previous_rows,
         refusals,
     })
-}
-
-/// The name of data set `set` (`postcodes`, `practices`, `code-map`).
-pub(crate) fn set_name(set: usize) -> &'static str {
-    NAMES[set]
 }
 
 /// Looks a postcode (normalised) up in the active set.
@@ -322,37 +237,6 @@ pub(crate) fn equivalents(tx: &impl Snapshot, code: &str) -> Result<Vec<String>,
             .collect()),
         None => Ok(Vec::new()),
     }
-}
-
-/// Encodes rows of a batch as (key, value) pairs for [`insert`]; the key is not repeated
-/// in the value. Code-map rows give both directions.
-pub(crate) fn encode_postcodes(rows: Vec<pb::PostcodeRow>) -> Vec<(String, Vec<u8>)> {
-    rows.into_iter()
-        .map(|mut r| {
-            let key = std::mem::take(&mut r.postcode);
-            (key, r.encode_to_vec())
-        })
-        .collect()
-}
-
-/// See [`encode_postcodes`].
-pub(crate) fn encode_practices(rows: Vec<pb::PracticeRow>) -> Vec<(String, Vec<u8>)> {
-    rows.into_iter()
-        .map(|mut r| {
-            let key = std::mem::take(&mut r.code);
-            (key, r.encode_to_vec())
-        })
-        .collect()
-}
-
-/// See [`encode_postcodes`].
-pub(crate) fn encode_code_map(rows: Vec<pb::CodeMapRow>) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::with_capacity(rows.len() * 2);
-    for r in rows {
-        out.push((r.gss.clone(), r.ods.clone().into_bytes()));
-        out.push((r.ods, r.gss.into_bytes()));
-    }
-    out
 }
 
 #[cfg(test)]

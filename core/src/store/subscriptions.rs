@@ -7,33 +7,8 @@ use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use super::StoreError;
 use super::keys::{id_hex, nhs_key, parse_id};
-use super::records::{MatchEntry, StoredSubscription};
 use super::tables::*;
-use crate::domain::criteria::rule_name;
-
-/// The generic index key of (rule, organisation code, event code).
-pub(crate) fn rule_key(rule: pb::RuleType, code: &str, event: &str) -> String {
-    format!(
-        "{}/{}/{}",
-        rule_name(rule),
-        code.to_ascii_uppercase(),
-        event
-    )
-}
-
-/// What matching needs of a subscription.
-pub(crate) fn match_entry(sub: &StoredSubscription) -> MatchEntry {
-    let criteria = sub.criteria.clone().unwrap_or_default();
-    MatchEntry {
-        event_codes: criteria.event_codes,
-        mailbox: sub.mailbox.clone(),
-        tag: criteria.tag,
-        age: criteria.age,
-        gp_registration: criteria.gp_registration,
-        created_ms: sub.created_ms,
-        end_ms: sub.end_ms,
-    }
-}
+use crate::backend::{ListFilter, StoredSubscription, match_entry, rule_key};
 
 /// Inserts a new subscription unless a live duplicate exists, in which case nothing is
 /// written and the duplicate's id is returned as `Ok(Err(id))`.
@@ -216,16 +191,6 @@ pub(crate) fn live_count(tx: &ReadTransaction) -> Result<u64, StoreError> {
         .get("subscriptions-live")?
         .map(|v| v.value())
         .unwrap_or(0))
-}
-
-/// The operator listing filter.
-#[derive(Debug, Clone)]
-pub(crate) enum ListFilter {
-    All,
-    Owner(String),
-    Mailbox(String),
-    Nhs(u64),
-    Rule(String),
 }
 
 /// Lists one page of subscriptions in id order (rule listings: index order), returning

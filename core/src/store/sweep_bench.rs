@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 
 use redb::WriteTransaction;
 
-use super::events::{NewDelivery, NewEvent, accept};
+use super::events::accept;
 use super::keys::now_ms;
-use super::ledger::{self, Outcome};
+use super::ledger;
 use super::{Store, StoreError, StoreOptions};
+use crate::backend::{NewDelivery, NewEvent, Outcome};
 
 const DAY_MS: u64 = 24 * 3600 * 1000;
 
@@ -45,7 +46,7 @@ fn event(id: u128, mailbox: &str, at: u64) -> NewEvent {
 
 /// One retention pass with the production settings (90 days of ledger, 30 days of dead
 /// letters).
-fn sweep_pass(tx: &WriteTransaction, now: u64) -> Result<ledger::Swept, StoreError> {
+fn sweep_pass(tx: &WriteTransaction, now: u64) -> Result<crate::backend::Swept, StoreError> {
     ledger::sweep(tx, now, 90 * DAY_MS, 30 * DAY_MS, 5_000)
 }
 
@@ -108,7 +109,8 @@ async fn sweep_bench() {
                 }
                 let picks = [("DEAD".to_string(), n as u32)];
                 let leases =
-                    ledger::lease(tx, &picks, now, 60_000, ledger::Budget::UNLIMITED)?.leases;
+                    ledger::lease(tx, &picks, now, 60_000, crate::backend::Budget::UNLIMITED)?
+                        .leases;
                 let refused = Outcome::Refused {
                     code: "12".into(),
                     reason: "Unregistered to address".into(),
@@ -137,7 +139,7 @@ async fn sweep_bench() {
             .await
             .unwrap();
         passes.push(started.elapsed());
-        assert_eq!(swept, ledger::Swept::default(), "nothing is due");
+        assert_eq!(swept, crate::backend::Swept::default(), "nothing is due");
     }
     report("retention pass alone (5 passes)", &mut passes);
 

@@ -5,10 +5,11 @@
 use nems_proto::v1 as pb;
 use redb::ReadableTable;
 
-use super::events::{NewDelivery, NewEvent, accept, get_by_id};
-use super::ledger::{self, Outcome, Query, Selection};
+use super::events::{accept, get_by_id};
+use super::ledger;
 use super::tables::PAYLOADS;
 use super::{Store, StoreOptions};
+use crate::backend::{NewDelivery, NewEvent, Outcome, Query, Selection};
 
 fn store(dir: &std::path::Path) -> Store {
     Store::open(dir, StoreOptions::default()).unwrap()
@@ -45,7 +46,7 @@ async fn lease(s: &Store, mailbox: &str, now: u64) -> Vec<pb::Delivery> {
     let picks = vec![(mailbox.to_string(), 10)];
     let mut leases = s
         .writer()
-        .write(move |tx| ledger::lease(tx, &picks, now, 1_000, ledger::Budget::UNLIMITED))
+        .write(move |tx| ledger::lease(tx, &picks, now, 1_000, crate::backend::Budget::UNLIMITED))
         .await
         .unwrap()
         .leases;
@@ -180,7 +181,7 @@ async fn dead_letters_keep_their_payload_for_redrive() {
     let d = lease(&s, "A", 200).await;
     assert_eq!(
         d[0].retry_window_start,
-        Some(ledger::timestamp(100)),
+        Some(super::keys::timestamp(100)),
         "the retry window starts at acceptance"
     );
     let refused = Outcome::Refused {
@@ -224,10 +225,10 @@ async fn dead_letters_keep_their_payload_for_redrive() {
     assert_eq!(again[0].attempt, 2);
     assert_eq!(
         again[0].retry_window_start,
-        Some(ledger::timestamp(400)),
+        Some(super::keys::timestamp(400)),
         "a redrive starts the retry window again"
     );
-    assert_eq!(again[0].accepted_at, Some(ledger::timestamp(100)));
+    assert_eq!(again[0].accepted_at, Some(super::keys::timestamp(100)));
     assert_eq!(
         complete(&s, again[0].delivery_id, 2, sent("M9"), 500).await,
         pb::DeliveryState::Delivered
@@ -310,7 +311,7 @@ async fn retention_removes_old_settled_rows_only() {
         .write(|tx| ledger::sweep(tx, 25_000, 5_000, 1_000_000, 100))
         .await
         .unwrap();
-    assert_eq!(swept, ledger::Swept::default(), "settled 4.9 s ago");
+    assert_eq!(swept, crate::backend::Swept::default(), "settled 4.9 s ago");
     // The fresh event's delivery stays in flight.
     let swept = s
         .writer()
@@ -346,7 +347,8 @@ async fn the_queue_survives_reopening() {
 
 #[tokio::test]
 async fn audit_records_are_listed_filtered_and_pruned_by_age() {
-    use super::audit::{self, AuditFilter};
+    use super::audit;
+    use crate::backend::AuditFilter;
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path());
     s.writer()
@@ -617,24 +619,36 @@ async fn time_spent_deferred_moves_the_retry_window_on() {
     s.writer().write(move |tx| accept(tx, &e)).await.unwrap();
     let d = lease(&s, "A", 200).await;
     let id = d[0].delivery_id;
-    assert_eq!(d[0].retry_window_start, Some(ledger::timestamp(100)));
+    assert_eq!(d[0].retry_window_start, Some(super::keys::timestamp(100)));
     // Deferred at 300 (the circuit opened), leased again only at 10,300: the 10 s spent
     // deferred are not charged to the retry window.
     complete(&s, id, 1, deferred(0), 300).await;
     let d = lease(&s, "A", 10_300).await;
-    assert_eq!(d[0].retry_window_start, Some(ledger::timestamp(10_100)));
+    assert_eq!(
+        d[0].retry_window_start,
+        Some(super::keys::timestamp(10_100))
+    );
     // A retry is charged as before; two deferrals add up.
     complete(&s, id, 2, deferred(0), 10_400).await;
     let d = lease(&s, "A", 11_400).await;
-    assert_eq!(d[0].retry_window_start, Some(ledger::timestamp(11_100)));
+    assert_eq!(
+        d[0].retry_window_start,
+        Some(super::keys::timestamp(11_100))
+    );
     complete(&s, id, 3, retry(0), 11_500).await;
     let d = lease(&s, "A", 12_500).await;
-    assert_eq!(d[0].retry_window_start, Some(ledger::timestamp(11_100)));
+    assert_eq!(
+        d[0].retry_window_start,
+        Some(super::keys::timestamp(11_100))
+    );
     // A refusal and a redrive start a new window, with nothing deferred in it.
     complete(&s, id, 4, refused(), 12_600).await;
     assert_eq!(redrive_ids(&s, vec![id], 13_000).await, 1);
     let d = lease(&s, "A", 13_000).await;
-    assert_eq!(d[0].retry_window_start, Some(ledger::timestamp(13_000)));
+    assert_eq!(
+        d[0].retry_window_start,
+        Some(super::keys::timestamp(13_000))
+    );
 }
 
 #[tokio::test]
@@ -653,7 +667,7 @@ async fn deferrals_requeue_without_failing_and_stale_ones_are_ignored() {
             pb::DeliveryState::Queued
         );
         let r = row(&s, id);
-        assert_eq!(r.next_attempt_at, Some(ledger::timestamp(now + 50)));
+        assert_eq!(r.next_attempt_at, Some(super::keys::timestamp(now + 50)));
         assert_eq!(r.last_error_code, "CIRCUIT_OPEN");
         assert_eq!(r.last_error, "mesh endpoint unavailable");
         assert!(
@@ -674,7 +688,7 @@ async fn deferrals_requeue_without_failing_and_stale_ones_are_ignored() {
     complete(&s, id, 21, deferred(0), now).await;
     assert_eq!(
         row(&s, id).next_attempt_at,
-        Some(ledger::timestamp(now + 1_000))
+        Some(super::keys::timestamp(now + 1_000))
     );
 }
 
@@ -804,7 +818,7 @@ async fn leases_given_back_are_offered_at_once_and_late_reports_are_judged() {
     for id in [a, b, c] {
         let r = row(&s, id);
         assert_eq!(r.state(), pb::DeliveryState::Queued);
-        assert_eq!(r.next_attempt_at, Some(ledger::timestamp(300)));
+        assert_eq!(r.next_attempt_at, Some(super::keys::timestamp(300)));
     }
     // Late reports on the given-back attempt: Sent still settles (MESH has the message);
     // a retry, deferral or refusal is stale (core took the attempt back).
@@ -873,13 +887,13 @@ async fn a_lease_shares_payloads_and_keeps_to_its_byte_budget() {
         let e = event(id, &["A", "B"], false, 100);
         s.writer().write(move |tx| accept(tx, &e)).await.unwrap();
     }
-    let call = |budget: ledger::Budget, now: u64| {
+    let call = |budget: crate::backend::Budget, now: u64| {
         let picks = vec![("A".to_string(), 10), ("B".to_string(), 10)];
         s.writer()
             .write(move |tx| ledger::lease(tx, &picks, now, 1_000, budget))
     };
     let leased = call(
-        ledger::Budget {
+        crate::backend::Budget {
             bytes: 27,
             take_one: false,
         },
@@ -898,7 +912,7 @@ async fn a_lease_shares_payloads_and_keeps_to_its_byte_budget() {
     );
     // Nothing fits and the stream has something in flight: nothing.
     let leased = call(
-        ledger::Budget {
+        crate::backend::Budget {
             bytes: 5,
             take_one: false,
         },
@@ -910,7 +924,7 @@ async fn a_lease_shares_payloads_and_keeps_to_its_byte_budget() {
     assert!(leased.leases.iter().all(|l| l.deliveries.is_empty()));
     // With nothing in flight, one delivery passes however small the budget.
     let leased = call(
-        ledger::Budget {
+        crate::backend::Budget {
             bytes: 0,
             take_one: true,
         },
@@ -927,12 +941,14 @@ async fn a_lease_shares_payloads_and_keeps_to_its_byte_budget() {
         1
     );
     // Unlimited: the rest; the two mailboxes' deliveries of one event share one buffer.
-    let leased = call(ledger::Budget::UNLIMITED, 200).await.unwrap();
+    let leased = call(crate::backend::Budget::UNLIMITED, 200).await.unwrap();
     assert!(!leased.out_of_budget);
     let a = &leased.leases[0].deliveries;
     let b = &leased.leases[1].deliveries;
     assert_eq!((a.len(), b.len()), (0, 4));
-    let leased_a = call(ledger::Budget::UNLIMITED, 1_300).await.unwrap();
+    let leased_a = call(crate::backend::Budget::UNLIMITED, 1_300)
+        .await
+        .unwrap();
     let (a, b) = (
         &leased_a.leases[0].deliveries,
         &leased_a.leases[1].deliveries,
@@ -954,7 +970,7 @@ async fn sweep(
     retention: u64,
     dl_retention: u64,
     limit: usize,
-) -> ledger::Swept {
+) -> crate::backend::Swept {
     s.writer()
         .write(move |tx| ledger::sweep(tx, now, retention, dl_retention, limit))
         .await
@@ -1003,7 +1019,7 @@ async fn retention_reads_only_due_index_entries_a_bounded_number_per_pass() {
     // nothing is due: a pass reads nothing at all, however many dead letters wait.
     assert_eq!(
         sweep(&s, 5_999, 10_000, 5_000, 3).await,
-        ledger::Swept::default()
+        crate::backend::Swept::default()
     );
     // Due: a pass reads at most 3 index entries.
     let swept = sweep(&s, 6_001, 10_000, 5_000, 3).await;
@@ -1016,7 +1032,7 @@ async fn retention_reads_only_due_index_entries_a_bounded_number_per_pass() {
     }
     assert_eq!(
         sweep(&s, 6_001, 10_000, 5_000, 3).await,
-        ledger::Swept::default()
+        crate::backend::Swept::default()
     );
     assert_eq!(held(&s), 0, "payloads released after the redrive window");
     // The suppressed delivery and the event without deliveries settled at 100: due at
@@ -1068,7 +1084,7 @@ async fn redrive_and_reports_move_deliveries_in_the_retention_index() {
     assert_eq!(redrive_ids(&s, vec![a], 400).await, 1);
     assert_eq!(
         sweep(&s, 10_000, 100_000, 1_000, 10).await,
-        ledger::Swept::default()
+        crate::backend::Swept::default()
     );
     let b = lease(&s, "B", 500).await[0].delivery_id;
     complete(&s, b, 1, sent("MB"), 500).await;

@@ -22,7 +22,7 @@
 //! [`StoreError::Poisoned`] at once. A reader's I/O error makes the store probe the writer
 //! ([`Writer::probe`]), so a failure seen only by reads is handled the same way.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -31,6 +31,7 @@ use redb::{Database, Durability, WriteTransaction};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::StoreError;
+use crate::backend::WriterStats;
 
 /// First pause before reopening a failed store; doubled after each failed attempt.
 const REOPEN_FIRST: Duration = Duration::from_millis(100);
@@ -161,77 +162,6 @@ where
             // The caller may have gone away (request cancelled); the write stands.
             let _ = reply.send(outcome);
         }
-    }
-}
-
-/// Statistics of the writer, for metrics and tests. The writer only records here; the
-/// metrics endpoint reads them when scraped (the writer never calls up into metrics).
-#[derive(Debug, Default)]
-pub struct WriterStats {
-    /// Commits done.
-    pub commits: AtomicU64,
-    /// Jobs committed.
-    pub jobs: AtomicU64,
-    /// Largest batch seen.
-    pub max_batch: AtomicU64,
-    /// Total commit time in microseconds.
-    pub commit_micros: AtomicU64,
-    /// Times the store was reopened after a storage failure.
-    pub reopens: AtomicU64,
-    /// Commit durations in microseconds, fsync included (16 µs to 524 ms).
-    pub commit_latency: Buckets<16>,
-    /// Jobs per group commit (1 to 32768).
-    pub batch_sizes: Buckets<1>,
-}
-
-/// How many buckets a [`Buckets`] has (the last also counts everything above it).
-const BUCKETS: usize = 16;
-
-/// A histogram of `u64` observations in buckets with upper bounds `BASE × 1, 2, 4, …, 2^15`
-/// (in the unit observed), plus their count and sum: lock-free, for a writer thread that
-/// must not wait for whoever reads it.
-#[derive(Debug, Default)]
-pub struct Buckets<const BASE: u64> {
-    counts: [AtomicU64; BUCKETS],
-    above: AtomicU64,
-    sum: AtomicU64,
-}
-
-impl<const BASE: u64> Buckets<BASE> {
-    /// Records one observation.
-    pub fn observe(&self, value: u64) {
-        let units = value.div_ceil(BASE);
-        let index = if units <= 1 {
-            0
-        } else {
-            (u64::BITS - (units - 1).leading_zeros()) as usize
-        };
-        match self.counts.get(index) {
-            Some(count) => count.fetch_add(1, Ordering::Relaxed),
-            None => self.above.fetch_add(1, Ordering::Relaxed),
-        };
-        self.sum.fetch_add(value, Ordering::Relaxed);
-    }
-
-    /// The upper bound of bucket `i`.
-    pub fn bound(i: usize) -> u64 {
-        BASE << i
-    }
-
-    /// `(sum, count, observations per bucket by its upper bound)`, `+Inf` last: each
-    /// bucket's own count, not cumulative (prometheus-client's `encode_histogram`
-    /// accumulates them as it writes).
-    pub fn snapshot(&self) -> (u64, u64, Vec<(f64, u64)>) {
-        let mut total = 0;
-        let mut buckets = Vec::with_capacity(BUCKETS + 1);
-        for (i, count) in self.counts.iter().enumerate() {
-            let n = count.load(Ordering::Relaxed);
-            total += n;
-            buckets.push((Self::bound(i) as f64, n));
-        }
-        let above = self.above.load(Ordering::Relaxed);
-        buckets.push((f64::INFINITY, above));
-        (self.sum.load(Ordering::Relaxed), total + above, buckets)
     }
 }
 
@@ -514,7 +444,7 @@ fn finish_all(batch: Vec<Box<dyn Job>>, outcome: &Result<(), StoreError>) {
 
 #[cfg(test)]
 mod bucket_tests {
-    use super::Buckets;
+    use crate::backend::Buckets;
 
     #[test]
     fn observations_land_in_the_bucket_of_their_upper_bound() {

@@ -1,0 +1,442 @@
+//! The storage seam: what core's service layer asks of storage, as one trait,
+//! `Backend`, with an implementation per engine (`store/`: embedded redb, the default;
+//! `postgres/`: PostgreSQL, for several cores on one database). The model is quickwit's
+//! metastore: one trait, a file-backed and a database-backed implementation, chosen by one
+//! setting. No redb or SQL type crosses it: the values that do are in `types.rs` and
+//! `records.rs`, the one error in `error.rs`.
+//!
+//! Each method is one unit of work that commits (or fails) as a whole; those that change
+//! state write their audit row in the same transaction. Rules that must hold on every
+//! engine live above the seam and are handed the engine's transaction through two small
+//! traits: `MatchView` (the lookups matching makes, so that matching runs inside the
+//! acceptance transaction and sees exactly what was committed before it) and `AcceptTx`
+//! (the writes of an acceptance), driven by `accept::write`.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use nems_proto::v1 as pb;
+
+use crate::domain::patient::DemographicUpdate;
+use crate::matching::{self, MailboxMatch};
+
+mod error;
+pub(crate) mod keys;
+pub(crate) mod records;
+mod stats;
+pub(crate) mod types;
+
+pub use error::StoreError;
+pub use stats::{Buckets, WriterStats};
+
+pub(crate) use records::{MatchEntry, RefMeta, StoredSubscription};
+pub(crate) use types::*;
+
+/// Says whether a caller may delete a subscription (it owns it).
+pub(crate) type Allowed = Box<dyn Fn(&StoredSubscription) -> bool + Send>;
+
+/// What a create's write did.
+#[derive(Debug)]
+pub(crate) enum Created {
+    /// Stored (the record as written, stamped with the time of the write).
+    Stored(Box<StoredSubscription>),
+    /// A live identical subscription exists (its id); nothing written.
+    Duplicate(u128),
+    /// The owner's ASID is at its quota; nothing written.
+    OverQuota,
+}
+
+/// One change to the Spine directory.
+#[derive(Debug, Clone)]
+pub(crate) enum DirectoryChange {
+    /// Create or replace a system.
+    PutSystem(pb::SpineSystem),
+    /// Remove a system (by ASID).
+    DeleteSystem(String),
+    /// Create or replace a mailbox.
+    PutMailbox(pb::MeshMailbox),
+    /// Remove a mailbox (by id).
+    DeleteMailbox(String),
+}
+
+/// The store's totals for `OperatorService.GetStatus`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Totals {
+    /// Schema version in force.
+    pub(crate) schema_version: u64,
+    /// Live subscriptions.
+    pub(crate) subscriptions: u64,
+    /// Events accepted since the store was created.
+    pub(crate) events_accepted: u64,
+    /// Deliveries queued or in flight.
+    pub(crate) deliveries_pending: u64,
+    /// Generation in force of each reference data set.
+    pub(crate) reference_generations: Vec<u64>,
+    /// Patients in the demographics store.
+    pub(crate) patients: u64,
+}
+
+/// One retention pass's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Retention {
+    /// Now (Unix ms).
+    pub(crate) now: u64,
+    /// Settled ledger rows are kept this long.
+    pub(crate) ledger_ms: u64,
+    /// Dead letters keep their payloads this long.
+    pub(crate) dead_letter_ms: u64,
+    /// Retention index entries one pass reads at most.
+    pub(crate) batch: usize,
+    /// Audit rows older than this go.
+    pub(crate) audit_cutoff_ms: u64,
+    /// Refusal audit rows older than this go.
+    pub(crate) refusal_cutoff_ms: u64,
+    /// Audit rows one pass prunes at most, per table.
+    pub(crate) audit_limit: usize,
+}
+
+/// What a backend says about itself, for readiness and the metrics endpoint.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Gauges {
+    /// Per-mailbox counts by state.
+    pub(crate) mailboxes: Vec<pb::MailboxStats>,
+    /// Metadata of each reference data set, by set index.
+    pub(crate) refdata: Vec<RefMeta>,
+}
+
+/// The lookups matching makes, in whatever transaction the engine runs it: the
+/// acceptance transaction when an event is accepted (so that matching sees every
+/// subscription and demographics change committed before the event and none after), a
+/// read snapshot otherwise. The redb implementations never wait (their futures are ready
+/// at the first poll); PostgreSQL's run statements on the transaction's connection.
+#[allow(
+    async_fn_in_trait,
+    reason = "crate-private; implementations are used concretely, where Send is inferred"
+)]
+pub(crate) trait MatchView {
+    /// The demographics store's record of a patient.
+    async fn patient(&self, nhs: u64) -> Result<Option<pb::PatientRecord>, StoreError>;
+    /// A postcode (normalised) in the postcode set in force.
+    async fn postcode(&self, key: &str) -> Result<Option<pb::PostcodeRow>, StoreError>;
+    /// A practice in the practice set in force.
+    async fn practice(&self, code: &str) -> Result<Option<pb::PracticeRow>, StoreError>;
+    /// The codes the code map in force declares equivalent to `code`.
+    async fn equivalents(&self, code: &str) -> Result<Vec<String>, StoreError>;
+    /// The match entries of the explicit subscriptions for an NHS number, by id.
+    async fn explicit(&self, nhs: u64) -> Result<Vec<(u128, MatchEntry)>, StoreError>;
+    /// The match entries of the generic subscriptions under one index key
+    /// (`RULE/CODE/EVENT`), by id.
+    async fn generic(&self, key: &str) -> Result<Vec<(u128, MatchEntry)>, StoreError>;
+}
+
+/// The writes of an acceptance, in the engine's transaction (see `accept::write`).
+#[allow(
+    async_fn_in_trait,
+    reason = "crate-private; implementations are used concretely, where Send is inferred"
+)]
+pub(crate) trait AcceptTx: MatchView {
+    /// Writes the event, its payload and its deliveries.
+    async fn insert_event(&self, event: &NewEvent) -> Result<Accepted, StoreError>;
+    /// Applies a demographics update unless the store holds newer facts; true if written.
+    async fn apply_demographics(&self, update: &DemographicUpdate) -> Result<bool, StoreError>;
+    /// Appends an audit row.
+    async fn append_audit(&self, at_ms: u64, record: &pb::AuditRecord) -> Result<(), StoreError>;
+}
+
+/// Storage, as core's service layer sees it. Every method is one transaction.
+#[tonic::async_trait]
+pub(crate) trait Backend: Send + Sync + Debug {
+    /// The engine's name (`redb`, `postgres`), for logs and metrics.
+    fn engine(&self) -> &'static str;
+
+    // Health.
+
+    /// Why the store refuses work (a storage failure it is recovering from), if it does.
+    fn failure(&self) -> Option<String>;
+    /// Changes each time the store came back after a failure, so that state cached outside
+    /// it (queue heads, counts, the directory) can be reloaded.
+    fn reopened(&self) -> tokio::sync::watch::Receiver<u64>;
+    /// Write jobs waiting.
+    fn write_queue(&self) -> usize;
+    /// Commit statistics.
+    fn writer_stats(&self) -> Arc<WriterStats>;
+    /// Per-mailbox counts and reference data metadata as they stand, without waiting
+    /// (scraped by the metrics endpoint; empty if they cannot be read now).
+    fn gauges(&self) -> Gauges;
+    /// For the last handle to the store: what finishes its queued work and releases it
+    /// (blocking; run off the runtime). `None` while other handles remain.
+    fn closer(self: Arc<Self>) -> Option<Box<dyn FnOnce() + Send>>;
+
+    // Acceptance.
+
+    /// Accepts an event in one transaction (`accept::write` inside it); answered after
+    /// the commit. `shed`: a full write queue refuses with [`StoreError::Busy`] instead
+    /// of waiting.
+    async fn accept(
+        &self,
+        write: crate::accept::Write,
+        shed: bool,
+    ) -> Result<crate::accept::Written, StoreError>;
+    /// Matches an event against the subscriptions committed now, writing nothing (the
+    /// matching benchmark).
+    async fn preview_match(
+        &self,
+        event: matching::Event,
+    ) -> Result<(Vec<MailboxMatch>, bool), StoreError>;
+
+    // Subscriptions.
+
+    /// Creates a subscription unless its owner's ASID has `quota` already or a live
+    /// duplicate exists; stamps it with the time of the write, never before `not_before`.
+    async fn create_subscription(
+        &self,
+        id: u128,
+        record: StoredSubscription,
+        quota: u64,
+        not_before: u64,
+        audit: pb::AuditRecord,
+    ) -> Result<Created, StoreError>;
+    /// Inserts many subscriptions in one transaction (tools and benchmarks): how many
+    /// were new (duplicates are skipped).
+    async fn insert_subscriptions(
+        &self,
+        batch: Vec<(u128, StoredSubscription)>,
+    ) -> Result<usize, StoreError>;
+    /// A subscription by id (deleted ones included).
+    async fn subscription(&self, id: u128) -> Result<Option<StoredSubscription>, StoreError>;
+    /// Deletes a live subscription `allowed` accepts; false when there is none.
+    async fn delete_subscription(
+        &self,
+        id: u128,
+        now: u64,
+        allowed: Allowed,
+        audit: pb::AuditRecord,
+    ) -> Result<bool, StoreError>;
+    /// One page of subscriptions and the next page's token (empty at the end).
+    async fn list_subscriptions(
+        &self,
+        filter: ListFilter,
+        token: String,
+        size: usize,
+        include_deleted: bool,
+    ) -> Result<(Vec<(u128, StoredSubscription)>, String), StoreError>;
+    /// The store's totals.
+    async fn totals(&self) -> Result<Totals, StoreError>;
+
+    // The delivery ledger.
+
+    /// Leases up to `n` available deliveries of each picked mailbox until
+    /// `now + lease_ms`, within `budget`.
+    async fn lease(
+        &self,
+        picks: Vec<(String, u32)>,
+        now: u64,
+        lease_ms: u64,
+        budget: Budget,
+    ) -> Result<Leased, StoreError>;
+    /// Gives back `(delivery, attempt)` leases still held on that attempt; the
+    /// `(delivery, mailbox)` pairs given back.
+    async fn give_back(
+        &self,
+        held: Vec<(u64, u32)>,
+        now: u64,
+    ) -> Result<Vec<(u64, String)>, StoreError>;
+    /// Gives back every lease this core handed out before it started; how many.
+    async fn give_back_all(&self, now: u64) -> Result<usize, StoreError>;
+    /// Records an attempt's outcome; `None` for an unknown delivery.
+    async fn complete(
+        &self,
+        id: u64,
+        attempt: u32,
+        outcome: Outcome,
+        now: u64,
+    ) -> Result<Option<Completed>, StoreError>;
+    /// Dead-letters the delivery MESH reported undelivered (found by message or local
+    /// id): its id and whether this report dead-lettered it; `None` if unknown.
+    async fn report_undelivered(
+        &self,
+        mesh_message_id: String,
+        local_id: String,
+        code: String,
+        description: String,
+        now: u64,
+    ) -> Result<Option<(u64, bool)>, StoreError>;
+    /// Queues selected dead letters again (audited when any was).
+    async fn redrive(
+        &self,
+        selection: Selection,
+        now: u64,
+        audit: pb::AuditRecord,
+    ) -> Result<Redriven, StoreError>;
+    /// One page of ledger rows and the next page's token.
+    async fn list_deliveries(
+        &self,
+        query: Query,
+        token: String,
+        size: usize,
+    ) -> Result<(Vec<pb::DeliveryRecord>, String), StoreError>;
+    /// An event's ledger entry (and whether its payload is held) with its deliveries.
+    async fn event(
+        &self,
+        id: u128,
+    ) -> Result<Option<(pb::EventRecord, Vec<pb::DeliveryRecord>)>, StoreError>;
+    /// Per-mailbox counts by state (every mailbox when `mailbox` is empty).
+    async fn mailbox_stats(&self, mailbox: String) -> Result<Vec<pb::MailboxStats>, StoreError>;
+    /// Each mailbox with a queued delivery and when its first is available, and the
+    /// deliveries queued or in flight.
+    async fn queue(&self) -> Result<(Vec<(String, u64)>, u64), StoreError>;
+    /// One bounded retention pass over the ledger and the audit trail: what it did, and
+    /// audit rows pruned.
+    async fn sweep(&self, retention: Retention) -> Result<(Swept, usize), StoreError>;
+
+    // The directory.
+
+    /// Every system and mailbox.
+    async fn directory(&self) -> Result<(Vec<pb::SpineSystem>, Vec<pb::MeshMailbox>), StoreError>;
+    /// Applies changes in one transaction, with their audit row if given: for each, true
+    /// when it replaced or removed something.
+    async fn change_directory(
+        &self,
+        changes: Vec<DirectoryChange>,
+        audit: Option<pb::AuditRecord>,
+    ) -> Result<Vec<bool>, StoreError>;
+
+    // Reference data and demographics.
+
+    /// Starts an import of `set`: empties the slot it fills and returns it.
+    async fn refdata_begin(&self, set: usize) -> Result<u32, StoreError>;
+    /// Adds encoded rows to the slot being filled.
+    async fn refdata_insert(&self, set: usize, slot: u32, rows: Rows) -> Result<(), StoreError>;
+    /// Keys the filled slot would add, remove and change against the set in force.
+    async fn refdata_diff(&self, set: usize, slot: u32) -> Result<(u64, u64, u64), StoreError>;
+    /// Finishes an import (switching sets atomically when `guard` lets it through), with
+    /// its audit row unless it was a check (outcome `refused` or `forced` as it went).
+    async fn refdata_finish(
+        &self,
+        finish: RefdataFinish,
+        audit: pb::AuditRecord,
+    ) -> Result<Finished, StoreError>;
+    /// Looks a postcode or practice up in the sets in force, with the sub-ICB codes it
+    /// gives in every form known.
+    async fn lookup_area(
+        &self,
+        key: pb::lookup_area_request::Key,
+    ) -> Result<pb::LookupAreaResponse, StoreError>;
+    /// The demographics store's record of a patient.
+    async fn patient(&self, nhs: u64) -> Result<Option<pb::PatientRecord>, StoreError>;
+    /// Applies demographics updates in one transaction: how many were written (the rest
+    /// were older than what the store holds).
+    async fn apply_demographics(&self, updates: Vec<DemographicUpdate>) -> Result<u64, StoreError>;
+
+    // Audit.
+
+    /// Appends audit rows (reads) and aggregated refusal rows in one transaction.
+    async fn append_audit(
+        &self,
+        reads: Vec<pb::AuditRecord>,
+        refusals: Vec<pb::AuditRecord>,
+        at_ms: u64,
+    ) -> Result<(), StoreError>;
+    /// One page of the audit trail (both tables merged, oldest first).
+    async fn list_audit(
+        &self,
+        filter: AuditFilter,
+        token: String,
+        size: usize,
+    ) -> Result<(Vec<pb::AuditRecord>, String), StoreError>;
+}
+
+/// What finishing an import needs.
+#[derive(Debug, Clone)]
+pub(crate) struct RefdataFinish {
+    /// Data set index.
+    pub(crate) set: usize,
+    /// The slot filled.
+    pub(crate) slot: u32,
+    /// File format imported.
+    pub(crate) format: String,
+    /// Where the file came from.
+    pub(crate) source: String,
+    /// The checks the import is held to.
+    pub(crate) guard: Guard,
+}
+
+/// `codes` followed by their equivalents in the code map in force, each once.
+pub(crate) async fn with_equivalents(
+    view: &impl MatchView,
+    mut codes: Vec<String>,
+) -> Result<Vec<String>, StoreError> {
+    let mut i = 0;
+    while i < codes.len() {
+        for other in view.equivalents(&codes[i]).await? {
+            if !codes.contains(&other) {
+                codes.push(other);
+            }
+        }
+        i += 1;
+    }
+    Ok(codes)
+}
+
+/// `OperatorService.LookupArea` over any engine's view.
+pub(crate) async fn lookup_area(
+    view: &impl MatchView,
+    key: pb::lookup_area_request::Key,
+) -> Result<pb::LookupAreaResponse, StoreError> {
+    use pb::lookup_area_request::Key;
+    Ok(match key {
+        Key::Postcode(p) => {
+            let row = match crate::refdata::normalise_postcode(&p) {
+                Some(k) => view.postcode(&k).await?,
+                None => None,
+            };
+            let codes = row.as_ref().map_or_else(Vec::new, |r| r.sub_icb.clone());
+            pb::LookupAreaResponse {
+                found: row.is_some(),
+                sub_icb_codes: with_equivalents(view, codes).await?,
+                postcode: row,
+                practice: None,
+            }
+        }
+        Key::Practice(code) => {
+            let row = view.practice(&code.to_ascii_uppercase()).await?;
+            let codes = row
+                .as_ref()
+                .filter(|r| !r.parent_sub_icb.is_empty())
+                .map_or_else(Vec::new, |r| vec![r.parent_sub_icb.clone()]);
+            pb::LookupAreaResponse {
+                found: row.is_some(),
+                sub_icb_codes: with_equivalents(view, codes).await?,
+                postcode: None,
+                practice: row,
+            }
+        }
+    })
+}
+
+/// Sets an import's audit outcome from how it finished: `refused` when the set in force
+/// was kept, `forced` when it was replaced despite refusals.
+pub(crate) fn import_outcome(finished: &Finished, record: &mut pb::AuditRecord) {
+    if !finished.applied {
+        "refused".clone_into(&mut record.outcome);
+    } else if !finished.refusals.is_empty() {
+        "forced".clone_into(&mut record.outcome);
+    }
+}
+
+/// Runs a future that cannot wait to completion on the calling thread: the redb views
+/// answer synchronously, so code written once for every engine (matching, the acceptance
+/// body) runs inside redb's synchronous write closure this way. A future that does wait
+/// is a bug in the view; it is reported as a storage error rather than blocking.
+pub(crate) fn ready<T>(
+    future: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(out) => out,
+        std::task::Poll::Pending => Err(StoreError::Storage(
+            "a synchronous view waited (bug: redb views never wait)".into(),
+        )),
+    }
+}

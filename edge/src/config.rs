@@ -14,7 +14,9 @@ const MAX_HTTP2_STREAMS: u32 = 256;
 pub struct EdgeConfig {
     /// HTTP listen address. Env: `NEMS_EDGE_LISTEN`.
     pub listen: SocketAddr,
-    /// Core's gRPC service API URL. Env: `NEMS_CORE_URL`.
+    /// Core's gRPC service API URL; several cores on one PostgreSQL database: their URLs
+    /// separated by commas (calls move to the next when one stops answering).
+    /// Env: `NEMS_CORE_URL`.
     pub core_url: String,
     /// The public base URL (no trailing slash, without `/STU3`), used in `Location` and
     /// the CapabilityStatement. Env: `NEMS_BASE_URL`.
@@ -105,8 +107,16 @@ impl EdgeConfig {
         if self.service_asid.len() != 12 || !self.service_asid.bytes().all(|b| b.is_ascii_digit()) {
             return Err("edge.service_asid must be 12 digits".into());
         }
-        if !(self.core_url.starts_with("http://") || self.core_url.starts_with("https://")) {
-            return Err("edge.core_url must be an http:// or https:// URL".into());
+        let urls = crate::core_client::core_urls(&self.core_url);
+        if urls.is_empty()
+            || !urls
+                .iter()
+                .all(|u| u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(
+                "edge.core_url must be an http:// or https:// URL, or several separated by commas"
+                    .into(),
+            );
         }
         if !(self.base_url.starts_with("http://") || self.base_url.starts_with("https://"))
             || self.base_url.ends_with('/')
@@ -141,8 +151,8 @@ impl EdgeConfig {
         }
         if let Some(tls) = &self.core_tls {
             tls.check("edge.core_tls")?;
-            if !self.core_url.starts_with("https://") {
-                return Err("edge.core_tls needs an https:// edge.core_url".into());
+            if !urls.iter().all(|u| u.starts_with("https://")) {
+                return Err("edge.core_tls needs https:// core URLs in edge.core_url".into());
             }
         }
         if self.max_connections == 0 {

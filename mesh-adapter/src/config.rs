@@ -24,7 +24,9 @@ pub enum SinkKind {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdapterConfig {
-    /// Core's gRPC service API URL. Env: `NEMS_CORE_URL`.
+    /// Core's gRPC service API URL; several cores on one PostgreSQL database: their URLs
+    /// separated by commas (calls move to the next when one stops answering).
+    /// Env: `NEMS_CORE_URL`.
     pub core_url: String,
     /// This adapter's name in core's logs.
     pub consumer: String,
@@ -166,8 +168,13 @@ impl Default for AdapterConfig {
 impl AdapterConfig {
     /// Checks values serde cannot; the message names the key.
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.core_url.starts_with("http://") || self.core_url.starts_with("https://")) {
-            return Err("mesh_adapter.core_url must be an http:// or https:// URL".into());
+        let urls = crate::cores::core_urls(&self.core_url);
+        if urls.is_empty()
+            || !urls
+                .iter()
+                .all(|u| u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err("mesh_adapter.core_url must be an http:// or https:// URL, or several separated by commas".into());
         }
         if self.max_in_flight == 0 || self.max_in_flight_per_mailbox == 0 {
             return Err(
@@ -177,8 +184,11 @@ impl AdapterConfig {
         }
         if let Some(tls) = &self.core_tls {
             tls.check("mesh_adapter.core_tls")?;
-            if !self.core_url.starts_with("https://") {
-                return Err("mesh_adapter.core_tls needs an https:// mesh_adapter.core_url".into());
+            if !urls.iter().all(|u| u.starts_with("https://")) {
+                return Err(
+                    "mesh_adapter.core_tls needs https:// core URLs in mesh_adapter.core_url"
+                        .into(),
+                );
             }
         }
         if self.retry_initial > self.retry_max_delay {

@@ -19,10 +19,10 @@ use std::time::Duration;
 use nems_proto::v1 as pb;
 use nems_proto::v1::delivery_service_client::DeliveryServiceClient;
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
 
 pub mod circuit;
 pub mod config;
+pub mod cores;
 pub mod error;
 pub mod mesh;
 pub mod metrics;
@@ -42,22 +42,6 @@ pub enum AdapterError {
     /// The core channel could not be built.
     #[error("core channel: {0}")]
     Core(#[from] tonic::transport::Error),
-}
-
-fn core_channel(
-    url: &str,
-    tls: Option<tonic::transport::ClientTlsConfig>,
-) -> Result<Channel, tonic::transport::Error> {
-    let mut endpoint = Endpoint::from_shared(url.to_string())?;
-    if let Some(tls) = tls {
-        endpoint = endpoint.tls_config(tls)?;
-    }
-    Ok(endpoint
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
 }
 
 /// The circuit's probe: a MESH handshake, bounded by the connect timeout (at least 1 s, at
@@ -90,7 +74,7 @@ pub async fn run(
         ),
         None => None,
     };
-    let channel = core_channel(&config.core_url, tls)?;
+    let cores = Arc::new(cores::Cores::new(&config.core_url, tls)?);
     let mut settings = pump::PumpSettings {
         consumer: config.consumer.clone(),
         max_in_flight: config.max_in_flight,
@@ -127,7 +111,7 @@ pub async fn run(
             sink.prepare();
             let health = sink.health();
             nems_runtime::ops::set_check("folder", move || health.check());
-            tokio::join!(signal, pump::run(channel, sink, settings, stopped(stop_rx)));
+            tokio::join!(signal, pump::run(cores, sink, settings, stopped(stop_rx)));
             nems_runtime::ops::remove_check("folder");
         }
         SinkKind::Mesh => {
@@ -155,20 +139,28 @@ pub async fn run(
                 check.check(after)
             });
             let sink = Arc::new(sink::mesh::MeshSink::new(client.clone()));
-            let reporter = DeliveryServiceClient::new(channel.clone());
+            let reporter = cores.clone();
             let handler = move |report: reports::MeshReport| {
-                let mut reporter = reporter.clone();
+                let cores = reporter.clone();
                 async move {
-                    reporter
+                    let (at, channel) = cores.current();
+                    let answer = DeliveryServiceClient::new(channel)
                         .report_undelivered(pb::ReportUndeliveredRequest::from(report))
-                        .await
-                        .map(|_| ())
-                        .map_err(|s| format!("core refused the report: {:?}", s.code()))
+                        .await;
+                    match answer {
+                        Ok(_) => Ok(()),
+                        Err(s) => {
+                            if s.code() == tonic::Code::Unavailable {
+                                cores.failed(at);
+                            }
+                            Err(format!("core refused the report: {:?}", s.code()))
+                        }
+                    }
                 }
             };
             tokio::join!(
                 signal,
-                pump::run(channel, sink, settings, stopped(stop_rx.clone())),
+                pump::run(cores, sink, settings, stopped(stop_rx.clone())),
                 reports::run(
                     client,
                     config.mesh.report_poll_interval,

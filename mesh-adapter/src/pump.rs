@@ -7,11 +7,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::cores::Cores;
 use nems_proto::v1 as pb;
 use nems_proto::v1::delivery_service_client::DeliveryServiceClient;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
 
 use crate::circuit::{Circuit, Verdict};
 use crate::metrics::means_unreachable;
@@ -134,16 +134,21 @@ pub fn lease_shorter_than(d: &pb::Delivery, budget: Duration, now: SystemTime) -
 /// Reports an outcome, retrying while core is unreachable (a few times: if core stays
 /// away, the lease expires and the delivery is offered again, and the MESH sink's tracking
 /// check prevents a second copy).
-async fn complete(
-    client: &mut DeliveryServiceClient<Channel>,
-    report: pb::CompleteDeliveryRequest,
-) {
+async fn complete(cores: &Cores, report: pb::CompleteDeliveryRequest) {
     let mut delay = Duration::from_millis(200);
     for attempt in 1..=8 {
-        match client.complete_delivery(report.clone()).await {
+        let (at, channel) = cores.current();
+        match DeliveryServiceClient::new(channel)
+            .complete_delivery(report.clone())
+            .await
+        {
             Ok(_) => return,
             Err(status) if status.code() == tonic::Code::NotFound => return,
             Err(status) => {
+                // Another core of the same database records it as well.
+                if status.code() == tonic::Code::Unavailable && cores.failed(at) {
+                    continue;
+                }
                 tracing::warn!(delivery = report.delivery_id, attempt, code = ?status.code(), "reporting a delivery outcome failed");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));
@@ -187,7 +192,7 @@ async fn attempt<S: Sink>(
     delivery: pb::Delivery,
     settings: Arc<PumpSettings>,
     in_progress: InProgress,
-    mut client: DeliveryServiceClient<Channel>,
+    cores: Arc<Cores>,
 ) {
     let started = std::time::Instant::now();
     let outcome = sink.deliver(&delivery).await;
@@ -217,7 +222,7 @@ async fn attempt<S: Sink>(
         }
         outcome => to_report(&current, outcome, &settings.retry, SystemTime::now()),
     };
-    complete(&mut client, report).await;
+    complete(&cores, report).await;
 }
 
 /// Runs until `shutdown`: streams deliveries from core into `sink`.
@@ -225,7 +230,7 @@ async fn attempt<S: Sink>(
 /// While the destination's circuit is open the pump holds no stream (core gives its leases
 /// back at once) and reopens it as soon as the circuit closes.
 pub async fn run<S: Sink>(
-    channel: Channel,
+    cores: Arc<Cores>,
     sink: Arc<S>,
     settings: PumpSettings,
     shutdown: impl std::future::Future<Output = ()> + Send,
@@ -248,8 +253,9 @@ pub async fn run<S: Sink>(
             }
             backoff = Duration::from_millis(100);
         }
+        let (core, channel) = cores.current();
         let mut client =
-            DeliveryServiceClient::new(channel.clone()).max_decoding_message_size(64 * 1024 * 1024);
+            DeliveryServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
         let request = pb::StreamDeliveriesRequest {
             consumer: settings.consumer.clone(),
             max_in_flight: settings.max_in_flight,
@@ -267,6 +273,9 @@ pub async fn run<S: Sink>(
             }
             Err(status) => {
                 tracing::warn!(code = ?status.code(), "cannot open the delivery stream; retrying");
+                if status.code() == tonic::Code::Unavailable && cores.failed(core) {
+                    continue;
+                }
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
                     () = &mut shutdown => break 'connect,
@@ -313,8 +322,8 @@ pub async fn run<S: Sink>(
                             CIRCUIT_OPEN.to_owned(),
                             "the MESH endpoint's circuit is open".to_owned(),
                         );
-                        let mut client = client.clone();
-                        tasks.spawn(async move { complete(&mut client, report).await });
+                        let cores = cores.clone();
+                        tasks.spawn(async move { complete(&cores, report).await });
                         continue;
                     }
                     {
@@ -335,7 +344,7 @@ pub async fn run<S: Sink>(
                         delivery,
                         settings.clone(),
                         in_progress.clone(),
-                        client.clone(),
+                        cores.clone(),
                     ));
                 }
                 Ok(None) => {
@@ -344,6 +353,11 @@ pub async fn run<S: Sink>(
                 }
                 Err(status) => {
                     tracing::warn!(code = ?status.code(), "delivery stream broke; reconnecting");
+                    if status.code() == tonic::Code::Unavailable
+                        || status.code() == tonic::Code::Unknown
+                    {
+                        cores.failed(core);
+                    }
                     break;
                 }
             }

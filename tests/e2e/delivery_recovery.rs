@@ -617,9 +617,14 @@ async fn a_delivery_handed_out_again_while_its_attempt_runs_is_not_sent_twice() 
         attempt_budget: None,
         circuit: None,
     };
-    let pump = tokio::spawn(run(channel, sink.clone(), settings, async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    }));
+    let pump = tokio::spawn(run(
+        std::sync::Arc::new(nems_mesh_adapter::cores::Cores::one(channel)),
+        sink.clone(),
+        settings,
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        },
+    ));
     // Delivery 7's first attempt runs while its second hand-out is read; delivery 8 starts
     // after that (the pump reads its stream in order).
     tokio::time::timeout(WAIT, started.wait_for(|n| *n >= 2))

@@ -29,7 +29,7 @@ pub(crate) mod types;
 pub use error::StoreError;
 pub use stats::{Buckets, WriterStats};
 
-pub(crate) use records::{MatchEntry, RefMeta, StoredSubscription};
+pub(crate) use records::{MatchEntry, RefMeta, StoredPatient, StoredSubscription};
 pub(crate) use types::*;
 
 /// Says whether a caller may delete a subscription (it owns it).

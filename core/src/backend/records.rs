@@ -100,3 +100,85 @@ pub(crate) struct RefMeta {
     #[prost(uint64, tag = "7")]
     pub(crate) imported_ms: u64,
 }
+
+/// A stored patient: the record and when each group of facts last changed.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct StoredPatient {
+    /// The record (its `nhs_number` is the key and is left empty here).
+    #[prost(message, optional, tag = "1")]
+    pub(crate) record: Option<pb::PatientRecord>,
+    /// When the home and previous postcodes last changed.
+    #[prost(uint64, tag = "2")]
+    pub(crate) address_ms: u64,
+    /// When the registered practice last changed.
+    #[prost(uint64, tag = "3")]
+    pub(crate) gp_ms: u64,
+    /// When the S/I flag last changed.
+    #[prost(uint64, tag = "4")]
+    pub(crate) flag_ms: u64,
+    /// When death details last changed.
+    #[prost(uint64, tag = "5")]
+    pub(crate) death_ms: u64,
+    /// When birth details last changed.
+    #[prost(uint64, tag = "6")]
+    pub(crate) birth_ms: u64,
+}
+
+impl StoredPatient {
+    /// Applies an update fact by fact: each fact is taken only when it is at least as new
+    /// as what is held. True when anything changed.
+    pub(crate) fn merge(&mut self, u: &crate::domain::patient::DemographicUpdate) -> bool {
+        let mut changed = false;
+        let record = self.record.get_or_insert_with(Default::default);
+        if let Some((postcode, previous)) = &u.postcode
+            && u.at_ms >= self.address_ms
+        {
+            record.postcode.clone_from(postcode);
+            record.previous_postcode.clone_from(previous);
+            self.address_ms = u.at_ms;
+            changed = true;
+        }
+        if let Some(gp) = &u.gp_practice
+            && u.at_ms >= self.gp_ms
+        {
+            record.gp_practice.clone_from(gp);
+            self.gp_ms = u.at_ms;
+            changed = true;
+        }
+        if let Some(flag) = u.flag
+            && u.at_ms >= self.flag_ms
+        {
+            record.flag = flag.into();
+            self.flag_ms = u.at_ms;
+            changed = true;
+        }
+        if let Some(death) = &u.date_of_death
+            && u.at_ms >= self.death_ms
+        {
+            record.date_of_death.clone_from(death);
+            self.death_ms = u.at_ms;
+            changed = true;
+        }
+        if let Some(birth) = &u.birth_date
+            && u.at_ms >= self.birth_ms
+        {
+            record.birth_date.clone_from(birth);
+            self.birth_ms = u.at_ms;
+            changed = true;
+        }
+        if changed {
+            let newest = [
+                self.address_ms,
+                self.gp_ms,
+                self.flag_ms,
+                self.death_ms,
+                self.birth_ms,
+            ]
+            .into_iter()
+            .max()
+            .unwrap_or(0);
+            record.last_updated = crate::domain::datetime::format_instant_ms(newest);
+        }
+        changed
+    }
+}

@@ -88,9 +88,10 @@ pub(crate) async fn forward(
     }
     state
         .core
-        .events
-        .clone()
-        .publish_event(request)
+        .call(|mut core| {
+            let request = request.clone();
+            async move { core.events.publish_event(request).await }
+        })
         .await
         .map(tonic::Response::into_inner)
         .map_err(Refused::Core)

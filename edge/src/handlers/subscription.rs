@@ -76,9 +76,10 @@ async fn create_inner(
     };
     let created = state
         .core
-        .subscriptions
-        .clone()
-        .create_subscription(request)
+        .call(|mut core| {
+            let request = request.clone();
+            async move { core.subscriptions.create_subscription(request).await }
+        })
         .await
         .map_err(|s| EdgeError::from_core(&s, &ctx.request_id))?
         .into_inner();
@@ -131,9 +132,10 @@ pub async fn read(
         };
         let got = state
             .core
-            .subscriptions
-            .clone()
-            .get_subscription(request)
+            .call(|mut core| {
+                let request = request.clone();
+                async move { core.subscriptions.get_subscription(request).await }
+            })
             .await
             .map_err(|s| EdgeError::from_core(&s, &ctx.request_id))?
             .into_inner();
@@ -166,9 +168,10 @@ pub async fn delete(state: &AppState, headers: &HeaderMap, id: &str, ctx: &Ctx) 
         };
         state
             .core
-            .subscriptions
-            .clone()
-            .delete_subscription(request)
+            .call(|mut core| {
+                let request = request.clone();
+                async move { core.subscriptions.delete_subscription(request).await }
+            })
             .await
             .map_err(|s| EdgeError::from_core(&s, &ctx.request_id))?;
         tracing::info!(request_id = %ctx.request_id, subscription = %id, "subscription deleted");

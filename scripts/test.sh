@@ -26,6 +26,9 @@ tools/node_modules/.bin/buf format --diff --exit-code
 step "tests (includes the codegen drift check)"
 cargo nextest run --workspace --locked --no-fail-fast
 
+step "e2e tests on PostgreSQL (the backend matrix: every stack's core on a database of its own)"
+scripts/with-postgres.sh cargo nextest run -p nems-e2e --locked --no-fail-fast
+
 step "doc tests and rustdoc warnings"
 cargo test --workspace --doc --locked
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked

@@ -230,6 +230,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
         "the running command's ops endpoint (ops.listen, core_listen, edge_listen or adapter_listen; \"off\" disables)",
     ),
     ("NEMS_DATA_DIR", "core.data_dir"),
+    ("NEMS_DATABASE_URL", "core.database_url"),
     ("NEMS_DIRECTORY_FILE", "core.directory_file"),
     ("NEMS_CORE_LISTEN", "core.listen"),
     ("NEMS_CORE_OPERATOR_LISTEN", "core.operator_listen"),
@@ -378,6 +379,9 @@ impl NemsConfig {
         }
         if let Some(v) = get("NEMS_DATA_DIR") {
             self.core.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = get("NEMS_DATABASE_URL") {
+            self.core.database_url = Some(v);
         }
         if let Some(v) = get("NEMS_DIRECTORY_FILE") {
             self.core.directory_file = Some(PathBuf::from(v));

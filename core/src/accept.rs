@@ -56,9 +56,29 @@ pub(crate) struct Acceptance {
 /// What the acceptance transaction writes: an [`Acceptance`] as a backend receives it.
 #[derive(Debug)]
 pub(crate) struct Write {
-    event: NewEvent,
-    recipients: Recipients,
-    audit: pb::AuditRecord,
+    /// The event.
+    pub(crate) event: NewEvent,
+    /// Its recipients.
+    pub(crate) recipients: Recipients,
+    /// The audit row written with it.
+    pub(crate) audit: pb::AuditRecord,
+}
+
+impl Write {
+    /// The NHS number the event is about, when matched (an engine serialising
+    /// acceptances per patient locks it).
+    pub(crate) fn patient(&self) -> Option<u64> {
+        match &self.recipients {
+            Recipients::Matched { subject, .. } => subject.nhs,
+            Recipients::Given(_) => None,
+        }
+    }
+
+    /// The acceptance time on an engine whose writes are ordered by one writer: now, and
+    /// never before the time the caller planned.
+    pub(crate) fn time(&self) -> u64 {
+        now_ms().max(self.event.accepted_ms)
+    }
 }
 
 /// What was accepted.
@@ -88,16 +108,20 @@ fn deliveries(matches: &[MailboxMatch], suppressed: bool) -> Vec<NewDelivery> {
 }
 
 /// The acceptance transaction's body, run by the backend inside its transaction: stamps
-/// the event with the time of the write, matches it there (or takes the given
+/// the event with `accepted_ms` (the time of the write, as the engine orders writes: see
+/// [`Write::time`] for redb; PostgreSQL reads the database clock), matches it there (or takes the given
 /// recipients), writes the event, its deliveries, the demographics it carries and its
 /// audit row. Any error leaves the transaction to be rolled back.
-pub(crate) async fn write(tx: &impl AcceptTx, write: Write) -> Result<Written, StoreError> {
+pub(crate) async fn write(
+    tx: &impl AcceptTx,
+    write: Write,
+    accepted_ms: u64,
+) -> Result<Written, StoreError> {
     let Write {
         mut event,
         recipients,
         audit,
     } = write;
-    let accepted_ms = now_ms().max(event.accepted_ms);
     event.accepted_ms = accepted_ms;
     let (suppressed, matched, updates) = match recipients {
         Recipients::Matched {

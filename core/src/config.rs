@@ -36,6 +36,12 @@ pub struct CoreConfig {
     pub spine_ca_file: Option<PathBuf>,
     /// Folder holding the redb database. Env: `NEMS_DATA_DIR`.
     pub data_dir: PathBuf,
+    /// PostgreSQL database holding the store instead of redb under `data_dir`
+    /// (`postgres://user[:password]@host:port/database`): any number of cores may share one.
+    /// Env: `NEMS_DATABASE_URL`.
+    pub database_url: Option<String>,
+    /// Connections each core keeps to PostgreSQL.
+    pub database_pool: usize,
     /// Spine directory file applied at start-up (see `directory` module docs).
     /// Env: `NEMS_DIRECTORY_FILE`.
     pub directory_file: Option<PathBuf>,
@@ -161,6 +167,8 @@ impl Default for CoreConfig {
             clients: crate::trust::ClientRoles::default(),
             spine_ca_file: None,
             data_dir: PathBuf::from("nems-data"),
+            database_url: None,
+            database_pool: 32,
             directory_file: None,
             durable: true,
             two_phase_commit: true,
@@ -201,6 +209,18 @@ impl CoreConfig {
         }
         if self.cache_mib < 16 {
             return Err("core.cache_mib must be at least 16".into());
+        }
+        if let Some(url) = &self.database_url
+            && url.parse::<tokio_postgres::Config>().is_err()
+        {
+            // The parser's message could echo the password: name the key only.
+            return Err(
+                "core.database_url is not a PostgreSQL URL (postgres://user@host:port/database)"
+                    .into(),
+            );
+        }
+        if self.database_url.is_some() && self.database_pool == 0 {
+            return Err("core.database_pool must be at least 1".into());
         }
         if let Some(pds) = &self.pds {
             pds.validate()?;

@@ -19,7 +19,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::backend::{Backend, DirectoryChange, Retention, StoreError, Swept};
+use crate::backend::{Backend, DirectoryChange, Retention, StoreError, Swept, Wake};
 use crate::config::CoreConfig;
 use crate::directory::{Directory, DirectoryFile};
 use crate::domain::catalogue::Catalogue;
@@ -108,12 +108,26 @@ impl Core {
             cache_bytes: config.cache_mib.saturating_mul(1 << 20),
             reopen_min_free: config.reopen_min_free_mib.saturating_mul(1 << 20),
         };
-        let data_dir = config.data_dir.clone();
-        let store: Arc<dyn Backend> = Arc::new(
-            tokio::task::spawn_blocking(move || Store::open(&data_dir, options))
-                .await
-                .map_err(|e| CoreError::Config(format!("store open task failed: {e}")))??,
-        );
+        let store: Arc<dyn Backend> = match &config.database_url {
+            Some(url) => Arc::new(
+                crate::postgres::PgBackend::open(
+                    url,
+                    config.database_pool,
+                    config.durable,
+                    config.write_queue,
+                    &config.listen.to_string(),
+                )
+                .await?,
+            ),
+            None => {
+                let data_dir = config.data_dir.clone();
+                Arc::new(
+                    tokio::task::spawn_blocking(move || Store::open(&data_dir, options))
+                        .await
+                        .map_err(|e| CoreError::Config(format!("store open task failed: {e}")))??,
+                )
+            }
+        };
         if !config.durable {
             tracing::warn!(
                 "core.durable = false: commits are not fsynced; a crash may lose acknowledged events"
@@ -144,6 +158,16 @@ impl Core {
             state.dispatcher.available(mailbox, *at);
         }
         state.set_pending(pending);
+        // Deliveries other cores on the same store queue wake this core's dispatcher too,
+        // and the backlog is the whole store's.
+        let weak = Arc::downgrade(&state);
+        state.store.wake_ups(Arc::new(move |wake: Wake<'_>| {
+            let Some(state) = weak.upgrade() else { return };
+            match wake {
+                Wake::Available(mailbox, at) => state.dispatcher.available(mailbox, at),
+                Wake::Pending(n) => state.set_pending(n),
+            }
+        }));
         crate::metrics::attach(&state);
         tracing::info!(pending, mailboxes = heads.len(), "delivery queue restored");
         let (systems, mailboxes) = state.directory().len();

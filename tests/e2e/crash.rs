@@ -35,7 +35,12 @@ struct CoreChild {
 
 impl CoreChild {
     async fn start(data_dir: &std::path::Path, directory: &std::path::Path) -> Self {
-        let mut process = Command::new(env!("CARGO_BIN_EXE_nems-test-core"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_nems-test-core"));
+        // The backend matrix: the same database for every restart on this data directory.
+        if let Some(url) = nems_e2e::postgres::test_database(data_dir).await {
+            command.env("NEMS_DATABASE_URL", url);
+        }
+        let mut process = command
             .arg(data_dir)
             .arg(directory)
             .env("RUST_LOG", "warn")

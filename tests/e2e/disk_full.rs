@@ -148,6 +148,10 @@ async fn ready(ops: &HttpClient) -> Result<(), String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_is_refused_with_503_and_recovers_by_itself_when_space_returns() {
+    // About redb's file on a full filesystem: nothing of it applies to a PostgreSQL store.
+    if nems_e2e::postgres::matrix("a_full_disk_is_refused_with_503") {
+        return;
+    }
     let Some(tmpfs) = Tmpfs::mount(TMPFS_MIB) else {
         return;
     };

@@ -16,6 +16,8 @@ mod generic_pds_lookup;
 mod generic_refdata;
 mod generic_rules;
 mod generic_support;
+mod ha_postgres;
+mod ha_standby;
 
 mod delivery_bench;
 mod delivery_faults;

@@ -42,13 +42,16 @@ async fn cores_starting_together_migrate_a_new_database_once() {
         [
             "nems_audit",
             "nems_audit_refused",
+            "nems_counters",
             "nems_deliveries",
             "nems_events",
             "nems_mailboxes",
+            "nems_match_nhs",
+            "nems_match_rule",
             "nems_patients",
             "nems_payloads",
+            "nems_ref_meta",
             "nems_ref_rows",
-            "nems_ref_sets",
             "nems_schema_migrations",
             "nems_subscription_counts",
             "nems_subscriptions",
@@ -102,18 +105,18 @@ async fn the_schema_keeps_one_delivery_per_event_and_mailbox() {
     migrate(&mut client).await.unwrap();
     let seq: i64 = client
         .query_one(
-            "INSERT INTO nems_events (event_id, event_code, message_event_type, publisher_asid, workflow_id, accepted_ms, payload_bytes, deliveries, matched_subscriptions)
-             VALUES (gen_random_uuid(), 'vaccinations-1', 'new', '200000000111', 'VACCINATIONS_1', 1, 10, 1, 1)
+            "INSERT INTO nems_events (event_id, accepted_ms, no_deliveries, record)
+             VALUES (gen_random_uuid(), 1, false, '')
              RETURNING seq",
             &[],
         )
         .await
         .unwrap()
         .get(0);
-    let insert = "INSERT INTO nems_deliveries (event_seq, mailbox, local_id, partner_id, subscription_ids, state, available_ms, retry_window_ms, updated_ms)
-                  VALUES ($1, 'RR8MBX01', $2, '', '{}', 1, 1, 1, 1)";
-    client.execute(insert, &[&seq, &"e-0"]).await.unwrap();
-    let second = client.execute(insert, &[&seq, &"e-1"]).await.unwrap_err();
+    let insert = "INSERT INTO nems_deliveries (event_seq, idx, mailbox, state, event_code, last_error_code, record)
+                  VALUES ($1, $2, 'RR8MBX01', 1, 'vaccinations-1', '', '')";
+    client.execute(insert, &[&seq, &0i32]).await.unwrap();
+    let second = client.execute(insert, &[&seq, &1i32]).await.unwrap_err();
     assert_eq!(
         second.code(),
         Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION),

@@ -71,7 +71,7 @@ impl PgCluster {
     /// `spawn_blocking` in async tests.
     pub fn start(test: &str) -> Option<PgCluster> {
         let Some(bin) = bin_dir() else {
-            crate::tools::missing_tool(
+            super::tools::missing_tool(
                 test,
                 "PostgreSQL's server binaries are missing (apt-get install postgresql, or set NEMS_PG_BIN)",
             );
@@ -138,6 +138,83 @@ impl PgCluster {
             "{test}: the PostgreSQL server did not start; its log:\n{}",
             std::fs::read_to_string(cluster.log_file()).unwrap_or_default()
         );
+    }
+
+    /// A streaming standby of this cluster (`pg_basebackup -R`), started on a port of its
+    /// own; with `synchronous`, the primary then waits for it at every commit
+    /// (`synchronous_standby_names = '*'`). Blocking, like [`PgCluster::start`].
+    pub fn standby(&self, synchronous: bool) -> PgCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("nems-pg-standby-")
+            .tempdir()
+            .expect("a temporary folder");
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
+                .expect("give the standby folder to postgres");
+        }
+        let mut standby = PgCluster {
+            port: 0,
+            bin: self.bin.clone(),
+            data: dir.path().join("data"),
+            owner: self.owner,
+            _dir: dir,
+        };
+        let data = standby.data.to_string_lossy().into_owned();
+        let port = self.port.to_string();
+        standby.run(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "nems",
+                "-D",
+                &data,
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+            ],
+        );
+        let free = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let options = format!(
+            "-p {free} -k {} -c listen_addresses=127.0.0.1 -c fsync=on",
+            standby.socket_dir()
+        );
+        let log = standby.log_file();
+        standby.run(
+            "pg_ctl",
+            &[
+                "-D", &data, "-l", &log, "-w", "-t", "60", "-o", &options, "start",
+            ],
+        );
+        standby.port = free;
+        if synchronous {
+            let primary = self.data.to_string_lossy().into_owned();
+            let conf = self.data.join("postgresql.auto.conf");
+            let mut text = std::fs::read_to_string(&conf).unwrap_or_default();
+            text.push_str("synchronous_standby_names = '*'\n");
+            std::fs::write(&conf, text).expect("write postgresql.auto.conf");
+            self.run("pg_ctl", &["-D", &primary, "reload"]);
+        }
+        standby
+    }
+
+    /// Stops the server at once (`-m immediate`: as if its host died).
+    pub fn kill(&self) {
+        let data = self.data.to_string_lossy().into_owned();
+        self.run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]);
+    }
+
+    /// Promotes a standby to primary and waits until it accepts writes.
+    pub fn promote(&self) {
+        let data = self.data.to_string_lossy().into_owned();
+        self.run("pg_ctl", &["-D", &data, "-w", "promote"]);
     }
 
     /// A `postgres://` URL for `database` (`postgres` always exists).
@@ -224,4 +301,59 @@ impl Drop for PgCluster {
         // Immediate: nothing of a throwaway cluster needs a clean shutdown.
         let _ = self.try_run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]);
     }
+}
+
+/// True (after a skip notice naming `test`) when the backend matrix runs stacks on
+/// PostgreSQL: for the tests about redb's own file.
+pub fn matrix(test: &str) -> bool {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "test harness reads its own settings"
+    )]
+    let on = std::env::var_os("NEMS_TEST_DATABASE_URL").is_some();
+    if on {
+        #[allow(clippy::print_stderr, reason = "a skip notice is the point")]
+        {
+            eprintln!("skipping {test}: it is about the redb store, and this run is on PostgreSQL");
+        }
+    }
+    on
+}
+
+/// The backend matrix: under `NEMS_TEST_DATABASE_URL` (a cluster's base URL,
+/// `postgres://user@host:port`, set by `scripts/with-postgres.sh`), the database of the
+/// stack whose data directory is `data_dir`, created on first use (a restart with the
+/// same directory finds the same database); `None` runs the stack on redb.
+pub async fn test_database(data_dir: &Path) -> Option<String> {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "test harness reads its own settings"
+    )]
+    let base = std::env::var("NEMS_TEST_DATABASE_URL").ok()?;
+    let base = base.trim_end_matches('/').to_string();
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    data_dir.hash(&mut hasher);
+    let name = format!("nems_{:016x}", hasher.finish());
+    let (client, connection) =
+        tokio_postgres::connect(&format!("{base}/postgres"), tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("connect to NEMS_TEST_DATABASE_URL: {e}"));
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .unwrap_or_else(|e| panic!("list databases: {e}"))
+        .is_some();
+    if !exists {
+        client
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .unwrap_or_else(|e| panic!("create database {name}: {e}"));
+    }
+    drop(client);
+    let _ = driver.await;
+    Some(format!("{base}/{name}"))
 }

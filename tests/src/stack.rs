@@ -320,6 +320,9 @@ impl TestStackBuilder {
             directory_file: Some(directory_file),
             ..Default::default()
         };
+        if let Some(url) = crate::postgres::test_database(&data_dir).await {
+            core_config.database_url = Some(url);
+        }
         (self.core)(&mut core_config);
         let service = TcpListener::bind(core_config.listen)
             .await

@@ -36,6 +36,10 @@ pub enum StoreError {
         /// Newest version this build knows.
         supported: u64,
     },
+    /// The database cannot be reached or stopped answering (PostgreSQL: connection
+    /// refused or lost, a failover in progress, a standby that is read-only): retryable.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     /// The write queue is full (shed load).
     #[error("store busy")]
     Busy,

@@ -32,8 +32,20 @@ pub use stats::{Buckets, WriterStats};
 pub(crate) use records::{MatchEntry, RefMeta, StoredPatient, StoredSubscription};
 pub(crate) use types::*;
 
+/// What a store shared by several cores tells each of them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Wake<'a> {
+    /// A mailbox has a delivery available at this time (queued by any core).
+    Available(&'a str, u64),
+    /// Deliveries queued or in flight in the whole store (all cores), as read now.
+    Pending(u64),
+}
+
+/// Told what other cores did to the queue.
+pub(crate) type WakeSink = Arc<dyn Fn(Wake<'_>) + Send + Sync>;
+
 /// Says whether a caller may delete a subscription (it owns it).
-pub(crate) type Allowed = Box<dyn Fn(&StoredSubscription) -> bool + Send>;
+pub(crate) type Allowed = Box<dyn Fn(&StoredSubscription) -> bool + Send + Sync>;
 
 /// What a create's write did.
 #[derive(Debug)]
@@ -163,6 +175,12 @@ pub(crate) trait Backend: Send + Sync + Debug {
     /// Per-mailbox counts and reference data metadata as they stand, without waiting
     /// (scraped by the metrics endpoint; empty if they cannot be read now).
     fn gauges(&self) -> Gauges;
+    /// Starts telling `sink` about deliveries that other cores on the same store queued,
+    /// and the store's backlog: nothing for an engine only one core uses (redb), whose own
+    /// acceptances already wake the dispatcher and count the backlog.
+    fn wake_ups(&self, sink: WakeSink) {
+        let _ = sink;
+    }
     /// For the last handle to the store: what finishes its queued work and releases it
     /// (blocking; run off the runtime). `None` while other handles remain.
     fn closer(self: Arc<Self>) -> Option<Box<dyn FnOnce() + Send>>;

@@ -7,8 +7,8 @@ use std::time::Duration;
 use nems_proto::spine::{self, SpineCode};
 use tonic::Status;
 
+use crate::backend::StoreError;
 use crate::domain::Rejection;
-use crate::store::StoreError;
 
 /// `Retry-After` of a refusal while the store is failed (it reopens by itself once the
 /// disk has room again; see `store/writer.rs`).
@@ -102,6 +102,13 @@ impl From<Fault> for Status {
                     spine::unavailable(
                         "the store is unavailable (storage failure); retry later",
                         STORE_FAILED_RETRY,
+                    )
+                }
+                StoreError::Unavailable(_) => {
+                    crate::metrics::metrics().store_refusals.inc();
+                    spine::unavailable(
+                        "the database is unavailable; retry shortly",
+                        Duration::from_secs(1),
                     )
                 }
                 StoreError::Closed => {

@@ -138,7 +138,10 @@ impl Backend for Store {
     }
 
     async fn accept(&self, write: Write, shed: bool) -> Result<Written, StoreError> {
-        let job = move |tx: &WriteTransaction| ready(crate::accept::write(&View(tx), write));
+        let job = move |tx: &WriteTransaction| {
+            let at = write.time();
+            ready(crate::accept::write(&View(tx), write, at))
+        };
         if shed {
             self.writer().try_write(job).await
         } else {

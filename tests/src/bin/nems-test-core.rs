@@ -2,7 +2,8 @@
 //! [SERVICE_ADDR]`. Binds the service listener on `SERVICE_ADDR` (default `127.0.0.1:0`;
 //! a fixed one lets adapters reconnect to a restarted core) and the operator listener on
 //! `127.0.0.1:0`, prints one line `READY <service addr> <operator addr>` on stdout, and
-//! serves until killed.
+//! serves until killed. With `NEMS_DATABASE_URL` set, the store is that PostgreSQL database
+//! instead of redb under `DATA_DIR`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -31,6 +32,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         listen: loopback,
         operator_listen: loopback,
         data_dir,
+        #[allow(clippy::disallowed_methods, reason = "the child's one setting")]
+        database_url: std::env::var("NEMS_DATABASE_URL").ok(),
         directory_file: Some(directory),
         ..Default::default()
     };

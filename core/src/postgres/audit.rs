@@ -1,0 +1,181 @@
+//! The audit trail and the Spine directory on PostgreSQL.
+
+use nems_proto::v1 as pb;
+use prost::Message;
+use tokio_postgres::GenericClient;
+
+use super::error::{decode, pg};
+use crate::backend::keys::timestamp;
+use crate::backend::{AuditFilter, DirectoryChange, StoreError};
+
+/// Appends audit rows (`refused`: to the aggregated refusals).
+pub(crate) async fn append(
+    c: &impl GenericClient,
+    at_ms: u64,
+    records: &[pb::AuditRecord],
+    refused: bool,
+) -> Result<(), StoreError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let sql = if refused {
+        "INSERT INTO nems_audit_refused (at_ms, asid, action, resource_id, record)
+         SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::bytea[])"
+    } else {
+        "INSERT INTO nems_audit (at_ms, asid, action, resource_id, record)
+         SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::bytea[])"
+    };
+    let asids: Vec<&str> = records.iter().map(|r| r.asid.as_str()).collect();
+    let actions: Vec<&str> = records.iter().map(|r| r.action.as_str()).collect();
+    let ids: Vec<&str> = records.iter().map(|r| r.resource_id.as_str()).collect();
+    let bodies: Vec<Vec<u8>> = records.iter().map(Message::encode_to_vec).collect();
+    c.execute(sql, &[&(at_ms as i64), &asids, &actions, &ids, &bodies])
+        .await
+        .map_err(pg)?;
+    Ok(())
+}
+
+/// One page of both tables merged, oldest first; the token is `ms:seq` of the last record.
+pub(crate) async fn list(
+    c: &impl GenericClient,
+    filter: &AuditFilter,
+    token: &str,
+    size: usize,
+) -> Result<(Vec<pb::AuditRecord>, String), StoreError> {
+    let bad = || StoreError::Corrupt("bad page token".into());
+    let (ms, seq): (i64, i64) = match token.split_once(':') {
+        Some((ms, seq)) => (
+            ms.parse().map_err(|_| bad())?,
+            seq.parse().map_err(|_| bad())?,
+        ),
+        None => (filter.since_ms as i64, -1),
+    };
+    let until = if filter.until_ms == 0 {
+        i64::MAX
+    } else {
+        filter.until_ms as i64
+    };
+    let rows = c
+        .query(
+            "SELECT at_ms, seq, record FROM (
+                 SELECT at_ms, seq, asid, action, resource_id, record FROM nems_audit
+                 UNION ALL
+                 SELECT at_ms, seq, asid, action, resource_id, record FROM nems_audit_refused
+             ) a
+             WHERE (at_ms, seq) > ($1, $2) AND at_ms < $3
+               AND ($4 = '' OR asid = $4) AND ($5 = '' OR action = $5)
+               AND ($6 = '' OR resource_id = $6)
+             ORDER BY at_ms, seq LIMIT $7",
+            &[
+                &ms,
+                &seq,
+                &until,
+                &filter.asid,
+                &filter.action,
+                &filter.resource_id,
+                &(size as i64),
+            ],
+        )
+        .await
+        .map_err(pg)?;
+    let mut out = Vec::with_capacity(rows.len());
+    let mut last = String::new();
+    for row in &rows {
+        let (at, seq): (i64, i64) = (row.get(0), row.get(1));
+        let mut record = pb::AuditRecord::decode(row.get::<_, &[u8]>(2)).map_err(decode)?;
+        record.at = Some(timestamp(at as u64));
+        out.push(record);
+        last = format!("{at}:{seq}");
+    }
+    let next = if out.len() >= size {
+        last
+    } else {
+        String::new()
+    };
+    Ok((out, next))
+}
+
+/// Deletes at most `limit` rows older than `before_ms` from one table; how many.
+pub(crate) async fn prune(
+    c: &impl GenericClient,
+    refused: bool,
+    before_ms: u64,
+    limit: usize,
+) -> Result<usize, StoreError> {
+    let sql = if refused {
+        "DELETE FROM nems_audit_refused WHERE seq IN (
+             SELECT seq FROM nems_audit_refused WHERE at_ms < $1 ORDER BY at_ms, seq LIMIT $2)"
+    } else {
+        "DELETE FROM nems_audit WHERE seq IN (
+             SELECT seq FROM nems_audit WHERE at_ms < $1 ORDER BY at_ms, seq LIMIT $2)"
+    };
+    let n = c
+        .execute(sql, &[&(before_ms as i64), &(limit as i64)])
+        .await
+        .map_err(pg)?;
+    Ok(n as usize)
+}
+
+/// Every system and mailbox.
+pub(crate) async fn directory(
+    c: &impl GenericClient,
+) -> Result<(Vec<pb::SpineSystem>, Vec<pb::MeshMailbox>), StoreError> {
+    let systems = c
+        .query("SELECT record FROM nems_systems ORDER BY asid", &[])
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(|r| pb::SpineSystem::decode(r.get::<_, &[u8]>(0)).map_err(decode))
+        .collect::<Result<_, _>>()?;
+    let mailboxes = c
+        .query("SELECT record FROM nems_mailboxes ORDER BY mailbox_id", &[])
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(|r| pb::MeshMailbox::decode(r.get::<_, &[u8]>(0)).map_err(decode))
+        .collect::<Result<_, _>>()?;
+    Ok((systems, mailboxes))
+}
+
+/// Applies one directory change; true when it replaced or removed something.
+pub(crate) async fn change(
+    c: &impl GenericClient,
+    change: &DirectoryChange,
+) -> Result<bool, StoreError> {
+    let n = match change {
+        DirectoryChange::PutSystem(s) => {
+            // xmax is 0 for a row this statement inserted, not for one it updated.
+            let row = c
+                .query_one(
+                    "INSERT INTO nems_systems (asid, record) VALUES ($1, $2)
+                     ON CONFLICT (asid) DO UPDATE SET record = EXCLUDED.record
+                     RETURNING (xmax <> 0)",
+                    &[&s.asid, &s.encode_to_vec()],
+                )
+                .await
+                .map_err(pg)?;
+            return Ok(row.get(0));
+        }
+        DirectoryChange::PutMailbox(m) => {
+            let row = c
+                .query_one(
+                    "INSERT INTO nems_mailboxes (mailbox_id, record) VALUES ($1, $2)
+                     ON CONFLICT (mailbox_id) DO UPDATE SET record = EXCLUDED.record
+                     RETURNING (xmax <> 0)",
+                    &[&m.mailbox_id, &m.encode_to_vec()],
+                )
+                .await
+                .map_err(pg)?;
+            return Ok(row.get(0));
+        }
+        DirectoryChange::DeleteSystem(asid) => c
+            .execute("DELETE FROM nems_systems WHERE asid = $1", &[asid])
+            .await
+            .map_err(pg)?,
+        DirectoryChange::DeleteMailbox(id) => c
+            .execute("DELETE FROM nems_mailboxes WHERE mailbox_id = $1", &[id])
+            .await
+            .map_err(pg)?,
+    };
+    Ok(n > 0)
+}

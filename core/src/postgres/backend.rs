@@ -1,0 +1,705 @@
+//! [`PgBackend`]: the seam's `Backend` on PostgreSQL. Every method is one transaction on
+//! a pooled connection, committed with `synchronous_commit` on (unless `core.durable` is
+//! false), so a caller is answered only after PostgreSQL's commit returned.
+//!
+//! # What orders an acceptance against subscription creates
+//! Transactions run at READ COMMITTED: each statement sees what was committed before it
+//! began. An acceptance takes, before its first matching statement, the exclusive
+//! `ORDER_LOCK` for an instant and reads the database clock while holding it: that is
+//! its acceptance time. A create holds the same lock shared from before it reads the
+//! database clock for its `created_ms` until its commit ends. So a subscription stamped
+//! at or before an event's acceptance time finished committing before the event's
+//! matching statements began, and they see it; one stamped after is filtered out by its
+//! creation time even if visible. Matching therefore sees exactly the subscriptions
+//! created before the event's acceptance time, as on redb, whichever cores ran them. One
+//! clock (the database's) stamps both, so the cores' clocks do not matter.
+//!
+//! Acceptances of one patient take an advisory lock on the NHS number for their whole
+//! transaction: the second sees the first's demographics, as in redb's single writer.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use nems_proto::v1 as pb;
+
+use super::error::{pg, pool};
+use super::view::{Pg, ref_meta, stored_patient};
+use super::{ORDER_LOCK, audit, ledger, refdata, subscriptions};
+use crate::accept::{Write, Written};
+use crate::backend::{
+    Allowed, AuditFilter, Backend, Budget, Completed, Created, DirectoryChange, Finished, Gauges,
+    Leased, ListFilter, Outcome, Query, Redriven, RefdataFinish, Retention, Rows, SET_NAMES,
+    Selection, StoreError, StoredSubscription, Swept, Totals, Wake, WakeSink, WriterStats,
+    import_outcome,
+};
+use crate::domain::patient::DemographicUpdate;
+use crate::matching::{self, MailboxMatch};
+
+/// How often the health task checks the database and refreshes the scraped gauges.
+const HEALTH_TICK: Duration = Duration::from_secs(1);
+/// How often the queue heads are read for other cores' deliveries, whatever `NOTIFY`
+/// said (a missed notification is found by then).
+const QUEUE_POLL: Duration = Duration::from_secs(2);
+/// The channel acceptances and redrives notify: `at<TAB>mailbox<TAB>mailbox…`.
+const CHANNEL: &str = "nems_queue";
+
+/// The PostgreSQL engine.
+pub(crate) struct PgBackend {
+    pool: Pool,
+    config: tokio_postgres::Config,
+    /// This core's name on the leases it hands out (stable across its restarts).
+    instance: String,
+    /// Waiting for a connection beyond this many sheds publishes.
+    max_waiting: usize,
+    stats: Arc<WriterStats>,
+    state: Arc<Health>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for PgBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgBackend")
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the health task keeps.
+#[derive(Default)]
+struct Health {
+    failure: Mutex<Option<String>>,
+    gauges: Mutex<Gauges>,
+    reopened: tokio::sync::watch::Sender<u64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// This host's name (for lease ownership).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+impl PgBackend {
+    /// Connects to `url`, migrates the schema (or refuses a newer one) and starts the
+    /// health task. `identity` names this core on its leases (its listen address).
+    pub(crate) async fn open(
+        url: &str,
+        pool_size: usize,
+        durable: bool,
+        max_waiting: usize,
+        identity: &str,
+    ) -> Result<PgBackend, StoreError> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|_| {
+            StoreError::Database("core.database_url is not a PostgreSQL URL".into())
+        })?;
+        config.application_name("nems-core");
+        if !durable {
+            config.options("-c synchronous_commit=off");
+        }
+        let (mut client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(pg)?;
+        let conn_task = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let migrated = super::migrate(&mut client).await.map_err(|e| match e {
+            super::SchemaError::Database(e) => pg(e),
+            other => StoreError::Database(other.to_string()),
+        })?;
+        drop(client);
+        let _ = conn_task.await;
+        tracing::info!(schema = migrated.version, applied = ?migrated.applied, "PostgreSQL schema checked");
+        let manager = Manager::from_config(
+            config.clone(),
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Database(format!("connection pool: {e}")))?;
+        let state = Arc::new(Health::default());
+        let backend = PgBackend {
+            pool: pool.clone(),
+            config,
+            instance: format!("{}/{identity}", hostname()),
+            max_waiting,
+            stats: Arc::new(WriterStats::default()),
+            state: state.clone(),
+            tasks: Mutex::new(Vec::new()),
+        };
+        refresh(&pool, &state).await;
+        let task = tokio::spawn(health_loop(pool, Arc::downgrade(&state)));
+        lock(&backend.tasks).push(task);
+        Ok(backend)
+    }
+
+    async fn conn(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(pool)
+    }
+
+    /// Records a commit's duration (the seam's writer statistics).
+    fn committed(&self, started: Instant) {
+        let micros = started.elapsed().as_micros() as u64;
+        use std::sync::atomic::Ordering::Relaxed;
+        self.stats.commits.fetch_add(1, Relaxed);
+        self.stats.jobs.fetch_add(1, Relaxed);
+        self.stats.max_batch.fetch_max(1, Relaxed);
+        self.stats.commit_micros.fetch_add(micros, Relaxed);
+        self.stats.commit_latency.observe(micros);
+        self.stats.batch_sizes.observe(1);
+    }
+}
+
+/// Reads what the metrics endpoint scrapes and checks the database; a failure is kept
+/// for readiness, and its end counts as a reopening (cores reload their caches).
+async fn refresh(pool: &Pool, health: &Health) {
+    let read = async {
+        let c = pool.get().await.map_err(pool_error)?;
+        let mailboxes = ledger::stats(&c, "").await?;
+        let mut refdata = Vec::with_capacity(SET_NAMES.len());
+        for set in 0..SET_NAMES.len() {
+            refdata.push(ref_meta(&**c, set).await?);
+        }
+        Ok::<_, StoreError>(Gauges { mailboxes, refdata })
+    };
+    match read.await {
+        Ok(gauges) => {
+            *lock(&health.gauges) = gauges;
+            let was_failed = lock(&health.failure).take().is_some();
+            if was_failed {
+                tracing::info!("the database answers again");
+                health.reopened.send_modify(|n| *n += 1);
+            }
+        }
+        Err(e) => {
+            let mut failure = lock(&health.failure);
+            if failure.is_none() {
+                tracing::error!(error = %e, "the database does not answer");
+            }
+            *failure = Some(e.to_string());
+        }
+    }
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    pool(e)
+}
+
+async fn health_loop(pool: Pool, health: std::sync::Weak<Health>) {
+    loop {
+        tokio::time::sleep(HEALTH_TICK).await;
+        let Some(health) = health.upgrade() else {
+            return;
+        };
+        refresh(&pool, &health).await;
+    }
+}
+
+/// Tells `sink` of a notification's mailboxes.
+fn wake(sink: &WakeSink, payload: &str) {
+    let mut parts = payload.split('\t');
+    let Some(at) = parts.next().and_then(|t| t.parse::<u64>().ok()) else {
+        return;
+    };
+    for mailbox in parts.filter(|m| !m.is_empty()) {
+        sink(Wake::Available(mailbox, at));
+    }
+}
+
+/// Listens on `CHANNEL` on a connection of its own, reconnecting after a failure.
+async fn listen_loop(config: tokio_postgres::Config, sink: WakeSink) {
+    loop {
+        match config.connect(tokio_postgres::NoTls).await {
+            Ok((client, mut connection)) => {
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                let driver = tokio::spawn(async move {
+                    loop {
+                        let message = std::future::poll_fn(|cx| connection.poll_message(cx)).await;
+                        match message {
+                            Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                                if tx.send(n.payload().to_string()).is_err() {
+                                    return;
+                                }
+                            }
+                            Some(Ok(_)) => {}
+                            Some(Err(_)) | None => return,
+                        }
+                    }
+                });
+                if client
+                    .batch_execute(&format!("LISTEN {CHANNEL}"))
+                    .await
+                    .is_ok()
+                {
+                    while let Some(payload) = rx.recv().await {
+                        wake(&sink, &payload);
+                    }
+                }
+                driver.abort();
+                tracing::warn!("the queue notification connection closed; reconnecting");
+            }
+            Err(e) => {
+                tracing::warn!(error = %pg(e), "cannot listen for queue notifications; retrying");
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Reads the queue heads every `QUEUE_POLL` (the fallback for missed notifications).
+async fn poll_loop(pool: Pool, sink: WakeSink) {
+    loop {
+        tokio::time::sleep(QUEUE_POLL).await;
+        let heads = async {
+            let c = pool.get().await.map_err(pool_error)?;
+            ledger::queue(&c).await
+        };
+        if let Ok((heads, pending)) = heads.await {
+            for (mailbox, at) in &heads {
+                sink(Wake::Available(mailbox, *at));
+            }
+            sink(Wake::Pending(pending));
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Backend for PgBackend {
+    fn engine(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn failure(&self) -> Option<String> {
+        lock(&self.state.failure).clone()
+    }
+
+    fn reopened(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.state.reopened.subscribe()
+    }
+
+    fn write_queue(&self) -> usize {
+        self.pool.status().waiting
+    }
+
+    fn writer_stats(&self) -> Arc<WriterStats> {
+        self.stats.clone()
+    }
+
+    fn gauges(&self) -> Gauges {
+        lock(&self.state.gauges).clone()
+    }
+
+    fn wake_ups(&self, sink: WakeSink) {
+        let listen = tokio::spawn(listen_loop(self.config.clone(), sink.clone()));
+        let poll = tokio::spawn(poll_loop(self.pool.clone(), sink));
+        lock(&self.tasks).extend([listen, poll]);
+    }
+
+    fn closer(self: Arc<Self>) -> Option<Box<dyn FnOnce() + Send>> {
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
+        self.pool.close();
+        None
+    }
+
+    async fn accept(&self, write: Write, shed: bool) -> Result<Written, StoreError> {
+        if shed && self.pool.status().waiting > self.max_waiting {
+            return Err(StoreError::Busy);
+        }
+        let mut conn = self.conn().await?;
+        let started = Instant::now();
+        let tx = conn.transaction().await.map_err(pg)?;
+        if let Some(nhs) = write.patient() {
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&(nhs as i64)])
+                .await
+                .map_err(pg)?;
+        }
+        let at: i64 = tx
+            .query_one("SELECT nems_order_barrier($1)", &[&ORDER_LOCK])
+            .await
+            .map_err(pg)?
+            .get(0);
+        let written = crate::accept::write(&Pg(&*tx), write, at as u64).await?;
+        if !written.written.queued_mailboxes.is_empty() {
+            let note = format!(
+                "{}\t{}",
+                written.accepted_ms,
+                written.written.queued_mailboxes.join("\t")
+            );
+            tx.execute("SELECT pg_notify('nems_queue', $1)", &[&note])
+                .await
+                .map_err(pg)?;
+        }
+        tx.commit().await.map_err(pg)?;
+        self.committed(started);
+        Ok(written)
+    }
+
+    async fn preview_match(
+        &self,
+        event: matching::Event,
+    ) -> Result<(Vec<MailboxMatch>, bool), StoreError> {
+        let conn = self.conn().await?;
+        matching::match_event(&Pg(&**conn), &event).await
+    }
+
+    async fn create_subscription(
+        &self,
+        id: u128,
+        record: StoredSubscription,
+        quota: u64,
+        not_before: u64,
+        audit_row: pb::AuditRecord,
+    ) -> Result<Created, StoreError> {
+        let mut conn = self.conn().await?;
+        let started = Instant::now();
+        let tx = conn.transaction().await.map_err(pg)?;
+        let created = subscriptions::create(&*tx, id, record, quota, not_before).await?;
+        if let Created::Stored(sub) = &created {
+            audit::append(
+                &*tx,
+                sub.created_ms,
+                std::slice::from_ref(&audit_row),
+                false,
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(pg)?;
+        self.committed(started);
+        Ok(created)
+    }
+
+    async fn insert_subscriptions(
+        &self,
+        batch: Vec<(u128, StoredSubscription)>,
+    ) -> Result<usize, StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(pg)?;
+        let n = subscriptions::insert_many(&*tx, &batch).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(n)
+    }
+
+    async fn subscription(&self, id: u128) -> Result<Option<StoredSubscription>, StoreError> {
+        let conn = self.conn().await?;
+        subscriptions::get(&**conn, id).await
+    }
+
+    async fn delete_subscription(
+        &self,
+        id: u128,
+        now: u64,
+        allowed: Allowed,
+        audit_row: pb::AuditRecord,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(pg)?;
+        let deleted = subscriptions::delete(&*tx, id, now, &*allowed).await?;
+        if deleted {
+            audit::append(&*tx, now, std::slice::from_ref(&audit_row), false).await?;
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(deleted)
+    }
+
+    async fn list_subscriptions(
+        &self,
+        filter: ListFilter,
+        token: String,
+        size: usize,
+        include_deleted: bool,
+    ) -> Result<(Vec<(u128, StoredSubscription)>, String), StoreError> {
+        let conn = self.conn().await?;
+        subscriptions::list(&**conn, &filter, &token, size, include_deleted).await
+    }
+
+    async fn totals(&self) -> Result<Totals, StoreError> {
+        let conn = self.conn().await?;
+        let c: &tokio_postgres::Client = &conn;
+        let version: i32 = c
+            .query_one(
+                "SELECT coalesce(max(version), 0) FROM nems_schema_migrations",
+                &[],
+            )
+            .await
+            .map_err(pg)?
+            .get(0);
+        let patients: i64 = c
+            .query_one("SELECT count(*) FROM nems_patients", &[])
+            .await
+            .map_err(pg)?
+            .get(0);
+        let mut generations = Vec::with_capacity(SET_NAMES.len());
+        for set in 0..SET_NAMES.len() {
+            generations.push(ref_meta(c, set).await?.generation);
+        }
+        Ok(Totals {
+            schema_version: version as u64,
+            subscriptions: subscriptions::live_count(c).await?,
+            events_accepted: ledger::accepted_count(c).await?,
+            deliveries_pending: ledger::queue(c).await?.1,
+            reference_generations: generations,
+            patients: patients as u64,
+        })
+    }
+
+    async fn lease(
+        &self,
+        picks: Vec<(String, u32)>,
+        now: u64,
+        lease_ms: u64,
+        budget: Budget,
+    ) -> Result<Leased, StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(pg)?;
+        let leased = ledger::lease(&tx, &self.instance, &picks, now, lease_ms, budget).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(leased)
+    }
+
+    async fn give_back(
+        &self,
+        held: Vec<(u64, u32)>,
+        now: u64,
+    ) -> Result<Vec<(u64, String)>, StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(pg)?;
+        let back = ledger::give_back(&tx, &held, now).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(back)
+    }
+
+    async fn give_back_all(&self, now: u64) -> Result<usize, StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(pg)?;
+        let n = ledger::give_back_all(&tx, &self.instance, now).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(n)
+    }
+
+    async fn complete(
+        &self,
+        id: u64,
+        attempt: u32,
+        outcome: Outcome,
+        now: u64,
+    ) -> Result<Option<Completed>, StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(pg)?;
+        let done = ledger::complete(&tx, id, attempt, &outcome, now).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(done)
+    }
+
+    async fn report_undelivered(
+        &self,
+        mesh_message_id: String,
+        local_id: String,
+        code: String,
+        description: String,
+        now: u64,
+    ) -> Result<Option<(u64, bool)>, StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(pg)?;
+        let found =
+            ledger::report_undelivered(&tx, &mesh_message_id, &local_id, &code, &description, now)
+                .await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(found)
+    }
+
+    async fn redrive(
+        &self,
+        selection: Selection,
+        now: u64,
+        audit_row: pb::AuditRecord,
+    ) -> Result<Redriven, StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(pg)?;
+        let out = ledger::redrive(&tx, &selection, now).await?;
+        if !out.0.is_empty() {
+            audit::append(&*tx, now, std::slice::from_ref(&audit_row), false).await?;
+            let mut mailboxes: Vec<&str> = out.0.iter().map(|(_, m)| m.as_str()).collect();
+            mailboxes.sort_unstable();
+            mailboxes.dedup();
+            let note = format!("{now}\t{}", mailboxes.join("\t"));
+            tx.execute("SELECT pg_notify('nems_queue', $1)", &[&note])
+                .await
+                .map_err(pg)?;
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(out)
+    }
+
+    async fn list_deliveries(
+        &self,
+        query: Query,
+        token: String,
+        size: usize,
+    ) -> Result<(Vec<pb::DeliveryRecord>, String), StoreError> {
+        let conn = self.conn().await?;
+        ledger::list(&conn, &query, &token, size).await
+    }
+
+    async fn event(
+        &self,
+        id: u128,
+    ) -> Result<Option<(pb::EventRecord, Vec<pb::DeliveryRecord>)>, StoreError> {
+        let conn = self.conn().await?;
+        ledger::event(&conn, id).await
+    }
+
+    async fn mailbox_stats(&self, mailbox: String) -> Result<Vec<pb::MailboxStats>, StoreError> {
+        let conn = self.conn().await?;
+        ledger::stats(&conn, &mailbox).await
+    }
+
+    async fn queue(&self) -> Result<(Vec<(String, u64)>, u64), StoreError> {
+        let conn = self.conn().await?;
+        ledger::queue(&conn).await
+    }
+
+    async fn sweep(&self, r: Retention) -> Result<(Swept, usize), StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(pg)?;
+        let swept = ledger::sweep(&tx, r.now, r.ledger_ms, r.dead_letter_ms, r.batch).await?;
+        let pruned = audit::prune(&*tx, false, r.audit_cutoff_ms, r.audit_limit).await?
+            + audit::prune(&*tx, true, r.refusal_cutoff_ms, r.audit_limit).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok((swept, pruned))
+    }
+
+    async fn directory(&self) -> Result<(Vec<pb::SpineSystem>, Vec<pb::MeshMailbox>), StoreError> {
+        let conn = self.conn().await?;
+        audit::directory(&**conn).await
+    }
+
+    async fn change_directory(
+        &self,
+        changes: Vec<DirectoryChange>,
+        audit_row: Option<pb::AuditRecord>,
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(pg)?;
+        if let Some(record) = &audit_row {
+            audit::append(
+                &*tx,
+                crate::backend::keys::now_ms(),
+                std::slice::from_ref(record),
+                false,
+            )
+            .await?;
+        }
+        let mut out = Vec::with_capacity(changes.len());
+        for change in &changes {
+            out.push(audit::change(&*tx, change).await?);
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(out)
+    }
+
+    async fn refdata_begin(&self, set: usize) -> Result<u32, StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(pg)?;
+        let slot = refdata::begin(&*tx, set).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(slot)
+    }
+
+    async fn refdata_insert(&self, set: usize, slot: u32, rows: Rows) -> Result<(), StoreError> {
+        let conn = self.conn().await?;
+        refdata::insert(&**conn, set, slot, rows).await
+    }
+
+    async fn refdata_diff(&self, set: usize, slot: u32) -> Result<(u64, u64, u64), StoreError> {
+        let conn = self.conn().await?;
+        refdata::diff(&**conn, set, slot).await
+    }
+
+    async fn refdata_finish(
+        &self,
+        f: RefdataFinish,
+        mut audit_row: pb::AuditRecord,
+    ) -> Result<Finished, StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(pg)?;
+        let finished = refdata::finish(&*tx, f.set, f.slot, &f.format, &f.source, &f.guard).await?;
+        if !f.guard.check {
+            import_outcome(&finished, &mut audit_row);
+            audit::append(
+                &*tx,
+                crate::backend::keys::now_ms(),
+                std::slice::from_ref(&audit_row),
+                false,
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(pg)?;
+        // The scraped age of the set in force changes now, not at the next health tick.
+        refresh(&self.pool, &self.state).await;
+        Ok(finished)
+    }
+
+    async fn lookup_area(
+        &self,
+        key: pb::lookup_area_request::Key,
+    ) -> Result<pb::LookupAreaResponse, StoreError> {
+        let conn = self.conn().await?;
+        crate::backend::lookup_area(&Pg(&**conn), key).await
+    }
+
+    async fn patient(&self, nhs: u64) -> Result<Option<pb::PatientRecord>, StoreError> {
+        let conn = self.conn().await?;
+        Ok(stored_patient(&**conn, nhs).await?.and_then(|p| p.record))
+    }
+
+    async fn apply_demographics(&self, updates: Vec<DemographicUpdate>) -> Result<u64, StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(pg)?;
+        let mut written = 0u64;
+        for u in &updates {
+            if super::view::apply_demographics(&*tx, u).await? {
+                written += 1;
+            }
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(written)
+    }
+
+    async fn append_audit(
+        &self,
+        reads: Vec<pb::AuditRecord>,
+        refusals: Vec<pb::AuditRecord>,
+        at_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(pg)?;
+        audit::append(&*tx, at_ms, &reads, false).await?;
+        audit::append(&*tx, at_ms, &refusals, true).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(())
+    }
+
+    async fn list_audit(
+        &self,
+        filter: AuditFilter,
+        token: String,
+        size: usize,
+    ) -> Result<(Vec<pb::AuditRecord>, String), StoreError> {
+        let conn = self.conn().await?;
+        audit::list(&**conn, &filter, &token, size).await
+    }
+}

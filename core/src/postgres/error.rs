@@ -1,0 +1,41 @@
+//! PostgreSQL errors as the seam's [`StoreError`]: a lost or refused connection, a server
+//! shutting down or a read-only standby is [`StoreError::Unavailable`] (retryable; the
+//! pool reconnects), an internal error is [`StoreError::Corrupt`], anything else is a
+//! storage error. Texts carry SQLSTATE codes and the
+//! server's message, never parameters (which could be patient data).
+
+use tokio_postgres::error::SqlState;
+
+use crate::backend::StoreError;
+
+/// Maps a driver error.
+pub(crate) fn pg(e: tokio_postgres::Error) -> StoreError {
+    let Some(db) = e.as_db_error() else {
+        // No server answer: the connection failed or closed.
+        return StoreError::Unavailable(e.to_string());
+    };
+    let code = db.code();
+    let class = &code.code()[..2];
+    let text = format!("{} ({})", db.message(), code.code());
+    match class {
+        // Connection exceptions, insufficient resources, operator intervention (shutdown,
+        // cannot connect now), read-only transaction on a standby.
+        "08" | "53" | "57" => StoreError::Unavailable(text),
+        _ if code == &SqlState::READ_ONLY_SQL_TRANSACTION => StoreError::Unavailable(text),
+        "XX" => StoreError::Corrupt(text),
+        _ => StoreError::Storage(text),
+    }
+}
+
+/// Maps a pool error (no connection could be had).
+pub(crate) fn pool(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => pg(e),
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+/// A stored value that does not decode.
+pub(crate) fn decode(e: prost::DecodeError) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}

@@ -1,0 +1,847 @@
+//! The delivery ledger on PostgreSQL, with the redb ledger's behaviour (`store/ledger.rs`):
+//! each delivery row carries the same prost record (`StoredDelivery`) and the columns its
+//! indexes need, all derived from the record when it is saved (`save`), so the state
+//! machine below is the redb one statement for statement. Several cores lease from one
+//! table: rows are taken with `FOR UPDATE SKIP LOCKED`, and every change locks its row.
+
+use std::collections::HashMap;
+
+use nems_proto::v1 as pb;
+use prost::Message;
+use tokio_postgres::{Client, Transaction};
+
+use super::error::{decode, pg};
+use super::uuid_text;
+use crate::backend::keys::{id_hex, timestamp};
+use crate::backend::{
+    Accepted, Budget, Completed, Lease, Leased, NewEvent, Outcome, Query, Redriven, Selection,
+    StoreError, Swept,
+};
+use crate::store::ledger::{
+    SETTLE_DEAD_HELD, SETTLE_ROW, local_id, parse_local_id, settle_key, to_record,
+};
+use crate::store::records::{StoredDelivery, StoredEvent};
+
+/// Shards of the events-accepted counter (no single row every acceptance updates).
+const COUNTER_SHARDS: i16 = 16;
+
+/// Loads a delivery, locking its row.
+async fn load(tx: &Transaction<'_>, id: u64) -> Result<Option<StoredDelivery>, StoreError> {
+    let row = tx
+        .query_opt(
+            "SELECT record FROM nems_deliveries WHERE delivery_id = $1 FOR UPDATE",
+            &[&(id as i64)],
+        )
+        .await
+        .map_err(pg)?;
+    row.map(|r| StoredDelivery::decode(r.get::<_, &[u8]>(0)).map_err(decode))
+        .transpose()
+}
+
+/// Saves a delivery: its record and every indexed column derived from it (`owner`: the
+/// core holding its lease, for an in-flight one).
+async fn save(
+    tx: &Transaction<'_>,
+    id: u64,
+    d: &StoredDelivery,
+    owner: Option<&str>,
+) -> Result<(), StoreError> {
+    let queue_at = (d.next_attempt_ms != 0).then_some(d.next_attempt_ms as i64);
+    let settle = settle_key(id, d);
+    let mesh = (!d.mesh_message_id.is_empty()).then_some(d.mesh_message_id.as_str());
+    let owner = owner.filter(|_| d.state() == pb::DeliveryState::InFlight);
+    tx.execute(
+        "UPDATE nems_deliveries SET state = $2, queue_at = $3, lease_owner = $4,
+             last_error_code = $5, mesh_message_id = $6, settle_kind = $7, settle_at = $8,
+             record = $9
+         WHERE delivery_id = $1",
+        &[
+            &(id as i64),
+            &(d.state as i16),
+            &queue_at,
+            &owner,
+            &d.last_error_code,
+            &mesh,
+            &settle.map(|k| i16::from(k.0)),
+            &settle.map(|k| k.1 as i64),
+            &d.encode_to_vec(),
+        ],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
+}
+
+/// A state change (the redb ledger's `transition`, on the record only).
+fn transition(d: &mut StoredDelivery, state: pb::DeliveryState, queue_at: Option<u64>, now: u64) {
+    d.state = state.into();
+    d.next_attempt_ms = queue_at.unwrap_or(0);
+    d.updated_ms = now;
+}
+
+async fn load_event(tx: &Transaction<'_>, seq: u64) -> Result<Option<StoredEvent>, StoreError> {
+    let row = tx
+        .query_opt(
+            "SELECT record FROM nems_events WHERE seq = $1 FOR UPDATE",
+            &[&(seq as i64)],
+        )
+        .await
+        .map_err(pg)?;
+    row.map(|r| StoredEvent::decode(r.get::<_, &[u8]>(0)).map_err(decode))
+        .transpose()
+}
+
+async fn save_event(tx: &Transaction<'_>, seq: u64, e: &StoredEvent) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE nems_events SET record = $2 WHERE seq = $1",
+        &[&(seq as i64), &e.encode_to_vec()],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
+}
+
+/// Stops a delivery holding its event's payload; drops the payload when none holds it.
+async fn release_payload(tx: &Transaction<'_>, d: &mut StoredDelivery) -> Result<(), StoreError> {
+    if !d.holds_payload {
+        return Ok(());
+    }
+    d.holds_payload = false;
+    let Some(mut event) = load_event(tx, d.event_seq).await? else {
+        return Ok(());
+    };
+    event.unsettled = event.unsettled.saturating_sub(1);
+    save_event(tx, d.event_seq, &event).await?;
+    if event.unsettled == 0 {
+        tx.execute(
+            "DELETE FROM nems_payloads WHERE seq = $1",
+            &[&(d.event_seq as i64)],
+        )
+        .await
+        .map_err(pg)?;
+    }
+    Ok(())
+}
+
+/// Makes a delivery hold its event's payload again, if the payload still exists.
+async fn acquire_payload(tx: &Transaction<'_>, d: &mut StoredDelivery) -> Result<bool, StoreError> {
+    if d.holds_payload {
+        return Ok(true);
+    }
+    let held = tx
+        .query_opt(
+            "SELECT 1 FROM nems_payloads WHERE seq = $1",
+            &[&(d.event_seq as i64)],
+        )
+        .await
+        .map_err(pg)?
+        .is_some();
+    if !held {
+        return Ok(false);
+    }
+    let Some(mut event) = load_event(tx, d.event_seq).await? else {
+        return Ok(false);
+    };
+    event.unsettled += 1;
+    save_event(tx, d.event_seq, &event).await?;
+    d.holds_payload = true;
+    Ok(true)
+}
+
+/// Writes an accepted event, its payload and its deliveries.
+pub(crate) async fn insert_event(
+    tx: &Transaction<'_>,
+    e: &NewEvent,
+) -> Result<Accepted, StoreError> {
+    let shard = i16::from(rand::random::<u8>()) % COUNTER_SHARDS;
+    tx.execute(
+        "UPDATE nems_counters SET events = events + 1 WHERE shard = $1",
+        &[&shard],
+    )
+    .await
+    .map_err(pg)?;
+    let event_hex = id_hex(e.event_id);
+    let queued = e.deliveries.iter().filter(|d| !d.suppressed).count() as u32;
+    let stored = StoredEvent {
+        event_id: event_hex.clone(),
+        event_code: e.event_code.clone(),
+        message_event_type: e.message_event_type.clone(),
+        publisher_asid: e.publisher_asid.clone(),
+        accepted_ms: e.accepted_ms,
+        payload_bytes: e.payload.len() as u64,
+        first_delivery: 0,
+        deliveries: e.deliveries.len() as u32,
+        unsettled: queued,
+        matched_subscriptions: e.matched_subscriptions,
+    };
+    let seq: i64 = tx
+        .query_one(
+            "INSERT INTO nems_events (event_id, accepted_ms, no_deliveries, record)
+             VALUES (($1::text)::uuid, $2, $3, $4) RETURNING seq",
+            &[
+                &uuid_text(e.event_id),
+                &(e.accepted_ms as i64),
+                &e.deliveries.is_empty(),
+                &stored.encode_to_vec(),
+            ],
+        )
+        .await
+        .map_err(pg)?
+        .get(0);
+    if queued > 0 {
+        tx.execute(
+            "INSERT INTO nems_payloads (seq, payload) VALUES ($1, $2)",
+            &[&seq, &&e.payload[..]],
+        )
+        .await
+        .map_err(pg)?;
+    }
+    let mut out = Accepted {
+        seq: seq as u64,
+        queued_mailboxes: Vec::new(),
+        delivery_ids: Vec::with_capacity(e.deliveries.len()),
+    };
+    for (index, d) in e.deliveries.iter().enumerate() {
+        let state = if d.suppressed {
+            pb::DeliveryState::Suppressed
+        } else {
+            pb::DeliveryState::Queued
+        };
+        let record = StoredDelivery {
+            event_seq: seq as u64,
+            event_id: event_hex.clone(),
+            local_id: local_id(&event_hex, index as u64, 0),
+            event_code: e.event_code.clone(),
+            mailbox: d.mailbox.clone(),
+            workflow_id: e.workflow_id.clone(),
+            partner_id: d.partner_id.clone(),
+            state: state.into(),
+            attempts: 0,
+            accepted_ms: e.accepted_ms,
+            updated_ms: e.accepted_ms,
+            next_attempt_ms: if d.suppressed { 0 } else { e.accepted_ms },
+            mesh_message_id: String::new(),
+            last_error_code: if d.suppressed {
+                "PATIENT_FLAGGED".into()
+            } else {
+                String::new()
+            },
+            last_error: if d.suppressed {
+                "patient is flagged sensitive or invalid in PDS: not sent".into()
+            } else {
+                String::new()
+            },
+            subscription_ids: d.subscription_ids.clone(),
+            holds_payload: !d.suppressed,
+            redriven_ms: 0,
+            failures: 0,
+            redrives: 0,
+            deferred_since_ms: 0,
+            deferred_total_ms: 0,
+        };
+        let id: i64 = tx
+            .query_one(
+                "INSERT INTO nems_deliveries
+                     (event_seq, idx, mailbox, state, event_code, last_error_code, record)
+                 VALUES ($1, $2, $3, $4, $5, '', '') RETURNING delivery_id",
+                &[
+                    &seq,
+                    &(index as i32),
+                    &d.mailbox,
+                    &(state as i16),
+                    &e.event_code,
+                ],
+            )
+            .await
+            .map_err(pg)?
+            .get(0);
+        save(tx, id as u64, &record, None).await?;
+        if !d.suppressed {
+            out.queued_mailboxes.push(d.mailbox.clone());
+        }
+        out.delivery_ids.push(id as u64);
+    }
+    Ok(out)
+}
+
+/// Leases up to `max` available deliveries from each picked mailbox until
+/// `now + lease_ms`, within `budget` payload bytes, for core `owner`.
+pub(crate) async fn lease(
+    tx: &Transaction<'_>,
+    owner: &str,
+    picks: &[(String, u32)],
+    now: u64,
+    lease_ms: u64,
+    budget: Budget,
+) -> Result<Leased, StoreError> {
+    let until = now + lease_ms;
+    let mut out = Vec::with_capacity(picks.len());
+    let mut shared: HashMap<u64, bytes::Bytes> = HashMap::new();
+    let (mut spent, mut taken, mut out_of_budget) = (0u64, 0usize, false);
+    for (mailbox, max) in picks {
+        let rows = if out_of_budget {
+            Vec::new()
+        } else {
+            tx.query(
+                "SELECT delivery_id, record FROM nems_deliveries
+                 WHERE mailbox = $1 AND queue_at <= $2
+                 ORDER BY queue_at, delivery_id LIMIT $3 FOR UPDATE SKIP LOCKED",
+                &[mailbox, &(now as i64), &i64::from(*max)],
+            )
+            .await
+            .map_err(pg)?
+        };
+        let mut leased = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id = row.get::<_, i64>(0) as u64;
+            let mut d = StoredDelivery::decode(row.get::<_, &[u8]>(1)).map_err(decode)?;
+            let payload = match shared.get(&d.event_seq) {
+                Some(p) => p.clone(),
+                None => {
+                    let p: Vec<u8> = tx
+                        .query_opt(
+                            "SELECT payload FROM nems_payloads WHERE seq = $1",
+                            &[&(d.event_seq as i64)],
+                        )
+                        .await
+                        .map_err(pg)?
+                        .ok_or_else(|| {
+                            StoreError::Corrupt(format!("delivery {id} has no payload"))
+                        })?
+                        .get(0);
+                    let p = bytes::Bytes::from(p);
+                    shared.insert(d.event_seq, p.clone());
+                    p
+                }
+            };
+            let size = payload.len() as u64;
+            let first = taken == 0 && budget.take_one;
+            if !first && spent.saturating_add(size) > budget.bytes {
+                out_of_budget = true;
+                break;
+            }
+            spent += size;
+            taken += 1;
+            transition(&mut d, pb::DeliveryState::InFlight, Some(until), now);
+            d.attempts += 1;
+            if d.deferred_since_ms != 0 {
+                d.deferred_total_ms = d
+                    .deferred_total_ms
+                    .saturating_add(now.saturating_sub(d.deferred_since_ms));
+                d.deferred_since_ms = 0;
+            }
+            save(tx, id, &d, Some(owner)).await?;
+            leased.push(pb::Delivery {
+                delivery_id: id,
+                attempt: d.attempts,
+                local_id: d.local_id.clone(),
+                event_id: d.event_id.clone(),
+                event_code: d.event_code.clone(),
+                mailbox: d.mailbox.clone(),
+                workflow_id: d.workflow_id.clone(),
+                partner_id: d.partner_id.clone(),
+                payload,
+                accepted_at: Some(timestamp(d.accepted_ms)),
+                lease_expires_at: Some(timestamp(until)),
+                retry_window_start: Some(timestamp(d.retry_window_start_ms())),
+                failures: d.failures,
+            });
+        }
+        let next_ready: Option<i64> = tx
+            .query_one(
+                "SELECT min(queue_at) FROM nems_deliveries WHERE mailbox = $1 AND queue_at IS NOT NULL",
+                &[mailbox],
+            )
+            .await
+            .map_err(pg)?
+            .get(0);
+        out.push(Lease {
+            mailbox: mailbox.clone(),
+            deliveries: leased,
+            next_ready: next_ready.map(|t| t as u64),
+        });
+    }
+    Ok(Leased {
+        leases: out,
+        out_of_budget,
+    })
+}
+
+/// Gives back `(delivery, attempt)` leases still in flight on that attempt.
+pub(crate) async fn give_back(
+    tx: &Transaction<'_>,
+    held: &[(u64, u32)],
+    now: u64,
+) -> Result<Vec<(u64, String)>, StoreError> {
+    let mut back = Vec::new();
+    for &(id, attempt) in held {
+        let Some(mut d) = load(tx, id).await? else {
+            continue;
+        };
+        if d.state() != pb::DeliveryState::InFlight || d.attempts != attempt {
+            continue;
+        }
+        transition(&mut d, pb::DeliveryState::Queued, Some(now), now);
+        save(tx, id, &d, None).await?;
+        back.push((id, d.mailbox.clone()));
+    }
+    Ok(back)
+}
+
+/// Gives back every lease core `owner` holds (its start-up: its streams are gone).
+pub(crate) async fn give_back_all(
+    tx: &Transaction<'_>,
+    owner: &str,
+    now: u64,
+) -> Result<usize, StoreError> {
+    let rows = tx
+        .query(
+            "SELECT delivery_id, record FROM nems_deliveries
+             WHERE state = 2 AND lease_owner = $1 FOR UPDATE",
+            &[&owner],
+        )
+        .await
+        .map_err(pg)?;
+    let mut held = Vec::with_capacity(rows.len());
+    for row in rows {
+        let d = StoredDelivery::decode(row.get::<_, &[u8]>(1)).map_err(decode)?;
+        held.push((row.get::<_, i64>(0) as u64, d.attempts));
+    }
+    Ok(give_back(tx, &held, now).await?.len())
+}
+
+/// Records an attempt's outcome (the redb ledger's rules, see `store/ledger.rs`).
+pub(crate) async fn complete(
+    tx: &Transaction<'_>,
+    id: u64,
+    attempt: u32,
+    outcome: &Outcome,
+    now: u64,
+) -> Result<Option<Completed>, StoreError> {
+    let Some(mut d) = load(tx, id).await? else {
+        return Ok(None);
+    };
+    let before = d.state();
+    let mut done = Completed {
+        state: before,
+        mailbox: d.mailbox.clone(),
+        was_pending: matches!(
+            before,
+            pb::DeliveryState::Queued | pb::DeliveryState::InFlight
+        ),
+        requeued_at: None,
+    };
+    let settled = matches!(
+        before,
+        pb::DeliveryState::Delivered
+            | pb::DeliveryState::DeadLettered
+            | pb::DeliveryState::Suppressed
+    );
+    let stale = attempt != d.attempts || before != pb::DeliveryState::InFlight;
+    match outcome {
+        _ if settled => return Ok(Some(done)),
+        Outcome::Sent { mesh_message_id } => {
+            transition(&mut d, pb::DeliveryState::Delivered, None, now);
+            d.mesh_message_id.clone_from(mesh_message_id);
+            d.last_error_code.clear();
+            d.last_error.clear();
+            release_payload(tx, &mut d).await?;
+        }
+        Outcome::Retry { .. } | Outcome::Refused { .. } | Outcome::Deferred { .. } if stale => {
+            return Ok(Some(done));
+        }
+        Outcome::Retry {
+            code,
+            reason,
+            retry_after_ms,
+        } => {
+            let at = now + retry_after_ms;
+            transition(&mut d, pb::DeliveryState::Queued, Some(at), now);
+            d.last_error_code.clone_from(code);
+            d.last_error.clone_from(reason);
+            d.failures = d.failures.saturating_add(1);
+            done.requeued_at = Some(at);
+        }
+        Outcome::Deferred {
+            code,
+            reason,
+            retry_after_ms,
+        } => {
+            let at = now + retry_after_ms;
+            transition(&mut d, pb::DeliveryState::Queued, Some(at), now);
+            if d.deferred_since_ms == 0 {
+                d.deferred_since_ms = now;
+            }
+            d.last_error_code.clone_from(code);
+            d.last_error.clone_from(reason);
+            done.requeued_at = Some(at);
+        }
+        Outcome::Refused { code, reason } => {
+            transition(&mut d, pb::DeliveryState::DeadLettered, None, now);
+            d.last_error_code.clone_from(code);
+            d.last_error.clone_from(reason);
+        }
+    }
+    save(tx, id, &d, None).await?;
+    done.state = d.state();
+    Ok(Some(done))
+}
+
+/// The delivery a MESH report concerns, only if it concerns its current generation (see
+/// the redb ledger's `find_reported`).
+async fn find_reported(
+    tx: &Transaction<'_>,
+    mesh_message_id: &str,
+    local: &str,
+) -> Result<Option<u64>, StoreError> {
+    let other_message =
+        |d: &StoredDelivery| !d.mesh_message_id.is_empty() && d.mesh_message_id != mesh_message_id;
+    if let Some((event_id, index, generation)) = parse_local_id(local) {
+        let row = tx
+            .query_opt(
+                "SELECT d.delivery_id, d.record FROM nems_events e
+                 JOIN nems_deliveries d ON d.event_seq = e.seq AND d.idx = $2
+                 WHERE e.event_id = ($1::text)::uuid",
+                &[&uuid_text(event_id), &(index.min(i32::MAX as u64) as i32)],
+            )
+            .await
+            .map_err(pg)?;
+        if let Some(row) = row {
+            let id = row.get::<_, i64>(0) as u64;
+            let d = StoredDelivery::decode(row.get::<_, &[u8]>(1)).map_err(decode)?;
+            let this_generation =
+                d.redrives == generation && (mesh_message_id.is_empty() || !other_message(&d));
+            return Ok(this_generation.then_some(id));
+        }
+    }
+    if mesh_message_id.is_empty() {
+        return Ok(None);
+    }
+    let row = tx
+        .query_opt(
+            "SELECT delivery_id, record FROM nems_deliveries WHERE mesh_message_id = $1",
+            &[&mesh_message_id],
+        )
+        .await
+        .map_err(pg)?;
+    let Some(row) = row else { return Ok(None) };
+    let d = StoredDelivery::decode(row.get::<_, &[u8]>(1)).map_err(decode)?;
+    Ok((d.mesh_message_id == mesh_message_id).then_some(row.get::<_, i64>(0) as u64))
+}
+
+/// Dead-letters the delivery MESH reported undelivered: its id and whether this report
+/// dead-lettered it.
+pub(crate) async fn report_undelivered(
+    tx: &Transaction<'_>,
+    mesh_message_id: &str,
+    local: &str,
+    code: &str,
+    description: &str,
+    now: u64,
+) -> Result<Option<(u64, bool)>, StoreError> {
+    let Some(id) = find_reported(tx, mesh_message_id, local).await? else {
+        return Ok(None);
+    };
+    let Some(mut d) = load(tx, id).await? else {
+        return Ok(Some((id, false)));
+    };
+    if matches!(
+        d.state(),
+        pb::DeliveryState::Suppressed | pb::DeliveryState::DeadLettered
+    ) {
+        return Ok(Some((id, false)));
+    }
+    transition(&mut d, pb::DeliveryState::DeadLettered, None, now);
+    d.last_error_code = format!("MESH_{code}");
+    d.last_error = description.chars().take(500).collect();
+    acquire_payload(tx, &mut d).await?;
+    save(tx, id, &d, None).await?;
+    Ok(Some((id, true)))
+}
+
+/// Queues selected dead letters again, each as a new generation (a new local id).
+pub(crate) async fn redrive(
+    tx: &Transaction<'_>,
+    selection: &Selection,
+    now: u64,
+) -> Result<Redriven, StoreError> {
+    let candidates: Vec<u64> = if selection.ids.is_empty() {
+        let limit = if selection.limit == 0 {
+            i64::MAX
+        } else {
+            selection.limit as i64
+        };
+        tx.query(
+            "SELECT delivery_id FROM nems_deliveries
+             WHERE state = 4 AND ($1 = '' OR mailbox = $1) AND ($2 = '' OR event_code = $2)
+               AND ($3 = '' OR last_error_code = $3)
+             ORDER BY delivery_id LIMIT $4",
+            &[
+                &selection.mailbox,
+                &selection.event_code,
+                &selection.error_code,
+                &limit,
+            ],
+        )
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(|r| r.get::<_, i64>(0) as u64)
+        .collect()
+    } else {
+        selection.ids.clone()
+    };
+    let (mut redriven, mut skipped) = (Vec::new(), Vec::new());
+    for id in candidates {
+        let Some(mut d) = load(tx, id).await? else {
+            skipped.push(id);
+            continue;
+        };
+        if d.state() != pb::DeliveryState::DeadLettered || !acquire_payload(tx, &mut d).await? {
+            skipped.push(id);
+            continue;
+        }
+        transition(&mut d, pb::DeliveryState::Queued, Some(now), now);
+        d.redriven_ms = now;
+        d.failures = 0;
+        d.deferred_total_ms = 0;
+        d.deferred_since_ms = 0;
+        let Some((_, index, _)) = parse_local_id(&d.local_id) else {
+            return Err(StoreError::Corrupt(format!(
+                "delivery {id} has a malformed local id"
+            )));
+        };
+        d.redrives = d.redrives.saturating_add(1);
+        d.local_id = local_id(&d.event_id, index, d.redrives);
+        d.mesh_message_id.clear();
+        save(tx, id, &d, None).await?;
+        redriven.push((id, d.mailbox.clone()));
+    }
+    Ok((redriven, skipped))
+}
+
+/// One page of ledger rows in delivery order; the token is the last id returned.
+pub(crate) async fn list(
+    client: &Client,
+    query: &Query,
+    token: &str,
+    size: usize,
+) -> Result<(Vec<pb::DeliveryRecord>, String), StoreError> {
+    let after: i64 = token.parse().unwrap_or(0);
+    let event = if query.event_id.is_empty() {
+        None
+    } else {
+        match crate::backend::keys::parse_id(&query.event_id) {
+            Some(id) => Some(uuid_text(id)),
+            None => return Ok((Vec::new(), String::new())),
+        }
+    };
+    let state = query.state.map(|s| s as i16);
+    let rows = client
+        .query(
+            "SELECT delivery_id, record FROM nems_deliveries
+             WHERE delivery_id > $1
+               AND ($2::text IS NULL OR event_seq = (SELECT seq FROM nems_events WHERE event_id = ($2::text)::uuid))
+               AND ($3 = '' OR mailbox = $3) AND ($4::smallint IS NULL OR state = $4)
+               AND ($5 = '' OR event_code = $5) AND ($6 = '' OR last_error_code = $6)
+             ORDER BY delivery_id LIMIT $7",
+            &[
+                &after,
+                &event,
+                &query.mailbox,
+                &state,
+                &query.event_code,
+                &query.error_code,
+                &(size as i64),
+            ],
+        )
+        .await
+        .map_err(pg)?;
+    let mut out = Vec::with_capacity(rows.len());
+    let mut last = 0u64;
+    for row in &rows {
+        let id = row.get::<_, i64>(0) as u64;
+        let d = StoredDelivery::decode(row.get::<_, &[u8]>(1)).map_err(decode)?;
+        out.push(to_record(id, &d));
+        last = id;
+    }
+    let next = if out.len() >= size && size > 0 {
+        last.to_string()
+    } else {
+        String::new()
+    };
+    Ok((out, next))
+}
+
+/// An event's ledger entry (and whether its payload is held) with its deliveries.
+pub(crate) async fn event(
+    client: &Client,
+    id: u128,
+) -> Result<Option<(pb::EventRecord, Vec<pb::DeliveryRecord>)>, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT e.seq, e.record, EXISTS (SELECT 1 FROM nems_payloads p WHERE p.seq = e.seq)
+             FROM nems_events e WHERE e.event_id = ($1::text)::uuid",
+            &[&uuid_text(id)],
+        )
+        .await
+        .map_err(pg)?;
+    let Some(row) = row else { return Ok(None) };
+    let seq: i64 = row.get(0);
+    let e = StoredEvent::decode(row.get::<_, &[u8]>(1)).map_err(decode)?;
+    let held: bool = row.get(2);
+    let rows = client
+        .query(
+            "SELECT delivery_id, record FROM nems_deliveries WHERE event_seq = $1 ORDER BY idx",
+            &[&seq],
+        )
+        .await
+        .map_err(pg)?;
+    let mut deliveries = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let d = StoredDelivery::decode(r.get::<_, &[u8]>(1)).map_err(decode)?;
+        deliveries.push(to_record(r.get::<_, i64>(0) as u64, &d));
+    }
+    Ok(Some((
+        crate::store::events::to_record(&e, held),
+        deliveries,
+    )))
+}
+
+/// Per-mailbox counts by state (every mailbox when `mailbox` is empty).
+pub(crate) async fn stats(
+    client: &Client,
+    mailbox: &str,
+) -> Result<Vec<pb::MailboxStats>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT mailbox, state, count(*) FROM nems_deliveries
+             WHERE $1 = '' OR mailbox = $1 GROUP BY mailbox, state ORDER BY mailbox",
+            &[&mailbox],
+        )
+        .await
+        .map_err(pg)?;
+    let mut out: Vec<pb::MailboxStats> = Vec::new();
+    for row in &rows {
+        let mb: &str = row.get(0);
+        if out.last().is_none_or(|s| s.mailbox != mb) {
+            out.push(pb::MailboxStats {
+                mailbox: mb.to_string(),
+                ..Default::default()
+            });
+        }
+        let Some(entry) = out.last_mut() else {
+            continue;
+        };
+        let n = row.get::<_, i64>(2) as u64;
+        match pb::DeliveryState::try_from(i32::from(row.get::<_, i16>(1))) {
+            Ok(pb::DeliveryState::Queued) => entry.queued = n,
+            Ok(pb::DeliveryState::InFlight) => entry.in_flight = n,
+            Ok(pb::DeliveryState::Delivered) => entry.delivered = n,
+            Ok(pb::DeliveryState::DeadLettered) => entry.dead_lettered = n,
+            Ok(pb::DeliveryState::Suppressed) => entry.suppressed = n,
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Each mailbox with a queued or in-flight delivery and its earliest queue time, and the
+/// number of deliveries queued or in flight.
+pub(crate) async fn queue(client: &Client) -> Result<(Vec<(String, u64)>, u64), StoreError> {
+    let rows = client
+        .query(
+            "SELECT mailbox, min(queue_at), count(*) FROM nems_deliveries
+             WHERE queue_at IS NOT NULL GROUP BY mailbox ORDER BY mailbox",
+            &[],
+        )
+        .await
+        .map_err(pg)?;
+    let mut pending = 0u64;
+    let heads = rows
+        .iter()
+        .map(|r| {
+            pending += r.get::<_, i64>(2) as u64;
+            (r.get::<_, String>(0), r.get::<_, i64>(1) as u64)
+        })
+        .collect();
+    Ok((heads, pending))
+}
+
+/// Events accepted since the database was created.
+pub(crate) async fn accepted_count(client: &Client) -> Result<u64, StoreError> {
+    let n: i64 = client
+        .query_one(
+            "SELECT coalesce(sum(events), 0)::bigint FROM nems_counters",
+            &[],
+        )
+        .await
+        .map_err(pg)?
+        .get(0);
+    Ok(n as u64)
+}
+
+/// One retention pass reading at most `batch` rows (see the redb ledger's `sweep`).
+pub(crate) async fn sweep(
+    tx: &Transaction<'_>,
+    now: u64,
+    retention_ms: u64,
+    dead_letter_retention_ms: u64,
+    batch: usize,
+) -> Result<Swept, StoreError> {
+    let mut swept = Swept::default();
+    let dl_cutoff = now.saturating_sub(dead_letter_retention_ms) as i64;
+    let rows = tx
+        .query(
+            "SELECT delivery_id, record FROM nems_deliveries
+             WHERE settle_kind = $1 AND settle_at < $2
+             ORDER BY settle_at, delivery_id LIMIT $3 FOR UPDATE SKIP LOCKED",
+            &[&i16::from(SETTLE_DEAD_HELD), &dl_cutoff, &(batch as i64)],
+        )
+        .await
+        .map_err(pg)?;
+    swept.scanned += rows.len();
+    for row in rows {
+        let id = row.get::<_, i64>(0) as u64;
+        let mut d = StoredDelivery::decode(row.get::<_, &[u8]>(1)).map_err(decode)?;
+        if d.state() == pb::DeliveryState::DeadLettered && d.holds_payload {
+            release_payload(tx, &mut d).await?;
+            swept.dead_letter_payloads_released += 1;
+        }
+        save(tx, id, &d, None).await?;
+    }
+    let cutoff = now.saturating_sub(retention_ms) as i64;
+    let rest = batch.saturating_sub(swept.scanned) as i64;
+    let removed = tx
+        .query(
+            "DELETE FROM nems_deliveries WHERE delivery_id IN (
+                 SELECT delivery_id FROM nems_deliveries
+                 WHERE settle_kind = $1 AND settle_at < $2
+                 ORDER BY settle_at, delivery_id LIMIT $3 FOR UPDATE SKIP LOCKED)
+             RETURNING event_seq",
+            &[&i16::from(SETTLE_ROW), &cutoff, &rest],
+        )
+        .await
+        .map_err(pg)?;
+    swept.scanned += removed.len();
+    swept.deliveries_removed = removed.len();
+    let mut touched: Vec<i64> = removed.iter().map(|r| r.get(0)).collect();
+    touched.sort_unstable();
+    touched.dedup();
+    let rest = batch.saturating_sub(swept.scanned) as i64;
+    let events = tx
+        .query(
+            "DELETE FROM nems_events WHERE seq IN (
+                 SELECT seq FROM nems_events e WHERE e.seq = ANY($1)
+                   AND NOT EXISTS (SELECT 1 FROM nems_deliveries d WHERE d.event_seq = e.seq)
+                 UNION ALL
+                 (SELECT seq FROM nems_events WHERE no_deliveries AND accepted_ms < $2
+                  ORDER BY accepted_ms LIMIT $3))
+             RETURNING seq",
+            &[&touched, &cutoff, &rest],
+        )
+        .await
+        .map_err(pg)?;
+    swept.events_removed = events.len();
+    Ok(swept)
+}

@@ -1,0 +1,397 @@
+//! Subscriptions and their match indexes on PostgreSQL.
+//!
+//! A create takes, in its transaction, the owner's quota row (`FOR UPDATE`: concurrent
+//! creates of one ASID pass the quota one at a time) and an advisory lock on its
+//! duplicate-detection key (two identical creates on two cores cannot both find no
+//! duplicate), then the shared lock that orders creates against acceptances (see
+//! `super::ORDER_LOCK`): it is stamped with the time of the write while holding it.
+
+use nems_proto::v1 as pb;
+use prost::Message;
+use tokio_postgres::GenericClient;
+
+use super::error::{decode, pg};
+use super::{ORDER_LOCK, parse_uuid, uuid_text};
+use crate::backend::keys::{id_hex, nhs_key, parse_id};
+use crate::backend::{Created, ListFilter, StoreError, StoredSubscription, match_entry, rule_key};
+
+/// What the match index of `sub` holds: its NHS number (explicit) or its rule keys.
+enum Keys {
+    Nhs(i64),
+    Rules(Vec<String>),
+}
+
+fn keys(sub: &StoredSubscription) -> Result<Keys, StoreError> {
+    let criteria = sub
+        .criteria
+        .as_ref()
+        .ok_or_else(|| StoreError::Corrupt("subscription without criteria".into()))?;
+    Ok(match criteria.kind() {
+        pb::SubscriptionKind::Explicit => {
+            let nhs = nhs_key(&criteria.nhs_number).ok_or_else(|| {
+                StoreError::Corrupt("explicit subscription without an NHS number".into())
+            })?;
+            Keys::Nhs(nhs as i64)
+        }
+        _ => Keys::Rules(
+            criteria
+                .event_codes
+                .iter()
+                .map(|e| rule_key(criteria.rule_type(), &criteria.organisation_code, e))
+                .collect(),
+        ),
+    })
+}
+
+/// The dedup key as a uuid text.
+fn dedup(sub: &StoredSubscription) -> String {
+    uuid_text(sub.dedup_key())
+}
+
+/// A live duplicate of `sub` (not deleted, not ended at `now`), by id.
+async fn live_duplicate(
+    c: &impl GenericClient,
+    sub: &StoredSubscription,
+    now: u64,
+) -> Result<Option<u128>, StoreError> {
+    let row = c
+        .query_opt(
+            "SELECT id::text FROM nems_subscriptions
+             WHERE dedup_key = ($1::text)::uuid AND deleted_ms = 0
+               AND (end_ms = 0 OR end_ms > $2)
+             LIMIT 1",
+            &[&dedup(sub), &(now as i64)],
+        )
+        .await
+        .map_err(pg)?;
+    Ok(row.and_then(|r| parse_uuid(r.get(0))))
+}
+
+/// Writes a new subscription and its match index rows (no checks).
+async fn write(
+    c: &impl GenericClient,
+    id: u128,
+    sub: &StoredSubscription,
+) -> Result<(), StoreError> {
+    let id_text = uuid_text(id);
+    c.execute(
+        "INSERT INTO nems_subscriptions
+             (id, owner_asid, owner_ods, mailbox, created_ms, end_ms, deleted_ms, dedup_key, record)
+         VALUES (($1::text)::uuid, $2, $3, $4, $5, $6, 0, ($7::text)::uuid, $8)",
+        &[
+            &id_text,
+            &sub.owner_asid,
+            &sub.owner_ods,
+            &sub.mailbox,
+            &(sub.created_ms as i64),
+            &(sub.end_ms as i64),
+            &dedup(sub),
+            &sub.encode_to_vec(),
+        ],
+    )
+    .await
+    .map_err(pg)?;
+    let entry = match_entry(sub).encode_to_vec();
+    match keys(sub)? {
+        Keys::Nhs(nhs) => {
+            c.execute(
+                "INSERT INTO nems_match_nhs (nhs_number, id, entry) VALUES ($1, ($2::text)::uuid, $3)",
+                &[&nhs, &id_text, &entry],
+            )
+            .await
+            .map_err(pg)?;
+        }
+        Keys::Rules(rules) => {
+            c.execute(
+                "INSERT INTO nems_match_rule (rule_key, id, entry)
+                 SELECT k, ($2::text)::uuid, $3 FROM unnest($1::text[]) AS k
+                 ON CONFLICT DO NOTHING",
+                &[&rules, &id_text, &entry],
+            )
+            .await
+            .map_err(pg)?;
+        }
+    }
+    c.execute(
+        "INSERT INTO nems_subscription_counts (owner_asid, live) VALUES ($1, 1)
+         ON CONFLICT (owner_asid) DO UPDATE SET live = nems_subscription_counts.live + 1",
+        &[&sub.owner_asid],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
+}
+
+/// Serialises the creates of one duplicate-detection key across cores.
+async fn lock_dedup(c: &impl GenericClient, sub: &StoredSubscription) -> Result<(), StoreError> {
+    c.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+        &[&format!("nems-dedup/{}", dedup(sub))],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
+}
+
+/// Creates a subscription (see the module documentation for the locks).
+pub(crate) async fn create(
+    c: &impl GenericClient,
+    id: u128,
+    mut sub: StoredSubscription,
+    quota: u64,
+    not_before: u64,
+) -> Result<Created, StoreError> {
+    // The owner's count row, locked: creates of one ASID pass the quota in turn.
+    c.execute(
+        "INSERT INTO nems_subscription_counts (owner_asid, live) VALUES ($1, 0)
+         ON CONFLICT (owner_asid) DO NOTHING",
+        &[&sub.owner_asid],
+    )
+    .await
+    .map_err(pg)?;
+    let live: i64 = c
+        .query_one(
+            "SELECT live FROM nems_subscription_counts WHERE owner_asid = $1 FOR UPDATE",
+            &[&sub.owner_asid],
+        )
+        .await
+        .map_err(pg)?
+        .get(0);
+    if live as u64 >= quota {
+        return Ok(Created::OverQuota);
+    }
+    lock_dedup(c, &sub).await?;
+    // Held shared until the commit ends; the creation time is read while holding it, from
+    // the database's clock (the one acceptance times come from), rounded up to the ms
+    // (acceptance times are rounded down): a create that takes the lock after an
+    // acceptance's barrier is stamped strictly after it, even within one ms.
+    let at: i64 = c
+        .query_one(
+            "SELECT ceil(extract(epoch FROM clock_timestamp()) * 1000)::bigint
+             FROM (SELECT pg_advisory_xact_lock_shared($1)) AS ordered",
+            &[&ORDER_LOCK],
+        )
+        .await
+        .map_err(pg)?
+        .get(0);
+    // `not_before` (the core's clock at validation) is not used: one clock stamps
+    // creations and acceptances.
+    let _ = not_before;
+    sub.created_ms = at as u64;
+    if let Some(existing) = live_duplicate(c, &sub, sub.created_ms).await? {
+        return Ok(Created::Duplicate(existing));
+    }
+    write(c, id, &sub).await?;
+    Ok(Created::Stored(Box::new(sub)))
+}
+
+/// Inserts many subscriptions (tools and benchmarks; no quota): how many were new.
+pub(crate) async fn insert_many(
+    c: &impl GenericClient,
+    batch: &[(u128, StoredSubscription)],
+) -> Result<usize, StoreError> {
+    c.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&ORDER_LOCK])
+        .await
+        .map_err(pg)?;
+    let mut new = 0;
+    for (id, sub) in batch {
+        lock_dedup(c, sub).await?;
+        if live_duplicate(c, sub, sub.created_ms).await?.is_none() {
+            write(c, *id, sub).await?;
+            new += 1;
+        }
+    }
+    Ok(new)
+}
+
+/// The first string after every string starting with `prefix` (its last character
+/// raised by one; rule keys are ASCII).
+fn prefix_end(prefix: &str) -> String {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    match chars.pop() {
+        Some(last) => {
+            let next = char::from_u32(last as u32 + 1).unwrap_or(char::MAX);
+            chars.push(next);
+            chars.into_iter().collect()
+        }
+        None => char::MAX.to_string(),
+    }
+}
+
+/// A subscription by id (deleted ones included).
+pub(crate) async fn get(
+    c: &impl GenericClient,
+    id: u128,
+) -> Result<Option<StoredSubscription>, StoreError> {
+    let row = c
+        .query_opt(
+            "SELECT record FROM nems_subscriptions WHERE id = ($1::text)::uuid",
+            &[&uuid_text(id)],
+        )
+        .await
+        .map_err(pg)?;
+    row.map(|r| StoredSubscription::decode(r.get::<_, &[u8]>(0)).map_err(decode))
+        .transpose()
+}
+
+/// Deletes a live subscription `allowed` accepts; false when there is none.
+pub(crate) async fn delete(
+    c: &impl GenericClient,
+    id: u128,
+    now: u64,
+    allowed: &(dyn Fn(&StoredSubscription) -> bool + Send + Sync),
+) -> Result<bool, StoreError> {
+    let id_text = uuid_text(id);
+    let row = c
+        .query_opt(
+            "SELECT record FROM nems_subscriptions WHERE id = ($1::text)::uuid FOR UPDATE",
+            &[&id_text],
+        )
+        .await
+        .map_err(pg)?;
+    let Some(row) = row else { return Ok(false) };
+    let mut sub = StoredSubscription::decode(row.get::<_, &[u8]>(0)).map_err(decode)?;
+    if sub.deleted_ms != 0 || !allowed(&sub) {
+        return Ok(false);
+    }
+    sub.deleted_ms = now;
+    c.execute(
+        "UPDATE nems_subscriptions SET deleted_ms = $2, record = $3 WHERE id = ($1::text)::uuid",
+        &[&id_text, &(now as i64), &sub.encode_to_vec()],
+    )
+    .await
+    .map_err(pg)?;
+    match keys(&sub)? {
+        Keys::Nhs(nhs) => c
+            .execute(
+                "DELETE FROM nems_match_nhs WHERE nhs_number = $1 AND id = ($2::text)::uuid",
+                &[&nhs, &id_text],
+            )
+            .await
+            .map_err(pg)?,
+        Keys::Rules(rules) => c
+            .execute(
+                "DELETE FROM nems_match_rule WHERE rule_key = ANY($1) AND id = ($2::text)::uuid",
+                &[&rules, &id_text],
+            )
+            .await
+            .map_err(pg)?,
+    };
+    c.execute(
+        "UPDATE nems_subscription_counts SET live = greatest(live - 1, 0) WHERE owner_asid = $1",
+        &[&sub.owner_asid],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(true)
+}
+
+/// Live subscriptions.
+pub(crate) async fn live_count(c: &impl GenericClient) -> Result<u64, StoreError> {
+    let n: i64 = c
+        .query_one(
+            "SELECT coalesce(sum(live), 0)::bigint FROM nems_subscription_counts",
+            &[],
+        )
+        .await
+        .map_err(pg)?
+        .get(0);
+    Ok(n as u64)
+}
+
+/// One page of subscriptions in id order (rule listings: index order) and the next token.
+pub(crate) async fn list(
+    c: &impl GenericClient,
+    filter: &ListFilter,
+    token: &str,
+    size: usize,
+    include_deleted: bool,
+) -> Result<(Vec<(u128, StoredSubscription)>, String), StoreError> {
+    let after = parse_id(token.rsplit('\t').next().unwrap_or_default());
+    let after_text = uuid_text(after.unwrap_or(0));
+    let first = after.is_none();
+    let limit = size as i64;
+    let live = !include_deleted;
+    let rows = match filter {
+        ListFilter::All => {
+            c.query(
+                "SELECT id::text, record, '' FROM nems_subscriptions
+                 WHERE ($1 OR id > ($2::text)::uuid) AND (NOT $3 OR deleted_ms = 0)
+                 ORDER BY id LIMIT $4",
+                &[&first, &after_text, &live, &limit],
+            )
+            .await
+        }
+        ListFilter::Owner(key) => {
+            c.query(
+                "SELECT id::text, record, '' FROM nems_subscriptions
+                 WHERE owner_ods = $5 AND ($1 OR id > ($2::text)::uuid)
+                   AND (NOT $3 OR deleted_ms = 0)
+                 ORDER BY id LIMIT $4",
+                &[&first, &after_text, &live, &limit, key],
+            )
+            .await
+        }
+        ListFilter::Mailbox(key) => {
+            c.query(
+                "SELECT id::text, record, '' FROM nems_subscriptions
+                 WHERE mailbox = $5 AND ($1 OR id > ($2::text)::uuid)
+                   AND (NOT $3 OR deleted_ms = 0)
+                 ORDER BY id LIMIT $4",
+                &[&first, &after_text, &live, &limit, key],
+            )
+            .await
+        }
+        ListFilter::Nhs(nhs) => {
+            c.query(
+                "SELECT s.id::text, s.record, '' FROM nems_match_nhs m
+                 JOIN nems_subscriptions s ON s.id = m.id
+                 WHERE m.nhs_number = $5 AND ($1 OR m.id > ($2::text)::uuid)
+                   AND (NOT $3 OR s.deleted_ms = 0)
+                 ORDER BY m.id LIMIT $4",
+                &[&first, &after_text, &live, &limit, &(*nhs as i64)],
+            )
+            .await
+        }
+        ListFilter::Rule(prefix) => {
+            let from_key = match token.split_once('\t') {
+                Some((k, _)) => k.to_string(),
+                None => prefix.clone(),
+            };
+            // The keys with the prefix sort from it to the prefix with its last character
+            // raised (byte order: the column is COLLATE "C"), an index range.
+            let end = prefix_end(prefix);
+            c.query(
+                "SELECT s.id::text, s.record, m.rule_key FROM nems_match_rule m
+                 JOIN nems_subscriptions s ON s.id = m.id
+                 WHERE m.rule_key >= $5 AND m.rule_key < $7
+                   AND ($1 OR (m.rule_key, m.id) > ($6, ($2::text)::uuid))
+                   AND (NOT $3 OR s.deleted_ms = 0)
+                 ORDER BY m.rule_key, m.id LIMIT $4",
+                &[&first, &after_text, &live, &limit, prefix, &from_key, &end],
+            )
+            .await
+        }
+    }
+    .map_err(pg)?;
+    let mut out = Vec::with_capacity(rows.len());
+    let mut last = String::new();
+    for row in &rows {
+        let id = parse_uuid(row.get(0))
+            .ok_or_else(|| StoreError::Corrupt("a subscription id is not a uuid".into()))?;
+        let sub = StoredSubscription::decode(row.get::<_, &[u8]>(1)).map_err(decode)?;
+        let key: &str = row.get(2);
+        last = if matches!(filter, ListFilter::Rule(_)) {
+            format!("{key}\t{}", id_hex(id))
+        } else {
+            id_hex(id)
+        };
+        out.push((id, sub));
+    }
+    let next = if out.len() >= size {
+        last
+    } else {
+        String::new()
+    };
+    Ok((out, next))
+}

@@ -140,11 +140,24 @@ pub(crate) async fn write(
         }
     };
     event.matched_subscriptions = u32::try_from(matched).unwrap_or(u32::MAX);
-    let written = tx.insert_event(&event).await?;
-    for update in &updates {
-        tx.apply_demographics(update).await?;
-    }
-    tx.append_audit(accepted_ms, &audit).await?;
+    // Independent writes, started together (an engine over a network sends them in one
+    // round trip; one in process finishes each at once).
+    let (written, demographics, audited) = tokio::join!(
+        tx.insert_event(&event),
+        async {
+            for update in &updates {
+                tx.apply_demographics(update).await?;
+            }
+            Ok::<_, StoreError>(())
+        },
+        tx.append_audit(accepted_ms, &audit)
+    );
+    backend::first_cause([
+        written.as_ref().err().cloned(),
+        demographics.err(),
+        audited.err(),
+    ])?;
+    let written = written?;
     Ok(Written {
         written,
         accepted_ms,

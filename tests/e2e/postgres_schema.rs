@@ -53,7 +53,7 @@ async fn cores_starting_together_migrate_a_new_database_once() {
             "nems_ref_meta",
             "nems_ref_rows",
             "nems_schema_migrations",
-            "nems_subscription_counts",
+            "nems_subscription_shards",
             "nems_subscriptions",
             "nems_systems",
         ]
@@ -72,10 +72,12 @@ async fn a_database_from_a_newer_nems_or_with_an_edited_migration_is_refused() {
     };
     let mut client = pg.connect("postgres").await;
     migrate(&mut client).await.unwrap();
-    let edited = [Migration {
+    // Every migration this binary knows, the first one edited.
+    let mut edited = MIGRATIONS.to_vec();
+    edited[0] = Migration {
         sql: "SELECT 1",
         ..MIGRATIONS[0]
-    }];
+    };
     match migrate_with(&mut client, &edited).await {
         Err(SchemaError::Changed { version: 1, .. }) => {}
         other => panic!("an edited migration: {other:?}"),

@@ -63,3 +63,20 @@ impl StoreError {
         matches!(self, StoreError::Io(_) | StoreError::Commit(_))
     }
 }
+
+/// The cause among the results of statements sent together (one round trip): the first
+/// error that is not an engine's "the transaction is aborted" (PostgreSQL's 25P02, which
+/// only says that an earlier statement of the transaction failed), else the first error.
+pub(crate) fn first_cause(
+    errors: impl IntoIterator<Item = Option<StoreError>>,
+) -> Result<(), StoreError> {
+    let mut first = None;
+    for e in errors.into_iter().flatten() {
+        let aborted = matches!(&e, StoreError::Storage(text) if text.ends_with("(25P02)"));
+        if !aborted {
+            return Err(e);
+        }
+        first.get_or_insert(e);
+    }
+    first.map_or(Ok(()), Err)
+}

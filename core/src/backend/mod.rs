@@ -27,6 +27,7 @@ mod stats;
 pub(crate) mod types;
 
 pub use error::StoreError;
+pub(crate) use error::first_cause;
 pub use stats::{Buckets, WriterStats};
 
 pub(crate) use records::{MatchEntry, RefMeta, StoredPatient, StoredSubscription};

@@ -1,8 +1,8 @@
 //! The audit trail and the Spine directory on PostgreSQL.
 
+use super::Db;
 use nems_proto::v1 as pb;
 use prost::Message;
-use tokio_postgres::GenericClient;
 
 use super::error::{decode, pg};
 use crate::backend::keys::timestamp;
@@ -10,7 +10,7 @@ use crate::backend::{AuditFilter, DirectoryChange, StoreError};
 
 /// Appends audit rows (`refused`: to the aggregated refusals).
 pub(crate) async fn append(
-    c: &impl GenericClient,
+    c: &impl Db,
     at_ms: u64,
     records: &[pb::AuditRecord],
     refused: bool,
@@ -29,7 +29,7 @@ pub(crate) async fn append(
     let actions: Vec<&str> = records.iter().map(|r| r.action.as_str()).collect();
     let ids: Vec<&str> = records.iter().map(|r| r.resource_id.as_str()).collect();
     let bodies: Vec<Vec<u8>> = records.iter().map(Message::encode_to_vec).collect();
-    c.execute(sql, &[&(at_ms as i64), &asids, &actions, &ids, &bodies])
+    c.run(sql, &[&(at_ms as i64), &asids, &actions, &ids, &bodies])
         .await
         .map_err(pg)?;
     Ok(())
@@ -37,7 +37,7 @@ pub(crate) async fn append(
 
 /// One page of both tables merged, oldest first; the token is `ms:seq` of the last record.
 pub(crate) async fn list(
-    c: &impl GenericClient,
+    c: &impl Db,
     filter: &AuditFilter,
     token: &str,
     size: usize,
@@ -56,7 +56,7 @@ pub(crate) async fn list(
         filter.until_ms as i64
     };
     let rows = c
-        .query(
+        .fetch(
             "SELECT at_ms, seq, record FROM (
                  SELECT at_ms, seq, asid, action, resource_id, record FROM nems_audit
                  UNION ALL
@@ -97,7 +97,7 @@ pub(crate) async fn list(
 
 /// Deletes at most `limit` rows older than `before_ms` from one table; how many.
 pub(crate) async fn prune(
-    c: &impl GenericClient,
+    c: &impl Db,
     refused: bool,
     before_ms: u64,
     limit: usize,
@@ -110,7 +110,7 @@ pub(crate) async fn prune(
              SELECT seq FROM nems_audit WHERE at_ms < $1 ORDER BY at_ms, seq LIMIT $2)"
     };
     let n = c
-        .execute(sql, &[&(before_ms as i64), &(limit as i64)])
+        .run(sql, &[&(before_ms as i64), &(limit as i64)])
         .await
         .map_err(pg)?;
     Ok(n as usize)
@@ -118,17 +118,17 @@ pub(crate) async fn prune(
 
 /// Every system and mailbox.
 pub(crate) async fn directory(
-    c: &impl GenericClient,
+    c: &impl Db,
 ) -> Result<(Vec<pb::SpineSystem>, Vec<pb::MeshMailbox>), StoreError> {
     let systems = c
-        .query("SELECT record FROM nems_systems ORDER BY asid", &[])
+        .fetch("SELECT record FROM nems_systems ORDER BY asid", &[])
         .await
         .map_err(pg)?
         .iter()
         .map(|r| pb::SpineSystem::decode(r.get::<_, &[u8]>(0)).map_err(decode))
         .collect::<Result<_, _>>()?;
     let mailboxes = c
-        .query("SELECT record FROM nems_mailboxes ORDER BY mailbox_id", &[])
+        .fetch("SELECT record FROM nems_mailboxes ORDER BY mailbox_id", &[])
         .await
         .map_err(pg)?
         .iter()
@@ -138,15 +138,12 @@ pub(crate) async fn directory(
 }
 
 /// Applies one directory change; true when it replaced or removed something.
-pub(crate) async fn change(
-    c: &impl GenericClient,
-    change: &DirectoryChange,
-) -> Result<bool, StoreError> {
+pub(crate) async fn change(c: &impl Db, change: &DirectoryChange) -> Result<bool, StoreError> {
     let n = match change {
         DirectoryChange::PutSystem(s) => {
             // xmax is 0 for a row this statement inserted, not for one it updated.
             let row = c
-                .query_one(
+                .fetch_one(
                     "INSERT INTO nems_systems (asid, record) VALUES ($1, $2)
                      ON CONFLICT (asid) DO UPDATE SET record = EXCLUDED.record
                      RETURNING (xmax <> 0)",
@@ -158,7 +155,7 @@ pub(crate) async fn change(
         }
         DirectoryChange::PutMailbox(m) => {
             let row = c
-                .query_one(
+                .fetch_one(
                     "INSERT INTO nems_mailboxes (mailbox_id, record) VALUES ($1, $2)
                      ON CONFLICT (mailbox_id) DO UPDATE SET record = EXCLUDED.record
                      RETURNING (xmax <> 0)",
@@ -169,11 +166,11 @@ pub(crate) async fn change(
             return Ok(row.get(0));
         }
         DirectoryChange::DeleteSystem(asid) => c
-            .execute("DELETE FROM nems_systems WHERE asid = $1", &[asid])
+            .run("DELETE FROM nems_systems WHERE asid = $1", &[asid])
             .await
             .map_err(pg)?,
         DirectoryChange::DeleteMailbox(id) => c
-            .execute("DELETE FROM nems_mailboxes WHERE mailbox_id = $1", &[id])
+            .run("DELETE FROM nems_mailboxes WHERE mailbox_id = $1", &[id])
             .await
             .map_err(pg)?,
     };

@@ -23,18 +23,20 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use nems_proto::v1 as pb;
 
-use super::error::{pg, pool};
-use super::view::{Pg, ref_meta, stored_patient};
-use super::{ORDER_LOCK, audit, ledger, refdata, subscriptions};
+use super::error::{decode, pg, pool};
+use super::subscriptions::QuotaLock;
+use super::view::{Accepting, Pg, Prefetched, ref_meta, slot_in_force, stored_patient};
+use super::{Db, ORDER_LOCK, audit, ledger, refdata, subscriptions};
 use crate::accept::{Write, Written};
 use crate::backend::{
     Allowed, AuditFilter, Backend, Budget, Completed, Created, DirectoryChange, Finished, Gauges,
-    Leased, ListFilter, Outcome, Query, Redriven, RefdataFinish, Retention, Rows, SET_NAMES,
-    Selection, StoreError, StoredSubscription, Swept, Totals, Wake, WakeSink, WriterStats,
-    import_outcome,
+    Leased, ListFilter, Outcome, Query, Redriven, RefMeta, RefdataFinish, Retention, Rows,
+    SET_NAMES, Selection, StoreError, StoredPatient, StoredSubscription, Swept, Totals, Wake,
+    WakeSink, WriterStats, import_outcome,
 };
 use crate::domain::patient::DemographicUpdate;
 use crate::matching::{self, MailboxMatch};
+use prost::Message;
 
 /// How often the health task checks the database and refreshes the scraped gauges.
 const HEALTH_TICK: Duration = Duration::from_secs(1);
@@ -52,6 +54,11 @@ pub(crate) struct PgBackend {
     instance: String,
     /// Waiting for a connection beyond this many sheds publishes.
     max_waiting: usize,
+    /// The server's `max_connections`: no more transactions than this run at once (the
+    /// quota's bound, see `subscriptions.rs`).
+    pub(super) slack: u64,
+    /// Queue notes for other cores, sent after the commit by the notifier task.
+    notes: tokio::sync::mpsc::UnboundedSender<(u64, Vec<String>)>,
     stats: Arc<WriterStats>,
     state: Arc<Health>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -114,6 +121,12 @@ impl PgBackend {
             super::SchemaError::Database(e) => pg(e),
             other => StoreError::Database(other.to_string()),
         })?;
+        let slack: u64 = client
+            .query_one("SELECT current_setting('max_connections')::bigint", &[])
+            .await
+            .map_err(pg)?
+            .get::<_, i64>(0)
+            .max(1) as u64;
         drop(client);
         let _ = conn_task.await;
         tracing::info!(schema = migrated.version, applied = ?migrated.applied, "PostgreSQL schema checked");
@@ -130,19 +143,35 @@ impl PgBackend {
             .build()
             .map_err(|e| StoreError::Database(format!("connection pool: {e}")))?;
         let state = Arc::new(Health::default());
+        let (notes, queued) = tokio::sync::mpsc::unbounded_channel();
+        let notifier = tokio::spawn(notify_loop(pool.clone(), queued));
         let backend = PgBackend {
             pool: pool.clone(),
             config,
             instance: format!("{}/{identity}", hostname()),
             max_waiting,
+            slack,
+            notes,
             stats: Arc::new(WriterStats::default()),
             state: state.clone(),
             tasks: Mutex::new(Vec::new()),
         };
         refresh(&pool, &state).await;
         let task = tokio::spawn(health_loop(pool, Arc::downgrade(&state)));
-        lock(&backend.tasks).push(task);
+        lock(&backend.tasks).extend([task, notifier]);
         Ok(backend)
+    }
+
+    /// Rows of the events counter (tests of the fold).
+    #[cfg(test)]
+    pub(crate) async fn counter_rows(&self) -> u64 {
+        let c = self.conn().await.unwrap();
+        let n: i64 = c
+            .fetch_one("SELECT count(*) FROM nems_counters", &[])
+            .await
+            .unwrap()
+            .get(0);
+        n as u64
     }
 
     async fn conn(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -170,7 +199,7 @@ async fn refresh(pool: &Pool, health: &Health) {
         let mailboxes = ledger::stats(&c, "").await?;
         let mut refdata = Vec::with_capacity(SET_NAMES.len());
         for set in 0..SET_NAMES.len() {
-            refdata.push(ref_meta(&**c, set).await?);
+            refdata.push(ref_meta(&c, set).await?);
         }
         Ok::<_, StoreError>(Gauges { mailboxes, refdata })
     };
@@ -209,12 +238,79 @@ async fn health_loop(pool: Pool, health: std::sync::Weak<Health>) {
 
 /// Tells `sink` of a notification's mailboxes.
 fn wake(sink: &WakeSink, payload: &str) {
-    let mut parts = payload.split('\t');
-    let Some(at) = parts.next().and_then(|t| t.parse::<u64>().ok()) else {
-        return;
-    };
-    for mailbox in parts.filter(|m| !m.is_empty()) {
-        sink(Wake::Available(mailbox, at));
+    for line in payload.lines() {
+        let mut parts = line.split('\t');
+        let Some(at) = parts.next().and_then(|t| t.parse::<u64>().ok()) else {
+            continue;
+        };
+        for mailbox in parts.filter(|m| !m.is_empty()) {
+            sink(Wake::Available(mailbox, at));
+        }
+    }
+}
+
+/// The longest notification payload sent (PostgreSQL refuses 8000 bytes and more).
+const NOTE_BYTES: usize = 7900;
+
+/// Lines `at<TAB>mailbox…` for `notes`, in payloads of at most [`NOTE_BYTES`].
+fn payloads(notes: &[(u64, Vec<String>)]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut payload = String::new();
+    for (at, mailboxes) in notes {
+        let head = at.to_string();
+        let mut line = head.clone();
+        for mailbox in mailboxes {
+            if line.len() + 1 + mailbox.len() + 1 + payload.len() > NOTE_BYTES {
+                if line.len() > head.len() {
+                    if !payload.is_empty() {
+                        payload.push('\n');
+                    }
+                    payload.push_str(&line);
+                }
+                if !payload.is_empty() {
+                    out.push(std::mem::take(&mut payload));
+                }
+                line.clone_from(&head);
+            }
+            line.push('\t');
+            line.push_str(mailbox);
+        }
+        if line.len() > head.len() {
+            if !payload.is_empty() {
+                payload.push('\n');
+            }
+            payload.push_str(&line);
+        }
+    }
+    if !payload.is_empty() {
+        out.push(payload);
+    }
+    out
+}
+
+/// Sends queue notes to other cores, after the commits that wrote them and outside their
+/// transactions (a `NOTIFY` in a transaction serialises every commit that makes one on one
+/// server-wide lock, write-ahead log flush included); notes waiting together go in one
+/// notification. A note lost to a crash or a failed send is found by the next queue poll.
+async fn notify_loop(
+    pool: Pool,
+    mut queued: tokio::sync::mpsc::UnboundedReceiver<(u64, Vec<String>)>,
+) {
+    let mut notes = Vec::new();
+    while queued.recv_many(&mut notes, 256).await > 0 {
+        let sent = async {
+            let c = pool.get().await.map_err(pool_error)?;
+            for payload in payloads(&notes) {
+                c.run("SELECT pg_notify('nems_queue', $1)", &[&payload])
+                    .await
+                    .map_err(pg)?;
+            }
+            Ok::<_, StoreError>(())
+        };
+        if let Err(e) = sent.await {
+            tracing::debug!(error = %e, "queue notification not sent; the poll will find it");
+        }
+        notes.clear();
     }
 }
 
@@ -322,29 +418,69 @@ impl Backend for PgBackend {
         let mut conn = self.conn().await?;
         let started = Instant::now();
         let tx = conn.transaction().await.map_err(pg)?;
-        if let Some(nhs) = write.patient() {
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&(nhs as i64)])
-                .await
-                .map_err(pg)?;
-        }
-        let at: i64 = tx
-            .query_one("SELECT nems_order_barrier($1)", &[&ORDER_LOCK])
+        // The patient's lock, the ordering barrier, the event's sequence number and the
+        // counter, then what matching reads first (migration 0002): one statement.
+        let patient = write.patient();
+        let begun = tx
+            .fetch_one(
+                "SELECT accepted_ms, seq, ref_sets, ref_metas, patient_record, explicit_ids,
+                        explicit_entries
+                 FROM nems_accept_begin($1, $2)",
+                &[&ORDER_LOCK, &patient.map(|nhs| nhs as i64)],
+            )
             .await
-            .map_err(pg)?
-            .get(0);
-        let written = crate::accept::write(&Pg(&*tx), write, at as u64).await?;
-        if !written.written.queued_mailboxes.is_empty() {
-            let note = format!(
-                "{}\t{}",
-                written.accepted_ms,
-                written.written.queued_mailboxes.join("\t")
-            );
-            tx.execute("SELECT pg_notify('nems_queue', $1)", &[&note])
-                .await
-                .map_err(pg)?;
+            .map_err(pg)?;
+        let (at, seq): (i64, i64) = (begun.get(0), begun.get(1));
+        let mut slots = [None; 3];
+        let sets: Option<Vec<i16>> = begun.get(2);
+        let metas: Option<Vec<&[u8]>> = begun.get(3);
+        for (set, meta) in sets
+            .unwrap_or_default()
+            .into_iter()
+            .zip(metas.unwrap_or_default())
+        {
+            let meta = RefMeta::decode(meta).map_err(decode)?;
+            if let Some(slot) = slots.get_mut(set as usize) {
+                *slot = slot_in_force(&meta);
+            }
         }
+        let prefetched = match patient {
+            Some(nhs) => {
+                let record: Option<&[u8]> = begun.get(4);
+                let record = record
+                    .map(|r| StoredPatient::decode(r).map_err(decode))
+                    .transpose()?
+                    .and_then(|p| p.record);
+                let ids: Option<Vec<&str>> = begun.get(5);
+                let entries: Option<Vec<&[u8]>> = begun.get(6);
+                let explicit = super::view::entries_of(
+                    ids.unwrap_or_default()
+                        .into_iter()
+                        .zip(entries.unwrap_or_default()),
+                )?;
+                Some(Prefetched {
+                    nhs,
+                    patient: Mutex::new(Some(record)),
+                    explicit: Mutex::new(Some(explicit)),
+                })
+            }
+            None => None,
+        };
+        let view = Accepting {
+            tx: &tx,
+            seq: seq as u64,
+            slots,
+            prefetched,
+        };
+        let written = crate::accept::write(&view, write, at as u64).await?;
         tx.commit().await.map_err(pg)?;
         self.committed(started);
+        if !written.written.queued_mailboxes.is_empty() {
+            let _ = self.notes.send((
+                written.accepted_ms,
+                written.written.queued_mailboxes.clone(),
+            ));
+        }
         Ok(written)
     }
 
@@ -353,7 +489,7 @@ impl Backend for PgBackend {
         event: matching::Event,
     ) -> Result<(Vec<MailboxMatch>, bool), StoreError> {
         let conn = self.conn().await?;
-        matching::match_event(&Pg(&**conn), &event).await
+        matching::match_event(&Pg(&conn), &event).await
     }
 
     async fn create_subscription(
@@ -366,17 +502,33 @@ impl Backend for PgBackend {
     ) -> Result<Created, StoreError> {
         let mut conn = self.conn().await?;
         let started = Instant::now();
-        let tx = conn.transaction().await.map_err(pg)?;
-        let created = subscriptions::create(&*tx, id, record, quota, not_before).await?;
-        if let Created::Stored(sub) = &created {
-            audit::append(
-                &*tx,
-                sub.created_ms,
-                std::slice::from_ref(&audit_row),
-                false,
+        let _ = not_before; // one clock, the database's, stamps creations (subscriptions.rs)
+        // Far from the quota a create need not wait for the owner's others.
+        let mut mode = if quota > self.slack {
+            QuotaLock::Shared
+        } else {
+            QuotaLock::Exclusive
+        };
+        let (tx, created) = loop {
+            let tx = conn.transaction().await.map_err(pg)?;
+            match subscriptions::create(
+                &tx,
+                id,
+                record.clone(),
+                quota,
+                self.slack,
+                mode,
+                &audit_row,
             )
-            .await?;
-        }
+            .await?
+            {
+                Some(created) => break (tx, created),
+                None => {
+                    tx.rollback().await.map_err(pg)?;
+                    mode = QuotaLock::Exclusive;
+                }
+            }
+        };
         tx.commit().await.map_err(pg)?;
         self.committed(started);
         Ok(created)
@@ -388,14 +540,14 @@ impl Backend for PgBackend {
     ) -> Result<usize, StoreError> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(pg)?;
-        let n = subscriptions::insert_many(&*tx, &batch).await?;
+        let n = subscriptions::insert_many(&tx, &batch).await?;
         tx.commit().await.map_err(pg)?;
         Ok(n)
     }
 
     async fn subscription(&self, id: u128) -> Result<Option<StoredSubscription>, StoreError> {
         let conn = self.conn().await?;
-        subscriptions::get(&**conn, id).await
+        subscriptions::get(&conn, id).await
     }
 
     async fn delete_subscription(
@@ -407,9 +559,9 @@ impl Backend for PgBackend {
     ) -> Result<bool, StoreError> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(pg)?;
-        let deleted = subscriptions::delete(&*tx, id, now, &*allowed).await?;
+        let deleted = subscriptions::delete(&tx, id, now, &*allowed).await?;
         if deleted {
-            audit::append(&*tx, now, std::slice::from_ref(&audit_row), false).await?;
+            audit::append(&tx, now, std::slice::from_ref(&audit_row), false).await?;
         }
         tx.commit().await.map_err(pg)?;
         Ok(deleted)
@@ -423,14 +575,14 @@ impl Backend for PgBackend {
         include_deleted: bool,
     ) -> Result<(Vec<(u128, StoredSubscription)>, String), StoreError> {
         let conn = self.conn().await?;
-        subscriptions::list(&**conn, &filter, &token, size, include_deleted).await
+        subscriptions::list(&conn, &filter, &token, size, include_deleted).await
     }
 
     async fn totals(&self) -> Result<Totals, StoreError> {
         let conn = self.conn().await?;
-        let c: &tokio_postgres::Client = &conn;
+        let c: &deadpool_postgres::Client = &conn;
         let version: i32 = c
-            .query_one(
+            .fetch_one(
                 "SELECT coalesce(max(version), 0) FROM nems_schema_migrations",
                 &[],
             )
@@ -438,7 +590,7 @@ impl Backend for PgBackend {
             .map_err(pg)?
             .get(0);
         let patients: i64 = c
-            .query_one("SELECT count(*) FROM nems_patients", &[])
+            .fetch_one("SELECT count(*) FROM nems_patients", &[])
             .await
             .map_err(pg)?
             .get(0);
@@ -531,16 +683,15 @@ impl Backend for PgBackend {
         let tx = conn.transaction().await.map_err(pg)?;
         let out = ledger::redrive(&tx, &selection, now).await?;
         if !out.0.is_empty() {
-            audit::append(&*tx, now, std::slice::from_ref(&audit_row), false).await?;
-            let mut mailboxes: Vec<&str> = out.0.iter().map(|(_, m)| m.as_str()).collect();
-            mailboxes.sort_unstable();
-            mailboxes.dedup();
-            let note = format!("{now}\t{}", mailboxes.join("\t"));
-            tx.execute("SELECT pg_notify('nems_queue', $1)", &[&note])
-                .await
-                .map_err(pg)?;
+            audit::append(&tx, now, std::slice::from_ref(&audit_row), false).await?;
         }
         tx.commit().await.map_err(pg)?;
+        if !out.0.is_empty() {
+            let mut mailboxes: Vec<String> = out.0.iter().map(|(_, m)| m.clone()).collect();
+            mailboxes.sort_unstable();
+            mailboxes.dedup();
+            let _ = self.notes.send((now, mailboxes));
+        }
         Ok(out)
     }
 
@@ -576,15 +727,19 @@ impl Backend for PgBackend {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(pg)?;
         let swept = ledger::sweep(&tx, r.now, r.ledger_ms, r.dead_letter_ms, r.batch).await?;
-        let pruned = audit::prune(&*tx, false, r.audit_cutoff_ms, r.audit_limit).await?
-            + audit::prune(&*tx, true, r.refusal_cutoff_ms, r.audit_limit).await?;
+        let pruned = audit::prune(&tx, false, r.audit_cutoff_ms, r.audit_limit).await?
+            + audit::prune(&tx, true, r.refusal_cutoff_ms, r.audit_limit).await?;
+        // The counter rows of connections that are gone, into one (migration 0002).
+        tx.run("SELECT nems_fold_counters()", &[])
+            .await
+            .map_err(pg)?;
         tx.commit().await.map_err(pg)?;
         Ok((swept, pruned))
     }
 
     async fn directory(&self) -> Result<(Vec<pb::SpineSystem>, Vec<pb::MeshMailbox>), StoreError> {
         let conn = self.conn().await?;
-        audit::directory(&**conn).await
+        audit::directory(&conn).await
     }
 
     async fn change_directory(
@@ -596,7 +751,7 @@ impl Backend for PgBackend {
         let tx = conn.transaction().await.map_err(pg)?;
         if let Some(record) = &audit_row {
             audit::append(
-                &*tx,
+                &tx,
                 crate::backend::keys::now_ms(),
                 std::slice::from_ref(record),
                 false,
@@ -605,7 +760,7 @@ impl Backend for PgBackend {
         }
         let mut out = Vec::with_capacity(changes.len());
         for change in &changes {
-            out.push(audit::change(&*tx, change).await?);
+            out.push(audit::change(&tx, change).await?);
         }
         tx.commit().await.map_err(pg)?;
         Ok(out)
@@ -614,19 +769,19 @@ impl Backend for PgBackend {
     async fn refdata_begin(&self, set: usize) -> Result<u32, StoreError> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(pg)?;
-        let slot = refdata::begin(&*tx, set).await?;
+        let slot = refdata::begin(&tx, set).await?;
         tx.commit().await.map_err(pg)?;
         Ok(slot)
     }
 
     async fn refdata_insert(&self, set: usize, slot: u32, rows: Rows) -> Result<(), StoreError> {
         let conn = self.conn().await?;
-        refdata::insert(&**conn, set, slot, rows).await
+        refdata::insert(&conn, set, slot, rows).await
     }
 
     async fn refdata_diff(&self, set: usize, slot: u32) -> Result<(u64, u64, u64), StoreError> {
         let conn = self.conn().await?;
-        refdata::diff(&**conn, set, slot).await
+        refdata::diff(&conn, set, slot).await
     }
 
     async fn refdata_finish(
@@ -636,11 +791,11 @@ impl Backend for PgBackend {
     ) -> Result<Finished, StoreError> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(pg)?;
-        let finished = refdata::finish(&*tx, f.set, f.slot, &f.format, &f.source, &f.guard).await?;
+        let finished = refdata::finish(&tx, f.set, f.slot, &f.format, &f.source, &f.guard).await?;
         if !f.guard.check {
             import_outcome(&finished, &mut audit_row);
             audit::append(
-                &*tx,
+                &tx,
                 crate::backend::keys::now_ms(),
                 std::slice::from_ref(&audit_row),
                 false,
@@ -658,12 +813,12 @@ impl Backend for PgBackend {
         key: pb::lookup_area_request::Key,
     ) -> Result<pb::LookupAreaResponse, StoreError> {
         let conn = self.conn().await?;
-        crate::backend::lookup_area(&Pg(&**conn), key).await
+        crate::backend::lookup_area(&Pg(&conn), key).await
     }
 
     async fn patient(&self, nhs: u64) -> Result<Option<pb::PatientRecord>, StoreError> {
         let conn = self.conn().await?;
-        Ok(stored_patient(&**conn, nhs).await?.and_then(|p| p.record))
+        Ok(stored_patient(&conn, nhs).await?.and_then(|p| p.record))
     }
 
     async fn apply_demographics(&self, updates: Vec<DemographicUpdate>) -> Result<u64, StoreError> {
@@ -671,7 +826,7 @@ impl Backend for PgBackend {
         let tx = conn.transaction().await.map_err(pg)?;
         let mut written = 0u64;
         for u in &updates {
-            if super::view::apply_demographics(&*tx, u).await? {
+            if super::view::apply_demographics(&tx, u).await? {
                 written += 1;
             }
         }
@@ -687,8 +842,8 @@ impl Backend for PgBackend {
     ) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(pg)?;
-        audit::append(&*tx, at_ms, &reads, false).await?;
-        audit::append(&*tx, at_ms, &refusals, true).await?;
+        audit::append(&tx, at_ms, &reads, false).await?;
+        audit::append(&tx, at_ms, &refusals, true).await?;
         tx.commit().await.map_err(pg)?;
         Ok(())
     }
@@ -700,6 +855,33 @@ impl Backend for PgBackend {
         size: usize,
     ) -> Result<(Vec<pb::AuditRecord>, String), StoreError> {
         let conn = self.conn().await?;
-        audit::list(&**conn, &filter, &token, size).await
+        audit::list(&conn, &filter, &token, size).await
+    }
+}
+
+#[cfg(test)]
+mod note_tests {
+    use super::{NOTE_BYTES, payloads};
+
+    #[test]
+    fn notes_go_in_payloads_postgres_accepts_and_read_back_whole() {
+        let many: Vec<String> = (0..2000).map(|i| format!("MBX{i:05}")).collect();
+        let notes = vec![(7, vec!["A".to_string()]), (9, many.clone()), (11, vec![])];
+        let sent = payloads(&notes);
+        assert!(sent.len() > 1, "2000 mailboxes need several notifications");
+        let mut seen = Vec::new();
+        for payload in &sent {
+            assert!(payload.len() <= NOTE_BYTES, "{} bytes", payload.len());
+            for line in payload.lines() {
+                let mut parts = line.split('\t');
+                let at: u64 = parts.next().unwrap().parse().unwrap();
+                for m in parts {
+                    seen.push((at, m.to_string()));
+                }
+            }
+        }
+        let mut expected = vec![(7, "A".to_string())];
+        expected.extend(many.into_iter().map(|m| (9, m)));
+        assert_eq!(seen, expected);
     }
 }

@@ -6,12 +6,15 @@
 
 use std::collections::HashMap;
 
+use deadpool_postgres::{Client, Transaction};
 use nems_proto::v1 as pb;
 use prost::Message;
-use tokio_postgres::{Client, Transaction};
+
+use super::Db;
 
 use super::error::{decode, pg};
 use super::uuid_text;
+use crate::backend::first_cause;
 use crate::backend::keys::{id_hex, timestamp};
 use crate::backend::{
     Accepted, Budget, Completed, Lease, Leased, NewEvent, Outcome, Query, Redriven, Selection,
@@ -22,13 +25,10 @@ use crate::store::ledger::{
 };
 use crate::store::records::{StoredDelivery, StoredEvent};
 
-/// Shards of the events-accepted counter (no single row every acceptance updates).
-const COUNTER_SHARDS: i16 = 16;
-
 /// Loads a delivery, locking its row.
 async fn load(tx: &Transaction<'_>, id: u64) -> Result<Option<StoredDelivery>, StoreError> {
     let row = tx
-        .query_opt(
+        .fetch_opt(
             "SELECT record FROM nems_deliveries WHERE delivery_id = $1 FOR UPDATE",
             &[&(id as i64)],
         )
@@ -50,7 +50,7 @@ async fn save(
     let settle = settle_key(id, d);
     let mesh = (!d.mesh_message_id.is_empty()).then_some(d.mesh_message_id.as_str());
     let owner = owner.filter(|_| d.state() == pb::DeliveryState::InFlight);
-    tx.execute(
+    tx.run(
         "UPDATE nems_deliveries SET state = $2, queue_at = $3, lease_owner = $4,
              last_error_code = $5, mesh_message_id = $6, settle_kind = $7, settle_at = $8,
              record = $9
@@ -81,7 +81,7 @@ fn transition(d: &mut StoredDelivery, state: pb::DeliveryState, queue_at: Option
 
 async fn load_event(tx: &Transaction<'_>, seq: u64) -> Result<Option<StoredEvent>, StoreError> {
     let row = tx
-        .query_opt(
+        .fetch_opt(
             "SELECT record FROM nems_events WHERE seq = $1 FOR UPDATE",
             &[&(seq as i64)],
         )
@@ -92,7 +92,7 @@ async fn load_event(tx: &Transaction<'_>, seq: u64) -> Result<Option<StoredEvent
 }
 
 async fn save_event(tx: &Transaction<'_>, seq: u64, e: &StoredEvent) -> Result<(), StoreError> {
-    tx.execute(
+    tx.run(
         "UPDATE nems_events SET record = $2 WHERE seq = $1",
         &[&(seq as i64), &e.encode_to_vec()],
     )
@@ -113,7 +113,7 @@ async fn release_payload(tx: &Transaction<'_>, d: &mut StoredDelivery) -> Result
     event.unsettled = event.unsettled.saturating_sub(1);
     save_event(tx, d.event_seq, &event).await?;
     if event.unsettled == 0 {
-        tx.execute(
+        tx.run(
             "DELETE FROM nems_payloads WHERE seq = $1",
             &[&(d.event_seq as i64)],
         )
@@ -129,7 +129,7 @@ async fn acquire_payload(tx: &Transaction<'_>, d: &mut StoredDelivery) -> Result
         return Ok(true);
     }
     let held = tx
-        .query_opt(
+        .fetch_opt(
             "SELECT 1 FROM nems_payloads WHERE seq = $1",
             &[&(d.event_seq as i64)],
         )
@@ -148,18 +148,14 @@ async fn acquire_payload(tx: &Transaction<'_>, d: &mut StoredDelivery) -> Result
     Ok(true)
 }
 
-/// Writes an accepted event, its payload and its deliveries.
+/// Writes an accepted event under its sequence number `seq` (allocated when the
+/// acceptance began, which also counted it): the event, its payload and its delivery
+/// rows, sent together in one round trip.
 pub(crate) async fn insert_event(
     tx: &Transaction<'_>,
+    seq: u64,
     e: &NewEvent,
 ) -> Result<Accepted, StoreError> {
-    let shard = i16::from(rand::random::<u8>()) % COUNTER_SHARDS;
-    tx.execute(
-        "UPDATE nems_counters SET events = events + 1 WHERE shard = $1",
-        &[&shard],
-    )
-    .await
-    .map_err(pg)?;
     let event_hex = id_hex(e.event_id);
     let queued = e.deliveries.iter().filter(|d| !d.suppressed).count() as u32;
     let stored = StoredEvent {
@@ -174,94 +170,170 @@ pub(crate) async fn insert_event(
         unsettled: queued,
         matched_subscriptions: e.matched_subscriptions,
     };
-    let seq: i64 = tx
-        .query_one(
-            "INSERT INTO nems_events (event_id, accepted_ms, no_deliveries, record)
-             VALUES (($1::text)::uuid, $2, $3, $4) RETURNING seq",
-            &[
-                &uuid_text(e.event_id),
-                &(e.accepted_ms as i64),
-                &e.deliveries.is_empty(),
-                &stored.encode_to_vec(),
-            ],
-        )
-        .await
-        .map_err(pg)?
-        .get(0);
-    if queued > 0 {
-        tx.execute(
-            "INSERT INTO nems_payloads (seq, payload) VALUES ($1, $2)",
-            &[&seq, &&e.payload[..]],
-        )
-        .await
-        .map_err(pg)?;
-    }
+    let n = e.deliveries.len();
+    let mut idx = Vec::with_capacity(n);
+    let mut mailboxes = Vec::with_capacity(n);
+    let mut states = Vec::with_capacity(n);
+    let mut queue_at = Vec::with_capacity(n);
+    let mut error_codes = Vec::with_capacity(n);
+    let mut settle_kind = Vec::with_capacity(n);
+    let mut settle_at = Vec::with_capacity(n);
+    let mut records = Vec::with_capacity(n);
     let mut out = Accepted {
-        seq: seq as u64,
+        seq,
         queued_mailboxes: Vec::new(),
-        delivery_ids: Vec::with_capacity(e.deliveries.len()),
+        delivery_ids: Vec::with_capacity(n),
     };
     for (index, d) in e.deliveries.iter().enumerate() {
-        let state = if d.suppressed {
-            pb::DeliveryState::Suppressed
-        } else {
-            pb::DeliveryState::Queued
-        };
-        let record = StoredDelivery {
-            event_seq: seq as u64,
-            event_id: event_hex.clone(),
-            local_id: local_id(&event_hex, index as u64, 0),
-            event_code: e.event_code.clone(),
-            mailbox: d.mailbox.clone(),
-            workflow_id: e.workflow_id.clone(),
-            partner_id: d.partner_id.clone(),
-            state: state.into(),
-            attempts: 0,
-            accepted_ms: e.accepted_ms,
-            updated_ms: e.accepted_ms,
-            next_attempt_ms: if d.suppressed { 0 } else { e.accepted_ms },
-            mesh_message_id: String::new(),
-            last_error_code: if d.suppressed {
-                "PATIENT_FLAGGED".into()
-            } else {
-                String::new()
-            },
-            last_error: if d.suppressed {
-                "patient is flagged sensitive or invalid in PDS: not sent".into()
-            } else {
-                String::new()
-            },
-            subscription_ids: d.subscription_ids.clone(),
-            holds_payload: !d.suppressed,
-            redriven_ms: 0,
-            failures: 0,
-            redrives: 0,
-            deferred_since_ms: 0,
-            deferred_total_ms: 0,
-        };
-        let id: i64 = tx
-            .query_one(
-                "INSERT INTO nems_deliveries
-                     (event_seq, idx, mailbox, state, event_code, last_error_code, record)
-                 VALUES ($1, $2, $3, $4, $5, '', '') RETURNING delivery_id",
-                &[
-                    &seq,
-                    &(index as i32),
-                    &d.mailbox,
-                    &(state as i16),
-                    &e.event_code,
-                ],
-            )
-            .await
-            .map_err(pg)?
-            .get(0);
-        save(tx, id as u64, &record, None).await?;
+        let record = new_delivery(e, &event_hex, seq, index, d);
+        // The id is not part of the derived columns (it is the row's own key).
+        let settle = settle_key(0, &record);
+        idx.push(index as i32);
+        mailboxes.push(d.mailbox.as_str());
+        states.push(record.state as i16);
+        queue_at.push((record.next_attempt_ms != 0).then_some(record.next_attempt_ms as i64));
+        error_codes.push(record.last_error_code.clone());
+        settle_kind.push(settle.map(|k| i16::from(k.0)));
+        settle_at.push(settle.map(|k| k.1 as i64));
+        records.push(record.encode_to_vec());
         if !d.suppressed {
             out.queued_mailboxes.push(d.mailbox.clone());
         }
-        out.delivery_ids.push(id as u64);
     }
+    let seq_i = seq as i64;
+    let event_row = stored.encode_to_vec();
+    let event_uuid = uuid_text(e.event_id);
+    // The payload and delivery rows refer to the event's: the statements are prepared
+    // first, so that all three are sent, in order, at the first poll of the join below
+    // (after it, tokio's join polls in turns, not in order).
+    let insert_event = tx
+        .prepare_cached(
+            "INSERT INTO nems_events (seq, event_id, accepted_ms, no_deliveries, record)
+             OVERRIDING SYSTEM VALUE VALUES ($1, ($2::text)::uuid, $3, $4, $5)",
+        )
+        .await
+        .map_err(pg)?;
+    let insert_payload = tx
+        .prepare_cached("INSERT INTO nems_payloads (seq, payload) VALUES ($1, $2)")
+        .await
+        .map_err(pg)?;
+    let insert_deliveries = tx
+        .prepare_cached(
+            "INSERT INTO nems_deliveries
+                 (event_seq, idx, mailbox, state, queue_at, event_code, last_error_code,
+                  settle_kind, settle_at, record)
+             SELECT $1, i, m, s, q, $6, l, k, a, r
+             FROM unnest($2::int4[], $3::text[], $4::int2[], $5::int8[], $7::text[],
+                         $8::int2[], $9::int8[], $10::bytea[]) AS u(i, m, s, q, l, k, a, r)
+             RETURNING idx, delivery_id",
+        )
+        .await
+        .map_err(pg)?;
+    let (event, payload, deliveries) = tokio::join!(
+        async {
+            tx.execute(
+                &insert_event,
+                &[
+                    &seq_i,
+                    &event_uuid,
+                    &(e.accepted_ms as i64),
+                    &e.deliveries.is_empty(),
+                    &event_row,
+                ],
+            )
+            .await
+        },
+        async {
+            if queued == 0 {
+                return Ok(0);
+            }
+            tx.execute(&insert_payload, &[&seq_i, &&e.payload[..]])
+                .await
+        },
+        async {
+            if n == 0 {
+                return Ok(Vec::new());
+            }
+            tx.query(
+                &insert_deliveries,
+                &[
+                    &seq_i,
+                    &idx,
+                    &mailboxes,
+                    &states,
+                    &queue_at,
+                    &e.event_code,
+                    &error_codes,
+                    &settle_kind,
+                    &settle_at,
+                    &records,
+                ],
+            )
+            .await
+        }
+    );
+    let deliveries = deliveries.map_err(pg);
+    first_cause([
+        event.err().map(pg),
+        payload.err().map(pg),
+        deliveries.as_ref().err().cloned(),
+    ])?;
+    let mut ids = vec![0u64; n];
+    for row in deliveries? {
+        let (index, id): (i32, i64) = (row.get(0), row.get(1));
+        if let Some(slot) = ids.get_mut(index as usize) {
+            *slot = id as u64;
+        }
+    }
+    out.delivery_ids = ids;
     Ok(out)
+}
+
+/// The ledger record of a new delivery.
+fn new_delivery(
+    e: &NewEvent,
+    event_hex: &str,
+    seq: u64,
+    index: usize,
+    d: &crate::backend::NewDelivery,
+) -> StoredDelivery {
+    let state = if d.suppressed {
+        pb::DeliveryState::Suppressed
+    } else {
+        pb::DeliveryState::Queued
+    };
+    StoredDelivery {
+        event_seq: seq,
+        event_id: event_hex.to_string(),
+        local_id: local_id(event_hex, index as u64, 0),
+        event_code: e.event_code.clone(),
+        mailbox: d.mailbox.clone(),
+        workflow_id: e.workflow_id.clone(),
+        partner_id: d.partner_id.clone(),
+        state: state.into(),
+        attempts: 0,
+        accepted_ms: e.accepted_ms,
+        updated_ms: e.accepted_ms,
+        next_attempt_ms: if d.suppressed { 0 } else { e.accepted_ms },
+        mesh_message_id: String::new(),
+        last_error_code: if d.suppressed {
+            "PATIENT_FLAGGED".into()
+        } else {
+            String::new()
+        },
+        last_error: if d.suppressed {
+            "patient is flagged sensitive or invalid in PDS: not sent".into()
+        } else {
+            String::new()
+        },
+        subscription_ids: d.subscription_ids.clone(),
+        holds_payload: !d.suppressed,
+        redriven_ms: 0,
+        failures: 0,
+        redrives: 0,
+        deferred_since_ms: 0,
+        deferred_total_ms: 0,
+    }
 }
 
 /// Leases up to `max` available deliveries from each picked mailbox until
@@ -282,7 +354,7 @@ pub(crate) async fn lease(
         let rows = if out_of_budget {
             Vec::new()
         } else {
-            tx.query(
+            tx.fetch(
                 "SELECT delivery_id, record FROM nems_deliveries
                  WHERE mailbox = $1 AND queue_at <= $2
                  ORDER BY queue_at, delivery_id LIMIT $3 FOR UPDATE SKIP LOCKED",
@@ -299,7 +371,7 @@ pub(crate) async fn lease(
                 Some(p) => p.clone(),
                 None => {
                     let p: Vec<u8> = tx
-                        .query_opt(
+                        .fetch_opt(
                             "SELECT payload FROM nems_payloads WHERE seq = $1",
                             &[&(d.event_seq as i64)],
                         )
@@ -348,7 +420,7 @@ pub(crate) async fn lease(
             });
         }
         let next_ready: Option<i64> = tx
-            .query_one(
+            .fetch_one(
                 "SELECT min(queue_at) FROM nems_deliveries WHERE mailbox = $1 AND queue_at IS NOT NULL",
                 &[mailbox],
             )
@@ -395,7 +467,7 @@ pub(crate) async fn give_back_all(
     now: u64,
 ) -> Result<usize, StoreError> {
     let rows = tx
-        .query(
+        .fetch(
             "SELECT delivery_id, record FROM nems_deliveries
              WHERE state = 2 AND lease_owner = $1 FOR UPDATE",
             &[&owner],
@@ -498,7 +570,7 @@ async fn find_reported(
         |d: &StoredDelivery| !d.mesh_message_id.is_empty() && d.mesh_message_id != mesh_message_id;
     if let Some((event_id, index, generation)) = parse_local_id(local) {
         let row = tx
-            .query_opt(
+            .fetch_opt(
                 "SELECT d.delivery_id, d.record FROM nems_events e
                  JOIN nems_deliveries d ON d.event_seq = e.seq AND d.idx = $2
                  WHERE e.event_id = ($1::text)::uuid",
@@ -518,7 +590,7 @@ async fn find_reported(
         return Ok(None);
     }
     let row = tx
-        .query_opt(
+        .fetch_opt(
             "SELECT delivery_id, record FROM nems_deliveries WHERE mesh_message_id = $1",
             &[&mesh_message_id],
         )
@@ -571,7 +643,7 @@ pub(crate) async fn redrive(
         } else {
             selection.limit as i64
         };
-        tx.query(
+        tx.fetch(
             "SELECT delivery_id FROM nems_deliveries
              WHERE state = 4 AND ($1 = '' OR mailbox = $1) AND ($2 = '' OR event_code = $2)
                AND ($3 = '' OR last_error_code = $3)
@@ -638,7 +710,7 @@ pub(crate) async fn list(
     };
     let state = query.state.map(|s| s as i16);
     let rows = client
-        .query(
+        .fetch(
             "SELECT delivery_id, record FROM nems_deliveries
              WHERE delivery_id > $1
                AND ($2::text IS NULL OR event_seq = (SELECT seq FROM nems_events WHERE event_id = ($2::text)::uuid))
@@ -679,7 +751,7 @@ pub(crate) async fn event(
     id: u128,
 ) -> Result<Option<(pb::EventRecord, Vec<pb::DeliveryRecord>)>, StoreError> {
     let row = client
-        .query_opt(
+        .fetch_opt(
             "SELECT e.seq, e.record, EXISTS (SELECT 1 FROM nems_payloads p WHERE p.seq = e.seq)
              FROM nems_events e WHERE e.event_id = ($1::text)::uuid",
             &[&uuid_text(id)],
@@ -691,7 +763,7 @@ pub(crate) async fn event(
     let e = StoredEvent::decode(row.get::<_, &[u8]>(1)).map_err(decode)?;
     let held: bool = row.get(2);
     let rows = client
-        .query(
+        .fetch(
             "SELECT delivery_id, record FROM nems_deliveries WHERE event_seq = $1 ORDER BY idx",
             &[&seq],
         )
@@ -714,7 +786,7 @@ pub(crate) async fn stats(
     mailbox: &str,
 ) -> Result<Vec<pb::MailboxStats>, StoreError> {
     let rows = client
-        .query(
+        .fetch(
             "SELECT mailbox, state, count(*) FROM nems_deliveries
              WHERE $1 = '' OR mailbox = $1 GROUP BY mailbox, state ORDER BY mailbox",
             &[&mailbox],
@@ -750,7 +822,7 @@ pub(crate) async fn stats(
 /// number of deliveries queued or in flight.
 pub(crate) async fn queue(client: &Client) -> Result<(Vec<(String, u64)>, u64), StoreError> {
     let rows = client
-        .query(
+        .fetch(
             "SELECT mailbox, min(queue_at), count(*) FROM nems_deliveries
              WHERE queue_at IS NOT NULL GROUP BY mailbox ORDER BY mailbox",
             &[],
@@ -771,7 +843,7 @@ pub(crate) async fn queue(client: &Client) -> Result<(Vec<(String, u64)>, u64), 
 /// Events accepted since the database was created.
 pub(crate) async fn accepted_count(client: &Client) -> Result<u64, StoreError> {
     let n: i64 = client
-        .query_one(
+        .fetch_one(
             "SELECT coalesce(sum(events), 0)::bigint FROM nems_counters",
             &[],
         )
@@ -792,7 +864,7 @@ pub(crate) async fn sweep(
     let mut swept = Swept::default();
     let dl_cutoff = now.saturating_sub(dead_letter_retention_ms) as i64;
     let rows = tx
-        .query(
+        .fetch(
             "SELECT delivery_id, record FROM nems_deliveries
              WHERE settle_kind = $1 AND settle_at < $2
              ORDER BY settle_at, delivery_id LIMIT $3 FOR UPDATE SKIP LOCKED",
@@ -813,7 +885,7 @@ pub(crate) async fn sweep(
     let cutoff = now.saturating_sub(retention_ms) as i64;
     let rest = batch.saturating_sub(swept.scanned) as i64;
     let removed = tx
-        .query(
+        .fetch(
             "DELETE FROM nems_deliveries WHERE delivery_id IN (
                  SELECT delivery_id FROM nems_deliveries
                  WHERE settle_kind = $1 AND settle_at < $2
@@ -830,7 +902,7 @@ pub(crate) async fn sweep(
     touched.dedup();
     let rest = batch.saturating_sub(swept.scanned) as i64;
     let events = tx
-        .query(
+        .fetch(
             "DELETE FROM nems_events WHERE seq IN (
                  SELECT seq FROM nems_events e WHERE e.seq = ANY($1)
                    AND NOT EXISTS (SELECT 1 FROM nems_deliveries d WHERE d.event_seq = e.seq)

@@ -30,11 +30,18 @@ impl Migration {
 }
 
 /// Every migration this binary knows, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("migrations/0001_initial.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "uncontended_counters",
+        sql: include_str!("migrations/0002_uncontended_counters.sql"),
+    },
+];
 
 /// The key of the advisory lock the migrator holds (`nems` in ASCII, then `1`).
 const LOCK_KEY: i64 = 0x6e_65_6d_73_00_00_00_01;

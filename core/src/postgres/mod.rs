@@ -49,6 +49,52 @@ pub(crate) fn parse_uuid(text: &str) -> Option<u128> {
     crate::backend::keys::parse_id(&hex)
 }
 
+/// Statements through each pooled connection's statement cache: one round trip per
+/// statement (a `&str` given to the driver is prepared again every time, a second one).
+pub(crate) trait Db: deadpool_postgres::GenericClient {
+    /// Rows of `sql`.
+    async fn fetch(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+        let statement = self.prepare_cached(sql).await?;
+        self.query(&statement, params).await
+    }
+
+    /// The one row of `sql`.
+    async fn fetch_one(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<tokio_postgres::Row, tokio_postgres::Error> {
+        let statement = self.prepare_cached(sql).await?;
+        self.query_one(&statement, params).await
+    }
+
+    /// The row of `sql`, if any.
+    async fn fetch_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Option<tokio_postgres::Row>, tokio_postgres::Error> {
+        let statement = self.prepare_cached(sql).await?;
+        self.query_opt(&statement, params).await
+    }
+
+    /// Runs `sql`: the rows it changed.
+    async fn run(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        let statement = self.prepare_cached(sql).await?;
+        self.execute(&statement, params).await
+    }
+}
+
+impl<C: deadpool_postgres::GenericClient> Db for C {}
+
 pub use migrator::{MIGRATIONS, Migrated, Migration, SchemaError, migrate, migrate_with};
 
 /// Throwaway clusters for core's own PostgreSQL tests: the e2e harness's (one source).

@@ -1,8 +1,8 @@
 //! Reference data imports on PostgreSQL: the redb store's two slots per set (see the
 //! schema), the set's metadata row switched by the import's last transaction.
 
+use super::Db;
 use prost::Message;
-use tokio_postgres::GenericClient;
 
 use super::error::pg;
 use super::view::ref_meta;
@@ -12,8 +12,8 @@ use crate::backend::{Finished, Guard, RefMeta, Rows, SET_NAMES, StoreError, refu
 /// No slot is being filled.
 const NO_SLOT: u32 = u32::MAX;
 
-async fn save_meta(c: &impl GenericClient, set: usize, m: &RefMeta) -> Result<(), StoreError> {
-    c.execute(
+async fn save_meta(c: &impl Db, set: usize, m: &RefMeta) -> Result<(), StoreError> {
+    c.run(
         "INSERT INTO nems_ref_meta (set_index, meta) VALUES ($1, $2)
          ON CONFLICT (set_index) DO UPDATE SET meta = EXCLUDED.meta",
         &[&(set as i16), &m.encode_to_vec()],
@@ -23,8 +23,8 @@ async fn save_meta(c: &impl GenericClient, set: usize, m: &RefMeta) -> Result<()
     Ok(())
 }
 
-async fn clear(c: &impl GenericClient, set: usize, slot: u32) -> Result<(), StoreError> {
-    c.execute(
+async fn clear(c: &impl Db, set: usize, slot: u32) -> Result<(), StoreError> {
+    c.run(
         "DELETE FROM nems_ref_rows WHERE set_index = $1 AND slot = $2",
         &[&(set as i16), &((slot & 1) as i16)],
     )
@@ -35,8 +35,8 @@ async fn clear(c: &impl GenericClient, set: usize, slot: u32) -> Result<(), Stor
 
 /// Locks the set's metadata row for this transaction (imports of one set on several
 /// cores take turns at each step).
-async fn lock(c: &impl GenericClient, set: usize) -> Result<RefMeta, StoreError> {
-    c.execute(
+async fn lock(c: &impl Db, set: usize) -> Result<RefMeta, StoreError> {
+    c.run(
         "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
         &[&format!("nems-refdata/{}", SET_NAMES[set])],
     )
@@ -46,7 +46,7 @@ async fn lock(c: &impl GenericClient, set: usize) -> Result<RefMeta, StoreError>
 }
 
 /// Starts an import: empties the slot not in force and returns it.
-pub(crate) async fn begin(c: &impl GenericClient, set: usize) -> Result<u32, StoreError> {
+pub(crate) async fn begin(c: &impl Db, set: usize) -> Result<u32, StoreError> {
     let mut m = lock(c, set).await?;
     let slot = if m.generation == 0 {
         0
@@ -61,7 +61,7 @@ pub(crate) async fn begin(c: &impl GenericClient, set: usize) -> Result<u32, Sto
 
 /// Adds rows to the slot being filled (a key given twice keeps its last value).
 pub(crate) async fn insert(
-    c: &impl GenericClient,
+    c: &impl Db,
     set: usize,
     slot: u32,
     rows: Rows,
@@ -71,7 +71,7 @@ pub(crate) async fn insert(
         by_key.insert(k, v);
     }
     let (keys, values): (Vec<String>, Vec<Vec<u8>>) = by_key.into_iter().unzip();
-    c.execute(
+    c.run(
         "INSERT INTO nems_ref_rows (set_index, slot, key, record)
          SELECT $1, $2, k, v FROM unnest($3::text[], $4::bytea[]) AS t (k, v)
          ON CONFLICT (set_index, slot, key) DO UPDATE SET record = EXCLUDED.record",
@@ -84,7 +84,7 @@ pub(crate) async fn insert(
 
 /// Keys the filled slot would add, remove and change against the set in force.
 pub(crate) async fn diff(
-    c: &impl GenericClient,
+    c: &impl Db,
     set: usize,
     slot: u32,
 ) -> Result<(u64, u64, u64), StoreError> {
@@ -97,7 +97,7 @@ pub(crate) async fn diff(
         (m.active_slot & 1) as i16
     };
     let row = c
-        .query_one(
+        .fetch_one(
             "SELECT count(*) FILTER (WHERE o.key IS NULL),
                     count(*) FILTER (WHERE n.key IS NULL),
                     count(*) FILTER (WHERE o.key IS NOT NULL AND n.key IS NOT NULL
@@ -116,7 +116,7 @@ pub(crate) async fn diff(
 /// Finishes an import: switches the set to the filled slot when `guard` lets it through,
 /// else empties the filled slot and keeps the set in force.
 pub(crate) async fn finish(
-    c: &impl GenericClient,
+    c: &impl Db,
     set: usize,
     slot: u32,
     format: &str,
@@ -131,7 +131,7 @@ pub(crate) async fn finish(
         )));
     }
     let rows: i64 = c
-        .query_one(
+        .fetch_one(
             "SELECT count(*) FROM nems_ref_rows WHERE set_index = $1 AND slot = $2",
             &[&(set as i16), &((slot & 1) as i16)],
         )

@@ -1,19 +1,36 @@
 //! Subscriptions and their match indexes on PostgreSQL.
 //!
-//! A create takes, in its transaction, the owner's quota row (`FOR UPDATE`: concurrent
-//! creates of one ASID pass the quota one at a time) and an advisory lock on its
-//! duplicate-detection key (two identical creates on two cores cannot both find no
-//! duplicate), then the shared lock that orders creates against acceptances (see
-//! `super::ORDER_LOCK`): it is stamped with the time of the write while holding it.
+//! # The quota without a hot row
+//! The live count of an ASID is the sum of rows sharded by the writing connection's server
+//! process (`nems_subscription_shards`), so concurrent creates never wait for each other's
+//! commits. A create holds an advisory lock of its owner's ASID until its transaction ends,
+//! taken before it reads the count:
+//! - **shared**, and it proceeds only when `live + slack <= quota`, `slack` being the
+//!   server's `max_connections` (no more transactions than that can hold the lock at once);
+//! - otherwise it starts again holding the lock **exclusively** (no other create of that
+//!   ASID in flight) and proceeds when `live < quota`.
+//!
+//! Why no ASID ends above its quota: take the successful create `T` that read the count
+//! last. Every other successful create either committed before that read (counted in what
+//! `T` read) or held the lock at that instant (read earlier, not yet committed): at most
+//! `slack - 1` of them when `T` holds it shared, none when exclusively. Either way the total
+//! is at most what `T` allowed.
+//!
+//! A create then takes an advisory lock on its duplicate-detection key (two identical
+//! creates on two cores cannot both find no duplicate), and the shared lock that orders
+//! creates against acceptances (see `super::ORDER_LOCK`): it is stamped with the time of the
+//! write while holding it.
 
+use super::Db;
 use nems_proto::v1 as pb;
 use prost::Message;
-use tokio_postgres::GenericClient;
 
 use super::error::{decode, pg};
 use super::{ORDER_LOCK, parse_uuid, uuid_text};
 use crate::backend::keys::{id_hex, nhs_key, parse_id};
-use crate::backend::{Created, ListFilter, StoreError, StoredSubscription, match_entry, rule_key};
+use crate::backend::{
+    Created, ListFilter, StoreError, StoredSubscription, first_cause, match_entry, rule_key,
+};
 
 /// What the match index of `sub` holds: its NHS number (explicit) or its rule keys.
 enum Keys {
@@ -50,12 +67,12 @@ fn dedup(sub: &StoredSubscription) -> String {
 
 /// A live duplicate of `sub` (not deleted, not ended at `now`), by id.
 async fn live_duplicate(
-    c: &impl GenericClient,
+    c: &impl Db,
     sub: &StoredSubscription,
     now: u64,
 ) -> Result<Option<u128>, StoreError> {
     let row = c
-        .query_opt(
+        .fetch_opt(
             "SELECT id::text FROM nems_subscriptions
              WHERE dedup_key = ($1::text)::uuid AND deleted_ms = 0
                AND (end_ms = 0 OR end_ms > $2)
@@ -68,129 +85,160 @@ async fn live_duplicate(
 }
 
 /// Writes a new subscription and its match index rows (no checks).
-async fn write(
-    c: &impl GenericClient,
-    id: u128,
-    sub: &StoredSubscription,
-) -> Result<(), StoreError> {
+async fn write(c: &impl Db, id: u128, sub: &StoredSubscription) -> Result<(), StoreError> {
     let id_text = uuid_text(id);
-    c.execute(
-        "INSERT INTO nems_subscriptions
-             (id, owner_asid, owner_ods, mailbox, created_ms, end_ms, deleted_ms, dedup_key, record)
-         VALUES (($1::text)::uuid, $2, $3, $4, $5, $6, 0, ($7::text)::uuid, $8)",
-        &[
-            &id_text,
-            &sub.owner_asid,
-            &sub.owner_ods,
-            &sub.mailbox,
-            &(sub.created_ms as i64),
-            &(sub.end_ms as i64),
-            &dedup(sub),
-            &sub.encode_to_vec(),
-        ],
-    )
-    .await
-    .map_err(pg)?;
+    let created = (sub.created_ms as i64, sub.end_ms as i64);
+    let (dedup_key, record) = (dedup(sub), sub.encode_to_vec());
     let entry = match_entry(sub).encode_to_vec();
-    match keys(sub)? {
-        Keys::Nhs(nhs) => {
-            c.execute(
-                "INSERT INTO nems_match_nhs (nhs_number, id, entry) VALUES ($1, ($2::text)::uuid, $3)",
-                &[&nhs, &id_text, &entry],
-            )
-            .await
-            .map_err(pg)?;
-        }
-        Keys::Rules(rules) => {
-            c.execute(
-                "INSERT INTO nems_match_rule (rule_key, id, entry)
-                 SELECT k, ($2::text)::uuid, $3 FROM unnest($1::text[]) AS k
-                 ON CONFLICT DO NOTHING",
-                &[&rules, &id_text, &entry],
-            )
-            .await
-            .map_err(pg)?;
-        }
-    }
-    c.execute(
-        "INSERT INTO nems_subscription_counts (owner_asid, live) VALUES ($1, 1)
-         ON CONFLICT (owner_asid) DO UPDATE SET live = nems_subscription_counts.live + 1",
-        &[&sub.owner_asid],
+    let keys = keys(sub)?;
+    let (nhs, rules) = match keys {
+        Keys::Nhs(nhs) => (Some(nhs), Vec::new()),
+        Keys::Rules(rules) => (None, rules),
+    };
+    // Sent together: one round trip for the three statements.
+    let (stored, indexed, counted) = tokio::join!(
+        async {
+            c.run(
+            "INSERT INTO nems_subscriptions
+                 (id, owner_asid, owner_ods, mailbox, created_ms, end_ms, deleted_ms, dedup_key, record)
+             VALUES (($1::text)::uuid, $2, $3, $4, $5, $6, 0, ($7::text)::uuid, $8)",
+            &[
+                &id_text,
+                &sub.owner_asid,
+                &sub.owner_ods,
+                &sub.mailbox,
+                &created.0,
+                &created.1,
+                &dedup_key,
+                &record,
+            ],
+        ).await
+        },
+        async {
+            match nhs {
+                Some(nhs) => {
+                    c.run(
+                        "INSERT INTO nems_match_nhs (nhs_number, id, entry)
+                         VALUES ($1, ($2::text)::uuid, $3)",
+                        &[&nhs, &id_text, &entry],
+                    )
+                    .await
+                }
+                None => {
+                    c.run(
+                        "INSERT INTO nems_match_rule (rule_key, id, entry)
+                         SELECT k, ($2::text)::uuid, $3 FROM unnest($1::text[]) AS k
+                         ON CONFLICT DO NOTHING",
+                        &[&rules, &id_text, &entry],
+                    )
+                    .await
+                }
+            }
+        },
+        async { count(c, &sub.owner_asid, 1).await }
+    );
+    first_cause([stored.err().map(pg), indexed.err().map(pg), counted.err()])
+}
+
+/// Adds `delta` to the live count of `owner` (this connection's shard).
+async fn count(c: &impl Db, owner: &str, delta: i64) -> Result<(), StoreError> {
+    c.run(
+        "INSERT INTO nems_subscription_shards (owner_asid, shard, live)
+         VALUES ($1, pg_backend_pid(), $2)
+         ON CONFLICT (owner_asid, shard)
+             DO UPDATE SET live = nems_subscription_shards.live + EXCLUDED.live",
+        &[&owner, &delta],
     )
     .await
     .map_err(pg)?;
     Ok(())
+}
+
+/// The advisory lock key of a duplicate-detection key.
+fn dedup_lock_key(sub: &StoredSubscription) -> String {
+    format!("nems-dedup/{}", dedup(sub))
 }
 
 /// Serialises the creates of one duplicate-detection key across cores.
-async fn lock_dedup(c: &impl GenericClient, sub: &StoredSubscription) -> Result<(), StoreError> {
-    c.execute(
+async fn lock_dedup(c: &impl Db, sub: &StoredSubscription) -> Result<(), StoreError> {
+    c.run(
         "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-        &[&format!("nems-dedup/{}", dedup(sub))],
+        &[&dedup_lock_key(sub)],
     )
     .await
     .map_err(pg)?;
     Ok(())
 }
 
-/// Creates a subscription (see the module documentation for the locks).
+/// How a create holds its owner's quota lock (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum QuotaLock {
+    /// Far from the quota: creates of one ASID proceed together.
+    Shared,
+    /// Near it: one create of the ASID at a time.
+    Exclusive,
+}
+
+/// The advisory lock key of an ASID's quota.
+fn quota_key(owner: &str) -> String {
+    format!("nems-quota/{owner}")
+}
+
+/// Creates a subscription (see the module documentation for the locks); `None` when the
+/// owner is near its quota and the create must start again with [`QuotaLock::Exclusive`].
 pub(crate) async fn create(
-    c: &impl GenericClient,
+    c: &impl Db,
     id: u128,
     mut sub: StoredSubscription,
     quota: u64,
-    not_before: u64,
-) -> Result<Created, StoreError> {
-    // The owner's count row, locked: creates of one ASID pass the quota in turn.
-    c.execute(
-        "INSERT INTO nems_subscription_counts (owner_asid, live) VALUES ($1, 0)
-         ON CONFLICT (owner_asid) DO NOTHING",
-        &[&sub.owner_asid],
-    )
-    .await
-    .map_err(pg)?;
-    let live: i64 = c
-        .query_one(
-            "SELECT live FROM nems_subscription_counts WHERE owner_asid = $1 FOR UPDATE",
-            &[&sub.owner_asid],
-        )
-        .await
-        .map_err(pg)?
-        .get(0);
-    if live as u64 >= quota {
-        return Ok(Created::OverQuota);
-    }
-    lock_dedup(c, &sub).await?;
-    // Held shared until the commit ends; the creation time is read while holding it, from
-    // the database's clock (the one acceptance times come from), rounded up to the ms
+    slack: u64,
+    mode: QuotaLock,
+    audit_row: &pb::AuditRecord,
+) -> Result<Option<Created>, StoreError> {
+    // The locks, the count, the creation time and the duplicate check: one statement
+    // (migration 0002). The creation time is read holding the ordering lock, from the
+    // database's clock (the one acceptance times come from), rounded up to the ms
     // (acceptance times are rounded down): a create that takes the lock after an
     // acceptance's barrier is stamped strictly after it, even within one ms.
-    let at: i64 = c
-        .query_one(
-            "SELECT ceil(extract(epoch FROM clock_timestamp()) * 1000)::bigint
-             FROM (SELECT pg_advisory_xact_lock_shared($1)) AS ordered",
-            &[&ORDER_LOCK],
+    let begun = c
+        .fetch_one(
+            "SELECT live, created_ms, duplicate
+             FROM nems_create_begin($1, $2, $3, $4, $5, ($6::text)::uuid)",
+            &[
+                &quota_key(&sub.owner_asid),
+                &(mode == QuotaLock::Exclusive),
+                &sub.owner_asid,
+                &dedup_lock_key(&sub),
+                &ORDER_LOCK,
+                &dedup(&sub),
+            ],
         )
         .await
-        .map_err(pg)?
-        .get(0);
-    // `not_before` (the core's clock at validation) is not used: one clock stamps
-    // creations and acceptances.
-    let _ = not_before;
-    sub.created_ms = at as u64;
-    if let Some(existing) = live_duplicate(c, &sub, sub.created_ms).await? {
-        return Ok(Created::Duplicate(existing));
+        .map_err(pg)?;
+    let live = begun.get::<_, i64>(0).max(0) as u64;
+    match mode {
+        QuotaLock::Shared if live.saturating_add(slack) > quota => return Ok(None),
+        QuotaLock::Exclusive if live >= quota => return Ok(Some(Created::OverQuota)),
+        _ => {}
     }
-    write(c, id, &sub).await?;
-    Ok(Created::Stored(Box::new(sub)))
+    sub.created_ms = begun.get::<_, i64>(1) as u64;
+    if let Some(existing) = begun.get::<_, Option<&str>>(2).and_then(parse_uuid) {
+        return Ok(Some(Created::Duplicate(existing)));
+    }
+    let (written, audited) = tokio::join!(
+        write(c, id, &sub),
+        super::audit::append(c, sub.created_ms, std::slice::from_ref(audit_row), false)
+    );
+    first_cause([written.err(), audited.err()])?;
+    Ok(Some(Created::Stored(Box::new(sub))))
 }
 
 /// Inserts many subscriptions (tools and benchmarks; no quota): how many were new.
 pub(crate) async fn insert_many(
-    c: &impl GenericClient,
+    c: &impl Db,
     batch: &[(u128, StoredSubscription)],
 ) -> Result<usize, StoreError> {
-    c.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&ORDER_LOCK])
+    c.run("SELECT pg_advisory_xact_lock_shared($1)", &[&ORDER_LOCK])
         .await
         .map_err(pg)?;
     let mut new = 0;
@@ -219,12 +267,9 @@ fn prefix_end(prefix: &str) -> String {
 }
 
 /// A subscription by id (deleted ones included).
-pub(crate) async fn get(
-    c: &impl GenericClient,
-    id: u128,
-) -> Result<Option<StoredSubscription>, StoreError> {
+pub(crate) async fn get(c: &impl Db, id: u128) -> Result<Option<StoredSubscription>, StoreError> {
     let row = c
-        .query_opt(
+        .fetch_opt(
             "SELECT record FROM nems_subscriptions WHERE id = ($1::text)::uuid",
             &[&uuid_text(id)],
         )
@@ -236,14 +281,14 @@ pub(crate) async fn get(
 
 /// Deletes a live subscription `allowed` accepts; false when there is none.
 pub(crate) async fn delete(
-    c: &impl GenericClient,
+    c: &impl Db,
     id: u128,
     now: u64,
     allowed: &(dyn Fn(&StoredSubscription) -> bool + Send + Sync),
 ) -> Result<bool, StoreError> {
     let id_text = uuid_text(id);
     let row = c
-        .query_opt(
+        .fetch_opt(
             "SELECT record FROM nems_subscriptions WHERE id = ($1::text)::uuid FOR UPDATE",
             &[&id_text],
         )
@@ -255,7 +300,7 @@ pub(crate) async fn delete(
         return Ok(false);
     }
     sub.deleted_ms = now;
-    c.execute(
+    c.run(
         "UPDATE nems_subscriptions SET deleted_ms = $2, record = $3 WHERE id = ($1::text)::uuid",
         &[&id_text, &(now as i64), &sub.encode_to_vec()],
     )
@@ -263,34 +308,29 @@ pub(crate) async fn delete(
     .map_err(pg)?;
     match keys(&sub)? {
         Keys::Nhs(nhs) => c
-            .execute(
+            .run(
                 "DELETE FROM nems_match_nhs WHERE nhs_number = $1 AND id = ($2::text)::uuid",
                 &[&nhs, &id_text],
             )
             .await
             .map_err(pg)?,
         Keys::Rules(rules) => c
-            .execute(
+            .run(
                 "DELETE FROM nems_match_rule WHERE rule_key = ANY($1) AND id = ($2::text)::uuid",
                 &[&rules, &id_text],
             )
             .await
             .map_err(pg)?,
     };
-    c.execute(
-        "UPDATE nems_subscription_counts SET live = greatest(live - 1, 0) WHERE owner_asid = $1",
-        &[&sub.owner_asid],
-    )
-    .await
-    .map_err(pg)?;
+    count(c, &sub.owner_asid, -1).await?;
     Ok(true)
 }
 
 /// Live subscriptions.
-pub(crate) async fn live_count(c: &impl GenericClient) -> Result<u64, StoreError> {
+pub(crate) async fn live_count(c: &impl Db) -> Result<u64, StoreError> {
     let n: i64 = c
-        .query_one(
-            "SELECT coalesce(sum(live), 0)::bigint FROM nems_subscription_counts",
+        .fetch_one(
+            "SELECT coalesce(sum(live), 0)::bigint FROM nems_subscription_shards",
             &[],
         )
         .await
@@ -301,7 +341,7 @@ pub(crate) async fn live_count(c: &impl GenericClient) -> Result<u64, StoreError
 
 /// One page of subscriptions in id order (rule listings: index order) and the next token.
 pub(crate) async fn list(
-    c: &impl GenericClient,
+    c: &impl Db,
     filter: &ListFilter,
     token: &str,
     size: usize,
@@ -314,7 +354,7 @@ pub(crate) async fn list(
     let live = !include_deleted;
     let rows = match filter {
         ListFilter::All => {
-            c.query(
+            c.fetch(
                 "SELECT id::text, record, '' FROM nems_subscriptions
                  WHERE ($1 OR id > ($2::text)::uuid) AND (NOT $3 OR deleted_ms = 0)
                  ORDER BY id LIMIT $4",
@@ -323,7 +363,7 @@ pub(crate) async fn list(
             .await
         }
         ListFilter::Owner(key) => {
-            c.query(
+            c.fetch(
                 "SELECT id::text, record, '' FROM nems_subscriptions
                  WHERE owner_ods = $5 AND ($1 OR id > ($2::text)::uuid)
                    AND (NOT $3 OR deleted_ms = 0)
@@ -333,7 +373,7 @@ pub(crate) async fn list(
             .await
         }
         ListFilter::Mailbox(key) => {
-            c.query(
+            c.fetch(
                 "SELECT id::text, record, '' FROM nems_subscriptions
                  WHERE mailbox = $5 AND ($1 OR id > ($2::text)::uuid)
                    AND (NOT $3 OR deleted_ms = 0)
@@ -343,7 +383,7 @@ pub(crate) async fn list(
             .await
         }
         ListFilter::Nhs(nhs) => {
-            c.query(
+            c.fetch(
                 "SELECT s.id::text, s.record, '' FROM nems_match_nhs m
                  JOIN nems_subscriptions s ON s.id = m.id
                  WHERE m.nhs_number = $5 AND ($1 OR m.id > ($2::text)::uuid)
@@ -361,7 +401,7 @@ pub(crate) async fn list(
             // The keys with the prefix sort from it to the prefix with its last character
             // raised (byte order: the column is COLLATE "C"), an index range.
             let end = prefix_end(prefix);
-            c.query(
+            c.fetch(
                 "SELECT s.id::text, s.record, m.rule_key FROM nems_match_rule m
                  JOIN nems_subscriptions s ON s.id = m.id
                  WHERE m.rule_key >= $5 AND m.rule_key < $7

@@ -139,3 +139,133 @@ async fn matching_sees_exactly_the_subscriptions_created_before_the_acceptance_t
         accepted.len()
     );
 }
+
+/// A subscription for the test patient to `mailbox`.
+fn subscription(mailbox: &str) -> (u128, crate::backend::StoredSubscription) {
+    let criteria = format!(
+        "/Bundle?type=message&Patient.identifier=https://fhir.nhs.uk/Id/nhs-number|{NHS}&MessageHeader.event=vaccinations-1"
+    );
+    crate::bench::stored_subscription(&Catalogue::default(), criteria, mailbox, 0).unwrap()
+}
+
+/// The quota holds under concurrent creates on two cores, across the switch from the
+/// shared quota lock (far from the quota) to the exclusive one (near it): the owner ends
+/// exactly at its quota, never above, and every create past it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creates_on_two_cores_stop_exactly_at_the_quota() {
+    let Some((_cluster, url)) = database("pg_quota_race").await else {
+        return;
+    };
+    let a = Arc::new(
+        PgBackend::open(&url, 16, true, 1024, "core-a")
+            .await
+            .unwrap(),
+    );
+    let b = Arc::new(
+        PgBackend::open(&url, 16, true, 1024, "core-b")
+            .await
+            .unwrap(),
+    );
+    let slack = a.slack;
+    // Stored before: the shared lock serves the first creates, the exclusive one the last.
+    let preloaded = 200u64;
+    let room = slack + 60;
+    let quota = preloaded + room;
+    let batch: Vec<_> = (0..preloaded)
+        .map(|i| subscription(&format!("PRE{i:05}")))
+        .collect();
+    assert_eq!(
+        a.insert_subscriptions(batch).await.unwrap() as u64,
+        preloaded
+    );
+    let attempts = room + 100;
+    let mut workers = Vec::new();
+    for w in 0..8u64 {
+        let core = if w % 2 == 0 { a.clone() } else { b.clone() };
+        workers.push(tokio::spawn(async move {
+            let (mut stored, mut refused) = (0u64, 0u64);
+            for i in (w..attempts).step_by(8) {
+                let (id, record) = subscription(&format!("NEW{i:05}"));
+                match core
+                    .create_subscription(id, record, quota, 0, Default::default())
+                    .await
+                    .unwrap()
+                {
+                    Created::Stored(_) => stored += 1,
+                    Created::OverQuota => refused += 1,
+                    Created::Duplicate(_) => panic!("create {i} found a duplicate"),
+                }
+            }
+            (stored, refused)
+        }));
+    }
+    let (mut stored, mut refused) = (0, 0);
+    for w in workers {
+        let (s, r) = w.await.unwrap();
+        stored += s;
+        refused += r;
+    }
+    assert_eq!(
+        stored, room,
+        "creates stored (quota {quota}, {preloaded} before)"
+    );
+    assert_eq!(refused, attempts - room);
+    assert_eq!(a.totals().await.unwrap().subscriptions, quota);
+}
+
+/// Events counted on two cores (each connection its own counter row) are all in the
+/// total, also after one core is gone and the sweep folded its rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn accepted_events_are_counted_across_cores_and_folds() {
+    let Some((_cluster, url)) = database("pg_counters").await else {
+        return;
+    };
+    let a = Arc::new(
+        PgBackend::open(&url, 4, true, 1024, "core-a")
+            .await
+            .unwrap(),
+    );
+    let b = Arc::new(
+        PgBackend::open(&url, 4, true, 1024, "core-b")
+            .await
+            .unwrap(),
+    );
+    let mut workers = Vec::new();
+    for core in [a.clone(), b.clone(), a.clone(), b.clone()] {
+        workers.push(tokio::spawn(async move {
+            for _ in 0..15 {
+                core.accept(event(), false).await.unwrap();
+            }
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(a.totals().await.unwrap().events_accepted, 60);
+    if let Some(close) = b.clone().closer() {
+        close();
+    }
+    drop(b);
+    // The closed connections leave pg_stat_activity shortly after their pool closed.
+    let mut rows = u64::MAX;
+    for _ in 0..100 {
+        let retention = crate::backend::Retention {
+            now: crate::backend::keys::now_ms(),
+            ledger_ms: u64::MAX / 4,
+            dead_letter_ms: u64::MAX / 4,
+            batch: 100,
+            audit_cutoff_ms: 0,
+            refusal_cutoff_ms: 0,
+            audit_limit: 100,
+        };
+        a.sweep(retention).await.unwrap();
+        assert_eq!(a.totals().await.unwrap().events_accepted, 60);
+        rows = a.counter_rows().await;
+        if rows <= 5 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Shard 0 and at most the four connections of core A.
+    assert!(rows <= 5, "{rows} counter rows left after folding");
+}

@@ -40,6 +40,13 @@ pub struct CoreConfig {
     /// (`postgres://user[:password]@host:port/database`): any number of cores may share one.
     /// Env: `NEMS_DATABASE_URL`.
     pub database_url: Option<String>,
+    /// TLS to PostgreSQL (`[core.database_tls]`: `ca_file`, and `cert_file` / `key_file`
+    /// for certificate authentication, `domain` when the certificate names another host).
+    /// Set, every connection is encrypted and the server's certificate verified (chain and
+    /// host name); a server that declines TLS is refused. Unset, `sslmode=require` in the URL
+    /// verifies against the system roots; otherwise connections are not encrypted (a warning
+    /// at start-up names a database not on loopback).
+    pub database_tls: Option<nems_runtime::tls::ClientTls>,
     /// Connections each core keeps to PostgreSQL.
     pub database_pool: usize,
     /// Spine directory file applied at start-up (see `directory` module docs).
@@ -168,6 +175,7 @@ impl Default for CoreConfig {
             spine_ca_file: None,
             data_dir: PathBuf::from("nems-data"),
             database_url: None,
+            database_tls: None,
             database_pool: 32,
             directory_file: None,
             durable: true,
@@ -218,6 +226,12 @@ impl CoreConfig {
                 "core.database_url is not a PostgreSQL URL (postgres://user@host:port/database)"
                     .into(),
             );
+        }
+        if let Some(tls) = &self.database_tls {
+            if self.database_url.is_none() {
+                return Err("core.database_tls is set but core.database_url is not: TLS to PostgreSQL needs a PostgreSQL database".into());
+            }
+            tls.check("core.database_tls")?;
         }
         if self.database_url.is_some() && self.database_pool == 0 {
             return Err("core.database_pool must be at least 1".into());
@@ -546,6 +560,39 @@ mod tests {
             },
             &["core.spine_ca_file"],
         );
+    }
+
+    #[test]
+    fn database_tls_parses_and_needs_a_database_and_its_files() {
+        let c: CoreConfig = toml::from_str(
+            r#"
+            database_url = "postgres://nems@db.example:5432/nems"
+            [database_tls]
+            ca_file = "Cargo.toml"
+            domain = "db.internal"
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.database_tls.as_ref().and_then(|t| t.domain.as_deref()),
+            Some("db.internal")
+        );
+        refused(
+            &CoreConfig {
+                database_url: None,
+                ..c.clone()
+            },
+            &["core.database_tls", "core.database_url"],
+        );
+        let mut missing = c.clone();
+        missing.database_tls = Some(nems_runtime::tls::ClientTls {
+            ca_file: "/nonexistent/ca.pem".into(),
+            cert_file: None,
+            key_file: None,
+            domain: None,
+        });
+        refused(&missing, &["core.database_tls", "/nonexistent/ca.pem"]);
     }
 
     #[test]

@@ -116,6 +116,7 @@ impl Core {
                     config.durable,
                     config.write_queue,
                     &config.listen.to_string(),
+                    config.database_tls.as_ref(),
                 )
                 .await?,
             ),

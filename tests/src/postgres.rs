@@ -119,9 +119,7 @@ impl PgCluster {
                 .and_then(|l| l.local_addr())
                 .expect("a free port")
                 .port();
-            let socket_dir = cluster.socket_dir();
-            let options =
-                format!("-p {port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=on");
+            let options = cluster.server_options(port);
             let log = cluster.log_file();
             let started = cluster.try_run(
                 "pg_ctl",
@@ -182,10 +180,7 @@ impl PgCluster {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let options = format!(
-            "-p {free} -k {} -c listen_addresses=127.0.0.1 -c fsync=on",
-            standby.socket_dir()
-        );
+        let options = standby.server_options(free);
         let log = standby.log_file();
         standby.run(
             "pg_ctl",
@@ -203,6 +198,65 @@ impl PgCluster {
             self.run("pg_ctl", &["-D", &primary, "reload"]);
         }
         standby
+    }
+
+    /// Makes the server speak TLS with `cert_pem` / `key_pem` and refuse every TCP
+    /// connection without it (`hostssl` only; the Unix socket stays open to the test, see
+    /// [`PgCluster::connect_socket`]). Blocking, like [`PgCluster::start`].
+    pub fn require_tls(&self, cert_pem: &str, key_pem: &str) {
+        let cert = self.data.join("server.crt");
+        let key = self.data.join("server.key");
+        std::fs::write(&cert, cert_pem).expect("write server.crt");
+        std::fs::write(&key, key_pem).expect("write server.key");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+            .expect("server.key mode");
+        if let Some((uid, gid)) = self.owner {
+            for file in [&cert, &key] {
+                std::os::unix::fs::chown(file, Some(uid), Some(gid)).expect("give to postgres");
+            }
+        }
+        std::fs::write(
+            self.data.join("pg_hba.conf"),
+            "local all all trust\n\
+             hostssl all all 127.0.0.1/32 trust\n\
+             host all all 127.0.0.1/32 reject\n",
+        )
+        .expect("write pg_hba.conf");
+        let conf = self.data.join("postgresql.auto.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap_or_default();
+        text.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(&conf, text).expect("write postgresql.auto.conf");
+        // A restart rather than a reload: `pg_ctl -w restart` returns once the server
+        // accepts connections with the new settings (a reload gives no such moment).
+        let data = self.data.to_string_lossy().into_owned();
+        let options = self.server_options(self.port);
+        let log = self.log_file();
+        self.run(
+            "pg_ctl",
+            &[
+                "-D", &data, "-l", &log, "-w", "-t", "60", "-o", &options, "restart",
+            ],
+        );
+    }
+
+    /// A connection to `database` over the cluster's Unix socket (open after
+    /// [`PgCluster::require_tls`]), its connection task spawned.
+    pub async fn connect_socket(&self, database: &str) -> tokio_postgres::Client {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host_path(self.socket_dir())
+            .port(self.port)
+            .user("nems")
+            .dbname(database);
+        let (client, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("connect to the test cluster's socket: {e}"));
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client
     }
 
     /// Stops the server at once (`-m immediate`: as if its host died).
@@ -242,6 +296,14 @@ impl PgCluster {
             .await
             .unwrap_or_else(|e| panic!("create database {name}: {e}"));
         self.url(name)
+    }
+
+    /// The server's command-line settings: `port` on loopback, the socket in the folder.
+    fn server_options(&self, port: u16) -> String {
+        format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=on",
+            self.socket_dir()
+        )
     }
 
     fn socket_dir(&self) -> String {

@@ -50,6 +50,8 @@ const CHANNEL: &str = "nems_queue";
 pub(crate) struct PgBackend {
     pool: Pool,
     config: tokio_postgres::Config,
+    /// The connector of every connection (see `tls.rs`).
+    tls: super::tls::Tls,
     /// This core's name on the leases it hands out (stable across its restarts).
     instance: String,
     /// Waiting for a connection beyond this many sheds publishes.
@@ -105,15 +107,17 @@ impl PgBackend {
         durable: bool,
         max_waiting: usize,
         identity: &str,
+        tls: Option<&nems_runtime::tls::ClientTls>,
     ) -> Result<PgBackend, StoreError> {
         let mut config: tokio_postgres::Config = url.parse().map_err(|_| {
             StoreError::Database("core.database_url is not a PostgreSQL URL".into())
         })?;
         config.application_name("nems-core");
+        let tls = super::tls::Tls::for_url(&mut config, tls).map_err(StoreError::Database)?;
         if !durable {
             config.options("-c synchronous_commit=off");
         }
-        let (mut client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(pg)?;
+        let (mut client, connection) = config.connect(tls.clone()).await.map_err(pg)?;
         let conn_task = tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -129,10 +133,10 @@ impl PgBackend {
             .max(1) as u64;
         drop(client);
         let _ = conn_task.await;
-        tracing::info!(schema = migrated.version, applied = ?migrated.applied, "PostgreSQL schema checked");
+        tracing::info!(schema = migrated.version, applied = ?migrated.applied, tls = tls.enabled(), "PostgreSQL schema checked");
         let manager = Manager::from_config(
             config.clone(),
-            tokio_postgres::NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -148,6 +152,7 @@ impl PgBackend {
         let backend = PgBackend {
             pool: pool.clone(),
             config,
+            tls,
             instance: format!("{}/{identity}", hostname()),
             max_waiting,
             slack,
@@ -315,9 +320,9 @@ async fn notify_loop(
 }
 
 /// Listens on `CHANNEL` on a connection of its own, reconnecting after a failure.
-async fn listen_loop(config: tokio_postgres::Config, sink: WakeSink) {
+async fn listen_loop(config: tokio_postgres::Config, tls: super::tls::Tls, sink: WakeSink) {
     loop {
-        match config.connect(tokio_postgres::NoTls).await {
+        match config.connect(tls.clone()).await {
             Ok((client, mut connection)) => {
                 let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
                 let driver = tokio::spawn(async move {
@@ -398,7 +403,11 @@ impl Backend for PgBackend {
     }
 
     fn wake_ups(&self, sink: WakeSink) {
-        let listen = tokio::spawn(listen_loop(self.config.clone(), sink.clone()));
+        let listen = tokio::spawn(listen_loop(
+            self.config.clone(),
+            self.tls.clone(),
+            sink.clone(),
+        ));
         let poll = tokio::spawn(poll_loop(self.pool.clone(), sink));
         lock(&self.tasks).extend([listen, poll]);
     }

@@ -11,8 +11,17 @@ use crate::backend::StoreError;
 /// Maps a driver error.
 pub(crate) fn pg(e: tokio_postgres::Error) -> StoreError {
     let Some(db) = e.as_db_error() else {
-        // No server answer: the connection failed or closed.
-        return StoreError::Unavailable(e.to_string());
+        // No server answer: the connection failed or closed. The driver's text names only
+        // the kind ("error performing TLS handshake"); its sources say why (an unknown
+        // issuer, a refused connection).
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        return StoreError::Unavailable(text);
     };
     let code = db.code();
     let class = &code.code()[..2];

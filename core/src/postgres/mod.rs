@@ -21,6 +21,7 @@ mod refdata;
 mod subscriptions;
 #[cfg(test)]
 mod tests;
+mod tls;
 mod view;
 
 pub(crate) use backend::PgBackend;

@@ -59,12 +59,12 @@ async fn matching_sees_exactly_the_subscriptions_created_before_the_acceptance_t
         return;
     };
     let publisher = Arc::new(
-        PgBackend::open(&url, 8, true, 1024, "core-a")
+        PgBackend::open(&url, 8, true, 1024, "core-a", None)
             .await
             .unwrap(),
     );
     let subscriber = Arc::new(
-        PgBackend::open(&url, 8, true, 1024, "core-b")
+        PgBackend::open(&url, 8, true, 1024, "core-b", None)
             .await
             .unwrap(),
     );
@@ -157,12 +157,12 @@ async fn concurrent_creates_on_two_cores_stop_exactly_at_the_quota() {
         return;
     };
     let a = Arc::new(
-        PgBackend::open(&url, 16, true, 1024, "core-a")
+        PgBackend::open(&url, 16, true, 1024, "core-a", None)
             .await
             .unwrap(),
     );
     let b = Arc::new(
-        PgBackend::open(&url, 16, true, 1024, "core-b")
+        PgBackend::open(&url, 16, true, 1024, "core-b", None)
             .await
             .unwrap(),
     );
@@ -221,12 +221,12 @@ async fn accepted_events_are_counted_across_cores_and_folds() {
         return;
     };
     let a = Arc::new(
-        PgBackend::open(&url, 4, true, 1024, "core-a")
+        PgBackend::open(&url, 4, true, 1024, "core-a", None)
             .await
             .unwrap(),
     );
     let b = Arc::new(
-        PgBackend::open(&url, 4, true, 1024, "core-b")
+        PgBackend::open(&url, 4, true, 1024, "core-b", None)
             .await
             .unwrap(),
     );
@@ -268,4 +268,97 @@ async fn accepted_events_are_counted_across_cores_and_folds() {
     }
     // Shard 0 and at most the four connections of core A.
     assert!(rows <= 5, "{rows} counter rows left after folding");
+}
+
+/// A CA's certificate (PEM) and a server certificate and key it issued for `name`.
+fn server_pki(name: &str) -> (String, String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(vec![name.to_string()]).unwrap();
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// TLS to the database: a server that takes TCP connections only with TLS refuses a core
+/// without `database_tls`; a core given the wrong CA, or the right CA but a host the
+/// certificate does not name, refuses the server; with the right CA and the certificate's
+/// name, every connection of the core is encrypted and acceptances commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_to_the_database_are_encrypted_and_the_server_verified() {
+    let Some((cluster, url)) = database("pg_tls").await else {
+        return;
+    };
+    let (ca, cert, key) = server_pki("db.nems.test");
+    let (rogue_ca, _, _) = server_pki("db.nems.test");
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_file, rogue_file) = (dir.path().join("ca.pem"), dir.path().join("rogue.pem"));
+    std::fs::write(&ca_file, ca).unwrap();
+    std::fs::write(&rogue_file, rogue_ca).unwrap();
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.require_tls(&cert, &key);
+        cluster
+    })
+    .await
+    .unwrap();
+    let tls = |ca_file: &std::path::Path, domain: Option<&str>| nems_runtime::tls::ClientTls {
+        ca_file: ca_file.to_path_buf(),
+        cert_file: None,
+        key_file: None,
+        domain: domain.map(str::to_string),
+    };
+    let open = |settings: Option<nems_runtime::tls::ClientTls>| {
+        let url = url.clone();
+        async move { PgBackend::open(&url, 4, true, 1024, "core-a", settings.as_ref()).await }
+    };
+    let refused = open(None)
+        .await
+        .expect_err("plaintext refused by the server");
+    assert!(refused.to_string().contains("pg_hba.conf"), "{refused}");
+    for (settings, why) in [
+        (
+            tls(&rogue_file, Some("db.nems.test")),
+            "a CA that did not issue it",
+        ),
+        (
+            tls(&ca_file, None),
+            "a host (127.0.0.1) the certificate does not name",
+        ),
+    ] {
+        let e = open(Some(settings)).await.expect_err(why);
+        assert!(
+            e.to_string().to_lowercase().contains("certificate"),
+            "{why}: {e}"
+        );
+    }
+    let core = open(Some(tls(&ca_file, Some("db.nems.test"))))
+        .await
+        .expect("TLS with the right CA and name");
+    for _ in 0..3 {
+        core.accept(event(), false).await.unwrap();
+    }
+    let observer = cluster.connect_socket("nems").await;
+    let rows = observer
+        .query(
+            "SELECT s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+             WHERE a.application_name = 'nems-core'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(!rows.is_empty(), "the core's connections are listed");
+    assert!(
+        rows.iter().all(|r| r.get::<_, bool>(0)),
+        "every connection of the core is encrypted"
+    );
+    assert_eq!(core.totals().await.unwrap().events_accepted, 3);
 }

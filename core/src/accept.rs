@@ -13,7 +13,7 @@ use crate::state::CoreState;
 use nems_proto::v1 as pb;
 
 /// Who receives the event.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Recipients {
     /// Matched in the acceptance transaction, stamped with the time of the write: matching
     /// sees every subscription and demographics change ordered before this event (even in
@@ -53,8 +53,9 @@ pub(crate) struct Acceptance {
     pub(crate) when_busy: WhenBusy,
 }
 
-/// What the acceptance transaction writes: an [`Acceptance`] as a backend receives it.
-#[derive(Debug)]
+/// What the acceptance transaction writes: an [`Acceptance`] as a backend receives it
+/// (cloned by an engine that retries it alone after its group's transaction failed).
+#[derive(Debug, Clone)]
 pub(crate) struct Write {
     /// The event.
     pub(crate) event: NewEvent,

@@ -23,20 +23,19 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use nems_proto::v1 as pb;
 
-use super::error::{decode, pg, pool};
+use super::error::{pg, pool};
 use super::subscriptions::QuotaLock;
-use super::view::{Accepting, Pg, Prefetched, ref_meta, slot_in_force, stored_patient};
-use super::{Db, ORDER_LOCK, audit, ledger, refdata, subscriptions};
+use super::view::{Pg, ref_meta, stored_patient};
+use super::{Db, audit, ledger, refdata, subscriptions};
 use crate::accept::{Write, Written};
 use crate::backend::{
     Allowed, AuditFilter, Backend, Budget, Completed, Created, DirectoryChange, Finished, Gauges,
-    Leased, ListFilter, Outcome, Query, Redriven, RefMeta, RefdataFinish, Retention, Rows,
-    SET_NAMES, Selection, StoreError, StoredPatient, StoredSubscription, Swept, Totals, Wake,
-    WakeSink, WriterStats, import_outcome,
+    Leased, ListFilter, Outcome, Query, Redriven, RefdataFinish, Retention, Rows, SET_NAMES,
+    Selection, StoreError, StoredSubscription, Swept, Totals, Wake, WakeSink, WriterStats,
+    import_outcome,
 };
 use crate::domain::patient::DemographicUpdate;
 use crate::matching::{self, MailboxMatch};
-use prost::Message;
 
 /// How often the health task checks the database and refreshes the scraped gauges.
 const HEALTH_TICK: Duration = Duration::from_secs(1);
@@ -54,13 +53,13 @@ pub(crate) struct PgBackend {
     tls: super::tls::Tls,
     /// This core's name on the leases it hands out (stable across its restarts).
     instance: String,
-    /// Waiting for a connection beyond this many sheds publishes.
-    max_waiting: usize,
     /// The server's `max_connections`: no more transactions than this run at once (the
     /// quota's bound, see `subscriptions.rs`).
     pub(super) slack: u64,
     /// Queue notes for other cores, sent after the commit by the notifier task.
     notes: tokio::sync::mpsc::UnboundedSender<(u64, Vec<String>)>,
+    /// Acceptances waiting for a committer (`group.rs`); full, publishes are shed.
+    jobs: tokio::sync::mpsc::Sender<super::group::Job>,
     stats: Arc<WriterStats>,
     state: Arc<Health>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -100,7 +99,8 @@ fn hostname() -> String {
 
 impl PgBackend {
     /// Connects to `url`, migrates the schema (or refuses a newer one) and starts the
-    /// health task. `identity` names this core on its leases (its listen address).
+    /// health task. `identity` names this core on its leases (its listen address); more
+    /// than `max_waiting` acceptances waiting for a commit shed publishes.
     pub(crate) async fn open(
         url: &str,
         pool_size: usize,
@@ -149,22 +149,50 @@ impl PgBackend {
         let state = Arc::new(Health::default());
         let (notes, queued) = tokio::sync::mpsc::unbounded_channel();
         let notifier = tokio::spawn(notify_loop(pool.clone(), queued));
+        let stats = Arc::new(WriterStats::default());
+        // A quarter of the pool commits acceptances, in groups (`group.rs`); the rest serves
+        // creates, leases and reads.
+        let (jobs, waiting) = tokio::sync::mpsc::channel(max_waiting.max(1));
+        let committer = super::group::Committer {
+            pool: pool.clone(),
+            notes: notes.clone(),
+            stats: stats.clone(),
+            jobs: Arc::new(tokio::sync::Mutex::new(waiting)),
+        };
+        let committers: Vec<_> = (0..(pool_size / 4).max(1))
+            .map(|_| tokio::spawn(super::group::commit_loop(committer.clone())))
+            .collect();
         let backend = PgBackend {
             pool: pool.clone(),
             config,
             tls,
             instance: format!("{}/{identity}", hostname()),
-            max_waiting,
             slack,
             notes,
-            stats: Arc::new(WriterStats::default()),
+            jobs,
+            stats,
             state: state.clone(),
             tasks: Mutex::new(Vec::new()),
         };
         refresh(&pool, &state).await;
         let task = tokio::spawn(health_loop(pool, Arc::downgrade(&state)));
         lock(&backend.tasks).extend([task, notifier]);
+        lock(&backend.tasks).extend(committers);
         Ok(backend)
+    }
+
+    /// Acceptances waiting for a committer (tests of the group commit).
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> usize {
+        self.jobs.max_capacity() - self.jobs.capacity()
+    }
+
+    /// The most acceptances one commit has held (tests of the group commit).
+    #[cfg(test)]
+    pub(crate) fn largest_group(&self) -> u64 {
+        self.stats
+            .max_batch
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Rows of the events counter (tests of the fold).
@@ -421,76 +449,23 @@ impl Backend for PgBackend {
     }
 
     async fn accept(&self, write: Write, shed: bool) -> Result<Written, StoreError> {
-        if shed && self.pool.status().waiting > self.max_waiting {
-            return Err(StoreError::Busy);
-        }
-        let mut conn = self.conn().await?;
-        let started = Instant::now();
-        let tx = conn.transaction().await.map_err(pg)?;
-        // The patient's lock, the ordering barrier, the event's sequence number and the
-        // counter, then what matching reads first (migration 0002): one statement.
-        let patient = write.patient();
-        let begun = tx
-            .fetch_one(
-                "SELECT accepted_ms, seq, ref_sets, ref_metas, patient_record, explicit_ids,
-                        explicit_entries
-                 FROM nems_accept_begin($1, $2)",
-                &[&ORDER_LOCK, &patient.map(|nhs| nhs as i64)],
-            )
-            .await
-            .map_err(pg)?;
-        let (at, seq): (i64, i64) = (begun.get(0), begun.get(1));
-        let mut slots = [None; 3];
-        let sets: Option<Vec<i16>> = begun.get(2);
-        let metas: Option<Vec<&[u8]>> = begun.get(3);
-        for (set, meta) in sets
-            .unwrap_or_default()
-            .into_iter()
-            .zip(metas.unwrap_or_default())
-        {
-            let meta = RefMeta::decode(meta).map_err(decode)?;
-            if let Some(slot) = slots.get_mut(set as usize) {
-                *slot = slot_in_force(&meta);
-            }
-        }
-        let prefetched = match patient {
-            Some(nhs) => {
-                let record: Option<&[u8]> = begun.get(4);
-                let record = record
-                    .map(|r| StoredPatient::decode(r).map_err(decode))
-                    .transpose()?
-                    .and_then(|p| p.record);
-                let ids: Option<Vec<&str>> = begun.get(5);
-                let entries: Option<Vec<&[u8]>> = begun.get(6);
-                let explicit = super::view::entries_of(
-                    ids.unwrap_or_default()
-                        .into_iter()
-                        .zip(entries.unwrap_or_default()),
-                )?;
-                Some(Prefetched {
-                    nhs,
-                    patient: Mutex::new(Some(record)),
-                    explicit: Mutex::new(Some(explicit)),
-                })
-            }
-            None => None,
+        // Committed in a group with the acceptances waiting beside it (`group.rs`).
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = super::group::Job {
+            write,
+            started: Instant::now(),
+            reply,
         };
-        let view = Accepting {
-            tx: &tx,
-            seq: seq as u64,
-            slots,
-            prefetched,
-        };
-        let written = crate::accept::write(&view, write, at as u64).await?;
-        tx.commit().await.map_err(pg)?;
-        self.committed(started);
-        if !written.written.queued_mailboxes.is_empty() {
-            let _ = self.notes.send((
-                written.accepted_ms,
-                written.written.queued_mailboxes.clone(),
-            ));
+        let closed = || StoreError::Unavailable("core is shutting down".into());
+        if shed {
+            self.jobs.try_send(job).map_err(|e| match e {
+                tokio::sync::mpsc::error::TrySendError::Full(_) => StoreError::Busy,
+                tokio::sync::mpsc::error::TrySendError::Closed(_) => closed(),
+            })?;
+        } else {
+            self.jobs.send(job).await.map_err(|_| closed())?;
         }
-        Ok(written)
+        answer.await.map_err(|_| closed())?
     }
 
     async fn preview_match(

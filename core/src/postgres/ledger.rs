@@ -148,145 +148,228 @@ async fn acquire_payload(tx: &Transaction<'_>, d: &mut StoredDelivery) -> Result
     Ok(true)
 }
 
-/// Writes an accepted event under its sequence number `seq` (allocated when the
-/// acceptance began, which also counted it): the event, its payload and its delivery
-/// rows, sent together in one round trip.
-pub(crate) async fn insert_event(
-    tx: &Transaction<'_>,
-    seq: u64,
-    e: &NewEvent,
-) -> Result<Accepted, StoreError> {
-    let event_hex = id_hex(e.event_id);
-    let queued = e.deliveries.iter().filter(|d| !d.suppressed).count() as u32;
-    let stored = StoredEvent {
-        event_id: event_hex.clone(),
-        event_code: e.event_code.clone(),
-        message_event_type: e.message_event_type.clone(),
-        publisher_asid: e.publisher_asid.clone(),
-        accepted_ms: e.accepted_ms,
-        payload_bytes: e.payload.len() as u64,
-        first_delivery: 0,
-        deliveries: e.deliveries.len() as u32,
-        unsettled: queued,
-        matched_subscriptions: e.matched_subscriptions,
-    };
-    let n = e.deliveries.len();
-    let mut idx = Vec::with_capacity(n);
-    let mut mailboxes = Vec::with_capacity(n);
-    let mut states = Vec::with_capacity(n);
-    let mut queue_at = Vec::with_capacity(n);
-    let mut error_codes = Vec::with_capacity(n);
-    let mut settle_kind = Vec::with_capacity(n);
-    let mut settle_at = Vec::with_capacity(n);
-    let mut records = Vec::with_capacity(n);
-    let mut out = Accepted {
-        seq,
-        queued_mailboxes: Vec::new(),
-        delivery_ids: Vec::with_capacity(n),
-    };
-    for (index, d) in e.deliveries.iter().enumerate() {
-        let record = new_delivery(e, &event_hex, seq, index, d);
-        // The id is not part of the derived columns (it is the row's own key).
-        let settle = settle_key(0, &record);
-        idx.push(index as i32);
-        mailboxes.push(d.mailbox.as_str());
-        states.push(record.state as i16);
-        queue_at.push((record.next_attempt_ms != 0).then_some(record.next_attempt_ms as i64));
-        error_codes.push(record.last_error_code.clone());
-        settle_kind.push(settle.map(|k| i16::from(k.0)));
-        settle_at.push(settle.map(|k| k.1 as i64));
-        records.push(record.encode_to_vec());
-        if !d.suppressed {
-            out.queued_mailboxes.push(d.mailbox.clone());
+/// The rows of a group of acceptances (`group.rs`), gathered while their bodies run and
+/// written at the end in four multi-row statements sent in one round trip: the events,
+/// the payloads, the delivery rows and the audit rows (column by column, for `unnest`).
+#[derive(Debug, Default)]
+pub(crate) struct Staged {
+    event_seq: Vec<i64>,
+    event_uuid: Vec<String>,
+    event_ms: Vec<i64>,
+    event_empty: Vec<bool>,
+    event_record: Vec<Vec<u8>>,
+    payload_seq: Vec<i64>,
+    payload: Vec<bytes::Bytes>,
+    d_seq: Vec<i64>,
+    d_idx: Vec<i32>,
+    d_mailbox: Vec<String>,
+    d_state: Vec<i16>,
+    d_queue_at: Vec<Option<i64>>,
+    d_event_code: Vec<String>,
+    d_error_code: Vec<String>,
+    d_settle_kind: Vec<Option<i16>>,
+    d_settle_at: Vec<Option<i64>>,
+    d_record: Vec<Vec<u8>>,
+    audit_ms: Vec<i64>,
+    audit_asid: Vec<String>,
+    audit_action: Vec<String>,
+    audit_resource: Vec<String>,
+    audit_record: Vec<Vec<u8>>,
+}
+
+/// A delivery row written by [`Staged::write`]: its event's sequence number, its index
+/// in the event, and its id.
+pub(crate) type WrittenDelivery = (u64, usize, u64);
+
+impl Staged {
+    /// Adds an accepted event under its sequence number `seq` (allocated when the
+    /// acceptance began, which also counted it): the event, its payload (kept while a
+    /// delivery is queued) and its delivery rows. The delivery ids are known once written:
+    /// the returned record has zeros in their place.
+    pub(crate) fn event(&mut self, seq: u64, e: &NewEvent) -> Accepted {
+        let event_hex = id_hex(e.event_id);
+        let queued = e.deliveries.iter().filter(|d| !d.suppressed).count() as u32;
+        let stored = StoredEvent {
+            event_id: event_hex.clone(),
+            event_code: e.event_code.clone(),
+            message_event_type: e.message_event_type.clone(),
+            publisher_asid: e.publisher_asid.clone(),
+            accepted_ms: e.accepted_ms,
+            payload_bytes: e.payload.len() as u64,
+            first_delivery: 0,
+            deliveries: e.deliveries.len() as u32,
+            unsettled: queued,
+            matched_subscriptions: e.matched_subscriptions,
+        };
+        let seq_i = seq as i64;
+        self.event_seq.push(seq_i);
+        self.event_uuid.push(uuid_text(e.event_id));
+        self.event_ms.push(e.accepted_ms as i64);
+        self.event_empty.push(e.deliveries.is_empty());
+        self.event_record.push(stored.encode_to_vec());
+        if queued > 0 {
+            self.payload_seq.push(seq_i);
+            self.payload.push(e.payload.clone());
         }
+        let mut out = Accepted {
+            seq,
+            queued_mailboxes: Vec::new(),
+            delivery_ids: vec![0; e.deliveries.len()],
+        };
+        for (index, d) in e.deliveries.iter().enumerate() {
+            let record = new_delivery(e, &event_hex, seq, index, d);
+            // The id is not part of the derived columns (it is the row's own key).
+            let settle = settle_key(0, &record);
+            self.d_seq.push(seq_i);
+            self.d_idx.push(index as i32);
+            self.d_mailbox.push(d.mailbox.clone());
+            self.d_state.push(record.state as i16);
+            self.d_queue_at
+                .push((record.next_attempt_ms != 0).then_some(record.next_attempt_ms as i64));
+            self.d_event_code.push(e.event_code.clone());
+            self.d_error_code.push(record.last_error_code.clone());
+            self.d_settle_kind.push(settle.map(|k| i16::from(k.0)));
+            self.d_settle_at.push(settle.map(|k| k.1 as i64));
+            self.d_record.push(record.encode_to_vec());
+            if !d.suppressed {
+                out.queued_mailboxes.push(d.mailbox.clone());
+            }
+        }
+        out
     }
-    let seq_i = seq as i64;
-    let event_row = stored.encode_to_vec();
-    let event_uuid = uuid_text(e.event_id);
-    // The payload and delivery rows refer to the event's: the statements are prepared
-    // first, so that all three are sent, in order, at the first poll of the join below
-    // (after it, tokio's join polls in turns, not in order).
-    let insert_event = tx
-        .prepare_cached(
-            "INSERT INTO nems_events (seq, event_id, accepted_ms, no_deliveries, record)
-             OVERRIDING SYSTEM VALUE VALUES ($1, ($2::text)::uuid, $3, $4, $5)",
-        )
-        .await
-        .map_err(pg)?;
-    let insert_payload = tx
-        .prepare_cached("INSERT INTO nems_payloads (seq, payload) VALUES ($1, $2)")
-        .await
-        .map_err(pg)?;
-    let insert_deliveries = tx
-        .prepare_cached(
-            "INSERT INTO nems_deliveries
-                 (event_seq, idx, mailbox, state, queue_at, event_code, last_error_code,
-                  settle_kind, settle_at, record)
-             SELECT $1, i, m, s, q, $6, l, k, a, r
-             FROM unnest($2::int4[], $3::text[], $4::int2[], $5::int8[], $7::text[],
-                         $8::int2[], $9::int8[], $10::bytea[]) AS u(i, m, s, q, l, k, a, r)
-             RETURNING idx, delivery_id",
-        )
-        .await
-        .map_err(pg)?;
-    let (event, payload, deliveries) = tokio::join!(
-        async {
-            tx.execute(
-                &insert_event,
-                &[
-                    &seq_i,
-                    &event_uuid,
-                    &(e.accepted_ms as i64),
-                    &e.deliveries.is_empty(),
-                    &event_row,
-                ],
+
+    /// Adds an audit row.
+    pub(crate) fn audit(&mut self, at_ms: u64, record: &pb::AuditRecord) {
+        self.audit_ms.push(at_ms as i64);
+        self.audit_asid.push(record.asid.clone());
+        self.audit_action.push(record.action.clone());
+        self.audit_resource.push(record.resource_id.clone());
+        self.audit_record.push(record.encode_to_vec());
+    }
+
+    /// Writes every row gathered; returns the delivery rows' ids.
+    pub(crate) async fn write(
+        self,
+        tx: &Transaction<'_>,
+    ) -> Result<Vec<WrittenDelivery>, StoreError> {
+        // The payload and delivery rows refer to the events': the statements are prepared
+        // first, so that all four are sent, in order, at the first poll of the join below
+        // (after it, tokio's join polls in turns, not in order).
+        let insert_events = tx
+            .prepare_cached(
+                "INSERT INTO nems_events (seq, event_id, accepted_ms, no_deliveries, record)
+                 OVERRIDING SYSTEM VALUE
+                 SELECT s, u::uuid, a, n, r
+                 FROM unnest($1::int8[], $2::text[], $3::int8[], $4::bool[], $5::bytea[])
+                     AS t(s, u, a, n, r)",
             )
             .await
-        },
-        async {
-            if queued == 0 {
-                return Ok(0);
-            }
-            tx.execute(&insert_payload, &[&seq_i, &&e.payload[..]])
+            .map_err(pg)?;
+        let insert_payloads = tx
+            .prepare_cached(
+                "INSERT INTO nems_payloads (seq, payload)
+                 SELECT * FROM unnest($1::int8[], $2::bytea[])",
+            )
+            .await
+            .map_err(pg)?;
+        let insert_deliveries = tx
+            .prepare_cached(
+                "INSERT INTO nems_deliveries
+                     (event_seq, idx, mailbox, state, queue_at, event_code, last_error_code,
+                      settle_kind, settle_at, record)
+                 SELECT * FROM unnest($1::int8[], $2::int4[], $3::text[], $4::int2[],
+                                      $5::int8[], $6::text[], $7::text[], $8::int2[],
+                                      $9::int8[], $10::bytea[])
+                 RETURNING event_seq, idx, delivery_id",
+            )
+            .await
+            .map_err(pg)?;
+        let insert_audit = tx
+            .prepare_cached(
+                "INSERT INTO nems_audit (at_ms, asid, action, resource_id, record)
+                 SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[],
+                                      $5::bytea[])",
+            )
+            .await
+            .map_err(pg)?;
+        let payloads: Vec<&[u8]> = self.payload.iter().map(|p| &p[..]).collect();
+        let (events, payload, deliveries, audited) = tokio::join!(
+            async {
+                if self.event_seq.is_empty() {
+                    return Ok(0);
+                }
+                tx.execute(
+                    &insert_events,
+                    &[
+                        &self.event_seq,
+                        &self.event_uuid,
+                        &self.event_ms,
+                        &self.event_empty,
+                        &self.event_record,
+                    ],
+                )
                 .await
-        },
-        async {
-            if n == 0 {
-                return Ok(Vec::new());
+            },
+            async {
+                if payloads.is_empty() {
+                    return Ok(0);
+                }
+                tx.execute(&insert_payloads, &[&self.payload_seq, &payloads])
+                    .await
+            },
+            async {
+                if self.d_seq.is_empty() {
+                    return Ok(Vec::new());
+                }
+                tx.query(
+                    &insert_deliveries,
+                    &[
+                        &self.d_seq,
+                        &self.d_idx,
+                        &self.d_mailbox,
+                        &self.d_state,
+                        &self.d_queue_at,
+                        &self.d_event_code,
+                        &self.d_error_code,
+                        &self.d_settle_kind,
+                        &self.d_settle_at,
+                        &self.d_record,
+                    ],
+                )
+                .await
+            },
+            async {
+                if self.audit_ms.is_empty() {
+                    return Ok(0);
+                }
+                tx.execute(
+                    &insert_audit,
+                    &[
+                        &self.audit_ms,
+                        &self.audit_asid,
+                        &self.audit_action,
+                        &self.audit_resource,
+                        &self.audit_record,
+                    ],
+                )
+                .await
             }
-            tx.query(
-                &insert_deliveries,
-                &[
-                    &seq_i,
-                    &idx,
-                    &mailboxes,
-                    &states,
-                    &queue_at,
-                    &e.event_code,
-                    &error_codes,
-                    &settle_kind,
-                    &settle_at,
-                    &records,
-                ],
-            )
-            .await
-        }
-    );
-    let deliveries = deliveries.map_err(pg);
-    first_cause([
-        event.err().map(pg),
-        payload.err().map(pg),
-        deliveries.as_ref().err().cloned(),
-    ])?;
-    let mut ids = vec![0u64; n];
-    for row in deliveries? {
-        let (index, id): (i32, i64) = (row.get(0), row.get(1));
-        if let Some(slot) = ids.get_mut(index as usize) {
-            *slot = id as u64;
-        }
+        );
+        let deliveries = deliveries.map_err(pg);
+        first_cause([
+            events.err().map(pg),
+            payload.err().map(pg),
+            deliveries.as_ref().err().cloned(),
+            audited.err().map(pg),
+        ])?;
+        Ok(deliveries?
+            .iter()
+            .map(|row| {
+                let (seq, index, id): (i64, i32, i64) = (row.get(0), row.get(1), row.get(2));
+                (seq as u64, index as usize, id as u64)
+            })
+            .collect())
     }
-    out.delivery_ids = ids;
-    Ok(out)
 }
 
 /// The ledger record of a new delivery.

@@ -15,6 +15,7 @@
 mod audit;
 mod backend;
 mod error;
+mod group;
 mod ledger;
 mod migrator;
 mod refdata;

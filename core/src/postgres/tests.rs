@@ -23,6 +23,10 @@ async fn database(test: &'static str) -> Option<(PgCluster, String)> {
 }
 
 fn event() -> Write {
+    event_about(NHS)
+}
+
+fn event_about(nhs: &str) -> Write {
     let id = new_id();
     Write {
         event: NewEvent {
@@ -39,7 +43,7 @@ fn event() -> Write {
         recipients: Recipients::Matched {
             subject: Box::new(matching::Event {
                 event_code: "vaccinations-1".into(),
-                nhs: nhs_key(NHS),
+                nhs: nhs_key(nhs),
                 ..Default::default()
             }),
             updates: Vec::new(),
@@ -361,4 +365,77 @@ async fn connections_to_the_database_are_encrypted_and_the_server_verified() {
         "every connection of the core is encrypted"
     );
     assert_eq!(core.totals().await.unwrap().events_accepted, 3);
+}
+
+/// Acceptances waiting together commit in one transaction: with the committer held at the
+/// ordering barrier while 41 acceptances queue (two per patient, and one reusing an
+/// accepted event's id), every acceptance but the reused id commits, some in a group of
+/// several, and the bad one fails alone with its own error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acceptances_commit_in_groups_and_a_bad_one_fails_alone() {
+    let Some((cluster, url)) = database("pg_group_commit").await else {
+        return;
+    };
+    // A pool of 4: one committer.
+    let core = Arc::new(
+        PgBackend::open(&url, 4, true, 1024, "core-a", None)
+            .await
+            .unwrap(),
+    );
+    let side = cluster.connect("nems").await;
+    side.execute("SELECT pg_advisory_lock($1)", &[&super::ORDER_LOCK])
+        .await
+        .unwrap();
+    let first = event_about("9000000000");
+    let first_id = first.event.event_id;
+    let held = tokio::spawn({
+        let core = core.clone();
+        async move { core.accept(first, false).await }
+    });
+    // The committer is at the barrier once a lock request waits.
+    loop {
+        let waiting: i64 = side
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let mut queued = Vec::new();
+    for i in 0..40u64 {
+        let nhs = format!("{}", 9_000_000_001 + i % 20);
+        let core = core.clone();
+        queued.push(tokio::spawn(async move {
+            core.accept(event_about(&nhs), false).await
+        }));
+    }
+    let mut reused = event_about("9000000000");
+    reused.event.event_id = first_id;
+    let bad = tokio::spawn({
+        let core = core.clone();
+        async move { core.accept(reused, false).await }
+    });
+    while core.queued() < 41 {
+        tokio::task::yield_now().await;
+    }
+    side.execute("SELECT pg_advisory_unlock($1)", &[&super::ORDER_LOCK])
+        .await
+        .unwrap();
+    held.await.unwrap().expect("the first acceptance");
+    for q in queued {
+        q.await.unwrap().expect("each acceptance of the group");
+    }
+    let refused = bad.await.unwrap().expect_err("an event id accepted before");
+    assert!(
+        matches!(&refused, crate::backend::StoreError::Storage(t) if t.contains("23505")),
+        "{refused:?}"
+    );
+    assert!(core.largest_group() > 1, "some acceptances shared a commit");
+    assert_eq!(core.totals().await.unwrap().events_accepted, 41);
 }

@@ -8,7 +8,7 @@ use nems_proto::v1 as pb;
 use prost::Message;
 
 use super::error::{decode, pg};
-use super::{audit, ledger, parse_uuid};
+use super::{ledger, parse_uuid};
 use crate::backend::{
     AcceptTx, Accepted, MatchEntry, MatchView, NewEvent, RefMeta, StoreError, StoredPatient,
 };
@@ -261,6 +261,8 @@ pub(crate) struct Prefetched {
 /// (one statement with the barrier, so after it).
 pub(crate) struct Accepting<'c, 't> {
     pub(crate) tx: &'c deadpool_postgres::Transaction<'t>,
+    /// Where its event, deliveries and audit row go, written with its group's.
+    pub(crate) staged: &'c std::sync::Mutex<ledger::Staged>,
     pub(crate) seq: u64,
     pub(crate) slots: [Option<i16>; 3],
     pub(crate) prefetched: Option<Prefetched>,
@@ -306,6 +308,11 @@ impl MatchView for Accepting<'_, '_> {
     }
 }
 
+/// The group's staged rows (never held across an await).
+fn staged(s: &std::sync::Mutex<ledger::Staged>) -> std::sync::MutexGuard<'_, ledger::Staged> {
+    s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Takes a prefetched value (once; later asks read again).
 fn take<T>(slot: &std::sync::Mutex<Option<T>>) -> Option<T> {
     match slot.lock() {
@@ -316,7 +323,7 @@ fn take<T>(slot: &std::sync::Mutex<Option<T>>) -> Option<T> {
 
 impl AcceptTx for Accepting<'_, '_> {
     async fn insert_event(&self, event: &NewEvent) -> Result<Accepted, StoreError> {
-        ledger::insert_event(self.tx, self.seq, event).await
+        Ok(staged(self.staged).event(self.seq, event))
     }
 
     async fn apply_demographics(&self, update: &DemographicUpdate) -> Result<bool, StoreError> {
@@ -324,6 +331,7 @@ impl AcceptTx for Accepting<'_, '_> {
     }
 
     async fn append_audit(&self, at_ms: u64, record: &pb::AuditRecord) -> Result<(), StoreError> {
-        audit::append(self.tx, at_ms, std::slice::from_ref(record), false).await
+        staged(self.staged).audit(at_ms, record);
+        Ok(())
     }
 }

@@ -8,6 +8,49 @@ use super::error::{decode, pg};
 use crate::backend::keys::timestamp;
 use crate::backend::{AuditFilter, DirectoryChange, StoreError};
 
+/// Audit rows gathered by a group's transaction (`group.rs`), written at its end in one
+/// multi-row statement.
+#[derive(Debug, Default)]
+pub(crate) struct AuditRows {
+    at_ms: Vec<i64>,
+    asid: Vec<String>,
+    action: Vec<String>,
+    resource: Vec<String>,
+    record: Vec<Vec<u8>>,
+}
+
+impl AuditRows {
+    /// Adds a row.
+    pub(crate) fn push(&mut self, at_ms: u64, record: &pb::AuditRecord) {
+        self.at_ms.push(at_ms as i64);
+        self.asid.push(record.asid.clone());
+        self.action.push(record.action.clone());
+        self.resource.push(record.resource_id.clone());
+        self.record.push(record.encode_to_vec());
+    }
+
+    /// Writes the rows gathered.
+    pub(crate) async fn write(&self, c: &impl Db) -> Result<(), StoreError> {
+        if self.at_ms.is_empty() {
+            return Ok(());
+        }
+        c.run(
+            "INSERT INTO nems_audit (at_ms, asid, action, resource_id, record)
+             SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::bytea[])",
+            &[
+                &self.at_ms,
+                &self.asid,
+                &self.action,
+                &self.resource,
+                &self.record,
+            ],
+        )
+        .await
+        .map_err(pg)?;
+        Ok(())
+    }
+}
+
 /// Appends audit rows (`refused`: to the aggregated refusals).
 pub(crate) async fn append(
     c: &impl Db,

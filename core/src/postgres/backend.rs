@@ -24,7 +24,6 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use nems_proto::v1 as pb;
 
 use super::error::{pg, pool};
-use super::subscriptions::QuotaLock;
 use super::view::{Pg, ref_meta, stored_patient};
 use super::{Db, audit, ledger, refdata, subscriptions};
 use crate::accept::{Write, Written};
@@ -53,13 +52,17 @@ pub(crate) struct PgBackend {
     tls: super::tls::Tls,
     /// This core's name on the leases it hands out (stable across its restarts).
     instance: String,
-    /// The server's `max_connections`: no more transactions than this run at once (the
-    /// quota's bound, see `subscriptions.rs`).
+    /// The server's `max_connections` times the most creates in one group: no more creates
+    /// than this are in flight at once (the quota's bound, see `subscriptions.rs`; the
+    /// committers hold their copy).
+    #[cfg_attr(not(test), expect(dead_code, reason = "read by the quota test"))]
     pub(super) slack: u64,
     /// Queue notes for other cores, sent after the commit by the notifier task.
     notes: tokio::sync::mpsc::UnboundedSender<(u64, Vec<String>)>,
     /// Acceptances waiting for a committer (`group.rs`); full, publishes are shed.
     jobs: tokio::sync::mpsc::Sender<super::group::Job>,
+    /// Subscription creates waiting for a committer.
+    creates: tokio::sync::mpsc::Sender<super::group::CreateJob>,
     stats: Arc<WriterStats>,
     state: Arc<Health>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -125,12 +128,14 @@ impl PgBackend {
             super::SchemaError::Database(e) => pg(e),
             other => StoreError::Database(other.to_string()),
         })?;
+        // At most max_connections transactions, each of at most one group of creates.
         let slack: u64 = client
             .query_one("SELECT current_setting('max_connections')::bigint", &[])
             .await
             .map_err(pg)?
             .get::<_, i64>(0)
-            .max(1) as u64;
+            .max(1) as u64
+            * super::group::MAX_BATCH as u64;
         drop(client);
         let _ = conn_task.await;
         tracing::info!(schema = migrated.version, applied = ?migrated.applied, tls = tls.enabled(), "PostgreSQL schema checked");
@@ -153,14 +158,23 @@ impl PgBackend {
         // A quarter of the pool commits acceptances, in groups (`group.rs`); the rest serves
         // creates, leases and reads.
         let (jobs, waiting) = tokio::sync::mpsc::channel(max_waiting.max(1));
+        let (creates, creates_waiting) = tokio::sync::mpsc::channel(max_waiting.max(1));
         let committer = super::group::Committer {
             pool: pool.clone(),
             notes: notes.clone(),
             stats: stats.clone(),
             jobs: Arc::new(tokio::sync::Mutex::new(waiting)),
+            creates: Arc::new(tokio::sync::Mutex::new(creates_waiting)),
+            slack,
         };
+        // As many committing subscription creates, in groups too.
         let committers: Vec<_> = (0..(pool_size / 4).max(1))
-            .map(|_| tokio::spawn(super::group::commit_loop(committer.clone())))
+            .flat_map(|_| {
+                [
+                    tokio::spawn(super::group::commit_loop(committer.clone())),
+                    tokio::spawn(super::group::create_loop(committer.clone())),
+                ]
+            })
             .collect();
         let backend = PgBackend {
             pool: pool.clone(),
@@ -170,6 +184,7 @@ impl PgBackend {
             slack,
             notes,
             jobs,
+            creates,
             stats,
             state: state.clone(),
             tasks: Mutex::new(Vec::new()),
@@ -181,13 +196,13 @@ impl PgBackend {
         Ok(backend)
     }
 
-    /// Acceptances waiting for a committer (tests of the group commit).
+    /// Subscription creates waiting for a committer (tests of the group commit).
     #[cfg(test)]
-    pub(crate) fn queued(&self) -> usize {
-        self.jobs.max_capacity() - self.jobs.capacity()
+    pub(crate) fn creates_waiting(&self) -> usize {
+        self.creates.max_capacity() - self.creates.capacity()
     }
 
-    /// The most acceptances one commit has held (tests of the group commit).
+    /// The most acceptances or creates one commit has held (tests of the group commit).
     #[cfg(test)]
     pub(crate) fn largest_group(&self) -> u64 {
         self.stats
@@ -209,18 +224,6 @@ impl PgBackend {
 
     async fn conn(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(pool)
-    }
-
-    /// Records a commit's duration (the seam's writer statistics).
-    fn committed(&self, started: Instant) {
-        let micros = started.elapsed().as_micros() as u64;
-        use std::sync::atomic::Ordering::Relaxed;
-        self.stats.commits.fetch_add(1, Relaxed);
-        self.stats.jobs.fetch_add(1, Relaxed);
-        self.stats.max_batch.fetch_max(1, Relaxed);
-        self.stats.commit_micros.fetch_add(micros, Relaxed);
-        self.stats.commit_latency.observe(micros);
-        self.stats.batch_sizes.observe(1);
     }
 }
 
@@ -419,7 +422,9 @@ impl Backend for PgBackend {
     }
 
     fn write_queue(&self) -> usize {
-        self.pool.status().waiting
+        // Acceptances waiting for a committer (`group.rs`); the queue's capacity is
+        // `core.write_queue`, beyond which publishes are shed.
+        self.jobs.max_capacity() - self.jobs.capacity()
     }
 
     fn writer_stats(&self) -> Arc<WriterStats> {
@@ -484,38 +489,20 @@ impl Backend for PgBackend {
         not_before: u64,
         audit_row: pb::AuditRecord,
     ) -> Result<Created, StoreError> {
-        let mut conn = self.conn().await?;
-        let started = Instant::now();
         let _ = not_before; // one clock, the database's, stamps creations (subscriptions.rs)
-        // Far from the quota a create need not wait for the owner's others.
-        let mut mode = if quota > self.slack {
-            QuotaLock::Shared
-        } else {
-            QuotaLock::Exclusive
+        // Committed in a group with the creates waiting beside it (`group.rs`).
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = super::group::CreateJob {
+            id,
+            record,
+            quota,
+            audit: audit_row,
+            started: Instant::now(),
+            reply,
         };
-        let (tx, created) = loop {
-            let tx = conn.transaction().await.map_err(pg)?;
-            match subscriptions::create(
-                &tx,
-                id,
-                record.clone(),
-                quota,
-                self.slack,
-                mode,
-                &audit_row,
-            )
-            .await?
-            {
-                Some(created) => break (tx, created),
-                None => {
-                    tx.rollback().await.map_err(pg)?;
-                    mode = QuotaLock::Exclusive;
-                }
-            }
-        };
-        tx.commit().await.map_err(pg)?;
-        self.committed(started);
-        Ok(created)
+        let closed = || StoreError::Unavailable("core is shutting down".into());
+        self.creates.send(job).await.map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
     }
 
     async fn insert_subscriptions(

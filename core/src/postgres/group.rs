@@ -1,6 +1,9 @@
-//! Group commit of acceptances on PostgreSQL: several events in one transaction, as redb's
-//! writer does, so that the transaction's statements and its commit (one write-ahead log
-//! flush) are shared.
+//! Group commit on PostgreSQL: several acceptances, or several subscription creates, in one
+//! transaction, as redb's writer does, so that the transaction's statements and its commit
+//! (one write-ahead log flush) are shared. Creates follow the same pattern as the
+//! acceptances described below ([`create_loop`]): at most one per duplicate-detection key
+//! in a group, shared quota locks only (a create near its owner's quota runs alone, with
+//! the exclusive lock), rows written at the end (`subscriptions::StagedSubscriptions`).
 //!
 //! `PgBackend::accept` queues a [`Job`]; a few committer tasks ([`commit_loop`]) each take
 //! the jobs waiting (at most [`MAX_BATCH`]) and run them in one transaction on one
@@ -36,9 +39,13 @@ use super::Db;
 use super::ORDER_LOCK;
 use super::error::{decode, pg, pool};
 use super::ledger::Staged;
+use super::subscriptions::{self, QuotaLock, StagedSubscriptions};
 use super::view::{Accepting, Prefetched, slot_in_force};
 use crate::accept::{Write, Written};
-use crate::backend::{RefMeta, StoreError, StoredPatient, WriterStats};
+use crate::backend::{
+    Created, RefMeta, StoreError, StoredPatient, StoredSubscription, WriterStats,
+};
+use nems_proto::v1 as pb;
 
 /// Most acceptances in one transaction.
 pub(super) const MAX_BATCH: usize = 32;
@@ -62,6 +69,19 @@ pub(super) struct Job {
 /// A caller waiting for its acceptance: when it asked, and where its answer goes.
 type Ticket = (Instant, oneshot::Sender<Result<Written, StoreError>>);
 
+/// One subscription create waiting for its group's commit.
+#[derive(Debug)]
+pub(super) struct CreateJob {
+    pub(super) id: u128,
+    pub(super) record: StoredSubscription,
+    pub(super) quota: u64,
+    pub(super) audit: pb::AuditRecord,
+    /// When the caller asked (for the commit latency).
+    pub(super) started: Instant,
+    /// The caller's answer.
+    pub(super) reply: oneshot::Sender<Result<Created, StoreError>>,
+}
+
 /// What the committer tasks share.
 #[derive(Debug, Clone)]
 pub(super) struct Committer {
@@ -70,35 +90,68 @@ pub(super) struct Committer {
     pub(super) notes: mpsc::UnboundedSender<(u64, Vec<String>)>,
     pub(super) stats: Arc<WriterStats>,
     pub(super) jobs: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
+    pub(super) creates: Arc<tokio::sync::Mutex<mpsc::Receiver<CreateJob>>>,
+    /// The quota's bound on creates in flight (see `subscriptions.rs`).
+    pub(super) slack: u64,
 }
 
-/// Takes batches from the queue and commits them until the queue closes.
-pub(super) async fn commit_loop(c: Committer) {
-    let mut carried: Vec<Job> = Vec::new();
-    loop {
-        let mut batch = std::mem::take(&mut carried);
-        {
-            let mut jobs = c.jobs.lock().await;
-            if batch.is_empty() {
-                if jobs.recv_many(&mut batch, MAX_BATCH).await == 0 {
-                    return;
-                }
-            } else {
-                while batch.len() < MAX_BATCH {
-                    match jobs.try_recv() {
-                        Ok(job) => batch.push(job),
-                        Err(_) => break,
-                    }
+/// The next group from `queue`: the jobs carried from the last one first, then those
+/// waiting (at most [`MAX_BATCH`]; waits for one when none is), at most one per `key` (the
+/// others are carried to the next group, in order), sorted by `key` (the order the
+/// group takes its locks in). `None` once the queue is closed and empty.
+async fn next_group<J>(
+    queue: &tokio::sync::Mutex<mpsc::Receiver<J>>,
+    carried: &mut Vec<J>,
+    key: impl Fn(&J) -> Option<u128>,
+) -> Option<Vec<J>> {
+    let mut batch = std::mem::take(carried);
+    {
+        let mut jobs = queue.lock().await;
+        if batch.is_empty() {
+            if jobs.recv_many(&mut batch, MAX_BATCH).await == 0 {
+                return None;
+            }
+        } else {
+            while batch.len() < MAX_BATCH {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
                 }
             }
         }
-        let mut patients = HashSet::new();
-        let (mut run, later): (Vec<Job>, Vec<Job>) = batch
-            .into_iter()
-            .partition(|job| job.write.patient().is_none_or(|p| patients.insert(p)));
-        carried = later;
-        run.sort_by_key(|job| job.write.patient());
-        c.run(run).await;
+    }
+    let mut seen = HashSet::new();
+    let (mut group, later): (Vec<J>, Vec<J>) = batch
+        .into_iter()
+        .partition(|job| key(job).is_none_or(|k| seen.insert(k)));
+    *carried = later;
+    group.sort_by_key(|job| key(job));
+    Some(group)
+}
+
+/// Takes groups of acceptances from the queue and commits them until the queue closes.
+pub(super) async fn commit_loop(c: Committer) {
+    let mut carried = Vec::new();
+    while let Some(group) = next_group(&c.jobs, &mut carried, |job: &Job| {
+        job.write.patient().map(u128::from)
+    })
+    .await
+    {
+        c.run(group).await;
+    }
+}
+
+/// Takes groups of subscription creates from the queue and commits them until the queue
+/// closes. A group holds at most one create per duplicate-detection key: a second would
+/// not see the first's row (written at the group's end) and be stored beside it.
+pub(super) async fn create_loop(c: Committer) {
+    let mut carried = Vec::new();
+    while let Some(group) = next_group(&c.creates, &mut carried, |job: &CreateJob| {
+        Some(job.record.dedup_key())
+    })
+    .await
+    {
+        c.run_creates(group).await;
     }
 }
 
@@ -150,19 +203,8 @@ impl Committer {
     ) {
         match outcome {
             Ok(written) => {
-                use std::sync::atomic::Ordering::Relaxed;
-                let n = tickets.len() as u64;
-                self.stats.commits.fetch_add(1, Relaxed);
-                self.stats.jobs.fetch_add(n, Relaxed);
-                self.stats.max_batch.fetch_max(n, Relaxed);
-                self.stats
-                    .commit_micros
-                    .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
-                self.stats.batch_sizes.observe(n);
-                for ((asked, reply), written) in tickets.into_iter().zip(written) {
-                    self.stats
-                        .commit_latency
-                        .observe(asked.elapsed().as_micros() as u64);
+                self.count(tickets.iter().map(|t| t.0), started);
+                for ((_, reply), written) in tickets.into_iter().zip(written) {
                     if !written.written.queued_mailboxes.is_empty() {
                         let _ = self.notes.send((
                             written.accepted_ms,
@@ -178,6 +220,129 @@ impl Committer {
                 }
             }
         }
+    }
+
+    /// Counts a commit of jobs asked at `asked`, started at `started`.
+    fn count(&self, asked: impl ExactSizeIterator<Item = Instant>, started: Instant) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let n = asked.len() as u64;
+        self.stats.commits.fetch_add(1, Relaxed);
+        self.stats.jobs.fetch_add(n, Relaxed);
+        self.stats.max_batch.fetch_max(n, Relaxed);
+        self.stats
+            .commit_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+        self.stats.batch_sizes.observe(n);
+        for at in asked {
+            self.stats
+                .commit_latency
+                .observe(at.elapsed().as_micros() as u64);
+        }
+    }
+
+    /// Commits a group of creates far from their owners' quotas together (shared quota
+    /// locks); one near its quota, or whose group failed, runs alone (`create_alone`).
+    async fn run_creates(&self, jobs: Vec<CreateJob>) {
+        let (together, mut alone): (Vec<CreateJob>, Vec<CreateJob>) =
+            jobs.into_iter().partition(|j| j.quota > self.slack);
+        if together.len() == 1 {
+            alone.extend(together);
+        } else if !together.is_empty() {
+            let started = Instant::now();
+            let items = together
+                .iter()
+                .map(|j| (j.id, j.record.clone(), j.quota, j.audit.clone()))
+                .collect();
+            match self.attempt_creates(items, QuotaLock::Shared).await {
+                Ok(outcomes) => {
+                    let mut answered = Vec::new();
+                    for (job, outcome) in together.into_iter().zip(outcomes) {
+                        match outcome {
+                            Some(created) => answered.push((job, created)),
+                            // Near the quota: again, alone and exclusively.
+                            None => alone.push(job),
+                        }
+                    }
+                    self.count(answered.iter().map(|(j, _)| j.started), started);
+                    for (job, created) in answered {
+                        let _ = job.reply.send(Ok(created));
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, creates = together.len(), "group of creates failed; each runs alone");
+                    alone.extend(together);
+                }
+            }
+        }
+        futures_util::future::join_all(alone.into_iter().map(|job| self.create_alone(job))).await;
+    }
+
+    /// Runs one create in a transaction of its own: shared far from the quota, then
+    /// exclusively when it is near (as the module documentation of `subscriptions.rs`
+    /// says).
+    async fn create_alone(&self, job: CreateJob) {
+        let started = Instant::now();
+        let mut mode = if job.quota > self.slack {
+            QuotaLock::Shared
+        } else {
+            QuotaLock::Exclusive
+        };
+        let outcome = loop {
+            let item = (job.id, job.record.clone(), job.quota, job.audit.clone());
+            match self.attempt_creates(vec![item], mode).await {
+                Ok(mut outcomes) => match outcomes.pop().flatten() {
+                    Some(created) => break Ok(created),
+                    None if mode == QuotaLock::Shared => mode = QuotaLock::Exclusive,
+                    None => break Err(StoreError::Storage("the create was not written".into())),
+                },
+                Err(e) => break Err(e),
+            }
+        };
+        if outcome.is_ok() {
+            self.count(std::iter::once(job.started), started);
+        }
+        let _ = job.reply.send(outcome);
+    }
+
+    /// Runs `items` (id, record, quota, audit row) in one transaction with quota locks in
+    /// `mode`, writes the rows of those to store and commits; each outcome is `None` when
+    /// its owner is near its quota (nothing of it written). On an error nothing was written.
+    async fn attempt_creates(
+        &self,
+        items: Vec<(u128, StoredSubscription, u64, pb::AuditRecord)>,
+        mode: QuotaLock,
+    ) -> Result<Vec<Option<Created>>, StoreError> {
+        let mut conn = self.pool.get().await.map_err(pool)?;
+        let tx = conn.transaction().await.map_err(pg)?;
+        // Prepared first, so that the begin statements go out in the group's order.
+        tx.prepare_cached(subscriptions::CREATE_BEGIN)
+            .await
+            .map_err(pg)?;
+        let staged = std::sync::Mutex::new(StagedSubscriptions::default());
+        let (tx_ref, staged_ref, slack) = (&tx, &staged, self.slack);
+        let outcomes = futures_util::future::join_all(items.into_iter().map(
+            |(id, record, quota, audit)| async move {
+                subscriptions::create(tx_ref, staged_ref, id, record, quota, slack, mode, &audit)
+                    .await
+            },
+        ))
+        .await;
+        let mut created = Vec::with_capacity(outcomes.len());
+        let mut errors = Vec::new();
+        for outcome in outcomes {
+            match outcome {
+                Ok(c) => created.push(c),
+                Err(e) => errors.push(Some(e)),
+            }
+        }
+        crate::backend::first_cause(errors)?;
+        staged
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .write(&tx)
+            .await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(created)
     }
 
     /// Writes `writes` in one transaction and commits it; on an error nothing was written.

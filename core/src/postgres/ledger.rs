@@ -170,11 +170,7 @@ pub(crate) struct Staged {
     d_settle_kind: Vec<Option<i16>>,
     d_settle_at: Vec<Option<i64>>,
     d_record: Vec<Vec<u8>>,
-    audit_ms: Vec<i64>,
-    audit_asid: Vec<String>,
-    audit_action: Vec<String>,
-    audit_resource: Vec<String>,
-    audit_record: Vec<Vec<u8>>,
+    audit: super::audit::AuditRows,
 }
 
 /// A delivery row written by [`Staged::write`]: its event's sequence number, its index
@@ -240,11 +236,7 @@ impl Staged {
 
     /// Adds an audit row.
     pub(crate) fn audit(&mut self, at_ms: u64, record: &pb::AuditRecord) {
-        self.audit_ms.push(at_ms as i64);
-        self.audit_asid.push(record.asid.clone());
-        self.audit_action.push(record.action.clone());
-        self.audit_resource.push(record.resource_id.clone());
-        self.audit_record.push(record.encode_to_vec());
+        self.audit.push(at_ms, record);
     }
 
     /// Writes every row gathered; returns the delivery rows' ids.
@@ -253,7 +245,7 @@ impl Staged {
         tx: &Transaction<'_>,
     ) -> Result<Vec<WrittenDelivery>, StoreError> {
         // The payload and delivery rows refer to the events': the statements are prepared
-        // first, so that all four are sent, in order, at the first poll of the join below
+        // first, so that these three are sent, in order, at the first poll of the join below
         // (after it, tokio's join polls in turns, not in order).
         let insert_events = tx
             .prepare_cached(
@@ -284,14 +276,7 @@ impl Staged {
             )
             .await
             .map_err(pg)?;
-        let insert_audit = tx
-            .prepare_cached(
-                "INSERT INTO nems_audit (at_ms, asid, action, resource_id, record)
-                 SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[],
-                                      $5::bytea[])",
-            )
-            .await
-            .map_err(pg)?;
+        // No row refers to an audit row: its statement may go out after the others.
         let payloads: Vec<&[u8]> = self.payload.iter().map(|p| &p[..]).collect();
         let (events, payload, deliveries, audited) = tokio::join!(
             async {
@@ -338,29 +323,14 @@ impl Staged {
                 )
                 .await
             },
-            async {
-                if self.audit_ms.is_empty() {
-                    return Ok(0);
-                }
-                tx.execute(
-                    &insert_audit,
-                    &[
-                        &self.audit_ms,
-                        &self.audit_asid,
-                        &self.audit_action,
-                        &self.audit_resource,
-                        &self.audit_record,
-                    ],
-                )
-                .await
-            }
+            self.audit.write(tx)
         );
         let deliveries = deliveries.map_err(pg);
         first_cause([
             events.err().map(pg),
             payload.err().map(pg),
             deliveries.as_ref().err().cloned(),
-            audited.err().map(pg),
+            audited.err(),
         ])?;
         Ok(deliveries?
             .iter()

@@ -6,7 +6,8 @@
 //! commits. A create holds an advisory lock of its owner's ASID until its transaction ends,
 //! taken before it reads the count:
 //! - **shared**, and it proceeds only when `live + slack <= quota`, `slack` being the
-//!   server's `max_connections` (no more transactions than that can hold the lock at once);
+//!   server's `max_connections` times the most creates one transaction holds (creates are
+//!   committed in groups, `group.rs`): no more creates than that can hold the lock at once;
 //! - otherwise it starts again holding the lock **exclusively** (no other create of that
 //!   ASID in flight) and proceeds when `live < quota`.
 //!
@@ -17,7 +18,8 @@
 //! is at most what `T` allowed.
 //!
 //! A create then takes an advisory lock on its duplicate-detection key (two identical
-//! creates on two cores cannot both find no duplicate), and the shared lock that orders
+//! creates on two cores cannot both find no duplicate; one group holds at most one create
+//! per key, as its rows are written at the group's end), and the shared lock that orders
 //! creates against acceptances (see `super::ORDER_LOCK`): it is stamped with the time of the
 //! write while holding it.
 
@@ -184,10 +186,17 @@ fn quota_key(owner: &str) -> String {
     format!("nems-quota/{owner}")
 }
 
-/// Creates a subscription (see the module documentation for the locks); `None` when the
-/// owner is near its quota and the create must start again with [`QuotaLock::Exclusive`].
+/// Starts a create (see the module documentation for the locks) in `c` and, when it is to
+/// be stored, adds its rows and audit row to `staged` (written with its group's, see
+/// `group.rs`); `None` when the owner is near its quota and the create must start again
+/// with [`QuotaLock::Exclusive`].
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one create's inputs, each used once"
+)]
 pub(crate) async fn create(
     c: &impl Db,
+    staged: &std::sync::Mutex<StagedSubscriptions>,
     id: u128,
     mut sub: StoredSubscription,
     quota: u64,
@@ -202,8 +211,7 @@ pub(crate) async fn create(
     // acceptance's barrier is stamped strictly after it, even within one ms.
     let begun = c
         .fetch_one(
-            "SELECT live, created_ms, duplicate
-             FROM nems_create_begin($1, $2, $3, $4, $5, ($6::text)::uuid)",
+            CREATE_BEGIN,
             &[
                 &quota_key(&sub.owner_asid),
                 &(mode == QuotaLock::Exclusive),
@@ -225,12 +233,158 @@ pub(crate) async fn create(
     if let Some(existing) = begun.get::<_, Option<&str>>(2).and_then(parse_uuid) {
         return Ok(Some(Created::Duplicate(existing)));
     }
-    let (written, audited) = tokio::join!(
-        write(c, id, &sub),
-        super::audit::append(c, sub.created_ms, std::slice::from_ref(audit_row), false)
-    );
-    first_cause([written.err(), audited.err()])?;
+    {
+        let mut staged = staged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        staged.add(id, &sub)?;
+        staged.audit.push(sub.created_ms, audit_row);
+    }
     Ok(Some(Created::Stored(Box::new(sub))))
+}
+
+/// Starts a create (migration 0002).
+pub(crate) const CREATE_BEGIN: &str = "SELECT live, created_ms, duplicate
+ FROM nems_create_begin($1, $2, $3, $4, $5, ($6::text)::uuid)";
+
+/// The rows of a group of creates, gathered while they run and written at the end in
+/// multi-row statements sent in one round trip: the subscriptions, their match index
+/// rows, the owners' live counts (this connection's shard) and the audit rows.
+#[derive(Debug, Default)]
+pub(crate) struct StagedSubscriptions {
+    id: Vec<String>,
+    owner_asid: Vec<String>,
+    owner_ods: Vec<String>,
+    mailbox: Vec<String>,
+    created_ms: Vec<i64>,
+    end_ms: Vec<i64>,
+    dedup: Vec<String>,
+    record: Vec<Vec<u8>>,
+    nhs: (Vec<i64>, Vec<String>, Vec<Vec<u8>>),
+    rules: (Vec<String>, Vec<String>, Vec<Vec<u8>>),
+    live: std::collections::BTreeMap<String, i64>,
+    audit: super::audit::AuditRows,
+}
+
+impl StagedSubscriptions {
+    /// Adds a new subscription's rows.
+    fn add(&mut self, id: u128, sub: &StoredSubscription) -> Result<(), StoreError> {
+        let id_text = uuid_text(id);
+        let entry = match_entry(sub).encode_to_vec();
+        match keys(sub)? {
+            Keys::Nhs(nhs) => {
+                self.nhs.0.push(nhs);
+                self.nhs.1.push(id_text.clone());
+                self.nhs.2.push(entry);
+            }
+            Keys::Rules(rules) => {
+                for rule in rules {
+                    self.rules.0.push(rule);
+                    self.rules.1.push(id_text.clone());
+                    self.rules.2.push(entry.clone());
+                }
+            }
+        }
+        self.id.push(id_text);
+        self.owner_asid.push(sub.owner_asid.clone());
+        self.owner_ods.push(sub.owner_ods.clone());
+        self.mailbox.push(sub.mailbox.clone());
+        self.created_ms.push(sub.created_ms as i64);
+        self.end_ms.push(sub.end_ms as i64);
+        self.dedup.push(dedup(sub));
+        self.record.push(sub.encode_to_vec());
+        *self.live.entry(sub.owner_asid.clone()).or_default() += 1;
+        Ok(())
+    }
+
+    /// Writes every row gathered.
+    pub(crate) async fn write(self, c: &impl Db) -> Result<(), StoreError> {
+        if self.id.is_empty() {
+            return Ok(());
+        }
+        // The index rows refer to the subscriptions': prepared first, so that the
+        // statements go out in order at the first poll of the join below.
+        let insert = c
+            .prepare_cached(
+                "INSERT INTO nems_subscriptions
+                     (id, owner_asid, owner_ods, mailbox, created_ms, end_ms, deleted_ms,
+                      dedup_key, record)
+                 SELECT i::uuid, o, d, m, c, e, 0, k::uuid, r
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[],
+                             $6::int8[], $7::text[], $8::bytea[]) AS t(i, o, d, m, c, e, k, r)",
+            )
+            .await
+            .map_err(pg)?;
+        let index_nhs = c
+            .prepare_cached(
+                "INSERT INTO nems_match_nhs (nhs_number, id, entry)
+                 SELECT n, i::uuid, e FROM unnest($1::int8[], $2::text[], $3::bytea[])
+                     AS t(n, i, e)",
+            )
+            .await
+            .map_err(pg)?;
+        let index_rules = c
+            .prepare_cached(
+                "INSERT INTO nems_match_rule (rule_key, id, entry)
+                 SELECT k, i::uuid, e FROM unnest($1::text[], $2::text[], $3::bytea[])
+                     AS t(k, i, e)
+                 ON CONFLICT DO NOTHING",
+            )
+            .await
+            .map_err(pg)?;
+        let (owners, deltas): (Vec<String>, Vec<i64>) = self.live.into_iter().unzip();
+        let (stored, nhs, rules, counted, audited) = tokio::join!(
+            async {
+                c.execute(
+                    &insert,
+                    &[
+                        &self.id,
+                        &self.owner_asid,
+                        &self.owner_ods,
+                        &self.mailbox,
+                        &self.created_ms,
+                        &self.end_ms,
+                        &self.dedup,
+                        &self.record,
+                    ],
+                )
+                .await
+            },
+            async {
+                if self.nhs.0.is_empty() {
+                    return Ok(0);
+                }
+                c.execute(&index_nhs, &[&self.nhs.0, &self.nhs.1, &self.nhs.2])
+                    .await
+            },
+            async {
+                if self.rules.0.is_empty() {
+                    return Ok(0);
+                }
+                c.execute(&index_rules, &[&self.rules.0, &self.rules.1, &self.rules.2])
+                    .await
+            },
+            async {
+                c.run(
+                    "INSERT INTO nems_subscription_shards (owner_asid, shard, live)
+                     SELECT o, pg_backend_pid(), n FROM unnest($1::text[], $2::int8[])
+                         AS t(o, n)
+                     ON CONFLICT (owner_asid, shard)
+                         DO UPDATE SET live = nems_subscription_shards.live + EXCLUDED.live",
+                    &[&owners, &deltas],
+                )
+                .await
+            },
+            self.audit.write(c)
+        );
+        first_cause([
+            stored.err().map(pg),
+            nhs.err().map(pg),
+            rules.err().map(pg),
+            counted.err().map(pg),
+            audited.err(),
+        ])
+    }
 }
 
 /// Inserts many subscriptions (tools and benchmarks; no quota): how many were new.

@@ -421,7 +421,7 @@ async fn acceptances_commit_in_groups_and_a_bad_one_fails_alone() {
         let core = core.clone();
         async move { core.accept(reused, false).await }
     });
-    while core.queued() < 41 {
+    while core.write_queue() < 41 {
         tokio::task::yield_now().await;
     }
     side.execute("SELECT pg_advisory_unlock($1)", &[&super::ORDER_LOCK])
@@ -438,4 +438,75 @@ async fn acceptances_commit_in_groups_and_a_bad_one_fails_alone() {
     );
     assert!(core.largest_group() > 1, "some acceptances shared a commit");
     assert_eq!(core.totals().await.unwrap().events_accepted, 41);
+}
+
+/// Identical creates queued together (the committer held at the ordering lock meanwhile)
+/// store one subscription: the others find it as their duplicate, although creates are
+/// committed in groups whose rows are written at the group's end. Creates of other
+/// subscriptions queued beside them are all stored, some sharing a commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn identical_creates_queued_together_store_one_subscription() {
+    let Some((cluster, url)) = database("pg_create_groups").await else {
+        return;
+    };
+    // A pool of 4: one committer of creates.
+    let core = Arc::new(
+        PgBackend::open(&url, 4, true, 1024, "core-a", None)
+            .await
+            .unwrap(),
+    );
+    let side = cluster.connect("nems").await;
+    side.execute("SELECT pg_advisory_lock($1)", &[&super::ORDER_LOCK])
+        .await
+        .unwrap();
+    let create = |mailbox: String| {
+        let core = core.clone();
+        tokio::spawn(async move {
+            let (id, record) = subscription(&mailbox);
+            core.create_subscription(id, record, 1_000_000_000, 0, Default::default())
+                .await
+        })
+    };
+    let held = create("HELD0001".into());
+    loop {
+        let waiting: i64 = side
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let same: Vec<_> = (0..10).map(|_| create("SAME0001".into())).collect();
+    let others: Vec<_> = (0..20).map(|i| create(format!("OTHR{i:04}"))).collect();
+    while core.creates_waiting() < 30 {
+        tokio::task::yield_now().await;
+    }
+    side.execute("SELECT pg_advisory_unlock($1)", &[&super::ORDER_LOCK])
+        .await
+        .unwrap();
+    assert!(matches!(held.await.unwrap().unwrap(), Created::Stored(_)));
+    let (mut stored, mut duplicates) = (0, 0);
+    for s in same {
+        match s.await.unwrap().unwrap() {
+            Created::Stored(_) => stored += 1,
+            Created::Duplicate(_) => duplicates += 1,
+            Created::OverQuota => panic!("far from the quota"),
+        }
+    }
+    assert_eq!(
+        (stored, duplicates),
+        (1, 9),
+        "one stored, the others its duplicates"
+    );
+    for o in others {
+        assert!(matches!(o.await.unwrap().unwrap(), Created::Stored(_)));
+    }
+    assert!(core.largest_group() > 1, "some creates shared a commit");
+    assert_eq!(core.totals().await.unwrap().subscriptions, 22);
 }

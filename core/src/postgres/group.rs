@@ -327,15 +327,7 @@ impl Committer {
             },
         ))
         .await;
-        let mut created = Vec::with_capacity(outcomes.len());
-        let mut errors = Vec::new();
-        for outcome in outcomes {
-            match outcome {
-                Ok(c) => created.push(c),
-                Err(e) => errors.push(Some(e)),
-            }
-        }
-        crate::backend::first_cause(errors)?;
+        let created = all_or_cause(outcomes)?;
         staged
             .into_inner()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -355,15 +347,7 @@ impl Committer {
         let outcomes =
             futures_util::future::join_all(writes.into_iter().map(|w| accept_in(&tx, &staged, w)))
                 .await;
-        let mut written = Vec::with_capacity(outcomes.len());
-        let mut errors = Vec::new();
-        for outcome in outcomes {
-            match outcome {
-                Ok(w) => written.push(w),
-                Err(e) => errors.push(Some(e)),
-            }
-        }
-        crate::backend::first_cause(errors)?;
+        let mut written = all_or_cause(outcomes)?;
         let staged = staged
             .into_inner()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -384,6 +368,21 @@ impl Committer {
         tx.commit().await.map_err(pg)?;
         Ok(written)
     }
+}
+
+/// The values of a group's outcomes, or the error that caused its failure (not the
+/// "transaction aborted" errors that follow it, see `backend::first_cause`).
+fn all_or_cause<T>(outcomes: Vec<Result<T, StoreError>>) -> Result<Vec<T>, StoreError> {
+    let mut values = Vec::with_capacity(outcomes.len());
+    let mut errors = Vec::new();
+    for outcome in outcomes {
+        match outcome {
+            Ok(v) => values.push(v),
+            Err(e) => errors.push(Some(e)),
+        }
+    }
+    crate::backend::first_cause(errors)?;
+    Ok(values)
 }
 
 /// One acceptance's body in `tx`: its begin statement (the patient's lock, the ordering

@@ -367,6 +367,34 @@ async fn connections_to_the_database_are_encrypted_and_the_server_verified() {
     assert_eq!(core.totals().await.unwrap().events_accepted, 3);
 }
 
+/// A connection holding the ordering lock (`ORDER_LOCK`) exclusively: committers stop at
+/// it while jobs queue behind them.
+async fn hold_order_lock(cluster: &PgCluster) -> tokio_postgres::Client {
+    let side = cluster.connect("nems").await;
+    side.execute("SELECT pg_advisory_lock($1)", &[&super::ORDER_LOCK])
+        .await
+        .unwrap();
+    side
+}
+
+/// Returns once some transaction waits for an advisory lock (a committer is held).
+async fn lock_requested(side: &tokio_postgres::Client) {
+    loop {
+        let waiting: i64 = side
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// Acceptances waiting together commit in one transaction: with the committer held at the
 /// ordering barrier while 41 acceptances queue (two per patient, and one reusing an
 /// accepted event's id), every acceptance but the reused id commits, some in a group of
@@ -382,10 +410,7 @@ async fn acceptances_commit_in_groups_and_a_bad_one_fails_alone() {
             .await
             .unwrap(),
     );
-    let side = cluster.connect("nems").await;
-    side.execute("SELECT pg_advisory_lock($1)", &[&super::ORDER_LOCK])
-        .await
-        .unwrap();
+    let side = hold_order_lock(&cluster).await;
     let first = event_about("9000000000");
     let first_id = first.event.event_id;
     let held = tokio::spawn({
@@ -393,20 +418,7 @@ async fn acceptances_commit_in_groups_and_a_bad_one_fails_alone() {
         async move { core.accept(first, false).await }
     });
     // The committer is at the barrier once a lock request waits.
-    loop {
-        let waiting: i64 = side
-            .query_one(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if waiting > 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    lock_requested(&side).await;
     let mut queued = Vec::new();
     for i in 0..40u64 {
         let nhs = format!("{}", 9_000_000_001 + i % 20);
@@ -455,10 +467,7 @@ async fn identical_creates_queued_together_store_one_subscription() {
             .await
             .unwrap(),
     );
-    let side = cluster.connect("nems").await;
-    side.execute("SELECT pg_advisory_lock($1)", &[&super::ORDER_LOCK])
-        .await
-        .unwrap();
+    let side = hold_order_lock(&cluster).await;
     let create = |mailbox: String| {
         let core = core.clone();
         tokio::spawn(async move {
@@ -468,20 +477,7 @@ async fn identical_creates_queued_together_store_one_subscription() {
         })
     };
     let held = create("HELD0001".into());
-    loop {
-        let waiting: i64 = side
-            .query_one(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if waiting > 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    lock_requested(&side).await;
     let same: Vec<_> = (0..10).map(|_| create("SAME0001".into())).collect();
     let others: Vec<_> = (0..20).map(|i| create(format!("OTHR{i:04}"))).collect();
     while core.creates_waiting() < 30 {

@@ -21,7 +21,7 @@ use crate::backend::{
     StoreError, Swept,
 };
 use crate::store::ledger::{
-    SETTLE_DEAD_HELD, SETTLE_ROW, local_id, parse_local_id, settle_key, to_record,
+    SETTLE_DEAD_HELD, SETTLE_ROW, local_id, new_delivery, parse_local_id, settle_key, to_record,
 };
 use crate::store::records::{StoredDelivery, StoredEvent};
 
@@ -339,53 +339,6 @@ impl Staged {
                 (seq as u64, index as usize, id as u64)
             })
             .collect())
-    }
-}
-
-/// The ledger record of a new delivery.
-fn new_delivery(
-    e: &NewEvent,
-    event_hex: &str,
-    seq: u64,
-    index: usize,
-    d: &crate::backend::NewDelivery,
-) -> StoredDelivery {
-    let state = if d.suppressed {
-        pb::DeliveryState::Suppressed
-    } else {
-        pb::DeliveryState::Queued
-    };
-    StoredDelivery {
-        event_seq: seq,
-        event_id: event_hex.to_string(),
-        local_id: local_id(event_hex, index as u64, 0),
-        event_code: e.event_code.clone(),
-        mailbox: d.mailbox.clone(),
-        workflow_id: e.workflow_id.clone(),
-        partner_id: d.partner_id.clone(),
-        state: state.into(),
-        attempts: 0,
-        accepted_ms: e.accepted_ms,
-        updated_ms: e.accepted_ms,
-        next_attempt_ms: if d.suppressed { 0 } else { e.accepted_ms },
-        mesh_message_id: String::new(),
-        last_error_code: if d.suppressed {
-            "PATIENT_FLAGGED".into()
-        } else {
-            String::new()
-        },
-        last_error: if d.suppressed {
-            "patient is flagged sensitive or invalid in PDS: not sent".into()
-        } else {
-            String::new()
-        },
-        subscription_ids: d.subscription_ids.clone(),
-        holds_payload: !d.suppressed,
-        redriven_ms: 0,
-        failures: 0,
-        redrives: 0,
-        deferred_since_ms: 0,
-        deferred_total_ms: 0,
     }
 }
 

@@ -9,7 +9,7 @@ use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use super::StoreError;
 use super::keys::id_hex;
 use super::ledger::{SETTLE_EVENT, SETTLE_ROW, bump_count, index_state};
-use super::records::{StoredDelivery, StoredEvent};
+use super::records::StoredEvent;
 use super::tables::*;
 use crate::backend::{Accepted, NewEvent};
 
@@ -85,38 +85,7 @@ pub(crate) fn accept(tx: &WriteTransaction, e: &NewEvent) -> Result<Accepted, St
         } else {
             pb::DeliveryState::Queued
         };
-        let record = StoredDelivery {
-            event_seq: seq,
-            event_id: event_hex.clone(),
-            local_id: format!("{event_hex}-{index}"),
-            event_code: e.event_code.clone(),
-            mailbox: d.mailbox.clone(),
-            workflow_id: e.workflow_id.clone(),
-            partner_id: d.partner_id.clone(),
-            state: state.into(),
-            attempts: 0,
-            accepted_ms: e.accepted_ms,
-            updated_ms: e.accepted_ms,
-            next_attempt_ms: if d.suppressed { 0 } else { e.accepted_ms },
-            mesh_message_id: String::new(),
-            last_error_code: if d.suppressed {
-                "PATIENT_FLAGGED".into()
-            } else {
-                String::new()
-            },
-            last_error: if d.suppressed {
-                "patient is flagged sensitive or invalid in PDS: not sent".into()
-            } else {
-                String::new()
-            },
-            subscription_ids: d.subscription_ids.clone(),
-            holds_payload: !d.suppressed,
-            redriven_ms: 0,
-            failures: 0,
-            redrives: 0,
-            deferred_since_ms: 0,
-            deferred_total_ms: 0,
-        };
+        let record = super::ledger::new_delivery(e, &event_hex, seq, index, d);
         deliveries.insert(id, record.encode_to_vec().as_slice())?;
         by_mailbox.insert((d.mailbox.as_str(), id), ())?;
         index_state(&mut by_state, id, None, state)?;

@@ -479,6 +479,53 @@ pub(crate) fn local_id(event_hex: &str, index: u64, redrives: u32) -> String {
     }
 }
 
+/// The ledger record of a new delivery (both engines).
+pub(crate) fn new_delivery(
+    e: &crate::backend::NewEvent,
+    event_hex: &str,
+    seq: u64,
+    index: usize,
+    d: &crate::backend::NewDelivery,
+) -> StoredDelivery {
+    let state = if d.suppressed {
+        pb::DeliveryState::Suppressed
+    } else {
+        pb::DeliveryState::Queued
+    };
+    StoredDelivery {
+        event_seq: seq,
+        event_id: event_hex.to_string(),
+        local_id: local_id(event_hex, index as u64, 0),
+        event_code: e.event_code.clone(),
+        mailbox: d.mailbox.clone(),
+        workflow_id: e.workflow_id.clone(),
+        partner_id: d.partner_id.clone(),
+        state: state.into(),
+        attempts: 0,
+        accepted_ms: e.accepted_ms,
+        updated_ms: e.accepted_ms,
+        next_attempt_ms: if d.suppressed { 0 } else { e.accepted_ms },
+        mesh_message_id: String::new(),
+        last_error_code: if d.suppressed {
+            "PATIENT_FLAGGED".into()
+        } else {
+            String::new()
+        },
+        last_error: if d.suppressed {
+            "patient is flagged sensitive or invalid in PDS: not sent".into()
+        } else {
+            String::new()
+        },
+        subscription_ids: d.subscription_ids.clone(),
+        holds_payload: !d.suppressed,
+        redriven_ms: 0,
+        failures: 0,
+        redrives: 0,
+        deferred_since_ms: 0,
+        deferred_total_ms: 0,
+    }
+}
+
 /// Finds the delivery a MESH report concerns, by local id or MESH message id, only if the
 /// report concerns its current generation: a report naming the local id of an earlier
 /// generation (before a redrive), or a MESH message id other than the one the delivery

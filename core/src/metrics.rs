@@ -4,7 +4,7 @@
 //! read from the store at each scrape (the store never calls in here).
 
 use std::sync::atomic::Ordering;
-use std::sync::{Mutex, OnceLock, Weak};
+use std::sync::{OnceLock, Weak};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
@@ -152,37 +152,36 @@ pub(crate) fn metrics() -> &'static CoreMetrics {
             "Audit records waiting in the audit queue (bounded; beyond it records are dropped)",
             m.audit_queue_depth.clone(),
         );
-        nems_runtime::ops::register_collector(Box::new(StoreCollector));
         m
     })
 }
 
-/// The core whose store the scrape-time gauges read (the most recently opened one).
-fn current() -> &'static Mutex<Weak<CoreState>> {
-    static CURRENT: OnceLock<Mutex<Weak<CoreState>>> = OnceLock::new();
-    CURRENT.get_or_init(|| Mutex::new(Weak::new()))
-}
-
-/// Makes `state` the source of the scrape-time gauges and registers its readiness check.
-pub(crate) fn attach(state: &std::sync::Arc<CoreState>) {
+/// Attaches `state`'s scrape-time gauges and its readiness check to the process's ops
+/// registry for as long as the returned handle lives (the running core holds it).
+pub(crate) fn attach(state: &std::sync::Arc<CoreState>) -> nems_runtime::ops::Attached {
     let _ = metrics();
-    if let Ok(mut slot) = current().lock() {
-        *slot = std::sync::Arc::downgrade(state);
-    }
     let weak = std::sync::Arc::downgrade(state);
-    nems_runtime::ops::set_check("core-store", move || match weak.upgrade() {
-        Some(s) => match s.store.failure() {
-            Some(why) => Err(format!(
-                "the store failed ({why}); refusing writes and reads until it is reopened"
-            )),
-            None => Ok(()),
-        },
-        None => Err("core is not running".into()),
-    });
+    let collector = StoreCollector {
+        state: weak.clone(),
+    };
+    nems_runtime::ops::attach_source("core-store", Box::new(collector), move || {
+        match weak.upgrade() {
+            Some(s) => match s.store.failure() {
+                Some(why) => Err(format!(
+                    "the store failed ({why}); refusing writes and reads until it is reopened"
+                )),
+                None => Ok(()),
+            },
+            None => Err("core is not running".into()),
+        }
+    })
 }
 
+/// One core's gauges read from its store at each scrape.
 #[derive(Debug)]
-struct StoreCollector;
+struct StoreCollector {
+    state: Weak<CoreState>,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MailboxState {
@@ -208,7 +207,7 @@ fn gauge(
 
 impl Collector for StoreCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let Some(state) = current().lock().ok().and_then(|w| w.upgrade()) else {
+        let Some(state) = self.state.upgrade() else {
             return Ok(());
         };
         let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);

@@ -81,6 +81,9 @@ impl CoreListeners {
 #[derive(Debug)]
 pub struct Core {
     state: Arc<CoreState>,
+    /// This core's gauges and readiness check in the process's ops registry, until it
+    /// stops.
+    _ops: nems_runtime::ops::Attached,
 }
 
 impl Core {
@@ -169,11 +172,11 @@ impl Core {
                 Wake::Pending(n) => state.set_pending(n),
             }
         }));
-        crate::metrics::attach(&state);
+        let ops = crate::metrics::attach(&state);
         tracing::info!(pending, mailboxes = heads.len(), "delivery queue restored");
         let (systems, mailboxes) = state.directory().len();
         tracing::info!(systems, mailboxes, "directory loaded");
-        Ok(Core { state })
+        Ok(Core { state, _ops: ops })
     }
 
     /// Serves until `shutdown` completes, then drains in-flight requests, ends delivery

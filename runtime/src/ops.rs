@@ -1,16 +1,30 @@
 //! Operations plumbing shared by every nems service in a process: one Prometheus registry
 //! (so `nems up` serves core, edge and adapter metrics from one `/metrics`) and named
 //! readiness checks (for `/readyz`). Metric names are part of the operator contract.
+//!
+//! A running service's scrape-time figures (read from its store at each scrape) come from
+//! a *source* it attaches under a name for as long as it runs ([`attach_source`]): the
+//! registry holds no service state of its own, and a service that stops takes its source
+//! and its readiness check with it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use prometheus_client::collector::Collector;
 use prometheus_client::registry::{Metric, Registry};
 
 type Check = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
+/// What a named source slot holds: the attachment that filled it and its collector.
+type Held = Option<(u64, Box<dyn Collector>)>;
+
 struct Ops {
     registry: Mutex<Registry>,
-    checks: Mutex<Vec<(String, Check)>>,
+    /// Readiness checks by name, each with the attachment that set it (0: [`set_check`]).
+    checks: Mutex<Vec<(String, u64, Check)>>,
+    /// Named source slots, each registered in `registry` once (a slot outlives the
+    /// service that fills it, empty once it has stopped).
+    sources: Mutex<Vec<(String, Arc<Mutex<Held>>)>>,
 }
 
 fn ops() -> &'static Ops {
@@ -21,8 +35,87 @@ fn ops() -> &'static Ops {
         Ops {
             registry: Mutex::new(registry),
             checks: Mutex::new(Vec::new()),
+            sources: Mutex::new(Vec::new()),
         }
     })
+}
+
+/// A source slot as the registry sees it: encodes whatever fills it at scrape time.
+#[derive(Debug)]
+struct Slot(Arc<Mutex<Held>>);
+
+impl Collector for Slot {
+    fn encode(
+        &self,
+        encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        match &*lock(&self.0) {
+            Some((_, source)) => source.encode(encoder),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A running service's hold on its source and readiness check, both named `name`:
+/// dropping it removes the source and leaves the check reporting "stopped", unless
+/// another service has attached under the same name since (the later one then keeps its
+/// own).
+#[derive(Debug)]
+pub struct Attached {
+    name: String,
+    id: u64,
+    slot: Arc<Mutex<Held>>,
+}
+
+/// Attaches `source` (read at every scrape) and `check` (run at every readiness probe)
+/// under `name` until the returned [`Attached`] is dropped. A later attachment under the
+/// same name replaces this one.
+pub fn attach_source(
+    name: &str,
+    source: Box<dyn Collector>,
+    check: impl Fn() -> Result<(), String> + Send + Sync + 'static,
+) -> Attached {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    let slot = {
+        let mut sources = lock(&ops().sources);
+        match sources.iter().find(|(n, _)| n == name) {
+            Some((_, slot)) => slot.clone(),
+            None => {
+                let slot = Arc::new(Mutex::new(None));
+                lock(&ops().registry).register_collector(Box::new(Slot(slot.clone())));
+                sources.push((name.to_string(), slot.clone()));
+                slot
+            }
+        }
+    };
+    *lock(&slot) = Some((id, source));
+    let mut checks = lock(&ops().checks);
+    checks.retain(|(n, _, _)| n != name);
+    checks.push((name.to_string(), id, Arc::new(check)));
+    Attached {
+        name: name.to_string(),
+        id,
+        slot,
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        {
+            let mut held = lock(&self.slot);
+            if matches!(&*held, Some((id, _)) if *id == self.id) {
+                *held = None;
+            }
+        }
+        // A stopped service is not ready (the process is going down, or it failed).
+        let mut checks = lock(&ops().checks);
+        for (n, id, check) in checks.iter_mut() {
+            if *n == self.name && *id == self.id {
+                *check = Arc::new(|| Err("stopped".into()));
+            }
+        }
+    }
 }
 
 /// `nems_build_info` and the `nems_process_*` metrics of this process (Linux `/proc`;
@@ -139,11 +232,6 @@ pub fn register(name: &str, help: &str, metric: impl Metric) {
     lock(&ops().registry).register(name, help, metric);
 }
 
-/// Registers a collector evaluated at every scrape (values read from a store).
-pub fn register_collector(collector: Box<dyn prometheus_client::collector::Collector>) {
-    lock(&ops().registry).register_collector(collector);
-}
-
 /// The Prometheus text exposition of every registered metric.
 pub fn encode() -> String {
     let mut out = String::new();
@@ -156,21 +244,21 @@ pub fn encode() -> String {
 /// Adds (or replaces, by name) a readiness check: `Err(reason)` means not ready.
 pub fn set_check(name: &str, check: impl Fn() -> Result<(), String> + Send + Sync + 'static) {
     let mut checks = lock(&ops().checks);
-    checks.retain(|(n, _)| n != name);
-    checks.push((name.to_string(), Arc::new(check)));
+    checks.retain(|(n, _, _)| n != name);
+    checks.push((name.to_string(), 0, Arc::new(check)));
 }
 
 /// Removes a readiness check (a service that stopped).
 pub fn remove_check(name: &str) {
-    lock(&ops().checks).retain(|(n, _)| n != name);
+    lock(&ops().checks).retain(|(n, _, _)| n != name);
 }
 
 /// Runs every readiness check; the failures, by name.
 pub fn readiness() -> Vec<(String, String)> {
-    let checks: Vec<(String, Check)> = lock(&ops().checks).clone();
+    let checks: Vec<(String, u64, Check)> = lock(&ops().checks).clone();
     checks
         .into_iter()
-        .filter_map(|(name, check)| check().err().map(|why| (name, why)))
+        .filter_map(|(name, _, check)| check().err().map(|why| (name, why)))
         .collect()
 }
 
@@ -203,5 +291,50 @@ mod tests {
         set_check("ops-test", || Ok(()));
         assert!(!readiness().iter().any(|(n, _)| n == "ops-test"));
         remove_check("ops-test");
+    }
+
+    /// A source with one constant gauge, for the attachment test.
+    #[derive(Debug)]
+    struct Constant(i64);
+
+    impl Collector for Constant {
+        fn encode(
+            &self,
+            mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+        ) -> Result<(), std::fmt::Error> {
+            use prometheus_client::encoding::EncodeMetric;
+            let g = prometheus_client::metrics::gauge::ConstGauge::new(self.0);
+            g.encode(encoder.encode_descriptor(
+                "ops_test_source",
+                "The attachment test's gauge",
+                None,
+                g.metric_type(),
+            )?)
+        }
+    }
+
+    #[test]
+    fn a_stopped_service_takes_its_source_and_check_but_not_a_later_ones() {
+        let first = attach_source("ops-source", Box::new(Constant(1)), || Err("first".into()));
+        assert!(encode().contains("nems_ops_test_source 1"), "{}", encode());
+        assert!(readiness().contains(&("ops-source".into(), "first".into())));
+        // A second service under the same name replaces the first...
+        let second = attach_source("ops-source", Box::new(Constant(2)), || Err("second".into()));
+        assert!(encode().contains("nems_ops_test_source 2"), "{}", encode());
+        assert_eq!(
+            readiness()
+                .iter()
+                .filter(|(n, _)| n == "ops-source")
+                .collect::<Vec<_>>(),
+            [&("ops-source".to_string(), "second".to_string())]
+        );
+        // ...and the first one stopping leaves the second's in place.
+        drop(first);
+        assert!(encode().contains("nems_ops_test_source 2"), "{}", encode());
+        assert!(readiness().contains(&("ops-source".into(), "second".into())));
+        drop(second);
+        assert!(!encode().contains("nems_ops_test_source"), "{}", encode());
+        assert!(readiness().contains(&("ops-source".into(), "stopped".into())));
+        remove_check("ops-source");
     }
 }

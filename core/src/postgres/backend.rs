@@ -228,6 +228,21 @@ impl PgBackend {
     }
 }
 
+/// A read-only transaction on one snapshot, for a read of several statements that must
+/// agree with each other (under READ COMMITTED each statement would see its own: a
+/// delivery settled between two of them would show as delivered beside its event's
+/// payload still held).
+async fn snapshot(
+    conn: &mut deadpool_postgres::Object,
+) -> Result<deadpool_postgres::Transaction<'_>, StoreError> {
+    conn.build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(pg)
+}
+
 /// Reads what the metrics endpoint scrapes and checks the database; a failure is kept
 /// for readiness, and its end counts as a reopening (cores reload their caches).
 async fn refresh(pool: &Pool, health: &Health) {
@@ -551,8 +566,9 @@ impl Backend for PgBackend {
     }
 
     async fn totals(&self) -> Result<Totals, StoreError> {
-        let conn = self.conn().await?;
-        let c: &deadpool_postgres::Client = &conn;
+        let mut conn = self.conn().await?;
+        let tx = snapshot(&mut conn).await?;
+        let c = &tx;
         let version: i32 = c
             .fetch_one(
                 "SELECT coalesce(max(version), 0) FROM nems_schema_migrations",
@@ -570,14 +586,16 @@ impl Backend for PgBackend {
         for set in 0..SET_NAMES.len() {
             generations.push(ref_meta(c, set).await?.generation);
         }
-        Ok(Totals {
+        let totals = Totals {
             schema_version: version as u64,
             subscriptions: subscriptions::live_count(c).await?,
             events_accepted: ledger::accepted_count(c).await?,
             deliveries_pending: ledger::queue(c).await?.1,
             reference_generations: generations,
             patients: patients as u64,
-        })
+        };
+        tx.commit().await.map_err(pg)?;
+        Ok(totals)
     }
 
     async fn lease(
@@ -681,8 +699,11 @@ impl Backend for PgBackend {
         &self,
         id: u128,
     ) -> Result<Option<(pb::EventRecord, Vec<pb::DeliveryRecord>)>, StoreError> {
-        let conn = self.conn().await?;
-        ledger::event(&conn, id).await
+        let mut conn = self.conn().await?;
+        let tx = snapshot(&mut conn).await?;
+        let event = ledger::event(&tx, id).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(event)
     }
 
     async fn mailbox_stats(&self, mailbox: String) -> Result<Vec<pb::MailboxStats>, StoreError> {
@@ -710,8 +731,11 @@ impl Backend for PgBackend {
     }
 
     async fn directory(&self) -> Result<(Vec<pb::SpineSystem>, Vec<pb::MeshMailbox>), StoreError> {
-        let conn = self.conn().await?;
-        audit::directory(&conn).await
+        let mut conn = self.conn().await?;
+        let tx = snapshot(&mut conn).await?;
+        let directory = audit::directory(&tx).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(directory)
     }
 
     async fn change_directory(

@@ -753,7 +753,7 @@ pub(crate) async fn list(
 
 /// An event's ledger entry (and whether its payload is held) with its deliveries.
 pub(crate) async fn event(
-    client: &Client,
+    client: &impl Db,
     id: u128,
 ) -> Result<Option<(pb::EventRecord, Vec<pb::DeliveryRecord>)>, StoreError> {
     let row = client
@@ -826,7 +826,7 @@ pub(crate) async fn stats(
 
 /// Each mailbox with a queued or in-flight delivery and its earliest queue time, and the
 /// number of deliveries queued or in flight.
-pub(crate) async fn queue(client: &Client) -> Result<(Vec<(String, u64)>, u64), StoreError> {
+pub(crate) async fn queue(client: &impl Db) -> Result<(Vec<(String, u64)>, u64), StoreError> {
     let rows = client
         .fetch(
             "SELECT mailbox, min(queue_at), count(*) FROM nems_deliveries
@@ -847,7 +847,7 @@ pub(crate) async fn queue(client: &Client) -> Result<(Vec<(String, u64)>, u64), 
 }
 
 /// Events accepted since the database was created.
-pub(crate) async fn accepted_count(client: &Client) -> Result<u64, StoreError> {
+pub(crate) async fn accepted_count(client: &impl Db) -> Result<u64, StoreError> {
     let n: i64 = client
         .fetch_one(
             "SELECT coalesce(sum(events), 0)::bigint FROM nems_counters",

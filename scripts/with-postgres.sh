@@ -4,6 +4,7 @@
 # NEMS_TEST_DATABASE_URL: the e2e harness then runs every stack's core on a database of
 # its own in that cluster (the backend matrix; see tests/src/postgres.rs).
 #   scripts/with-postgres.sh cargo nextest run -p nems-e2e
+# NEMS_PG_OPTIONS adds server settings ("-c shared_buffers=2GB ...").
 set -euo pipefail
 bin=${NEMS_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}
 if [ -z "$bin" ] || [ ! -x "$bin/initdb" ]; then
@@ -23,6 +24,6 @@ stop() {
 }
 trap stop EXIT
 as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
-    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=500" start >/dev/null
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=500 ${NEMS_PG_OPTIONS:-}" start >/dev/null
 echo "with-postgres: cluster on 127.0.0.1:$port" >&2
 NEMS_TEST_DATABASE_URL="postgres://nems@127.0.0.1:$port" "$@"

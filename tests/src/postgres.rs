@@ -204,6 +204,17 @@ impl PgCluster {
     /// connection without it (`hostssl` only; the Unix socket stays open to the test, see
     /// [`PgCluster::connect_socket`]). Blocking, like [`PgCluster::start`].
     pub fn require_tls(&self, cert_pem: &str, key_pem: &str) {
+        self.tls_only(cert_pem, key_pem, None);
+    }
+
+    /// As [`PgCluster::require_tls`], and TCP clients authenticate by a certificate
+    /// `client_ca_pem` issued whose common name is the user's (pg_hba `cert`, which
+    /// implies `clientcert=verify-full`).
+    pub fn require_client_certificates(&self, cert_pem: &str, key_pem: &str, client_ca_pem: &str) {
+        self.tls_only(cert_pem, key_pem, Some(client_ca_pem));
+    }
+
+    fn tls_only(&self, cert_pem: &str, key_pem: &str, client_ca_pem: Option<&str>) {
         let cert = self.data.join("server.crt");
         let key = self.data.join("server.key");
         std::fs::write(&cert, cert_pem).expect("write server.crt");
@@ -211,21 +222,37 @@ impl PgCluster {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
             .expect("server.key mode");
+        let client_ca = self.data.join("client-ca.crt");
+        if let Some(pem) = client_ca_pem {
+            std::fs::write(&client_ca, pem).expect("write client-ca.crt");
+        }
         if let Some((uid, gid)) = self.owner {
-            for file in [&cert, &key] {
-                std::os::unix::fs::chown(file, Some(uid), Some(gid)).expect("give to postgres");
+            for file in [&cert, &key, &client_ca] {
+                if file.exists() {
+                    std::os::unix::fs::chown(file, Some(uid), Some(gid)).expect("give to postgres");
+                }
             }
         }
+        let method = if client_ca_pem.is_some() {
+            "cert"
+        } else {
+            "trust"
+        };
         std::fs::write(
             self.data.join("pg_hba.conf"),
-            "local all all trust\n\
-             hostssl all all 127.0.0.1/32 trust\n\
-             host all all 127.0.0.1/32 reject\n",
+            format!(
+                "local all all trust\n\
+                 hostssl all all 127.0.0.1/32 {method}\n\
+                 host all all 127.0.0.1/32 reject\n"
+            ),
         )
         .expect("write pg_hba.conf");
         let conf = self.data.join("postgresql.auto.conf");
         let mut text = std::fs::read_to_string(&conf).unwrap_or_default();
         text.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        if client_ca_pem.is_some() {
+            text.push_str("ssl_ca_file = 'client-ca.crt'\n");
+        }
         std::fs::write(&conf, text).expect("write postgresql.auto.conf");
         // A restart rather than a reload: `pg_ctl -w restart` returns once the server
         // accepts connections with the new settings (a reload gives no such moment).

@@ -367,6 +367,105 @@ async fn connections_to_the_database_are_encrypted_and_the_server_verified() {
     assert_eq!(core.totals().await.unwrap().events_accepted, 3);
 }
 
+/// A CA's certificate (PEM) and a client certificate and key it issued with the common
+/// name `user` (what PostgreSQL's `cert` authentication compares with the user name).
+fn client_pki(user: &str) -> (String, String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(Vec::<String>::new()).unwrap();
+    leaf.distinguished_name.push(DnType::CommonName, user);
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// Certificate authentication to the database (`core.database_tls.cert_file` /
+/// `key_file`): a server that admits TCP clients only by a certificate its client CA
+/// issued for the user refuses a core that presents none, and one whose certificate
+/// another CA issued, and admits the core with its own; its acceptances commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_core_authenticates_to_the_database_by_its_client_certificate() {
+    let Some((cluster, url)) = database("pg_client_cert").await else {
+        return;
+    };
+    let (server_ca, server_cert, server_key) = server_pki("db.nems.test");
+    let (client_ca, client_cert, client_key) = client_pki("nems");
+    let (_, rogue_cert, rogue_key) = client_pki("nems");
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let ca_file = file("server-ca.pem", &server_ca);
+    let (cert_file, key_file) = (
+        file("client.pem", &client_cert),
+        file("client.key", &client_key),
+    );
+    let (rogue_cert_file, rogue_key_file) = (
+        file("rogue.pem", &rogue_cert),
+        file("rogue.key", &rogue_key),
+    );
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.require_client_certificates(&server_cert, &server_key, &client_ca);
+        cluster
+    })
+    .await
+    .unwrap();
+    let tls = |pair: Option<(&std::path::Path, &std::path::Path)>| nems_runtime::tls::ClientTls {
+        ca_file: ca_file.clone(),
+        cert_file: pair.map(|(c, _)| c.to_path_buf()),
+        key_file: pair.map(|(_, k)| k.to_path_buf()),
+        domain: Some("db.nems.test".into()),
+    };
+    let open = |settings: nems_runtime::tls::ClientTls| {
+        let url = url.clone();
+        async move { PgBackend::open(&url, 4, true, 1024, "core-a", Some(&settings)).await }
+    };
+    let e = open(tls(None))
+        .await
+        .expect_err("no client certificate: refused");
+    assert!(e.to_string().contains("certificate"), "{e}");
+    let e = open(tls(Some((&rogue_cert_file, &rogue_key_file))))
+        .await
+        .expect_err("a certificate another CA issued: refused");
+    // The server ends the handshake with an alert (OpenSSL's choice of which: with both
+    // CAs of one name, `decrypt_error` when the signature does not verify).
+    let why = e.to_string().to_lowercase();
+    assert!(why.contains("alert") || why.contains("certificate"), "{e}");
+    let core = open(tls(Some((&cert_file, &key_file))))
+        .await
+        .expect("the core's own certificate is accepted");
+    for _ in 0..2 {
+        core.accept(event(), false).await.unwrap();
+    }
+    assert_eq!(core.totals().await.unwrap().events_accepted, 2);
+    let observer = cluster.connect_socket("nems").await;
+    let rows = observer
+        .query(
+            "SELECT s.client_dn FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+             WHERE a.application_name = 'nems-core'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(!rows.is_empty(), "the core's connections are listed");
+    assert!(
+        rows.iter()
+            .all(|r| r.get::<_, Option<String>>(0).as_deref() == Some("/CN=nems")),
+        "every connection of the core presented its certificate"
+    );
+}
+
 /// A connection holding the ordering lock (`ORDER_LOCK`) exclusively: committers stop at
 /// it while jobs queue behind them.
 async fn hold_order_lock(cluster: &PgCluster) -> tokio_postgres::Client {

@@ -109,6 +109,16 @@ async fn main() {
             println!("preloading {subscriptions} explicit subscriptions over gRPC...");
             let mut p = bench::create_grpc(core.addr, 0, subscriptions, concurrency).await;
             line("preload", &mut p);
+            // The core child inherits this process's environment: its store is this.
+            #[allow(clippy::disallowed_methods, reason = "the core child's own setting")]
+            let database = std::env::var("NEMS_DATABASE_URL");
+            if let Ok(url) = database {
+                let took = bench::settle_postgres(&url).await;
+                println!(
+                    "PostgreSQL settled after the load (VACUUM (ANALYZE), CHECKPOINT) in {:.1}s",
+                    took.as_secs_f64()
+                );
+            }
             let edge = bench::start_edge(&nems, core.addr).await;
             // Warm up connections and caches.
             let _ = bench::publish_http(

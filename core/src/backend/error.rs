@@ -53,6 +53,10 @@ pub enum StoreError {
     /// The job did not run (batch aborted by another job's storage error).
     #[error("write aborted")]
     Aborted,
+    /// A reference-data import was overtaken: another import of the same set began after
+    /// it (on this core or another on the same database) and took its slot.
+    #[error("{0}")]
+    Superseded(String),
 }
 
 impl StoreError {

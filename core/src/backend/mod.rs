@@ -459,3 +459,84 @@ pub(crate) fn ready<T>(
         )),
     }
 }
+
+/// Behaviour both engines must show, run by each engine's tests.
+#[cfg(test)]
+pub(crate) mod conformance {
+    use super::*;
+
+    fn practices(codes: &[&str]) -> Rows {
+        encode_practices(
+            codes
+                .iter()
+                .map(|c| pb::PracticeRow {
+                    code: (*c).into(),
+                    ..Default::default()
+                })
+                .collect(),
+        )
+    }
+
+    fn finish(slot: u32) -> RefdataFinish {
+        RefdataFinish {
+            set: 1,
+            slot,
+            format: "test".into(),
+            source: "test".into(),
+            guard: Guard {
+                force: true,
+                max_shrink_percent: 100.0,
+                max_bad_row_percent: 100.0,
+                received: 1,
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Two imports of one data set, through `a` and `b` (two cores on one database, or
+    /// one store twice): the later begin takes the slot, so the earlier import's next
+    /// batch and its finish fail as overtaken, and the set switched in holds the later
+    /// import's rows only (none of the earlier one's, before or after it began).
+    pub(crate) async fn an_overtaken_import_fails_and_the_later_one_wins(
+        a: &impl Backend,
+        b: &impl Backend,
+    ) {
+        let first = a.refdata_begin(1).await.unwrap();
+        a.refdata_insert(1, first, practices(&["A00001"]))
+            .await
+            .unwrap();
+        let second = b.refdata_begin(1).await.unwrap();
+        assert_ne!(first, second, "each import has a ticket of its own");
+        let late = a
+            .refdata_insert(1, first, practices(&["A00002"]))
+            .await
+            .expect_err("the overtaken import's next batch is refused");
+        assert!(matches!(late, StoreError::Superseded(_)), "{late:?}");
+        b.refdata_insert(1, second, practices(&["B00001"]))
+            .await
+            .unwrap();
+        let stale = a
+            .refdata_finish(finish(first), pb::AuditRecord::default())
+            .await
+            .expect_err("the overtaken import cannot switch the set");
+        assert!(matches!(stale, StoreError::Superseded(_)), "{stale:?}");
+        let done = b
+            .refdata_finish(finish(second), pb::AuditRecord::default())
+            .await
+            .unwrap();
+        assert!(done.applied);
+        assert_eq!(done.rows, 1, "only the later import's row is in force");
+        assert_eq!((done.meta.generation, done.meta.rows), (1, 1));
+        // A third import fills the other slot and switches again.
+        let third = a.refdata_begin(1).await.unwrap();
+        a.refdata_insert(1, third, practices(&["C00001"]))
+            .await
+            .unwrap();
+        let done = a
+            .refdata_finish(finish(third), pb::AuditRecord::default())
+            .await
+            .unwrap();
+        assert!(done.applied && done.rows == 1);
+        assert_eq!((done.meta.generation, done.meta.rows), (2, 1));
+    }
+}

@@ -2,6 +2,7 @@
 //! PostgreSQL as `bytea` columns beside the fields it indexes. Field tags are part of the
 //! stored format: never reuse or renumber one.
 
+use super::StoreError;
 use nems_proto::v1 as pb;
 
 /// A stored subscription.
@@ -99,6 +100,36 @@ pub(crate) struct RefMeta {
     /// recorded, or never imported).
     #[prost(uint64, tag = "7")]
     pub(crate) imported_ms: u64,
+    /// Imports of the set begun so far (each one's ticket carries its number).
+    #[prost(uint64, tag = "8")]
+    pub(crate) imports: u64,
+}
+
+impl RefMeta {
+    /// Begins an import that fills physical `slot`: its ticket, `slot` in the low bit and
+    /// this import's number above it (never `u32::MAX`, "no import"). A later import's
+    /// begin replaces the ticket in force, so an earlier import's next write or its finish
+    /// finds its ticket stale and fails ([`RefMeta::check_ticket`]) instead of mixing
+    /// rows into the slot the later one fills: imports of one set are exclusive across
+    /// every core on the store, and the latest wins.
+    pub(crate) fn begin_import(&mut self, slot: u32) -> u32 {
+        self.imports = self.imports.wrapping_add(1);
+        let ticket = (((self.imports as u32) & 0x3FFF_FFFF) << 1) | (slot & 1);
+        self.filling_slot = ticket;
+        ticket
+    }
+
+    /// Whether `ticket` is the import in progress on this set.
+    pub(crate) fn check_ticket(&self, set: usize, ticket: u32) -> Result<(), StoreError> {
+        if self.filling_slot == ticket {
+            Ok(())
+        } else {
+            Err(StoreError::Superseded(format!(
+                "another {} import began after this one and replaced it; this import is abandoned",
+                crate::backend::SET_NAMES[set]
+            )))
+        }
+    }
 }
 
 /// A stored patient: the record and when each group of facts last changed.

@@ -771,8 +771,11 @@ impl Backend for PgBackend {
     }
 
     async fn refdata_insert(&self, set: usize, slot: u32, rows: Rows) -> Result<(), StoreError> {
-        let conn = self.conn().await?;
-        refdata::insert(&conn, set, slot, rows).await
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(pg)?;
+        refdata::insert(&tx, set, slot, rows).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(())
     }
 
     async fn refdata_diff(&self, set: usize, slot: u32) -> Result<(u64, u64, u64), StoreError> {

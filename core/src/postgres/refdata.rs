@@ -1,5 +1,9 @@
 //! Reference data imports on PostgreSQL: the redb store's two slots per set (see the
-//! schema), the set's metadata row switched by the import's last transaction.
+//! schema), the set's metadata row switched by the import's last transaction. Imports of
+//! one set on several cores are exclusive by their tickets ([`RefMeta::begin_import`]):
+//! the latest begin wins, and each batch checks its ticket under the set's lock (shared by
+//! batches, exclusive at begin and finish), so no row of an overtaken import lands in the
+//! slot the later one fills.
 
 use super::Db;
 use prost::Message;
@@ -53,19 +57,29 @@ pub(crate) async fn begin(c: &impl Db, set: usize) -> Result<u32, StoreError> {
     } else {
         1 - (m.active_slot & 1)
     };
-    m.filling_slot = slot;
+    let ticket = m.begin_import(slot);
     save_meta(c, set, &m).await?;
     clear(c, set, slot).await?;
-    Ok(slot)
+    Ok(ticket)
 }
 
-/// Adds rows to the slot being filled (a key given twice keeps its last value).
+/// Adds rows to the slot being filled (a key given twice keeps its last value), in a
+/// transaction of the caller's: it holds the set's lock shared (batches of one import
+/// run side by side; a later import's begin waits for them, and they for it) and checks
+/// that `slot`, the import's ticket, is still the one in force.
 pub(crate) async fn insert(
     c: &impl Db,
     set: usize,
     slot: u32,
     rows: Rows,
 ) -> Result<(), StoreError> {
+    c.run(
+        "SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))",
+        &[&format!("nems-refdata/{}", SET_NAMES[set])],
+    )
+    .await
+    .map_err(pg)?;
+    ref_meta(c, set).await?.check_ticket(set, slot)?;
     let mut by_key: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
     for (k, v) in rows {
         by_key.insert(k, v);
@@ -124,12 +138,7 @@ pub(crate) async fn finish(
     guard: &Guard,
 ) -> Result<Finished, StoreError> {
     let mut m = lock(c, set).await?;
-    if m.filling_slot != slot {
-        return Err(StoreError::Corrupt(format!(
-            "{} import lost its slot",
-            SET_NAMES[set]
-        )));
-    }
+    m.check_ticket(set, slot)?;
     let rows: i64 = c
         .fetch_one(
             "SELECT count(*) FROM nems_ref_rows WHERE set_index = $1 AND slot = $2",
@@ -156,14 +165,14 @@ pub(crate) async fn finish(
     let old = m.active_slot;
     let had_data = m.generation > 0;
     m.generation += 1;
-    m.active_slot = slot;
+    m.active_slot = slot & 1;
     m.filling_slot = NO_SLOT;
     m.rows = rows;
     m.format = format.to_string();
     m.source = source.to_string();
     m.imported_ms = now_ms();
     save_meta(c, set, &m).await?;
-    if had_data && old != slot {
+    if had_data && old & 1 != slot & 1 {
         clear(c, set, old).await?;
     }
     Ok(Finished {

@@ -274,6 +274,22 @@ async fn accepted_events_are_counted_across_cores_and_folds() {
     assert!(rows <= 5, "{rows} counter rows left after folding");
 }
 
+/// Imports of one data set on two cores are exclusive: the later one's begin overtakes
+/// the earlier one, whose further batches and finish are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_overtaken_by_another_cores_fails_and_the_later_one_wins() {
+    let Some((_cluster, url)) = database("pg_import_overtaken").await else {
+        return;
+    };
+    let a = PgBackend::open(&url, 4, true, 1024, "core-a", None)
+        .await
+        .unwrap();
+    let b = PgBackend::open(&url, 4, true, 1024, "core-b", None)
+        .await
+        .unwrap();
+    crate::backend::conformance::an_overtaken_import_fails_and_the_later_one_wins(&a, &b).await;
+}
+
 /// A CA's certificate (PEM) and a server certificate and key it issued for `name`.
 fn server_pki(name: &str) -> (String, String, String) {
     use rcgen::{

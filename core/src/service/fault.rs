@@ -111,6 +111,7 @@ impl From<Fault> for Status {
                         Duration::from_secs(1),
                     )
                 }
+                StoreError::Superseded(text) => Status::aborted(text),
                 StoreError::Closed => {
                     spine::unavailable("the store is unavailable", Duration::from_secs(30))
                 }

@@ -492,6 +492,23 @@ mod tests {
     use crate::store::StoreOptions;
 
     #[tokio::test]
+    async fn an_overtaken_import_fails_and_the_later_one_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path(),
+            StoreOptions {
+                durable: false,
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap();
+        crate::backend::conformance::an_overtaken_import_fails_and_the_later_one_wins(
+            &store, &store,
+        )
+        .await;
+    }
+
+    #[tokio::test]
     async fn matching_in_a_write_sees_what_the_same_transaction_wrote_before_it() {
         use crate::domain::catalogue::Catalogue;
 

@@ -1,7 +1,9 @@
 //! Reference data sets (postcodes, practices, code map), each in two physical slots: an
 //! import clears and fills the inactive slot over many transactions while matching reads
 //! the active one, and its final commit switches slots, so matching never sees half a
-//! file. One import per data set at a time (the caller serialises).
+//! file. One import per data set at a time: the service serialises a core's own, and an
+//! import's ticket ([`RefMeta::begin_import`]) makes any earlier one that is still going
+//! fail at its next batch or its finish.
 
 use nems_proto::v1 as pb;
 use prost::Message;
@@ -51,13 +53,13 @@ pub(crate) fn begin(tx: &WriteTransaction, set: usize) -> Result<u32, StoreError
     } else {
         1 - (m.active_slot & 1)
     };
-    m.filling_slot = slot;
+    let ticket = m.begin_import(slot);
     metas.insert(SET_NAMES[set], m.encode_to_vec().as_slice())?;
     drop(metas);
     let def = REF_SLOTS[set][slot as usize];
     tx.delete_table(def)?;
     tx.open_table(def)?;
-    Ok(slot)
+    Ok(ticket)
 }
 
 /// Adds rows (key, encoded value) to the slot being filled.
@@ -67,6 +69,7 @@ pub(crate) fn insert(
     slot: u32,
     rows: &[(String, Vec<u8>)],
 ) -> Result<(), StoreError> {
+    read_meta(&tx.open_table(REF_META)?, set)?.check_ticket(set, slot)?;
     let mut table = tx.open_table(REF_SLOTS[set][slot as usize & 1])?;
     for (key, value) in rows {
         table.insert(key.as_str(), value.as_slice())?;
@@ -136,12 +139,7 @@ pub(crate) fn finish(
 ) -> Result<Finished, StoreError> {
     let mut metas = tx.open_table(REF_META)?;
     let mut m = read_meta(&metas, set)?;
-    if m.filling_slot != slot {
-        return Err(StoreError::Corrupt(format!(
-            "{} import lost its slot",
-            SET_NAMES[set]
-        )));
-    }
+    m.check_ticket(set, slot)?;
     let rows = tx.open_table(REF_SLOTS[set][slot as usize & 1])?.len()?;
     let previous_rows = if m.generation > 0 { m.rows } else { 0 };
     let refusals = refusals(set, previous_rows, rows, guard);
@@ -163,7 +161,7 @@ pub(crate) fn finish(
     let old = m.active_slot;
     let had_data = m.generation > 0;
     m.generation += 1;
-    m.active_slot = slot;
+    m.active_slot = slot & 1;
     m.filling_slot = NO_SLOT;
     m.rows = rows;
     m.format = format.to_string();
@@ -171,7 +169,7 @@ pub(crate) fn finish(
     m.imported_ms = super::keys::now_ms();
     metas.insert(SET_NAMES[set], m.encode_to_vec().as_slice())?;
     drop(metas);
-    if had_data && old != slot {
+    if had_data && old & 1 != slot & 1 {
         let def = REF_SLOTS[set][old as usize & 1];
         tx.delete_table(def)?;
         tx.open_table(def)?;

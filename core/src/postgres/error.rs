@@ -36,6 +36,15 @@ pub(crate) fn pg(e: tokio_postgres::Error) -> StoreError {
     }
 }
 
+/// Whether `e` is PostgreSQL rolling a transaction back for its own reasons (SQLSTATE class
+/// 40: a deadlock it broke, a serialization failure): nothing was written, and the same
+/// transaction run again may well succeed.
+pub(crate) fn rolled_back(e: &StoreError) -> bool {
+    // The text ends with the SQLSTATE in brackets (see `pg`).
+    matches!(e, StoreError::Storage(text)
+        if text.rsplit_once('(').is_some_and(|(_, code)| code.len() == 6 && code.starts_with("40") && code.ends_with(')')))
+}
+
 /// Maps a pool error (no connection could be had).
 pub(crate) fn pool(e: deadpool_postgres::PoolError) -> StoreError {
     match e {
@@ -47,4 +56,21 @@ pub(crate) fn pool(e: deadpool_postgres::PoolError) -> StoreError {
 /// A stored value that does not decode.
 pub(crate) fn decode(e: prost::DecodeError) -> StoreError {
     StoreError::Corrupt(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_40_is_a_server_rollback_and_nothing_else_is() {
+        let storage = |t: &str| StoreError::Storage(t.into());
+        assert!(rolled_back(&storage("deadlock detected (40P01)")));
+        assert!(rolled_back(&storage("could not serialize access (40001)")));
+        assert!(!rolled_back(&storage("duplicate key value (23505)")));
+        assert!(!rolled_back(&storage("no code at all é")));
+        assert!(!rolled_back(&StoreError::Unavailable(
+            "deadlock detected (40P01)".into()
+        )));
+    }
 }

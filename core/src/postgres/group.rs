@@ -50,6 +50,9 @@ use nems_proto::v1 as pb;
 /// Most acceptances in one transaction.
 pub(super) const MAX_BATCH: usize = 32;
 
+/// Times a create alone runs again after PostgreSQL rolled it back (a deadlock it broke).
+const MAX_ROLLED_BACK: u32 = 3;
+
 /// Starts one acceptance (migration 0002).
 const BEGIN: &str = "SELECT accepted_ms, seq, ref_sets, ref_metas, patient_record, explicit_ids,
         explicit_entries
@@ -287,6 +290,11 @@ impl Committer {
         } else {
             QuotaLock::Exclusive
         };
+        // A create alone near the quota holds the owner's lock exclusively and can close a
+        // cycle with a group holding its duplicate key (module docs of `subscriptions.rs`);
+        // PostgreSQL breaks it by rolling one side back, and a create so rolled back runs
+        // again rather than failing its caller.
+        let mut rolled_back = 0;
         let outcome = loop {
             let item = (job.id, job.record.clone(), job.quota, job.audit.clone());
             match self.attempt_creates(vec![item], mode).await {
@@ -295,6 +303,10 @@ impl Committer {
                     None if mode == QuotaLock::Shared => mode = QuotaLock::Exclusive,
                     None => break Err(StoreError::Storage("the create was not written".into())),
                 },
+                Err(e) if super::error::rolled_back(&e) && rolled_back < MAX_ROLLED_BACK => {
+                    rolled_back += 1;
+                    tracing::debug!(error = %e, attempt = rolled_back, "create rolled back by the server; again");
+                }
                 Err(e) => break Err(e),
             }
         };

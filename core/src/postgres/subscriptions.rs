@@ -22,6 +22,12 @@
 //! per key, as its rows are written at the group's end), and the shared lock that orders
 //! creates against acceptances (see `super::ORDER_LOCK`): it is stamped with the time of the
 //! write while holding it.
+//!
+//! A create alone holding its owner's lock exclusively waits for a duplicate key that a
+//! group may hold while that group waits for the same owner's lock (a create of the
+//! group's for that owner), a cycle PostgreSQL breaks by rolling one side back (SQLSTATE
+//! 40P01): a group so rolled back runs its creates alone, and a create alone runs again
+//! (`group.rs`), so no caller sees the deadlock.
 
 use super::Db;
 use nems_proto::v1 as pb;
@@ -157,7 +163,7 @@ async fn count(c: &impl Db, owner: &str, delta: i64) -> Result<(), StoreError> {
 }
 
 /// The advisory lock key of a duplicate-detection key.
-fn dedup_lock_key(sub: &StoredSubscription) -> String {
+pub(super) fn dedup_lock_key(sub: &StoredSubscription) -> String {
     format!("nems-dedup/{}", dedup(sub))
 }
 
@@ -182,7 +188,7 @@ pub(crate) enum QuotaLock {
 }
 
 /// The advisory lock key of an ASID's quota.
-fn quota_key(owner: &str) -> String {
+pub(super) fn quota_key(owner: &str) -> String {
     format!("nems-quota/{owner}")
 }
 

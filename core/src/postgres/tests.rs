@@ -152,6 +152,60 @@ fn subscription(mailbox: &str) -> (u128, crate::backend::StoredSubscription) {
     crate::bench::stored_subscription(&Catalogue::default(), criteria, mailbox, 0).unwrap()
 }
 
+/// A create near its owner's quota (alone, holding the quota lock exclusively) caught in a
+/// deadlock that PostgreSQL breaks by rolling it back runs again and is stored, rather
+/// than failing its caller. The cycle is made by a side transaction: it holds the
+/// create's duplicate-key lock, the create takes the quota lock and waits for that one,
+/// then the side asks for the quota lock. The create waited first, so its deadlock check
+/// fires first and rolls it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_create_rolled_back_to_break_a_deadlock_runs_again() {
+    let Some((cluster, url)) = database("pg_create_deadlock").await else {
+        return;
+    };
+    let core = Arc::new(
+        PgBackend::open(&url, 4, true, 1024, "core-a", None)
+            .await
+            .unwrap(),
+    );
+    let (id, record) = subscription("DEADLOCK1");
+    let lock = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
+    let mut side = cluster.connect("nems").await;
+    let side_tx = side.transaction().await.unwrap();
+    side_tx
+        .execute(lock, &[&super::subscriptions::dedup_lock_key(&record)])
+        .await
+        .unwrap();
+    let quota = super::subscriptions::quota_key(&record.owner_asid);
+    // Near the quota (below the slack): alone, exclusive.
+    let create = tokio::spawn({
+        let core = core.clone();
+        async move {
+            core.create_subscription(id, record, 10, 0, Default::default())
+                .await
+        }
+    });
+    let observer = cluster.connect("nems").await;
+    lock_requested(&observer).await;
+    // Closes the cycle; granted once the server has rolled the create back.
+    side_tx.execute(lock, &[&quota]).await.unwrap();
+    side_tx.commit().await.unwrap();
+    let created = create
+        .await
+        .unwrap()
+        .expect("the create runs again and succeeds");
+    assert!(matches!(created, Created::Stored(_)), "{created:?}");
+    let deadlocks: i64 = observer
+        .query_one(
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(deadlocks >= 1, "the server broke a deadlock");
+}
+
 /// The quota holds under concurrent creates on two cores, across the switch from the
 /// shared quota lock (far from the quota) to the exclusive one (near it): the owner ends
 /// exactly at its quota, never above, and every create past it is refused.

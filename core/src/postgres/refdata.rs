@@ -37,12 +37,17 @@ async fn clear(c: &impl Db, set: usize, slot: u32) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The advisory lock key of a data set's imports.
+fn lock_key(set: usize) -> String {
+    format!("nems-refdata/{}", SET_NAMES[set])
+}
+
 /// Locks the set's metadata row for this transaction (imports of one set on several
 /// cores take turns at each step).
 async fn lock(c: &impl Db, set: usize) -> Result<RefMeta, StoreError> {
     c.run(
         "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-        &[&format!("nems-refdata/{}", SET_NAMES[set])],
+        &[&lock_key(set)],
     )
     .await
     .map_err(pg)?;
@@ -75,7 +80,7 @@ pub(crate) async fn insert(
 ) -> Result<(), StoreError> {
     c.run(
         "SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))",
-        &[&format!("nems-refdata/{}", SET_NAMES[set])],
+        &[&lock_key(set)],
     )
     .await
     .map_err(pg)?;

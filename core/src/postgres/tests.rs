@@ -344,12 +344,9 @@ async fn an_import_overtaken_by_another_cores_fails_and_the_later_one_wins() {
     crate::backend::conformance::an_overtaken_import_fails_and_the_later_one_wins(&a, &b).await;
 }
 
-/// A CA's certificate (PEM) and a server certificate and key it issued for `name`.
-fn server_pki(name: &str) -> (String, String, String) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-        KeyUsagePurpose,
-    };
+/// A CA's certificate (PEM), and the leaf certificate and key it issues from `leaf`.
+fn issue(leaf: rcgen::CertificateParams) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -357,10 +354,15 @@ fn server_pki(name: &str) -> (String, String, String) {
     let ca_cert = ca.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca, ca_key);
     let key = KeyPair::generate().unwrap();
-    let mut leaf = CertificateParams::new(vec![name.to_string()]).unwrap();
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let cert = leaf.signed_by(&key, &issuer).unwrap();
     (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// A CA's certificate (PEM) and a server certificate and key it issued for `name`.
+fn server_pki(name: &str) -> (String, String, String) {
+    let mut leaf = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    issue(leaf)
 }
 
 /// TLS to the database: a server that takes TCP connections only with TLS refuses a core
@@ -440,22 +442,11 @@ async fn connections_to_the_database_are_encrypted_and_the_server_verified() {
 /// A CA's certificate (PEM) and a client certificate and key it issued with the common
 /// name `user` (what PostgreSQL's `cert` authentication compares with the user name).
 fn client_pki(user: &str) -> (String, String, String) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose,
-    };
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut leaf = CertificateParams::new(Vec::<String>::new()).unwrap();
-    leaf.distinguished_name.push(DnType::CommonName, user);
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = leaf.signed_by(&key, &issuer).unwrap();
-    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+    let mut leaf = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    leaf.distinguished_name
+        .push(rcgen::DnType::CommonName, user);
+    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    issue(leaf)
 }
 
 /// Certificate authentication to the database (`core.database_tls.cert_file` /

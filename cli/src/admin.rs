@@ -81,6 +81,28 @@ pub enum Admin {
         #[arg(long)]
         error_code: Option<String>,
     },
+    /// Resend a mailbox's delivered messages accepted since a time (each a new MESH message
+    /// whose local id names the original), while `core.replay_retention` keeps their
+    /// payloads. `--dry-run` says how many would go and sends nothing.
+    Replay {
+        /// The mailbox.
+        #[arg(long)]
+        mailbox: String,
+        /// Deliveries of events accepted at or after this time (RFC 3339, for example
+        /// 2026-12-01T09:00:00Z); within the replay window.
+        #[arg(long)]
+        since: String,
+        /// Only this event type (for example PDS_CHANGE_OF_ADDRESS).
+        #[arg(long)]
+        event: Option<String>,
+        /// Count only: queue nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Most deliveries to queue; more selected refuses the replay (default: the
+        /// service's, 100000).
+        #[arg(long)]
+        limit: Option<u32>,
+    },
     /// List subscriptions.
     Subscriptions {
         /// Contact organisation.
@@ -563,6 +585,41 @@ pub async fn run_to(command: Admin, remote: &Remote, w: &mut dyn Write) -> anyho
                 .map_err(failed("redrive"))?
                 .into_inner();
             out.line(&format!("redriven={} skipped={:?}", r.redriven, r.skipped))?;
+        }
+        Admin::Replay {
+            mailbox,
+            since,
+            event,
+            dry_run,
+            limit,
+        } => {
+            let since: prost_types::Timestamp = since.trim().parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "--since `{since}` is not an RFC 3339 time; write e.g. 2026-12-01T09:00:00Z"
+                )
+            })?;
+            let r = client
+                .replay_deliveries(pb::ReplayDeliveriesRequest {
+                    mailbox,
+                    since: Some(since),
+                    event_code: event.unwrap_or_default(),
+                    dry_run,
+                    limit: limit.unwrap_or(0),
+                })
+                .await
+                .map_err(failed("replay"))?
+                .into_inner();
+            out.line(&format!(
+                "{}={} without_payload={} window_start={}",
+                if r.dry_run {
+                    "would_replay"
+                } else {
+                    "replayed"
+                },
+                r.replayed,
+                r.without_payload,
+                at(r.window_start.as_ref())
+            ))?;
         }
         Admin::Subscriptions {
             ods,

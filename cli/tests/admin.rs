@@ -460,3 +460,60 @@ async fn config_names_its_file_and_prints_every_key_without_secrets() {
     // The secret came from the environment; the printed file does not carry it.
     assert!(again.contains("\n# shared_key = (not set)\n"), "{again}");
 }
+
+/// `nems admin replay`: refused with what to set while replay is off; a `--since` that is
+/// not a time is refused before anything is sent; with replay on, a dry run prints what
+/// would go and the window's start.
+#[tokio::test]
+async fn replay_says_when_it_is_off_and_what_a_dry_run_would_send() {
+    let dir = tempfile::tempdir().unwrap();
+    let dry_run = |url: String, since: String| {
+        let dir = dir.path().to_owned();
+        async move {
+            let args = [
+                "admin",
+                "replay",
+                "--mailbox",
+                "X26HC001",
+                "--since",
+                &since,
+                "--dry-run",
+                "--operator",
+                &url,
+            ];
+            nems(&args, &[], &dir).await
+        }
+    };
+    let now = prost_types::Timestamp::from(std::time::SystemTime::now()).to_string();
+    let off = TestStack::builder().sink(Sink::None).start().await;
+    let url = format!("http://{}", off.operator_addr);
+    let out = dry_run(url.clone(), now.clone()).await;
+    assert!(!out.status.success());
+    let err = lines(&out.stderr).join("\n");
+    assert!(
+        err.contains("replay is off") && err.contains("core.replay_retention"),
+        "{err}"
+    );
+    let out = dry_run(url, "yesterday".into()).await;
+    assert!(!out.status.success());
+    let err = lines(&out.stderr).join("\n");
+    assert!(err.contains("not an RFC 3339 time"), "{err}");
+    off.shutdown().await;
+
+    let on = TestStack::builder()
+        .sink(Sink::None)
+        .core(|c| c.replay_retention = std::time::Duration::from_secs(3600))
+        .start()
+        .await;
+    let out = dry_run(format!("http://{}", on.operator_addr), now).await;
+    assert!(out.status.success(), "{:?}", lines(&out.stderr));
+    let printed = lines(&out.stdout);
+    assert_eq!(printed.len(), 1, "{printed:?}");
+    assert_eq!(field(&printed[0], "would_replay"), "0");
+    assert_eq!(field(&printed[0], "without_payload"), "0");
+    assert!(
+        is_rfc3339(field(&printed[0], "window_start")),
+        "{printed:?}"
+    );
+    on.shutdown().await;
+}

@@ -92,6 +92,10 @@ pub struct CoreConfig {
     /// How long a dead letter keeps its payload for redrive.
     #[serde(with = "duration")]
     pub dead_letter_retention: Duration,
+    /// How long a delivered message keeps its payload, so that an operator can replay it
+    /// (`nems admin replay`); `0s`, the default, keeps none and refuses replays.
+    #[serde(with = "duration")]
+    pub replay_retention: Duration,
     /// How often the retention sweeper runs.
     #[serde(with = "duration")]
     pub sweep_interval: Duration,
@@ -194,6 +198,7 @@ impl Default for CoreConfig {
             refusal_audit_retention: Duration::from_secs(30 * 24 * 3600),
             subscription_quota_per_asid: 1_000_000,
             dead_letter_retention: Duration::from_secs(30 * 24 * 3600),
+            replay_retention: Duration::ZERO,
             sweep_interval: Duration::from_secs(600),
             sweep_batch: 1_000,
             max_pending_deliveries: 1_000_000,

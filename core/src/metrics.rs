@@ -58,6 +58,7 @@ pub(crate) struct CoreMetrics {
     pub(crate) store_refusals: Counter,
     pub(crate) delivery_reports: Family<ResultLabel, Counter>,
     pub(crate) dead_letters: Counter,
+    pub(crate) deliveries_replayed: Counter,
     pub(crate) grpc_requests: Family<GrpcLabel, Counter>,
     pub(crate) grpc_seconds: Family<MethodLabel, Histogram>,
     pub(crate) pds_lookups: Family<OutcomeLabel, Counter>,
@@ -78,6 +79,7 @@ pub(crate) fn metrics() -> &'static CoreMetrics {
             store_refusals: Counter::default(),
             delivery_reports: Family::default(),
             dead_letters: Counter::default(),
+            deliveries_replayed: Counter::default(),
             grpc_requests: Family::default(),
             grpc_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0002, 2.0, 16))
@@ -111,6 +113,11 @@ pub(crate) fn metrics() -> &'static CoreMetrics {
             "store_refusals",
             "Requests answered UNAVAILABLE (503) because the store failed (storage I/O or commit error)",
             m.store_refusals.clone(),
+        );
+        nems_runtime::ops::register(
+            "deliveries_replayed",
+            "Delivered messages an operator queued again (replay), each a new MESH message",
+            m.deliveries_replayed.clone(),
         );
         nems_runtime::ops::register(
             "delivery_reports",

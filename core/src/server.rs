@@ -420,6 +420,7 @@ async fn sweep_loop(state: Arc<CoreState>) {
             now,
             ledger_ms: config.ledger_retention.as_millis() as u64,
             dead_letter_ms: config.dead_letter_retention.as_millis() as u64,
+            replay_ms: config.replay_retention.as_millis() as u64,
             batch,
             audit_cutoff_ms: now.saturating_sub(config.audit_retention.as_millis() as u64),
             refusal_cutoff_ms: now

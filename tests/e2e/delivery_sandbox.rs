@@ -24,8 +24,14 @@ use crate::delivery_support::{
 const WORKFLOW: &str = "VACCINATIONS_1";
 
 async fn sandbox_stack(sandbox: &MeshSandbox) -> TestStack {
+    sandbox_stack_with(sandbox, Duration::ZERO).await
+}
+
+/// The stack delivering to the sandbox, with `core.replay_retention = replay`.
+async fn sandbox_stack_with(sandbox: &MeshSandbox, replay: Duration) -> TestStack {
     let ids: Vec<&str> = RECIPIENT_MAILBOXES.iter().map(|m| m.id).collect();
     TestStack::builder()
+        .core(move |c| c.replay_retention = replay)
         .directory(&directory_with(&ids))
         .sink(Sink::Mesh {
             base_url: sandbox.base_url().to_owned(),
@@ -238,5 +244,133 @@ async fn sandbox_non_delivery_report_dead_letters_the_delivery() {
     assert_eq!(dead.delivery_id, row.delivery_id);
     assert_eq!(dead.last_error_code, "MESH_14");
     assert_eq!(dead.mesh_message_id, row.mesh_message_id);
+    stack.shutdown().await;
+}
+
+/// Replay through the real MESH sandbox: a mailbox's delivered messages, collected by
+/// mesh-client, are resent by `nems admin replay` as new MESH messages (new message ids,
+/// local ids naming the originals, the same bytes) that mesh-client collects again; a dry
+/// run counts and sends nothing; a `since` before the window is refused with the window's
+/// start, and nothing is resent.
+#[tokio::test]
+async fn a_replay_resends_delivered_messages_as_new_sandbox_messages() {
+    let Some(venv) = tools::venv("a_replay_resends_delivered_messages_as_new_sandbox_messages")
+    else {
+        return;
+    };
+    let sandbox = MeshSandbox::start(&venv).await;
+    let stack = sandbox_stack_with(&sandbox, Duration::from_secs(7 * 86_400)).await;
+    let [recipient, other, _] = RECIPIENT_MAILBOXES;
+    let started = std::time::SystemTime::now();
+    let vaccinations = explicit(NHS_NUMBER, &["vaccinations-1"], "");
+    subscribe(&stack, recipient.id, &vaccinations).await;
+    subscribe(&stack, other.id, &vaccinations).await;
+    for n in 0..2 {
+        let payload = vaccination_event(NHS_NUMBER, &format!("delivery-sandbox-replay-{n}"));
+        publish(&stack, payload.as_bytes()).await;
+    }
+    let delivered = |mailbox: &'static str, local_suffix: &'static str| {
+        let stack = &stack;
+        async move {
+            eventually("the deliveries to be delivered", WAIT, || async {
+                let rows = deliveries_to(stack, mailbox).await;
+                let done = rows.len() == 2
+                    && rows.iter().all(|r| {
+                        r.state() == pb::DeliveryState::Delivered
+                            && r.local_id.ends_with(local_suffix)
+                    });
+                done.then_some(rows)
+            })
+            .await
+        }
+    };
+    let first = delivered(recipient.id, "").await;
+    let before = sandbox.receive_with_mesh_client(&recipient).await;
+    assert_eq!(before.len(), 2);
+
+    let operator = stack.operator();
+    let replay = |since: std::time::SystemTime, dry_run: bool| pb::ReplayDeliveriesRequest {
+        mailbox: recipient.id.to_lowercase(),
+        since: Some(since.into()),
+        event_code: "vaccinations-1".into(),
+        dry_run,
+        limit: 0,
+    };
+    // Before the window: refused, saying where the window starts.
+    let refused = operator
+        .clone()
+        .replay_deliveries(replay(started - Duration::from_secs(8 * 86_400), false))
+        .await
+        .expect_err("since is before the window");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("replay window") && refused.message().contains("7days"),
+        "{}",
+        refused.message()
+    );
+    // A dry run counts both and queues nothing.
+    let dry = operator
+        .clone()
+        .replay_deliveries(replay(started, true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (dry.replayed, dry.without_payload, dry.dry_run),
+        (2, 0, true)
+    );
+    assert!(
+        deliveries_to(&stack, recipient.id)
+            .await
+            .iter()
+            .all(|r| r.state() == pb::DeliveryState::Delivered && r.replays == 0)
+    );
+
+    // The operator's command resends them.
+    let url = format!("http://{}", stack.operator_addr);
+    let since = prost_types::Timestamp::from(started).to_string();
+    nems_cli::admin::run(
+        nems_cli::admin::Admin::Replay {
+            mailbox: recipient.id.into(),
+            since,
+            event: None,
+            dry_run: false,
+            limit: None,
+        },
+        &url,
+    )
+    .await
+    .expect("nems admin replay");
+    let again = delivered(recipient.id, "-p1").await;
+    let after = sandbox.receive_with_mesh_client(&recipient).await;
+    assert_eq!(after.len(), 2, "one new MESH message per replayed delivery");
+    for message in &after {
+        let row = again
+            .iter()
+            .find(|r| r.mesh_message_id == message.id)
+            .unwrap_or_else(|| panic!("no ledger row has MESH id {}", message.id));
+        let original = first
+            .iter()
+            .find(|r| r.delivery_id == row.delivery_id)
+            .unwrap();
+        assert_ne!(
+            row.mesh_message_id, original.mesh_message_id,
+            "a new message"
+        );
+        assert_eq!(row.local_id, format!("{}-p1", original.local_id));
+        assert_eq!(message.headers.get("localid"), Some(&row.local_id));
+        assert_eq!(row.replays, 1);
+        assert!(
+            before.iter().any(|m| m.payload == message.payload),
+            "the replay carries the published bytes"
+        );
+    }
+    // The other mailbox was not replayed.
+    assert!(
+        deliveries_to(&stack, other.id)
+            .await
+            .iter()
+            .all(|r| r.replays == 0 && !r.local_id.contains("-p"))
+    );
     stack.shutdown().await;
 }

@@ -57,6 +57,10 @@ pub enum StoreError {
     /// it (on this core or another on the same database) and took its slot.
     #[error("{0}")]
     Superseded(String),
+    /// The request cannot be done as asked; the text says what the caller can change
+    /// (FAILED_PRECONDITION).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl StoreError {

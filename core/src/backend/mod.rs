@@ -98,6 +98,8 @@ pub(crate) struct Retention {
     pub(crate) ledger_ms: u64,
     /// Dead letters keep their payloads this long.
     pub(crate) dead_letter_ms: u64,
+    /// Delivered messages keep their payloads this long, for replay (0: not at all).
+    pub(crate) replay_ms: u64,
     /// Retention index entries one pass reads at most.
     pub(crate) batch: usize,
     /// Audit rows older than this go.
@@ -287,6 +289,16 @@ pub(crate) trait Backend: Send + Sync + Debug {
         now: u64,
         audit: pb::AuditRecord,
     ) -> Result<Redriven, StoreError>;
+    /// Queues again, each as a new generation, the delivered messages of one mailbox that
+    /// `selection` picks and whose payloads are still kept (audited with the count when any
+    /// was); with `dry_run`, only says what it would do (nothing written, no audit).
+    async fn replay(
+        &self,
+        selection: ReplaySelection,
+        dry_run: bool,
+        now: u64,
+        audit: pb::AuditRecord,
+    ) -> Result<Replayed, StoreError>;
     /// One page of ledger rows and the next page's token.
     async fn list_deliveries(
         &self,
@@ -463,6 +475,8 @@ pub(crate) fn ready<T>(
 /// Behaviour both engines must show, run by each engine's tests.
 #[cfg(test)]
 pub(crate) mod conformance {
+    use std::collections::HashMap;
+
     use super::*;
 
     fn practices(codes: &[&str]) -> Rows {
@@ -538,5 +552,188 @@ pub(crate) mod conformance {
             .unwrap();
         assert!(done.applied && done.rows == 1);
         assert_eq!((done.meta.generation, done.meta.rows), (2, 1));
+    }
+
+    /// An event of type `code` for `mailboxes`, accepted now.
+    async fn accept_for(b: &impl Backend, code: &str, mailboxes: &[&str]) -> u128 {
+        let id = keys::new_id();
+        let write = crate::accept::Write {
+            event: NewEvent {
+                event_id: id,
+                event_code: code.into(),
+                message_event_type: "new".into(),
+                publisher_asid: "200000000111".into(),
+                workflow_id: "NEMS_EVENT".into(),
+                payload: bytes::Bytes::from_static(b"<Bundle/>"),
+                deliveries: Vec::new(),
+                matched_subscriptions: 0,
+                accepted_ms: 0,
+            },
+            recipients: crate::accept::Recipients::Given(
+                mailboxes
+                    .iter()
+                    .map(|m| NewDelivery {
+                        mailbox: (*m).into(),
+                        partner_id: String::new(),
+                        subscription_ids: Vec::new(),
+                        suppressed: false,
+                    })
+                    .collect(),
+            ),
+            audit: pb::AuditRecord::default(),
+        };
+        b.accept(write, false).await.unwrap();
+        id
+    }
+
+    /// Leases everything available in `mailbox` and reports it sent (`keep`: the
+    /// payload kept for replay); the deliveries leased.
+    async fn deliver_all(b: &impl Backend, mailbox: &str, keep: bool) -> Vec<pb::Delivery> {
+        let now = keys::now_ms();
+        let leased = b
+            .lease(vec![(mailbox.into(), 100)], now, 60_000, Budget::UNLIMITED)
+            .await
+            .unwrap();
+        let deliveries = leased.leases.into_iter().next().unwrap().deliveries;
+        for d in &deliveries {
+            let outcome = Outcome::Sent {
+                mesh_message_id: format!("mesh-{}-{}", d.delivery_id, d.attempt),
+                keep_payload: keep,
+            };
+            let done = b.complete(d.delivery_id, d.attempt, outcome, now).await;
+            assert_eq!(done.unwrap().unwrap().state, pb::DeliveryState::Delivered);
+        }
+        deliveries
+    }
+
+    /// An event's deliveries by mailbox, and whether its payload is held.
+    async fn rows_of(b: &impl Backend, event: u128) -> (HashMap<String, pb::DeliveryRecord>, bool) {
+        let (record, rows) = b.event(event).await.unwrap().unwrap();
+        let rows = rows.into_iter().map(|d| (d.mailbox.clone(), d)).collect();
+        (rows, record.payload_held)
+    }
+
+    fn selection(since_ms: u64, event_code: &str, limit: usize) -> ReplaySelection {
+        ReplaySelection {
+            mailbox: "MBOX1".into(),
+            since_ms,
+            event_code: event_code.into(),
+            limit,
+        }
+    }
+
+    /// Replay: delivered messages whose payload was kept are queued again as a new
+    /// generation (`-p<k>` local id, counted), selected by mailbox, acceptance time and
+    /// event type; a dry run and a replay over its limit change nothing; a message
+    /// delivered without keeping its payload, or swept at the end of the window, is
+    /// counted and left alone.
+    pub(crate) async fn replay_resends_what_the_window_kept(b: &impl Backend) {
+        let start = keys::now_ms();
+        let old = accept_for(b, "vaccinations-1", &["MBOX1"]).await;
+        deliver_all(b, "MBOX1", false).await;
+        let a = accept_for(b, "vaccinations-1", &["MBOX1", "MBOX2"]).await;
+        let c = accept_for(b, "pds-change-of-address-1", &["MBOX1"]).await;
+        assert_eq!(deliver_all(b, "MBOX1", true).await.len(), 2);
+        assert_eq!(deliver_all(b, "MBOX2", true).await.len(), 1);
+        let (rows, held) = rows_of(b, a).await;
+        assert!(held, "delivered messages keep their payload for replay");
+        let original = rows["MBOX1"].local_id.clone();
+        let audit = || pb::AuditRecord {
+            action: "replay".into(),
+            ..Default::default()
+        };
+
+        // A dry run counts and changes nothing.
+        let dry = b
+            .replay(selection(start, "", 0), true, keys::now_ms(), audit())
+            .await
+            .unwrap();
+        assert_eq!((dry.replayed.len(), dry.without_payload), (2, 1));
+        assert_eq!(
+            rows_of(b, a).await.0["MBOX1"].state(),
+            pb::DeliveryState::Delivered
+        );
+        // Over its limit: refused, nothing queued.
+        let over = b
+            .replay(selection(start, "", 1), false, keys::now_ms(), audit())
+            .await
+            .expect_err("two selected, limit one");
+        assert!(matches!(over, StoreError::Refused(_)), "{over:?}");
+        assert_eq!(
+            rows_of(b, c).await.0["MBOX1"].state(),
+            pb::DeliveryState::Delivered
+        );
+
+        // One event type: only that event's MBOX1 delivery goes again.
+        let now = keys::now_ms();
+        let done = b
+            .replay(selection(start, "vaccinations-1", 0), false, now, audit())
+            .await
+            .unwrap();
+        assert_eq!((done.replayed.len(), done.without_payload), (1, 1));
+        let (rows, _) = rows_of(b, a).await;
+        let replayed = &rows["MBOX1"];
+        assert_eq!(done.replayed, vec![replayed.delivery_id]);
+        assert_eq!(replayed.state(), pb::DeliveryState::Queued);
+        assert_eq!(replayed.local_id, format!("{original}-p1"));
+        assert_eq!(replayed.replays, 1);
+        assert!(replayed.mesh_message_id.is_empty());
+        assert_eq!(rows["MBOX2"].state(), pb::DeliveryState::Delivered);
+        assert_eq!(
+            rows_of(b, c).await.0["MBOX1"].state(),
+            pb::DeliveryState::Delivered
+        );
+        let audited = b
+            .list_audit(AuditFilter::default(), String::new(), 100)
+            .await
+            .unwrap()
+            .0;
+        assert!(
+            audited.iter().any(|r| r.action == "replay" && r.count == 1),
+            "the replay is audited with its count"
+        );
+
+        // The replay is sent like any delivery, with the payload and the new local id.
+        let again = deliver_all(b, "MBOX1", true).await;
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].local_id, format!("{original}-p1"));
+        assert_eq!(&again[0].payload[..], b"<Bundle/>");
+
+        // Nothing accepted after `since`: nothing selected.
+        let later = b
+            .replay(
+                selection(keys::now_ms() + 1, "", 0),
+                false,
+                keys::now_ms(),
+                audit(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(later, Replayed::default());
+
+        // The end of the window releases the payloads; then nothing can be replayed.
+        let now = keys::now_ms() + 1_000;
+        let retention = Retention {
+            now,
+            ledger_ms: u64::MAX / 4,
+            dead_letter_ms: u64::MAX / 4,
+            replay_ms: 0,
+            batch: 1_000,
+            audit_cutoff_ms: 0,
+            refusal_cutoff_ms: 0,
+            audit_limit: 100,
+        };
+        let (swept, _) = b.sweep(retention).await.unwrap();
+        assert_eq!(swept.delivered_payloads_released, 3);
+        assert!(
+            !rows_of(b, a).await.1,
+            "no delivery holds the payload any more"
+        );
+        let gone = b
+            .replay(selection(start, "", 0), false, now, audit())
+            .await
+            .unwrap();
+        assert_eq!((gone.replayed.len(), gone.without_payload), (0, 3));
+        assert_eq!(rows_of(b, old).await.0["MBOX1"].replays, 0);
     }
 }

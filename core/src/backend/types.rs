@@ -88,6 +88,8 @@ impl Budget {
 pub(crate) enum Outcome {
     Sent {
         mesh_message_id: String,
+        /// Keep the event's payload for replay (`core.replay_retention` is on).
+        keep_payload: bool,
     },
     Retry {
         code: String,
@@ -127,6 +129,28 @@ pub(crate) struct Selection {
     pub(crate) limit: usize,
 }
 
+/// Which delivered messages of one mailbox a replay resends.
+#[derive(Debug, Clone)]
+pub(crate) struct ReplaySelection {
+    /// The mailbox (upper case).
+    pub(crate) mailbox: String,
+    /// Deliveries of events accepted at or after this (Unix ms).
+    pub(crate) since_ms: u64,
+    /// Only this event type (empty: every type).
+    pub(crate) event_code: String,
+    /// Most deliveries one replay queues (0: no limit); more selected refuses the replay.
+    pub(crate) limit: usize,
+}
+
+/// What a replay did (or, dry, would do).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Replayed {
+    /// Deliveries queued again (would be, in a dry run), oldest first.
+    pub(crate) replayed: Vec<u64>,
+    /// Delivered messages selected whose payload is no longer kept (left alone).
+    pub(crate) without_payload: u64,
+}
+
 /// What a redrive did: (redriven delivery, mailbox) pairs and skipped ids.
 pub(crate) type Redriven = (Vec<(u64, String)>, Vec<u64>);
 
@@ -144,6 +168,8 @@ pub(crate) struct Query {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Swept {
     pub(crate) dead_letter_payloads_released: usize,
+    /// Payloads of delivered messages released at the end of the replay window.
+    pub(crate) delivered_payloads_released: usize,
     pub(crate) deliveries_removed: usize,
     pub(crate) events_removed: usize,
     /// Retention index entries read (at most the pass's limit; at the limit, more may be

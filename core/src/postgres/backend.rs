@@ -29,9 +29,9 @@ use super::{Db, audit, ledger, refdata, subscriptions};
 use crate::accept::{Write, Written};
 use crate::backend::{
     Allowed, AuditFilter, Backend, Budget, Completed, Created, DirectoryChange, Finished, Gauges,
-    Leased, ListFilter, Outcome, Query, Redriven, RefdataFinish, Retention, Rows, SET_NAMES,
-    Selection, StoreError, StoredSubscription, Swept, Totals, Wake, WakeSink, WriterStats,
-    import_outcome,
+    Leased, ListFilter, Outcome, Query, Redriven, RefdataFinish, ReplaySelection, Replayed,
+    Retention, Rows, SET_NAMES, Selection, StoreError, StoredSubscription, Swept, Totals, Wake,
+    WakeSink, WriterStats, import_outcome,
 };
 use crate::domain::patient::DemographicUpdate;
 use crate::matching::{self, MailboxMatch};
@@ -685,6 +685,30 @@ impl Backend for PgBackend {
         Ok(out)
     }
 
+    async fn replay(
+        &self,
+        selection: ReplaySelection,
+        dry_run: bool,
+        now: u64,
+        mut audit_row: pb::AuditRecord,
+    ) -> Result<Replayed, StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(pg)?;
+        if dry_run {
+            return ledger::replay_preview(&tx, &selection).await;
+        }
+        let out = ledger::replay(&tx, &selection, now).await?;
+        if !out.replayed.is_empty() {
+            audit_row.count = out.replayed.len() as u32;
+            audit::append(&tx, now, std::slice::from_ref(&audit_row), false).await?;
+        }
+        tx.commit().await.map_err(pg)?;
+        if !out.replayed.is_empty() {
+            let _ = self.notes.send((now, vec![selection.mailbox.clone()]));
+        }
+        Ok(out)
+    }
+
     async fn list_deliveries(
         &self,
         query: Query,
@@ -719,7 +743,7 @@ impl Backend for PgBackend {
     async fn sweep(&self, r: Retention) -> Result<(Swept, usize), StoreError> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(pg)?;
-        let swept = ledger::sweep(&tx, r.now, r.ledger_ms, r.dead_letter_ms, r.batch).await?;
+        let swept = ledger::sweep(&tx, &r).await?;
         let pruned = audit::prune(&tx, false, r.audit_cutoff_ms, r.audit_limit).await?
             + audit::prune(&tx, true, r.refusal_cutoff_ms, r.audit_limit).await?;
         // The counter rows of connections that are gone, into one (migration 0002).

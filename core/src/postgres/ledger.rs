@@ -17,11 +17,12 @@ use super::uuid_text;
 use crate::backend::first_cause;
 use crate::backend::keys::{id_hex, timestamp};
 use crate::backend::{
-    Accepted, Budget, Completed, Lease, Leased, NewEvent, Outcome, Query, Redriven, Selection,
-    StoreError, Swept,
+    Accepted, Budget, Completed, Lease, Leased, NewEvent, Outcome, Query, Redriven,
+    ReplaySelection, Replayed, Retention, Selection, StoreError, Swept,
 };
 use crate::store::ledger::{
-    SETTLE_DEAD_HELD, SETTLE_ROW, local_id, new_delivery, parse_local_id, settle_key, to_record,
+    Resend, SETTLE_DEAD_HELD, SETTLE_DELIVERED_HELD, SETTLE_ROW, check_replay_size, new_delivery,
+    next_generation, parse_local_id, replay_wanted, settle_key, to_record,
 };
 use crate::store::records::{StoredDelivery, StoredEvent};
 
@@ -518,12 +519,17 @@ pub(crate) async fn complete(
     let stale = attempt != d.attempts || before != pb::DeliveryState::InFlight;
     match outcome {
         _ if settled => return Ok(Some(done)),
-        Outcome::Sent { mesh_message_id } => {
+        Outcome::Sent {
+            mesh_message_id,
+            keep_payload,
+        } => {
             transition(&mut d, pb::DeliveryState::Delivered, None, now);
             d.mesh_message_id.clone_from(mesh_message_id);
             d.last_error_code.clear();
             d.last_error.clear();
-            release_payload(tx, &mut d).await?;
+            if !keep_payload {
+                release_payload(tx, &mut d).await?;
+            }
         }
         Outcome::Retry { .. } | Outcome::Refused { .. } | Outcome::Deferred { .. } if stale => {
             return Ok(Some(done));
@@ -680,22 +686,93 @@ pub(crate) async fn redrive(
             continue;
         }
         transition(&mut d, pb::DeliveryState::Queued, Some(now), now);
-        d.redriven_ms = now;
-        d.failures = 0;
-        d.deferred_total_ms = 0;
-        d.deferred_since_ms = 0;
-        let Some((_, index, _)) = parse_local_id(&d.local_id) else {
-            return Err(StoreError::Corrupt(format!(
-                "delivery {id} has a malformed local id"
-            )));
-        };
-        d.redrives = d.redrives.saturating_add(1);
-        d.local_id = local_id(&d.event_id, index, d.redrives);
-        d.mesh_message_id.clear();
+        next_generation(id, &mut d, Resend::Redrive, now)?;
         save(tx, id, &d, None).await?;
         redriven.push((id, d.mailbox.clone()));
     }
     Ok((redriven, skipped))
+}
+
+/// The delivered messages `selection` picks that hold their payload, oldest first, locked
+/// (`FOR UPDATE` when `lock`), and how many more it picks whose payload is gone (see the
+/// redb ledger's `replay`). A delivered message is in the retention index by the time it
+/// was delivered, which is after its acceptance: the rows delivered since `since` are
+/// the only ones read (that index, or the mailbox's, whichever the planner finds
+/// narrower), not the mailbox's history.
+async fn replay_candidates(
+    tx: &Transaction<'_>,
+    selection: &ReplaySelection,
+    lock: bool,
+) -> Result<(Vec<(u64, StoredDelivery)>, u64), StoreError> {
+    let sql = format!(
+        "SELECT d.delivery_id, d.record FROM nems_deliveries d
+         JOIN nems_events e ON e.seq = d.event_seq
+         WHERE d.settle_kind = ANY($5) AND d.settle_at >= $3
+           AND d.mailbox = $1 AND d.state = $2 AND e.accepted_ms >= $3
+           AND ($4 = '' OR d.event_code = $4)
+         ORDER BY d.delivery_id{}",
+        if lock { " FOR UPDATE OF d" } else { "" }
+    );
+    let rows = tx
+        .fetch(
+            sql.as_str(),
+            &[
+                &selection.mailbox,
+                &(pb::DeliveryState::Delivered as i16),
+                &(selection.since_ms as i64),
+                &selection.event_code,
+                &[i16::from(SETTLE_ROW), i16::from(SETTLE_DELIVERED_HELD)].as_slice(),
+            ],
+        )
+        .await
+        .map_err(pg)?;
+    let (mut held, mut gone) = (Vec::new(), 0);
+    for row in rows {
+        let id = row.get::<_, i64>(0) as u64;
+        let d = StoredDelivery::decode(row.get::<_, &[u8]>(1)).map_err(decode)?;
+        if !replay_wanted(&d, selection) {
+            continue;
+        }
+        if d.holds_payload {
+            held.push((id, d));
+        } else {
+            gone += 1;
+        }
+    }
+    Ok((held, gone))
+}
+
+/// What a replay would do, without doing it.
+pub(crate) async fn replay_preview(
+    tx: &Transaction<'_>,
+    selection: &ReplaySelection,
+) -> Result<Replayed, StoreError> {
+    let (held, gone) = replay_candidates(tx, selection, false).await?;
+    Ok(Replayed {
+        replayed: held.into_iter().map(|(id, _)| id).collect(),
+        without_payload: gone,
+    })
+}
+
+/// Queues again, each as its next generation, the delivered messages `selection` picks.
+pub(crate) async fn replay(
+    tx: &Transaction<'_>,
+    selection: &ReplaySelection,
+    now: u64,
+) -> Result<Replayed, StoreError> {
+    let (held, gone) = replay_candidates(tx, selection, true).await?;
+    check_replay_size(held.len(), selection)?;
+    let mut replayed = Vec::with_capacity(held.len());
+    for (id, mut d) in held {
+        transition(&mut d, pb::DeliveryState::Queued, Some(now), now);
+        next_generation(id, &mut d, Resend::Replay, now)?;
+        save(tx, id, &d, None).await?;
+        replayed.push(id);
+    }
+    Ok(Replayed {
+        replayed,
+        without_payload: gone,
+    })
 }
 
 /// One page of ledger rows in delivery order; the token is the last id returned.
@@ -860,35 +937,51 @@ pub(crate) async fn accepted_count(client: &impl Db) -> Result<u64, StoreError> 
 }
 
 /// One retention pass reading at most `batch` rows (see the redb ledger's `sweep`).
-pub(crate) async fn sweep(
-    tx: &Transaction<'_>,
-    now: u64,
-    retention_ms: u64,
-    dead_letter_retention_ms: u64,
-    batch: usize,
-) -> Result<Swept, StoreError> {
+pub(crate) async fn sweep(tx: &Transaction<'_>, r: &Retention) -> Result<Swept, StoreError> {
+    let (now, batch) = (r.now, r.batch);
     let mut swept = Swept::default();
-    let dl_cutoff = now.saturating_sub(dead_letter_retention_ms) as i64;
-    let rows = tx
-        .fetch(
-            "SELECT delivery_id, record FROM nems_deliveries
-             WHERE settle_kind = $1 AND settle_at < $2
-             ORDER BY settle_at, delivery_id LIMIT $3 FOR UPDATE SKIP LOCKED",
-            &[&i16::from(SETTLE_DEAD_HELD), &dl_cutoff, &(batch as i64)],
-        )
-        .await
-        .map_err(pg)?;
-    swept.scanned += rows.len();
-    for row in rows {
-        let id = row.get::<_, i64>(0) as u64;
-        let mut d = StoredDelivery::decode(row.get::<_, &[u8]>(1)).map_err(decode)?;
-        if d.state() == pb::DeliveryState::DeadLettered && d.holds_payload {
-            release_payload(tx, &mut d).await?;
-            swept.dead_letter_payloads_released += 1;
+    // Dead letters past their redrive window, and delivered messages past the replay
+    // window, give up their payload.
+    let held = [
+        (
+            SETTLE_DEAD_HELD,
+            pb::DeliveryState::DeadLettered,
+            r.dead_letter_ms,
+        ),
+        (
+            SETTLE_DELIVERED_HELD,
+            pb::DeliveryState::Delivered,
+            r.replay_ms,
+        ),
+    ];
+    for (kind, state, window) in held {
+        let cutoff = now.saturating_sub(window) as i64;
+        let rest = batch.saturating_sub(swept.scanned) as i64;
+        let rows = tx
+            .fetch(
+                "SELECT delivery_id, record FROM nems_deliveries
+                 WHERE settle_kind = $1 AND settle_at < $2
+                 ORDER BY settle_at, delivery_id LIMIT $3 FOR UPDATE SKIP LOCKED",
+                &[&i16::from(kind), &cutoff, &rest],
+            )
+            .await
+            .map_err(pg)?;
+        swept.scanned += rows.len();
+        for row in rows {
+            let id = row.get::<_, i64>(0) as u64;
+            let mut d = StoredDelivery::decode(row.get::<_, &[u8]>(1)).map_err(decode)?;
+            if d.state() == state && d.holds_payload {
+                release_payload(tx, &mut d).await?;
+                if state == pb::DeliveryState::DeadLettered {
+                    swept.dead_letter_payloads_released += 1;
+                } else {
+                    swept.delivered_payloads_released += 1;
+                }
+            }
+            save(tx, id, &d, None).await?;
         }
-        save(tx, id, &d, None).await?;
     }
-    let cutoff = now.saturating_sub(retention_ms) as i64;
+    let cutoff = now.saturating_sub(r.ledger_ms) as i64;
     let rest = batch.saturating_sub(swept.scanned) as i64;
     let removed = tx
         .fetch(

@@ -311,6 +311,7 @@ async fn accepted_events_are_counted_across_cores_and_folds() {
             now: crate::backend::keys::now_ms(),
             ledger_ms: u64::MAX / 4,
             dead_letter_ms: u64::MAX / 4,
+            replay_ms: 0,
             batch: 100,
             audit_cutoff_ms: 0,
             refusal_cutoff_ms: 0,
@@ -342,6 +343,18 @@ async fn an_import_overtaken_by_another_cores_fails_and_the_later_one_wins() {
         .await
         .unwrap();
     crate::backend::conformance::an_overtaken_import_fails_and_the_later_one_wins(&a, &b).await;
+}
+
+/// Replay on PostgreSQL: the conformance test both engines pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_resends_what_the_window_kept() {
+    let Some((_cluster, url)) = database("pg_replay").await else {
+        return;
+    };
+    let a = PgBackend::open(&url, 4, true, 1024, "core-a", None)
+        .await
+        .unwrap();
+    crate::backend::conformance::replay_resends_what_the_window_kept(&a).await;
 }
 
 /// A CA's certificate (PEM), and the leaf certificate and key it issues from `leaf`.

@@ -183,12 +183,15 @@ fn retry_after_ms(after: Option<prost_types::Duration>) -> u64 {
         .as_millis() as u64
 }
 
-fn outcome(req: &pb::CompleteDeliveryRequest) -> Result<Outcome, Status> {
+/// The outcome `req` reports; `keep_payload`: a delivered message keeps its payload for
+/// replay (`core.replay_retention` is on).
+fn outcome(req: &pb::CompleteDeliveryRequest, keep_payload: bool) -> Result<Outcome, Status> {
     use pb::complete_delivery_request::Outcome as In;
     let clip = |s: &str| s.chars().take(500).collect::<String>();
     match &req.outcome {
         Some(In::Sent(sent)) => Ok(Outcome::Sent {
             mesh_message_id: clip(&sent.mesh_message_id),
+            keep_payload,
         }),
         Some(In::Retry(retry)) => Ok(Outcome::Retry {
             code: clip(&retry.code),
@@ -236,7 +239,7 @@ impl DeliveryService for Deliveries {
         request: Request<pb::CompleteDeliveryRequest>,
     ) -> Result<Response<pb::CompleteDeliveryResponse>, Status> {
         let req = request.into_inner();
-        let outcome = outcome(&req)?;
+        let outcome = outcome(&req, !self.state.config.replay_retention.is_zero())?;
         let (id, attempt) = (req.delivery_id, req.attempt);
         let now = now_ms();
         let done = self
@@ -355,7 +358,7 @@ mod tests {
     }
 
     fn outcome_of(req: &pb::CompleteDeliveryRequest) -> Outcome {
-        outcome(req).unwrap()
+        outcome(req, false).unwrap()
     }
 
     #[test]

@@ -112,6 +112,7 @@ impl From<Fault> for Status {
                     )
                 }
                 StoreError::Superseded(text) => Status::aborted(text),
+                StoreError::Refused(text) => Status::failed_precondition(text),
                 StoreError::Closed => {
                     spine::unavailable("the store is unavailable", Duration::from_secs(30))
                 }

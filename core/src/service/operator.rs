@@ -13,8 +13,8 @@ use super::Fault;
 use crate::accept;
 use crate::backend::keys::{id_hex, new_id, nhs_key, now_ms, parse_id, timestamp};
 use crate::backend::{
-    self, AuditFilter, Guard, ListFilter, NewDelivery, NewEvent, Query, RefdataFinish, Selection,
-    StoredSubscription, rule_key,
+    self, AuditFilter, Guard, ListFilter, NewDelivery, NewEvent, Query, RefdataFinish,
+    ReplaySelection, Selection, StoredSubscription, rule_key,
 };
 use crate::domain::Rejection;
 use crate::domain::datetime;
@@ -28,6 +28,10 @@ use crate::state::CoreState;
 pub(crate) struct Operator {
     pub(crate) state: Arc<CoreState>,
 }
+
+/// Most deliveries one replay queues unless the request sets its own limit: a replay is
+/// one transaction, and a larger one should be split by time or event type.
+const DEFAULT_REPLAY_LIMIT: usize = 100_000;
 
 fn page_size(requested: u32) -> usize {
     match requested {
@@ -361,6 +365,78 @@ impl OperatorService for Operator {
         Ok(Response::new(pb::RedriveDeliveriesResponse {
             redriven: redriven.len() as u32,
             skipped,
+        }))
+    }
+
+    async fn replay_deliveries(
+        &self,
+        request: Request<pb::ReplayDeliveriesRequest>,
+    ) -> Result<Response<pb::ReplayDeliveriesResponse>, Status> {
+        let who = super::operator_identity(&request);
+        let req = request.into_inner();
+        let now = now_ms();
+        let window = self.state.config.replay_retention;
+        if window.is_zero() {
+            return Err(Status::failed_precondition(
+                "replay is off: delivered messages keep no payload; set core.replay_retention \
+                 (for example \"7days\") to keep them for replay from then on",
+            ));
+        }
+        let mailbox = req.mailbox.trim().to_ascii_uppercase();
+        if mailbox.is_empty() {
+            return Err(invalid("a replay names its mailbox"));
+        }
+        let since = req
+            .since
+            .and_then(|t| std::time::SystemTime::try_from(t).ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .ok_or_else(|| invalid("a replay needs `since`, a time at or after 1970"))?;
+        let since_ms = since.as_millis() as u64;
+        let window_start = now.saturating_sub(window.as_millis() as u64);
+        if since_ms < window_start {
+            return Err(Status::failed_precondition(format!(
+                "since is before the replay window: delivered messages keep their payload for \
+                 {} (core.replay_retention), so the earliest since now is {}",
+                nems_runtime::config::duration::format(window),
+                datetime::format_instant_ms(window_start),
+            )));
+        }
+        let selection = ReplaySelection {
+            mailbox: mailbox.clone(),
+            since_ms,
+            event_code: req.event_code.trim().to_string(),
+            limit: if req.limit == 0 {
+                DEFAULT_REPLAY_LIMIT
+            } else {
+                req.limit as usize
+            },
+        };
+        let record = operator_audit(who, "replay", "Delivery", &mailbox);
+        let out = self
+            .state
+            .store
+            .replay(selection, req.dry_run, now, record)
+            .await
+            .map_err(|e| Fault::store(e, "replay"))?;
+        let replayed = out.replayed.len() as u64;
+        if !req.dry_run && replayed > 0 {
+            self.state.note_queued(replayed);
+            self.state.dispatcher.available(&mailbox, now);
+            crate::metrics::metrics()
+                .deliveries_replayed
+                .inc_by(replayed);
+        }
+        tracing::info!(
+            replayed,
+            without_payload = out.without_payload,
+            dry_run = req.dry_run,
+            "delivered messages replayed"
+        );
+        Ok(Response::new(pb::ReplayDeliveriesResponse {
+            replayed: replayed as u32,
+            without_payload: out.without_payload as u32,
+            dry_run: req.dry_run,
+            window_start: Some(timestamp(window_start)),
         }))
     }
 

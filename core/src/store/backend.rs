@@ -19,8 +19,8 @@ use crate::backend::keys::now_ms;
 use crate::backend::{
     AcceptTx, Accepted, AuditFilter, Backend, Budget, Completed, Created, DirectoryChange,
     Finished, Gauges, Leased, ListFilter, MatchEntry, MatchView, NewEvent, Outcome, Query,
-    Redriven, RefdataFinish, Retention, Rows, SET_NAMES, Selection, StoreError, StoredSubscription,
-    Swept, Totals, WriterStats, import_outcome, ready,
+    Redriven, RefdataFinish, ReplaySelection, Replayed, Retention, Rows, SET_NAMES, Selection,
+    StoreError, StoredSubscription, Swept, Totals, WriterStats, import_outcome, ready,
 };
 use crate::domain::patient::DemographicUpdate;
 use crate::matching::{self, MailboxMatch};
@@ -330,6 +330,30 @@ impl Backend for Store {
             .await
     }
 
+    async fn replay(
+        &self,
+        selection: ReplaySelection,
+        dry_run: bool,
+        now: u64,
+        mut audit_row: pb::AuditRecord,
+    ) -> Result<Replayed, StoreError> {
+        if dry_run {
+            return self
+                .read(move |tx| ledger::replay_preview(tx, &selection))
+                .await;
+        }
+        self.writer()
+            .write(move |tx| {
+                let out = ledger::replay(tx, &selection, now)?;
+                if !out.replayed.is_empty() {
+                    audit_row.count = out.replayed.len() as u32;
+                    audit::append(tx, now, &audit_row)?;
+                }
+                Ok(out)
+            })
+            .await
+    }
+
     async fn list_deliveries(
         &self,
         query: Query,
@@ -371,7 +395,14 @@ impl Backend for Store {
     async fn sweep(&self, r: Retention) -> Result<(Swept, usize), StoreError> {
         self.writer()
             .write(move |tx| {
-                let swept = ledger::sweep(tx, r.now, r.ledger_ms, r.dead_letter_ms, r.batch)?;
+                let swept = ledger::sweep(
+                    tx,
+                    r.now,
+                    r.ledger_ms,
+                    r.dead_letter_ms,
+                    r.replay_ms,
+                    r.batch,
+                )?;
                 let pruned = audit::prune(tx, r.audit_cutoff_ms, r.audit_limit)?
                     + audit::prune_refused(tx, r.refusal_cutoff_ms, r.audit_limit)?;
                 Ok((swept, pruned))
@@ -506,6 +537,20 @@ mod tests {
             &store, &store,
         )
         .await;
+    }
+
+    #[tokio::test]
+    async fn replay_resends_what_the_window_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path(),
+            StoreOptions {
+                durable: false,
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap();
+        crate::backend::conformance::replay_resends_what_the_window_kept(&store).await;
     }
 
     #[tokio::test]

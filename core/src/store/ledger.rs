@@ -16,7 +16,8 @@ use super::keys::{parse_id, timestamp};
 use super::records::{StoredDelivery, StoredEvent};
 use super::tables::*;
 use crate::backend::{
-    Budget, Completed, Lease, Leased, Outcome, Query, Redriven, Selection, Swept,
+    Budget, Completed, Lease, Leased, Outcome, Query, Redriven, ReplaySelection, Replayed,
+    Selection, Swept,
 };
 
 /// Moves a delivery between state index entries.
@@ -116,6 +117,9 @@ pub(crate) const SETTLE_DEAD_HELD: u8 = 0;
 pub(crate) const SETTLE_ROW: u8 = 1;
 /// Retention index kind: an event that never had a delivery (keyed by its sequence).
 pub(crate) const SETTLE_EVENT: u8 = 2;
+/// Retention index kind: a delivered message holding its payload for replay (while
+/// `core.replay_retention` keeps it).
+pub(crate) const SETTLE_DELIVERED_HELD: u8 = 3;
 
 /// A retention index key: (kind, settle time, id).
 pub(crate) type SettleKey = (u8, u64, u64);
@@ -127,6 +131,9 @@ pub(crate) fn settle_key(id: u64, d: &StoredDelivery) -> Option<SettleKey> {
     match d.state() {
         pb::DeliveryState::DeadLettered if d.holds_payload => {
             Some((SETTLE_DEAD_HELD, d.updated_ms, id))
+        }
+        pb::DeliveryState::Delivered if d.holds_payload => {
+            Some((SETTLE_DELIVERED_HELD, d.updated_ms, id))
         }
         pb::DeliveryState::Delivered
         | pb::DeliveryState::DeadLettered
@@ -390,7 +397,10 @@ pub(crate) fn complete(
     let indexed = settle_key(id, &d);
     match outcome {
         _ if settled => return Ok(Some(done)),
-        Outcome::Sent { mesh_message_id } => {
+        Outcome::Sent {
+            mesh_message_id,
+            keep_payload,
+        } => {
             ledger.transition(id, &mut d, pb::DeliveryState::Delivered, None, now)?;
             d.mesh_message_id.clone_from(mesh_message_id);
             d.last_error_code.clear();
@@ -399,9 +409,11 @@ pub(crate) fn complete(
                 tx.open_table(DELIVERIES_BY_MESH_ID)?
                     .insert(mesh_message_id.as_str(), id)?;
             }
-            drop(ledger);
-            release_payload(tx, &mut d)?;
-            ledger = Ledger::open(tx)?;
+            if !keep_payload {
+                drop(ledger);
+                release_payload(tx, &mut d)?;
+                ledger = Ledger::open(tx)?;
+            }
         }
         Outcome::Retry { .. } | Outcome::Refused { .. } | Outcome::Deferred { .. } if stale => {
             return Ok(Some(done));
@@ -446,9 +458,10 @@ pub(crate) fn complete(
     Ok(Some(done))
 }
 
-/// The parts of a `Mex-LocalID`: (event id, delivery index within the event, redrive
+/// The parts of a `Mex-LocalID`: (event id, delivery index within the event,
 /// generation). `<event hex>-<index>` is generation 0 (also every id minted before
-/// redrive generations existed); `<event hex>-<index>-r<k>` is generation `k`.
+/// redrive generations existed); `<event hex>-<index>-r<k>` (a redrive made it) and
+/// `<event hex>-<index>-p<k>` (a replay did) are generation `k`.
 pub(crate) fn parse_local_id(local_id: &str) -> Option<(u128, u64, u32)> {
     let mut parts = local_id.splitn(3, '-');
     let event = parse_id(parts.next()?)?;
@@ -460,7 +473,7 @@ pub(crate) fn parse_local_id(local_id: &str) -> Option<(u128, u64, u32)> {
     let generation = match parts.next() {
         None => 0,
         Some(g) => {
-            let k = g.strip_prefix('r')?;
+            let k = g.strip_prefix('r').or_else(|| g.strip_prefix('p'))?;
             if k.is_empty() || !k.bytes().all(|b| b.is_ascii_digit()) {
                 return None;
             }
@@ -470,13 +483,63 @@ pub(crate) fn parse_local_id(local_id: &str) -> Option<(u128, u64, u32)> {
     Some((event, index, generation))
 }
 
-/// The local id of generation `redrives` of the delivery at `index` of event `event_hex`.
+/// The local id of generation `redrives` of the delivery at `index` of event `event_hex`
+/// (made by a redrive).
 pub(crate) fn local_id(event_hex: &str, index: u64, redrives: u32) -> String {
     if redrives == 0 {
         format!("{event_hex}-{index}")
     } else {
         format!("{event_hex}-{index}-r{redrives}")
     }
+}
+
+/// What makes a delivery's next generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resend {
+    /// An operator queues a dead letter again.
+    Redrive,
+    /// An operator resends a delivered message (`core.replay_retention`).
+    Replay,
+}
+
+/// Makes `d` its next generation, to be queued at `now` (both engines; the caller moves
+/// its state and indexes): a new `Mex-LocalID` naming the original (`-r<k>` or `-p<k>`),
+/// so that MESH tracking and reports tell the resend from the message before it; no MESH
+/// message id yet; its retry window and backoff start again, so that an old message gets
+/// more than one try, the first one soon.
+pub(crate) fn next_generation(
+    id: u64,
+    d: &mut StoredDelivery,
+    how: Resend,
+    now: u64,
+) -> Result<(), StoreError> {
+    let Some((_, index, _)) = parse_local_id(&d.local_id) else {
+        return Err(StoreError::Corrupt(format!(
+            "delivery {id} has a malformed local id"
+        )));
+    };
+    d.redriven_ms = now;
+    d.failures = 0;
+    d.deferred_total_ms = 0;
+    d.deferred_since_ms = 0;
+    d.redrives = d.redrives.saturating_add(1);
+    d.local_id = match how {
+        Resend::Redrive => local_id(&d.event_id, index, d.redrives),
+        Resend::Replay => {
+            d.replays = d.replays.saturating_add(1);
+            format!("{}-{index}-p{}", d.event_id, d.redrives)
+        }
+    };
+    d.mesh_message_id.clear();
+    Ok(())
+}
+
+/// Whether a delivered message may be replayed by `selection` (mailbox matched by the
+/// caller's index): accepted at or after its `since`, of its event type if it names one.
+pub(crate) fn replay_wanted(d: &StoredDelivery, selection: &ReplaySelection) -> bool {
+    d.state() == pb::DeliveryState::Delivered
+        && d.accepted_ms >= selection.since_ms
+        && (selection.event_code.is_empty() || d.event_code == selection.event_code)
 }
 
 /// The ledger record of a new delivery (both engines).
@@ -523,6 +586,7 @@ pub(crate) fn new_delivery(
         redrives: 0,
         deferred_since_ms: 0,
         deferred_total_ms: 0,
+        replays: 0,
     }
 }
 
@@ -653,34 +717,124 @@ pub(crate) fn redrive(
             skipped.push(id);
             continue;
         }
-        let mut ledger = Ledger::open(tx)?;
-        ledger.transition(id, &mut d, pb::DeliveryState::Queued, Some(now), now)?;
-        // The retry time and the backoff start again: an old dead letter gets more than one
-        // try, the first one soon.
-        d.redriven_ms = now;
-        d.failures = 0;
-        d.deferred_total_ms = 0;
-        d.deferred_since_ms = 0;
-        // A new generation: a new `Mex-LocalID`, so that MESH tracking (and its reports) tell
-        // the resend from the message MESH gave up on.
-        let Some((_, index, _)) = parse_local_id(&d.local_id) else {
-            return Err(StoreError::Corrupt(format!(
-                "delivery {id} has a malformed local id"
-            )));
-        };
-        d.redrives = d.redrives.saturating_add(1);
-        d.local_id = local_id(&d.event_id, index, d.redrives);
-        if !d.mesh_message_id.is_empty() {
-            tx.open_table(DELIVERIES_BY_MESH_ID)?
-                .remove(d.mesh_message_id.as_str())?;
-            d.mesh_message_id.clear();
-        }
-        ledger.save(id, &d)?;
-        drop(ledger);
-        reindex_settled(tx, id, indexed, &d)?;
+        requeue(tx, id, &mut d, indexed, Resend::Redrive, now)?;
         redriven.push((id, d.mailbox.clone()));
     }
     Ok((redriven, skipped))
+}
+
+/// Queues a settled delivery holding its payload as its next generation (a redrive or a
+/// replay).
+fn requeue(
+    tx: &WriteTransaction,
+    id: u64,
+    d: &mut StoredDelivery,
+    indexed: Option<SettleKey>,
+    how: Resend,
+    now: u64,
+) -> Result<(), StoreError> {
+    if !d.mesh_message_id.is_empty() {
+        tx.open_table(DELIVERIES_BY_MESH_ID)?
+            .remove(d.mesh_message_id.as_str())?;
+    }
+    let mut ledger = Ledger::open(tx)?;
+    ledger.transition(id, d, pb::DeliveryState::Queued, Some(now), now)?;
+    next_generation(id, d, how, now)?;
+    ledger.save(id, d)?;
+    drop(ledger);
+    reindex_settled(tx, id, indexed, d)
+}
+
+/// Most of a mailbox's index the replay scan reads past the first delivery accepted
+/// before its `since`: delivery ids follow the writer's order, and acceptance times read
+/// by one writer in turn only go back when the clock does (by less than this).
+const REPLAY_CLOCK_SLACK_MS: u64 = 60_000;
+
+/// The delivered messages of `selection`'s mailbox it would replay, oldest first, and how
+/// many more it selects whose payload is gone (delivered before replay kept payloads, or
+/// past the window). Reads the mailbox's index backwards from its newest delivery and
+/// stops past its `since`, so a replay costs what it selects, not the mailbox's history.
+fn replay_candidates(
+    deliveries: &impl ReadableTable<u64, &'static [u8]>,
+    by_mailbox: &impl ReadableTable<(&'static str, u64), ()>,
+    selection: &ReplaySelection,
+) -> Result<(Vec<(u64, StoredDelivery)>, u64), StoreError> {
+    let mailbox = selection.mailbox.as_str();
+    let floor = selection.since_ms.saturating_sub(REPLAY_CLOCK_SLACK_MS);
+    let (mut held, mut gone) = (Vec::new(), 0);
+    for item in by_mailbox.range((mailbox, 0)..=(mailbox, u64::MAX))?.rev() {
+        let id = item?.0.value().1;
+        let Some(bytes) = deliveries.get(id)? else {
+            continue;
+        };
+        let d = StoredDelivery::decode(bytes.value())?;
+        if d.accepted_ms < floor {
+            break;
+        }
+        if !replay_wanted(&d, selection) {
+            continue;
+        }
+        if d.holds_payload {
+            held.push((id, d));
+        } else {
+            gone += 1;
+        }
+    }
+    held.reverse();
+    Ok((held, gone))
+}
+
+/// What a replay would do, without doing it (`--dry-run`).
+pub(crate) fn replay_preview(
+    tx: &ReadTransaction,
+    selection: &ReplaySelection,
+) -> Result<Replayed, StoreError> {
+    let (held, gone) = replay_candidates(
+        &tx.open_table(DELIVERIES)?,
+        &tx.open_table(DELIVERIES_BY_MAILBOX)?,
+        selection,
+    )?;
+    Ok(Replayed {
+        replayed: held.into_iter().map(|(id, _)| id).collect(),
+        without_payload: gone,
+    })
+}
+
+/// Queues again, each as its next generation, the delivered messages `selection` picks
+/// (at most `selection.limit`, else nothing and `TooMany`).
+pub(crate) fn replay(
+    tx: &WriteTransaction,
+    selection: &ReplaySelection,
+    now: u64,
+) -> Result<Replayed, StoreError> {
+    let (held, gone) = {
+        let deliveries = tx.open_table(DELIVERIES)?;
+        let by_mailbox = tx.open_table(DELIVERIES_BY_MAILBOX)?;
+        replay_candidates(&deliveries, &by_mailbox, selection)?
+    };
+    check_replay_size(held.len(), selection)?;
+    let mut replayed = Vec::with_capacity(held.len());
+    for (id, mut d) in held {
+        let indexed = settle_key(id, &d);
+        requeue(tx, id, &mut d, indexed, Resend::Replay, now)?;
+        replayed.push(id);
+    }
+    Ok(Replayed {
+        replayed,
+        without_payload: gone,
+    })
+}
+
+/// Refuses a replay of more than its limit (both engines).
+pub(crate) fn check_replay_size(n: usize, selection: &ReplaySelection) -> Result<(), StoreError> {
+    if selection.limit != 0 && n > selection.limit {
+        return Err(StoreError::Refused(format!(
+            "the replay selects {n} deliveries, more than its limit of {}: narrow it with a later \
+             since or an event type, or raise the limit",
+            selection.limit
+        )));
+    }
+    Ok(())
 }
 
 /// Lists one page of ledger rows in delivery order; the token is the last id returned.
@@ -816,7 +970,8 @@ pub(crate) fn pending(tx: &ReadTransaction) -> Result<u64, StoreError> {
 
 /// One retention pass, reading at most `scan_limit` entries of the retention index (only
 /// entries already past their cut-off, oldest first): releases the payloads of dead
-/// letters dead-lettered more than `dead_letter_retention_ms` ago, then removes ledger rows
+/// letters dead-lettered more than `dead_letter_retention_ms` ago and of messages
+/// delivered more than `replay_retention_ms` ago, then removes ledger rows
 /// settled more than `retention_ms` ago (an event goes with its last delivery; an event
 /// that never had one, `retention_ms` after its acceptance). Nothing else is read, so a
 /// pass costs the same with 100 dead letters in their redrive window as with millions.
@@ -825,6 +980,7 @@ pub(crate) fn sweep(
     now: u64,
     retention_ms: u64,
     dead_letter_retention_ms: u64,
+    replay_retention_ms: u64,
     scan_limit: usize,
 ) -> Result<Swept, StoreError> {
     let mut swept = Swept::default();
@@ -843,23 +999,40 @@ pub(crate) fn sweep(
         Ok(keys)
     };
 
-    // Dead letters past their redrive window give up their payload; their rows stay for
-    // `retention_ms` after they were dead-lettered.
-    let dl_cutoff = now.saturating_sub(dead_letter_retention_ms);
-    let keys = due(SETTLE_DEAD_HELD, dl_cutoff, scan_limit)?;
-    swept.scanned += keys.len();
-    for key in keys {
-        let id = key.2;
-        tx.open_table(SETTLED)?.remove(key)?;
-        let Some(mut d) = Ledger::open(tx)?.load(id)? else {
-            continue;
-        };
-        if d.state() == pb::DeliveryState::DeadLettered && d.holds_payload {
-            release_payload(tx, &mut d)?;
-            Ledger::open(tx)?.save(id, &d)?;
-            swept.dead_letter_payloads_released += 1;
+    // Dead letters past their redrive window, and delivered messages past the replay
+    // window, give up their payload; their rows stay for `retention_ms` after they settled.
+    let held = [
+        (
+            SETTLE_DEAD_HELD,
+            pb::DeliveryState::DeadLettered,
+            dead_letter_retention_ms,
+        ),
+        (
+            SETTLE_DELIVERED_HELD,
+            pb::DeliveryState::Delivered,
+            replay_retention_ms,
+        ),
+    ];
+    for (kind, state, window) in held {
+        let keys = due(kind, now.saturating_sub(window), scan_limit - swept.scanned)?;
+        swept.scanned += keys.len();
+        for key in keys {
+            let id = key.2;
+            tx.open_table(SETTLED)?.remove(key)?;
+            let Some(mut d) = Ledger::open(tx)?.load(id)? else {
+                continue;
+            };
+            if d.state() == state && d.holds_payload {
+                release_payload(tx, &mut d)?;
+                Ledger::open(tx)?.save(id, &d)?;
+                if state == pb::DeliveryState::DeadLettered {
+                    swept.dead_letter_payloads_released += 1;
+                } else {
+                    swept.delivered_payloads_released += 1;
+                }
+            }
+            reindex_settled(tx, id, None, &d)?;
         }
-        reindex_settled(tx, id, None, &d)?;
     }
 
     let cutoff = now.saturating_sub(retention_ms);
@@ -995,5 +1168,6 @@ pub(crate) fn to_record(id: u64, d: &StoredDelivery) -> pb::DeliveryRecord {
         last_error_code: d.last_error_code.clone(),
         last_error: d.last_error.clone(),
         subscription_ids: d.subscription_ids.clone(),
+        replays: d.replays,
     }
 }

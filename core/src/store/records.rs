@@ -89,8 +89,9 @@ pub(crate) struct StoredDelivery {
     /// Matched subscription ids.
     #[prost(string, repeated, tag = "16")]
     pub(crate) subscription_ids: Vec<String>,
-    /// True while this delivery keeps its event's payload (queued, in flight, or a dead
-    /// letter still redrivable); counted in the event's `unsettled`.
+    /// True while this delivery keeps its event's payload (queued, in flight, a dead letter
+    /// still redrivable, or a delivered message still replayable); counted in the event's
+    /// `unsettled`.
     #[prost(bool, tag = "17")]
     pub(crate) holds_payload: bool,
     /// Time of the last redrive (0: never redriven); the adapter's retry window starts at
@@ -101,7 +102,9 @@ pub(crate) struct StoredDelivery {
     /// started; a redrive resets it. The adapter's backoff grows with it.
     #[prost(uint32, tag = "19")]
     pub(crate) failures: u32,
-    /// Redrives so far: the generation of `local_id` (`<event id>-<n>-r<k>` after the k-th).
+    /// Generations so far, redrives and replays together: the generation of `local_id`
+    /// (`<event id>-<n>-r<k>` after a redrive made the k-th, `<event id>-<n>-p<k>` after a
+    /// replay did).
     #[prost(uint32, tag = "20")]
     pub(crate) redrives: u32,
     /// When the delivery was last deferred (its destination as a whole was down), until it is
@@ -112,6 +115,9 @@ pub(crate) struct StoredDelivery {
     /// so an outage of the destination spends none of the delivery's retry time.
     #[prost(uint64, tag = "22")]
     pub(crate) deferred_total_ms: u64,
+    /// Replays so far (an operator resending the delivered message, `core.replay_retention`).
+    #[prost(uint32, tag = "23")]
+    pub(crate) replays: u32,
 }
 
 impl StoredDelivery {

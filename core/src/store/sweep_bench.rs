@@ -47,7 +47,7 @@ fn event(id: u128, mailbox: &str, at: u64) -> NewEvent {
 /// One retention pass with the production settings (90 days of ledger, 30 days of dead
 /// letters).
 fn sweep_pass(tx: &WriteTransaction, now: u64) -> Result<crate::backend::Swept, StoreError> {
-    ledger::sweep(tx, now, 90 * DAY_MS, 30 * DAY_MS, 5_000)
+    ledger::sweep(tx, now, 90 * DAY_MS, 30 * DAY_MS, 0, 5_000)
 }
 
 fn quantile(samples: &mut [Duration], q: f64) -> Duration {

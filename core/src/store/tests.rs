@@ -71,6 +71,7 @@ async fn complete(
 fn sent(id: &str) -> Outcome {
     Outcome::Sent {
         mesh_message_id: id.into(),
+        keep_payload: false,
     }
 }
 
@@ -308,14 +309,14 @@ async fn retention_removes_old_settled_rows_only() {
     // Retention counts from settling (20,100), not from acceptance (100).
     let swept = s
         .writer()
-        .write(|tx| ledger::sweep(tx, 25_000, 5_000, 1_000_000, 100))
+        .write(|tx| ledger::sweep(tx, 25_000, 5_000, 1_000_000, 0, 100))
         .await
         .unwrap();
     assert_eq!(swept, crate::backend::Swept::default(), "settled 4.9 s ago");
     // The fresh event's delivery stays in flight.
     let swept = s
         .writer()
-        .write(|tx| ledger::sweep(tx, 25_200, 5_000, 1_000_000, 100))
+        .write(|tx| ledger::sweep(tx, 25_200, 5_000, 1_000_000, 0, 100))
         .await
         .unwrap();
     assert_eq!(swept.deliveries_removed, 1);
@@ -703,6 +704,11 @@ fn local_ids_parse_in_both_generations() {
         ledger::parse_local_id(&format!("{event}-3-r12")),
         Some((0xabcd, 3, 12))
     );
+    assert_eq!(
+        ledger::parse_local_id(&format!("{event}-3-p4")),
+        Some((0xabcd, 3, 4)),
+        "a replay's generation"
+    );
     assert_eq!(ledger::local_id(&event, 3, 0), format!("{event}-3"));
     assert_eq!(ledger::local_id(&event, 3, 2), format!("{event}-3-r2"));
     for bad in [
@@ -972,7 +978,7 @@ async fn sweep(
     limit: usize,
 ) -> crate::backend::Swept {
     s.writer()
-        .write(move |tx| ledger::sweep(tx, now, retention, dl_retention, limit))
+        .write(move |tx| ledger::sweep(tx, now, retention, dl_retention, 0, limit))
         .await
         .unwrap()
 }

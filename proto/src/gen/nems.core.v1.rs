@@ -293,6 +293,9 @@ pub struct DeliveryRecord {
     /// Ids of the subscriptions whose match produced this delivery.
     #[prost(string, repeated, tag = "16")]
     pub subscription_ids: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Times an operator replayed this delivery (resent it after it was delivered).
+    #[prost(uint32, tag = "17")]
+    pub replays: u32,
 }
 /// SubscriptionKind tells explicit (one patient) from generic (rule-based) subscriptions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
@@ -3631,6 +3634,44 @@ pub struct RedriveDeliveriesResponse {
     #[prost(uint64, repeated, tag = "2")]
     pub skipped: ::prost::alloc::vec::Vec<u64>,
 }
+/// ReplayDeliveriesRequest selects one mailbox's delivered messages to resend.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReplayDeliveriesRequest {
+    /// The mailbox (required).
+    #[prost(string, tag = "1")]
+    pub mailbox: ::prost::alloc::string::String,
+    /// Deliveries of events accepted at or after this (required; within the replay window).
+    #[prost(message, optional, tag = "2")]
+    pub since: ::core::option::Option<::prost_types::Timestamp>,
+    /// Only this event type (empty: every type).
+    #[prost(string, tag = "3")]
+    pub event_code: ::prost::alloc::string::String,
+    /// Count only: queue nothing.
+    #[prost(bool, tag = "4")]
+    pub dry_run: bool,
+    /// Most deliveries one replay queues; 0 means the service's default of 100000. More
+    /// selected refuses the replay (nothing queued).
+    #[prost(uint32, tag = "5")]
+    pub limit: u32,
+}
+/// ReplayDeliveriesResponse counts what was (or, dry, would be) resent.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReplayDeliveriesResponse {
+    /// Deliveries queued again (would be, in a dry run).
+    #[prost(uint32, tag = "1")]
+    pub replayed: u32,
+    /// Delivered messages selected whose payload is no longer kept (delivered before replay
+    /// was on, or swept at the end of the window); left alone.
+    #[prost(uint32, tag = "2")]
+    pub without_payload: u32,
+    /// True for a dry run.
+    #[prost(bool, tag = "3")]
+    pub dry_run: bool,
+    /// The start of the replay window when the request was served: the earliest `since`
+    /// accepted.
+    #[prost(message, optional, tag = "4")]
+    pub window_start: ::core::option::Option<::prost_types::Timestamp>,
+}
 /// GetMailboxStatsRequest asks for per-mailbox counts.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct GetMailboxStatsRequest {
@@ -3981,7 +4022,8 @@ pub struct AuditRecord {
     /// For a refusal (outcome other than `ok`): how many identical refusals (same caller,
     /// action, resource and outcome) this record stands for, aggregated over one audit window
     /// (about a second; `at` is the first of them, `request_id` the first one's). 0 or 1 means
-    /// one. Refusals are kept for `core.refusal_audit_retention`.
+    /// one. Refusals are kept for `core.refusal_audit_retention`. For a replay (action
+    /// `replay`), the deliveries it queued.
     #[prost(uint32, tag = "10")]
     pub count: u32,
 }
@@ -4307,6 +4349,37 @@ pub mod operator_service_client {
                 );
             self.inner.unary(req, path, codec).await
         }
+        /// Resends a mailbox's delivered messages accepted since a time (optionally of one event
+        /// type), each as a new MESH message whose local id names the original
+        /// (`<event id>-<n>-p<k>`), while `core.replay_retention` keeps their payloads. Refused
+        /// (FAILED_PRECONDITION) when replay is off, when `since` is before the replay window, or
+        /// when more than `limit` would go; `dry_run` says how many would go and sends nothing.
+        pub async fn replay_deliveries(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ReplayDeliveriesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ReplayDeliveriesResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/nems.core.v1.OperatorService/ReplayDeliveries",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new("nems.core.v1.OperatorService", "ReplayDeliveries"),
+                );
+            self.inner.unary(req, path, codec).await
+        }
         /// Counts deliveries per mailbox and state.
         pub async fn get_mailbox_stats(
             &mut self,
@@ -4573,6 +4646,18 @@ pub mod operator_service_server {
             request: tonic::Request<super::RedriveDeliveriesRequest>,
         ) -> std::result::Result<
             tonic::Response<super::RedriveDeliveriesResponse>,
+            tonic::Status,
+        >;
+        /// Resends a mailbox's delivered messages accepted since a time (optionally of one event
+        /// type), each as a new MESH message whose local id names the original
+        /// (`<event id>-<n>-p<k>`), while `core.replay_retention` keeps their payloads. Refused
+        /// (FAILED_PRECONDITION) when replay is off, when `since` is before the replay window, or
+        /// when more than `limit` would go; `dry_run` says how many would go and sends nothing.
+        async fn replay_deliveries(
+            &self,
+            request: tonic::Request<super::ReplayDeliveriesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ReplayDeliveriesResponse>,
             tonic::Status,
         >;
         /// Counts deliveries per mailbox and state.
@@ -4891,6 +4976,52 @@ pub mod operator_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = RedriveDeliveriesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/nems.core.v1.OperatorService/ReplayDeliveries" => {
+                    #[allow(non_camel_case_types)]
+                    struct ReplayDeliveriesSvc<T: OperatorService>(pub Arc<T>);
+                    impl<
+                        T: OperatorService,
+                    > tonic::server::UnaryService<super::ReplayDeliveriesRequest>
+                    for ReplayDeliveriesSvc<T> {
+                        type Response = super::ReplayDeliveriesResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ReplayDeliveriesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as OperatorService>::replay_deliveries(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ReplayDeliveriesSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -115,7 +115,7 @@ async fn main() {
             if let Ok(url) = database {
                 let took = bench::settle_postgres(&url).await;
                 println!(
-                    "PostgreSQL settled after the load (VACUUM (ANALYZE), CHECKPOINT) in {:.1}s",
+                    "PostgreSQL settled after the load (VACUUM (ANALYZE)) in {:.1}s",
                     took.as_secs_f64()
                 );
             }

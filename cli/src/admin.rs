@@ -530,6 +530,7 @@ pub async fn run_to(command: Admin, remote: &Remote, w: &mut dyn Write) -> anyho
                     error_code: error_code.unwrap_or_default(),
                     page_size: limit,
                     page_token: String::new(),
+                    newest_first: false,
                 })
                 .await
                 .map_err(failed("deliveries"))?

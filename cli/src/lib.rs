@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod console;
 pub mod effective;
 pub mod embedded;
 pub mod import;

@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -13,6 +14,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
+
+use crate::console::Console;
 
 fn respond(req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match (req.method().as_str(), req.uri().path()) {
@@ -49,7 +52,8 @@ fn respond(req: &Request<Incoming>) -> Response<Full<Bytes>> {
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",
-            "not found: use /metrics, /livez or /readyz\n".to_string(),
+            "not found: use /metrics, /livez or /readyz (and /console/ where core runs)\n"
+                .to_string(),
         ),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -62,17 +66,37 @@ fn respond(req: &Request<Incoming>) -> Response<Full<Bytes>> {
 
 /// Serves the operations endpoint on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    serve_with_console(listener, shutdown, Arc::default()).await;
+}
+
+/// [`serve`], with the operations console under `/console/` once `console` holds one (set
+/// when core's operator API is up; `crate::console`).
+pub async fn serve_with_console(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    console: Arc<OnceLock<Console>>,
+) {
     tokio::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(_) => continue,
             },
             () = &mut shutdown => return,
         };
-        let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
-            Ok::<_, Infallible>(respond(&req))
+        let console = console.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let console = console.clone();
+            async move {
+                let path = req.uri().path();
+                if (path == "/console" || path.starts_with("/console/"))
+                    && let Some(console) = console.get()
+                {
+                    return Ok::<_, Infallible>(console.handle(req, peer).await);
+                }
+                Ok::<_, Infallible>(respond(&req))
+            }
         });
         tokio::spawn(async move {
             let _ = auto::Builder::new(TokioExecutor::new())

@@ -2,6 +2,7 @@
 //! `nems edge`, `nems mesh-adapter`), stopped cleanly by Ctrl-C or SIGTERM.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
 use nems_core::{Core, CoreListeners};
@@ -9,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::NemsConfig;
+use crate::console::Console;
 use crate::embedded;
 
 /// A shutdown signal many tasks can wait on.
@@ -51,12 +53,19 @@ pub fn on_signal() -> Shutdown {
     Shutdown(rx)
 }
 
-/// Starts the operations endpoint when configured; returns its address.
+/// The operations endpoint of a process, once started: its address, and where the
+/// console goes once core's operator API is up.
+struct Ops {
+    addr: SocketAddr,
+    console: Arc<OnceLock<Console>>,
+}
+
+/// Starts the operations endpoint when configured.
 async fn start_ops(
     config: &NemsConfig,
     command: crate::config::OpsOf,
     shutdown: &Shutdown,
-) -> anyhow::Result<Option<SocketAddr>> {
+) -> anyhow::Result<Option<Ops>> {
     let Some(addr) = config.ops.listen_of(command) else {
         return Ok(None);
     };
@@ -64,8 +73,31 @@ async fn start_ops(
         .await
         .with_context(|| format!("binding the ops endpoint on {addr}"))?;
     let bound = listener.local_addr()?;
-    tokio::spawn(crate::ops::serve(listener, shutdown.clone().wait()));
-    Ok(Some(bound))
+    let console = Arc::<OnceLock<Console>>::default();
+    tokio::spawn(crate::ops::serve_with_console(
+        listener,
+        shutdown.clone().wait(),
+        console.clone(),
+    ));
+    Ok(Some(Ops {
+        addr: bound,
+        console,
+    }))
+}
+
+/// Opens the console on `ops` over core's operator API at `operator`: refused in full
+/// where that API requires operator credentials (`core.operator_tls`).
+fn open_console(ops: &Ops, config: &NemsConfig, operator: SocketAddr) -> anyhow::Result<()> {
+    let credentials_required = config.core.operator_tls.is_some();
+    let channel = crate::remote::Remote::plain(&url_of(operator, false)).channel()?;
+    let console = Console::new(
+        channel,
+        credentials_required,
+        config.core.max_pending_deliveries,
+    );
+    console.start_sampling();
+    let _ = ops.console.set(console);
+    Ok(())
 }
 
 fn url_of(addr: SocketAddr, tls: bool) -> String {
@@ -117,6 +149,9 @@ pub async fn up(mut config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()
     let core = Core::open(config.core.clone())
         .await
         .context("opening core")?;
+    if let Some(ops) = &ops {
+        open_console(ops, &config, operator_addr)?;
+    }
     // Core and the edge stop only after the adapter: an adapter stopping with deliveries in
     // flight still reports their outcomes to core (otherwise it waits out its drain timeout
     // and the deliveries come back only when their leases expire).
@@ -154,8 +189,9 @@ pub async fn up(mut config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()
         println!("  operator   {operator_addr}  (directory, operator: nems admin, grpcurl)");
         println!("  data       {}", config.core.data_dir.display());
         println!("  deliveries {sink}");
-        if let Some(ops) = ops {
-            println!("  ops        http://{ops}/metrics /livez /readyz");
+        if let Some(ops) = &ops {
+            println!("  ops        http://{}/metrics /livez /readyz", ops.addr);
+            println!("  console    http://{}/console/", ops.addr);
         }
         println!("  Ctrl-C stops all three");
     }
@@ -173,11 +209,14 @@ pub async fn up(mut config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()
 
 /// `nems core`.
 pub async fn core(config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()> {
-    start_ops(&config, crate::config::OpsOf::Core, &shutdown).await?;
+    let ops = start_ops(&config, crate::config::OpsOf::Core, &shutdown).await?;
     let listeners = CoreListeners::bind(&config.core)
         .await
         .context("binding core's listeners")?;
     let (addr, operator) = listeners.addrs()?;
+    if let Some(ops) = &ops {
+        open_console(ops, &config, operator)?;
+    }
     #[allow(
         clippy::print_stdout,
         reason = "the run command prints where it listens"

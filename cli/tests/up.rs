@@ -27,6 +27,8 @@ struct Up {
     core: SocketAddr,
     operator: SocketAddr,
     ops: SocketAddr,
+    /// The console's URL, as the banner prints it.
+    console: String,
 }
 
 /// The address after `marker` on a ready line (`http://` and any path stripped).
@@ -60,12 +62,16 @@ async fn start(dir: &Path) -> Up {
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let (mut edge, mut core, mut operator, mut ops) = (None, None, None, None);
+    let mut console = None;
     let ready = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(line) = lines.next_line().await.expect("read stdout") {
             edge = edge.or_else(|| address(&line, "FHIR API"));
             core = core.or_else(|| address(&line, "core gRPC"));
             operator = operator.or_else(|| address(&line, "operator"));
             ops = ops.or_else(|| address(&line, "ops"));
+            if line.trim_start().starts_with("console") {
+                console = line.split_whitespace().nth(1).map(str::to_owned);
+            }
             if line.contains("Ctrl-C stops all three") {
                 return true;
             }
@@ -81,6 +87,7 @@ async fn start(dir: &Path) -> Up {
         core: core.expect("core address on the ready lines"),
         operator: operator.expect("operator address on the ready lines"),
         ops: ops.expect("ops address on the ready lines"),
+        console: console.expect("console URL on the ready lines"),
     }
 }
 
@@ -113,6 +120,15 @@ async fn up_serves_delivers_stops_cleanly_and_keeps_its_data() {
         (ops.get("/readyz", &[]).await.status == 200).then_some(())
     })
     .await;
+    // The banner's console URL is the ops listener's, and its overview answers.
+    assert_eq!(up.console, format!("http://{}/console/", up.ops));
+    let overview = ops.get("/console/", &[]).await;
+    assert_eq!(overview.status, 200);
+    assert!(
+        overview.text().contains("Events accepted"),
+        "{}",
+        overview.text()
+    );
 
     // A subscriber from the sample directory subscribes; a publisher publishes.
     let criteria = spine::explicit(NHS, &["vaccinations-1"], "");

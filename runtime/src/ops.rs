@@ -262,6 +262,16 @@ pub fn readiness() -> Vec<(String, String)> {
         .collect()
 }
 
+/// Every readiness check of this process by name, each with why it fails, if it does
+/// (the operations console shows them all, passing or not).
+pub fn checks() -> Vec<(String, Option<String>)> {
+    let checks: Vec<(String, u64, Check)> = lock(&ops().checks).clone();
+    checks
+        .into_iter()
+        .map(|(name, _, check)| (name, check().err()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use prometheus_client::metrics::counter::Counter;
@@ -290,7 +300,9 @@ mod tests {
         );
         set_check("ops-test", || Ok(()));
         assert!(!readiness().iter().any(|(n, _)| n == "ops-test"));
+        assert!(checks().iter().any(|(n, w)| n == "ops-test" && w.is_none()));
         remove_check("ops-test");
+        assert!(!checks().iter().any(|(n, _)| n == "ops-test"));
     }
 
     /// A source with one constant gauge, for the attachment test.

@@ -28,7 +28,7 @@ async fn sandbox_stack(sandbox: &MeshSandbox) -> TestStack {
 }
 
 /// The stack delivering to the sandbox, with `core.replay_retention = replay`.
-async fn sandbox_stack_with(sandbox: &MeshSandbox, replay: Duration) -> TestStack {
+pub(crate) async fn sandbox_stack_with(sandbox: &MeshSandbox, replay: Duration) -> TestStack {
     let ids: Vec<&str> = RECIPIENT_MAILBOXES.iter().map(|m| m.id).collect();
     TestStack::builder()
         .core(move |c| c.replay_retention = replay)

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 mod abuse;
+mod console;
 mod core_failover;
 mod crash;
 mod directory_runtime;

@@ -11,6 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test harness")]
 
 pub mod bench;
+pub mod browser;
 pub mod events;
 pub mod eventually;
 pub mod http;

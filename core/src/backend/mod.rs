@@ -73,7 +73,7 @@ pub(crate) enum DirectoryChange {
 }
 
 /// The store's totals for `OperatorService.GetStatus`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Totals {
     /// Schema version in force.
     pub(crate) schema_version: u64,
@@ -83,8 +83,8 @@ pub(crate) struct Totals {
     pub(crate) events_accepted: u64,
     /// Deliveries queued or in flight.
     pub(crate) deliveries_pending: u64,
-    /// Generation in force of each reference data set.
-    pub(crate) reference_generations: Vec<u64>,
+    /// Each reference data set's state in force (`SET_NAMES` order).
+    pub(crate) reference: Vec<RefMeta>,
     /// Patients in the demographics store.
     pub(crate) patients: u64,
 }
@@ -611,6 +611,70 @@ pub(crate) mod conformance {
         let (record, rows) = b.event(event).await.unwrap().unwrap();
         let rows = rows.into_iter().map(|d| (d.mailbox.clone(), d)).collect();
         (rows, record.payload_held)
+    }
+
+    /// The console's reads: a mailbox's deliveries page newest first as well as oldest
+    /// first (the token continues either way, also with a state filter), and the mailbox
+    /// statistics say when its oldest pending delivery was accepted (none once nothing is
+    /// pending).
+    pub(crate) async fn deliveries_page_both_ways_and_the_oldest_pending_is_reported(
+        b: &impl Backend,
+    ) {
+        let before = keys::now_ms();
+        for _ in 0..5 {
+            accept_for(b, "vaccinations-1", &["PAGEMB1"]).await;
+        }
+        accept_for(b, "vaccinations-1", &["PAGEMB2"]).await;
+        let query = |newest_first: bool, state: Option<pb::DeliveryState>| Query {
+            mailbox: "PAGEMB1".into(),
+            state,
+            newest_first,
+            ..Default::default()
+        };
+        let pages = |newest_first: bool, state: Option<pb::DeliveryState>| async move {
+            let mut ids = Vec::new();
+            let mut token = String::new();
+            loop {
+                let (page, next) = b
+                    .list_deliveries(query(newest_first, state), token, 2)
+                    .await
+                    .unwrap();
+                assert!(page.len() <= 2);
+                ids.extend(page.iter().map(|d| d.delivery_id));
+                if next.is_empty() {
+                    return ids;
+                }
+                token = next;
+            }
+        };
+        let oldest_first = pages(false, None).await;
+        assert_eq!(oldest_first.len(), 5);
+        assert!(oldest_first.windows(2).all(|w| w[0] < w[1]));
+        let mut newest_first = pages(true, None).await;
+        assert!(newest_first.windows(2).all(|w| w[0] > w[1]));
+        newest_first.reverse();
+        assert_eq!(newest_first, oldest_first, "the same rows either way");
+        let queued = pages(true, Some(pb::DeliveryState::Queued)).await;
+        assert_eq!(queued.len(), 5);
+
+        let stats = b.mailbox_stats("PAGEMB1".into()).await.unwrap();
+        let oldest = stats[0].oldest_pending_accepted_at.expect("pending");
+        let ms = (oldest.seconds as u64) * 1000 + (oldest.nanos as u64) / 1_000_000;
+        assert!(
+            ms + 1 >= before && ms <= keys::now_ms(),
+            "accepted during the test"
+        );
+        assert_eq!(stats[0].queued, 5);
+        assert_eq!(deliver_all(b, "PAGEMB1", false).await.len(), 5);
+        let stats = b.mailbox_stats("PAGEMB1".into()).await.unwrap();
+        assert_eq!(stats[0].delivered, 5);
+        assert!(
+            stats[0].oldest_pending_accepted_at.is_none(),
+            "nothing pending"
+        );
+        let all = b.mailbox_stats(String::new()).await.unwrap();
+        let other = all.iter().find(|m| m.mailbox == "PAGEMB2").unwrap();
+        assert!(other.oldest_pending_accepted_at.is_some());
     }
 
     fn selection(since_ms: u64, event_code: &str, limit: usize) -> ReplaySelection {

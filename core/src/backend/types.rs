@@ -162,6 +162,9 @@ pub(crate) struct Query {
     pub(crate) state: Option<pb::DeliveryState>,
     pub(crate) event_code: String,
     pub(crate) error_code: String,
+    /// Newest first; the page token is then the last id returned, and the next page
+    /// starts below it.
+    pub(crate) newest_first: bool,
 }
 
 /// What one retention pass did.

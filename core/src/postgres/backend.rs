@@ -582,16 +582,16 @@ impl Backend for PgBackend {
             .await
             .map_err(pg)?
             .get(0);
-        let mut generations = Vec::with_capacity(SET_NAMES.len());
+        let mut reference = Vec::with_capacity(SET_NAMES.len());
         for set in 0..SET_NAMES.len() {
-            generations.push(ref_meta(c, set).await?.generation);
+            reference.push(ref_meta(c, set).await?);
         }
         let totals = Totals {
             schema_version: version as u64,
             subscriptions: subscriptions::live_count(c).await?,
             events_accepted: ledger::accepted_count(c).await?,
             deliveries_pending: ledger::queue(c).await?.1,
-            reference_generations: generations,
+            reference,
             patients: patients as u64,
         };
         tx.commit().await.map_err(pg)?;

@@ -782,7 +782,12 @@ pub(crate) async fn list(
     token: &str,
     size: usize,
 ) -> Result<(Vec<pb::DeliveryRecord>, String), StoreError> {
-    let after: i64 = token.parse().unwrap_or(0);
+    // Oldest first after the token, or newest first below it.
+    let (after, below, order) = match (query.newest_first, token.parse::<i64>()) {
+        (false, parsed) => (parsed.unwrap_or(0), i64::MAX, "ASC"),
+        (true, Ok(before)) => (0, before, "DESC"),
+        (true, Err(_)) => (0, i64::MAX, "DESC"),
+    };
     let event = if query.event_id.is_empty() {
         None
     } else {
@@ -794,12 +799,14 @@ pub(crate) async fn list(
     let state = query.state.map(|s| s as i16);
     let rows = client
         .fetch(
-            "SELECT delivery_id, record FROM nems_deliveries
-             WHERE delivery_id > $1
-               AND ($2::text IS NULL OR event_seq = (SELECT seq FROM nems_events WHERE event_id = ($2::text)::uuid))
-               AND ($3 = '' OR mailbox = $3) AND ($4::smallint IS NULL OR state = $4)
-               AND ($5 = '' OR event_code = $5) AND ($6 = '' OR last_error_code = $6)
-             ORDER BY delivery_id LIMIT $7",
+            &format!(
+                "SELECT delivery_id, record FROM nems_deliveries
+                 WHERE delivery_id > $1 AND delivery_id < $8
+                   AND ($2::text IS NULL OR event_seq = (SELECT seq FROM nems_events WHERE event_id = ($2::text)::uuid))
+                   AND ($3 = '' OR mailbox = $3) AND ($4::smallint IS NULL OR state = $4)
+                   AND ($5 = '' OR event_code = $5) AND ($6 = '' OR last_error_code = $6)
+                 ORDER BY delivery_id {order} LIMIT $7"
+            ),
             &[
                 &after,
                 &event,
@@ -808,6 +815,7 @@ pub(crate) async fn list(
                 &query.event_code,
                 &query.error_code,
                 &(size as i64),
+                &below,
             ],
         )
         .await
@@ -896,6 +904,24 @@ pub(crate) async fn stats(
             Ok(pb::DeliveryState::DeadLettered) => entry.dead_lettered = n,
             Ok(pb::DeliveryState::Suppressed) => entry.suppressed = n,
             _ => {}
+        }
+    }
+    // The oldest pending delivery of each mailbox (the queue index holds the queued and
+    // in-flight ones).
+    let oldest = client
+        .fetch(
+            "SELECT d.mailbox, min(e.accepted_ms) FROM nems_deliveries d
+             JOIN nems_events e ON e.seq = d.event_seq
+             WHERE d.queue_at IS NOT NULL AND ($1 = '' OR d.mailbox = $1)
+             GROUP BY d.mailbox",
+            &[&mailbox],
+        )
+        .await
+        .map_err(pg)?;
+    for row in &oldest {
+        let mb: &str = row.get(0);
+        if let Some(entry) = out.iter_mut().find(|m| m.mailbox == mb) {
+            entry.oldest_pending_accepted_at = Some(timestamp(row.get::<_, i64>(1) as u64));
         }
     }
     Ok(out)

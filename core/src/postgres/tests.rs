@@ -345,6 +345,19 @@ async fn an_import_overtaken_by_another_cores_fails_and_the_later_one_wins() {
     crate::backend::conformance::an_overtaken_import_fails_and_the_later_one_wins(&a, &b).await;
 }
 
+/// Paging newest first and the oldest pending delivery on PostgreSQL (conformance).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_page_both_ways_and_the_oldest_pending_is_reported() {
+    let Some((_cluster, url)) = database("pg_pages").await else {
+        return;
+    };
+    let a = PgBackend::open(&url, 4, true, 1024, "core-a", None)
+        .await
+        .unwrap();
+    crate::backend::conformance::deliveries_page_both_ways_and_the_oldest_pending_is_reported(&a)
+        .await;
+}
+
 /// Replay on PostgreSQL: the conformance test both engines pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_resends_what_the_window_kept() {

@@ -241,6 +241,26 @@ impl OperatorService for Operator {
         use pb::list_subscriptions_request::Filter;
         let req = request.into_inner();
         let filter = match req.filter {
+            Some(Filter::SubscriptionId(id)) => {
+                let found = match parse_id(&id.to_ascii_lowercase()) {
+                    Some(id) => self
+                        .state
+                        .store
+                        .subscription(id)
+                        .await
+                        .map_err(|e| Fault::store(e, "list-subscriptions"))?
+                        .map(|s| (id, s)),
+                    None => None,
+                };
+                let now = now_ms();
+                return Ok(Response::new(pb::ListSubscriptionsResponse {
+                    subscriptions: found
+                        .into_iter()
+                        .map(|(id, s)| Self::record(s, id, now))
+                        .collect(),
+                    next_page_token: String::new(),
+                }));
+            }
             None => ListFilter::All,
             Some(Filter::OdsCode(c)) => ListFilter::Owner(c.to_ascii_uppercase()),
             Some(Filter::Mailbox(m)) => ListFilter::Mailbox(m.to_ascii_uppercase()),
@@ -296,6 +316,7 @@ impl OperatorService for Operator {
             state: (state != pb::DeliveryState::Unspecified).then_some(state),
             event_code: req.event_code,
             error_code: req.error_code,
+            newest_first: req.newest_first,
         };
         let size = page_size(req.page_size);
         let token = req.page_token;
@@ -631,7 +652,20 @@ impl OperatorService for Operator {
             subscriptions: totals.subscriptions,
             events_accepted: totals.events_accepted,
             deliveries_pending: totals.deliveries_pending,
-            reference_generations: totals.reference_generations,
+            reference_generations: totals.reference.iter().map(|m| m.generation).collect(),
+            reference_data: totals
+                .reference
+                .iter()
+                .zip(backend::SET_NAMES)
+                .map(|(m, name)| pb::ReferenceDataStatus {
+                    name: name.to_string(),
+                    generation: m.generation,
+                    rows: m.rows,
+                    format: m.format.clone(),
+                    source: m.source.clone(),
+                    imported_at: (m.imported_ms != 0).then(|| timestamp(m.imported_ms)),
+                })
+                .collect(),
             patients: totals.patients,
         }))
     }

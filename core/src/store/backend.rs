@@ -245,8 +245,8 @@ impl Backend for Store {
                 subscriptions: subscriptions::live_count(tx)?,
                 events_accepted: events::accepted_count(tx)?,
                 deliveries_pending: ledger::pending(tx)?,
-                reference_generations: (0..SET_NAMES.len())
-                    .map(|set| refdata::meta(tx, set).map(|m| m.generation))
+                reference: (0..SET_NAMES.len())
+                    .map(|set| refdata::meta(tx, set))
                     .collect::<Result<_, _>>()?,
                 patients: demographics::count(tx)?,
             })
@@ -535,6 +535,23 @@ mod tests {
         .unwrap();
         crate::backend::conformance::an_overtaken_import_fails_and_the_later_one_wins(
             &store, &store,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn deliveries_page_both_ways_and_the_oldest_pending_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path(),
+            StoreOptions {
+                durable: false,
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap();
+        crate::backend::conformance::deliveries_page_both_ways_and_the_oldest_pending_is_reported(
+            &store,
         )
         .await;
     }

@@ -837,7 +837,8 @@ pub(crate) fn check_replay_size(n: usize, selection: &ReplaySelection) -> Result
     Ok(())
 }
 
-/// Lists one page of ledger rows in delivery order; the token is the last id returned.
+/// Lists one page of ledger rows in delivery order (or newest first); the token is the last
+/// id returned.
 ///
 /// The candidate ids come lazily from the narrowest index the query allows (the event's id
 /// range, the mailbox index, the state index, or the ledger itself), and the scan stops at
@@ -851,7 +852,18 @@ pub(crate) fn list(
 ) -> Result<(Vec<pb::DeliveryRecord>, String), StoreError> {
     let deliveries = tx.open_table(DELIVERIES)?;
     let after: u64 = page_token.parse().unwrap_or(0);
-    let start = if page_token.is_empty() { 0 } else { after + 1 };
+    // The ids the page may hold: oldest first from just after the token, or newest first
+    // from just below it.
+    let (low, high) = match (query.newest_first, page_token.is_empty()) {
+        (false, true) => (0, u64::MAX),
+        (false, false) => (after.saturating_add(1), u64::MAX),
+        (true, true) => (0, u64::MAX),
+        (true, false) if after == 0 => return Ok((Vec::new(), String::new())),
+        (true, false) => (0, after - 1),
+    };
+    let rev = query.newest_first;
+    let by_mailbox;
+    let by_state;
     let ids: Box<dyn Iterator<Item = Result<u64, StoreError>>> = if !query.event_id.is_empty() {
         let Some(event_id) = parse_id(&query.event_id) else {
             return Ok((Vec::new(), String::new()));
@@ -860,21 +872,29 @@ pub(crate) fn list(
             Some((_, e)) => e.first_delivery..e.first_delivery + u64::from(e.deliveries),
             None => 0..0,
         };
-        Box::new(range.filter(move |id| *id >= start).map(Ok))
+        let range = range.start.max(low)..range.end.min(high.saturating_add(1));
+        ordered(range.map(Ok), rev)
     } else if !query.mailbox.is_empty() {
         let mb = query.mailbox.as_str();
-        let range = tx
-            .open_table(DELIVERIES_BY_MAILBOX)?
-            .range((mb, start)..=(mb, u64::MAX))?;
-        Box::new(range.map(|r| r.map(|(k, _)| k.value().1).map_err(StoreError::from)))
+        by_mailbox = tx.open_table(DELIVERIES_BY_MAILBOX)?;
+        let range = by_mailbox.range((mb, low)..=(mb, high))?;
+        ordered(
+            range.map(|r| r.map(|(k, _)| k.value().1).map_err(StoreError::from)),
+            rev,
+        )
     } else if let Some(state) = query.state {
-        let range = tx
-            .open_table(DELIVERIES_BY_STATE)?
-            .range((state as u8, start)..=(state as u8, u64::MAX))?;
-        Box::new(range.map(|r| r.map(|(k, _)| k.value().1).map_err(StoreError::from)))
+        by_state = tx.open_table(DELIVERIES_BY_STATE)?;
+        let range = by_state.range((state as u8, low)..=(state as u8, high))?;
+        ordered(
+            range.map(|r| r.map(|(k, _)| k.value().1).map_err(StoreError::from)),
+            rev,
+        )
     } else {
-        let range = deliveries.range(start..)?;
-        Box::new(range.map(|r| r.map(|(k, _)| k.value()).map_err(StoreError::from)))
+        let range = deliveries.range(low..=high)?;
+        ordered(
+            range.map(|r| r.map(|(k, _)| k.value()).map_err(StoreError::from)),
+            rev,
+        )
     };
     let mut out = Vec::new();
     for id in ids {
@@ -895,6 +915,18 @@ pub(crate) fn list(
         }
     }
     Ok((out, String::new()))
+}
+
+/// `ids` in their order, or reversed.
+fn ordered<'a>(
+    ids: impl DoubleEndedIterator<Item = Result<u64, StoreError>> + 'a,
+    rev: bool,
+) -> Box<dyn Iterator<Item = Result<u64, StoreError>> + 'a> {
+    if rev {
+        Box::new(ids.rev())
+    } else {
+        Box::new(ids)
+    }
 }
 
 /// Per-mailbox counts by state.
@@ -929,6 +961,24 @@ pub(crate) fn stats(
             Ok(pb::DeliveryState::DeadLettered) => entry.dead_lettered = n,
             Ok(pb::DeliveryState::Suppressed) => entry.suppressed = n,
             _ => {}
+        }
+    }
+    // The oldest pending delivery of each mailbox that has one: the lowest id among its
+    // queue keys (ids grow with acceptance), so the scan is bounded by the backlog.
+    let queue = tx.open_table(QUEUE)?;
+    let deliveries = tx.open_table(DELIVERIES)?;
+    for entry in out.iter_mut().filter(|m| m.queued + m.in_flight > 0) {
+        let mb = entry.mailbox.as_str();
+        let mut oldest: Option<u64> = None;
+        for item in queue.range((mb, 0u64, 0u64)..=(mb, u64::MAX, u64::MAX))? {
+            let id = item?.0.value().2;
+            oldest = Some(oldest.map_or(id, |o| o.min(id)));
+        }
+        if let Some(id) = oldest
+            && let Some(bytes) = deliveries.get(id)?
+        {
+            let d = StoredDelivery::decode(bytes.value())?;
+            entry.oldest_pending_accepted_at = Some(timestamp(d.accepted_ms));
         }
     }
     Ok(out)

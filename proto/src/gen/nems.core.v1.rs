@@ -3480,7 +3480,7 @@ pub struct ListSubscriptionsRequest {
     #[prost(bool, tag = "7")]
     pub include_deleted: bool,
     /// The filter; none lists everything.
-    #[prost(oneof = "list_subscriptions_request::Filter", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "list_subscriptions_request::Filter", tags = "1, 2, 3, 4, 8")]
     pub filter: ::core::option::Option<list_subscriptions_request::Filter>,
 }
 /// Nested message and enum types in `ListSubscriptionsRequest`.
@@ -3500,6 +3500,9 @@ pub mod list_subscriptions_request {
         /// Generic subscriptions for this rule (and organisation code, when given).
         #[prost(message, tag = "4")]
         Rule(super::RuleFilter),
+        /// The one subscription with this id (deleted or not).
+        #[prost(string, tag = "8")]
+        SubscriptionId(::prost::alloc::string::String),
     }
 }
 /// RuleFilter selects generic subscriptions by rule.
@@ -3546,6 +3549,9 @@ pub struct ListDeliveriesRequest {
     /// Token from the previous page; empty for the first.
     #[prost(string, tag = "7")]
     pub page_token: ::prost::alloc::string::String,
+    /// Newest first (descending delivery order) instead of oldest first.
+    #[prost(bool, tag = "8")]
+    pub newest_first: bool,
 }
 /// ListDeliveriesResponse is one page of ledger rows.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -3700,6 +3706,9 @@ pub struct MailboxStats {
     /// Deliveries suppressed.
     #[prost(uint64, tag = "6")]
     pub suppressed: u64,
+    /// When the oldest delivery still queued or in flight was accepted; unset when none is.
+    #[prost(message, optional, tag = "7")]
+    pub oldest_pending_accepted_at: ::core::option::Option<::prost_types::Timestamp>,
 }
 /// GetMailboxStatsResponse carries the counts.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -4066,7 +4075,7 @@ pub struct ListAuditResponse {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct GetStatusRequest {}
 /// GetStatusResponse reports the service status.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct GetStatusResponse {
     /// Service version.
     #[prost(string, tag = "1")]
@@ -4089,6 +4098,31 @@ pub struct GetStatusResponse {
     /// Patients in the demographics store.
     #[prost(uint64, tag = "7")]
     pub patients: u64,
+    /// Each reference data set in force, in `ReferenceDataSet` order.
+    #[prost(message, repeated, tag = "8")]
+    pub reference_data: ::prost::alloc::vec::Vec<ReferenceDataStatus>,
+}
+/// ReferenceDataStatus describes the reference data set in force.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReferenceDataStatus {
+    /// The set: `postcodes`, `practices` or `code-map`.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// Its generation (0: never imported).
+    #[prost(uint64, tag = "2")]
+    pub generation: u64,
+    /// Rows in force.
+    #[prost(uint64, tag = "3")]
+    pub rows: u64,
+    /// Detected format of the file it came from.
+    #[prost(string, tag = "4")]
+    pub format: ::prost::alloc::string::String,
+    /// The file's name.
+    #[prost(string, tag = "5")]
+    pub source: ::prost::alloc::string::String,
+    /// When it was switched in; unset when never imported or not recorded.
+    #[prost(message, optional, tag = "6")]
+    pub imported_at: ::core::option::Option<::prost_types::Timestamp>,
 }
 /// ReferenceDataSet names one replaceable reference data set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]

@@ -111,6 +111,11 @@ pub struct OpsConfig {
     /// Listen address of `nems mesh-adapter`.
     #[serde(with = "ops_addr")]
     pub adapter_listen: Option<std::net::SocketAddr>,
+    /// Who may open the operations console: a file of `name sha256:<hex>` lines, one per
+    /// operator, each the SHA-256 of that operator's bearer token. Given, the console asks
+    /// for a token (a login form, or `Authorization: Bearer`); required where the operator
+    /// API requires operator TLS (absent there, the console refuses everyone).
+    pub console_tokens_file: Option<PathBuf>,
 }
 
 /// An ops endpoint address, or `"off"` for none.
@@ -152,6 +157,7 @@ impl Default for OpsConfig {
             core_listen: local(9101),
             edge_listen: local(9102),
             adapter_listen: local(9103),
+            console_tokens_file: None,
         }
     }
 }
@@ -467,6 +473,9 @@ impl NemsConfig {
         if let Some(url) = &self.operator_url {
             crate::remote::check_url(url).context("operator_url")?;
         }
+        if let Some(file) = &self.ops.console_tokens_file {
+            crate::console::Tokens::read(file).context("ops.console_tokens_file")?;
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
             anyhow::anyhow!("log.level `{}` is not a valid filter: {e}", self.log.level)
         })?;
@@ -508,6 +517,29 @@ mod tests {
         c.apply(&env(&[])).unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("edge.service_asid"), "{e}");
+    }
+
+    #[test]
+    fn a_console_token_file_is_checked_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("console-tokens");
+        let config = |file: &std::path::Path| {
+            NemsConfig::parse(&format!(
+                "[ops]\nconsole_tokens_file = {:?}\n",
+                file.display().to_string()
+            ))
+            .unwrap()
+        };
+        let e = format!("{:#}", config(&file).validate().unwrap_err());
+        assert!(
+            e.contains("ops.console_tokens_file") && e.contains("cannot read"),
+            "{e}"
+        );
+        std::fs::write(&file, "alice sha256:beef\n").unwrap();
+        let e = format!("{:#}", config(&file).validate().unwrap_err());
+        assert!(e.contains("line 1") && e.contains("64 hex digits"), "{e}");
+        std::fs::write(&file, crate::console::Tokens::line("alice", "t")).unwrap();
+        config(&file).validate().unwrap();
     }
 
     #[test]

@@ -8,15 +8,20 @@
 //! chart library or script to vendor), and every action is a plain HTML form (no script
 //! at all), so the console is a few kilobytes per page and works in any browser.
 //!
-//! Who may open it: only clients on loopback, and only while the operator API needs no
-//! operator credentials. Where operator TLS is on, the console answers 403: it never
-//! serves operators anonymously where `nems admin` would need a certificate. A form
-//! posted from another origin (a page in the operator's browser posting to loopback) is
-//! refused.
+//! Who may open it ([`Access`]): only clients on loopback; where the operator API needs no
+//! operator credentials, anyone there, unless `ops.console_tokens_file` names the
+//! operators, who then sign in with a bearer token (a login form setting an HttpOnly,
+//! SameSite=Strict cookie, or `Authorization: Bearer`). Where operator TLS is on, the
+//! token list is required (without it the console answers 403 to everyone: it never serves
+//! anonymously what `nems admin` needs a certificate for), the console calls core with an
+//! operator certificate of its own, and core audits each change with that certificate and
+//! the console user it acts for. A form posted from another origin (a page in the
+//! operator's browser posting to loopback) is refused.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +33,7 @@ use hyper::body::Incoming;
 use nems_proto::v1 as pb;
 use nems_proto::v1::directory_service_client::DirectoryServiceClient;
 use nems_proto::v1::operator_service_client::OperatorServiceClient;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 /// Rows per listing page.
@@ -44,32 +50,159 @@ struct Samples {
     points: VecDeque<(u64, u64)>,
 }
 
-/// The console of one process: its operator API client and its chart samples.
+/// Who may open the console.
+#[derive(Debug, Clone)]
+pub enum Access {
+    /// Anyone on this host (the operator API needs no operator credentials).
+    Loopback,
+    /// The operators holding one of these bearer tokens.
+    Tokens(Tokens),
+    /// No one, for this reason.
+    Refused(&'static str),
+}
+
+/// The console's operators: each one's name and the SHA-256 of its bearer token, read
+/// from `ops.console_tokens_file` (lines `name sha256:<64 hex>`; `#` comments).
+#[derive(Debug, Clone, Default)]
+pub struct Tokens(Arc<Vec<(String, [u8; 32])>>);
+
+impl Tokens {
+    /// Reads a token file.
+    pub fn read(path: &Path) -> anyhow::Result<Tokens> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        Tokens::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    /// Parses a token file's text; the error names the line (never a token).
+    pub fn parse(text: &str) -> Result<Tokens, String> {
+        let mut out = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let bad = |why: &str| format!("line {}: {why}", n + 1);
+            let (name, hash) = line
+                .split_once(char::is_whitespace)
+                .ok_or_else(|| bad("write `name sha256:<64 hex digits>`"))?;
+            if !nems_runtime::ops::is_console_user_name(name) {
+                return Err(bad("a name is 1 to 64 of A-Z a-z 0-9 . _ @ -"));
+            }
+            let hex = hash
+                .trim()
+                .strip_prefix("sha256:")
+                .ok_or_else(|| bad("the hash starts with sha256:"))?;
+            let mut digest = [0u8; 32];
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad("the hash is 64 hex digits after sha256:"));
+            }
+            for (i, byte) in digest.iter_mut().enumerate() {
+                *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+                    .map_err(|_| bad("the hash is 64 hex digits after sha256:"))?;
+            }
+            if out.iter().any(|(other, _)| other == name) {
+                return Err(bad("the name is given twice"));
+            }
+            out.push((name.to_owned(), digest));
+        }
+        if out.is_empty() {
+            return Err("the file names no operator".into());
+        }
+        Ok(Tokens(Arc::new(out)))
+    }
+
+    /// The line of a token file for `name` holding `token` (`name sha256:<hex>`).
+    pub fn line(name: &str, token: &str) -> String {
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(token.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{name} sha256:{hex}")
+    }
+
+    /// The operator whose token this is.
+    fn who(&self, token: &str) -> Option<&str> {
+        let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()).into();
+        self.0
+            .iter()
+            .find(|(_, hash)| {
+                // Compared in full whatever the first difference (no early exit).
+                hash.iter()
+                    .zip(digest.iter())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+            })
+            .map(|(name, _)| name.as_str())
+    }
+}
+
+/// Names, in [`nems_runtime::ops::CONSOLE_USER_METADATA`], the operator the console acts
+/// for on each call to core.
+#[derive(Debug, Clone, Default)]
+pub struct ActingFor(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for ActingFor {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(name) = &self.0 {
+            request
+                .metadata_mut()
+                .insert(nems_runtime::ops::CONSOLE_USER_METADATA, name.clone());
+        }
+        Ok(request)
+    }
+}
+
+type OperatorClient = OperatorServiceClient<InterceptedService<Channel, ActingFor>>;
+type DirectoryClient = DirectoryServiceClient<InterceptedService<Channel, ActingFor>>;
+
+/// The cookie the login form sets.
+const COOKIE: &str = "nems_console";
+
+/// The console of one process: its operator API clients, who may open it, and its chart
+/// samples.
 #[derive(Debug, Clone)]
 pub struct Console {
-    client: OperatorServiceClient<Channel>,
-    directory: DirectoryServiceClient<Channel>,
-    /// Why the console is refused (operator credentials required), if it is.
-    refused: Option<&'static str>,
+    channel: Channel,
+    client: OperatorClient,
+    directory: DirectoryClient,
+    access: Access,
     backlog_bound: u64,
     samples: Arc<Mutex<Samples>>,
 }
 
 impl Console {
-    /// A console over the operator API at `channel`; `credentials_required`: the operator
-    /// API requires operator credentials (operator TLS), so the console refuses every
-    /// request. `backlog_bound` is `core.max_pending_deliveries`.
-    pub fn new(channel: Channel, credentials_required: bool, backlog_bound: u64) -> Console {
+    /// A console over the operator API at `channel` (with the console's operator
+    /// certificate where operator TLS is on), open to `access`; `backlog_bound` is
+    /// `core.max_pending_deliveries`.
+    pub fn new(channel: Channel, access: Access, backlog_bound: u64) -> Console {
         Console {
-            client: OperatorServiceClient::new(channel.clone()),
-            directory: DirectoryServiceClient::new(channel),
-            refused: credentials_required.then_some(
-                "the operator API requires operator credentials (operator TLS), and the \
-                 console does not serve operators anonymously: use nems admin with the \
-                 operator certificate",
+            client: OperatorServiceClient::with_interceptor(channel.clone(), ActingFor::default()),
+            directory: DirectoryServiceClient::with_interceptor(
+                channel.clone(),
+                ActingFor::default(),
             ),
+            channel,
+            access,
             backlog_bound,
             samples: Arc::default(),
+        }
+    }
+
+    /// This console acting for `user` on its calls to core.
+    fn acting_for(&self, user: &str) -> Console {
+        let name = tonic::metadata::AsciiMetadataValue::try_from(user).ok();
+        Console {
+            client: OperatorServiceClient::with_interceptor(
+                self.channel.clone(),
+                ActingFor(name.clone()),
+            ),
+            directory: DirectoryServiceClient::with_interceptor(
+                self.channel.clone(),
+                ActingFor(name),
+            ),
+            ..self.clone()
         }
     }
 
@@ -113,15 +246,40 @@ impl Console {
                 "the console answers clients on this host only",
             );
         }
-        if let Some(why) = self.refused {
-            return refused(StatusCode::FORBIDDEN, why);
-        }
         if req.method() == Method::POST && !same_origin(&req) {
             return refused(
                 StatusCode::FORBIDDEN,
                 "a form posted from another site is refused",
             );
         }
+        match &self.access {
+            Access::Refused(why) => refused(StatusCode::FORBIDDEN, why),
+            Access::Loopback => self.route(req, None).await,
+            Access::Tokens(tokens) => {
+                let path = req.uri().path().trim_end_matches('/');
+                match (req.method().clone(), path) {
+                    (Method::GET, "/console/login") => return login_page(StatusCode::OK, None),
+                    (Method::POST, "/console/login") => return sign_in(req, tokens).await,
+                    (Method::POST, "/console/logout") => return sign_out(),
+                    _ => {}
+                }
+                let presented = presented_token(&req);
+                let Some(user) = presented.as_deref().and_then(|t| tokens.who(t)) else {
+                    let why = if presented.is_some() {
+                        "That token is not valid (or has been withdrawn)."
+                    } else {
+                        "Sign in with your console token."
+                    };
+                    return login_page(StatusCode::UNAUTHORIZED, Some(why));
+                };
+                let user = user.to_owned();
+                self.acting_for(&user).route(req, Some(&user)).await
+            }
+        }
+    }
+
+    /// Answers a request the console's access rules let through.
+    async fn route(&self, req: Request<Incoming>, user: Option<&str>) -> Response<Full<Bytes>> {
         let path = req.uri().path().trim_end_matches('/').to_owned();
         let query = parse_form(req.uri().query().unwrap_or_default());
         let outcome = match (req.method().clone(), path.as_str()) {
@@ -167,7 +325,7 @@ impl Console {
             _ => Err(Failure::NotFound),
         };
         match outcome {
-            Ok(html) => page(StatusCode::OK, html),
+            Ok(html) => page(StatusCode::OK, with_user(html, user)),
             Err(Failure::NotFound) => refused(StatusCode::NOT_FOUND, "no such console page"),
             Err(Failure::Bad(text)) => refused(StatusCode::BAD_REQUEST, &text),
             Err(Failure::Core(status))
@@ -761,6 +919,7 @@ impl Console {
                 action: action.clone(),
                 page_size: PAGE,
                 page_token: value(query, "page").unwrap_or_default().to_owned(),
+                newest_first: true,
                 ..Default::default()
             })
             .await?
@@ -1039,6 +1198,13 @@ struct Audit {
 }
 
 #[derive(Template)]
+#[template(path = "console/login.html")]
+struct Login {
+    page: &'static str,
+    message: Option<String>,
+}
+
+#[derive(Template)]
 #[template(path = "console/refused.html")]
 struct Refused<'a> {
     page: &'static str,
@@ -1084,6 +1250,91 @@ fn refused(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
     .render()
     .unwrap_or_else(|_| text.to_owned());
     page(status, html)
+}
+
+/// The bearer token a request presents: `Authorization: Bearer`, else the login cookie.
+fn presented_token<B>(req: &Request<B>) -> Option<String> {
+    let headers = req.headers();
+    if let Some(auth) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        let (scheme, token) = auth.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_owned());
+    }
+    headers
+        .get_all("cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.to_owned())
+}
+
+fn login_page(status: StatusCode, message: Option<&str>) -> Response<Full<Bytes>> {
+    let html = Login {
+        page: "",
+        message: message.map(str::to_owned),
+    }
+    .render()
+    .unwrap_or_default();
+    let mut response = page(status, html);
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            "www-authenticate",
+            http::HeaderValue::from_static("Bearer realm=\"nems console\""),
+        );
+    }
+    response
+}
+
+/// The login form's answer: the cookie and a redirect to the overview, or the form again.
+async fn sign_in(req: Request<Incoming>, tokens: &Tokens) -> Response<Full<Bytes>> {
+    let form = match read_form(req).await {
+        Ok(form) => form,
+        Err(_) => return login_page(StatusCode::BAD_REQUEST, Some("The form was cut off.")),
+    };
+    let token = value(&form, "token").unwrap_or_default().trim().to_owned();
+    if tokens.who(&token).is_none() {
+        return login_page(
+            StatusCode::UNAUTHORIZED,
+            Some("That token is not valid (or has been withdrawn)."),
+        );
+    }
+    let cookie =
+        format!("{COOKIE}={token}; Path=/console; HttpOnly; SameSite=Strict; Max-Age=43200");
+    redirect("/console/", http::HeaderValue::from_str(&cookie).ok())
+}
+
+fn sign_out() -> Response<Full<Bytes>> {
+    let cookie = format!("{COOKIE}=; Path=/console; HttpOnly; SameSite=Strict; Max-Age=0");
+    redirect("/console/login", http::HeaderValue::from_str(&cookie).ok())
+}
+
+fn redirect(to: &'static str, cookie: Option<http::HeaderValue>) -> Response<Full<Bytes>> {
+    let mut response = page(StatusCode::SEE_OTHER, String::new());
+    let headers = response.headers_mut();
+    headers.insert("location", http::HeaderValue::from_static(to));
+    if let Some(cookie) = cookie {
+        headers.insert("set-cookie", cookie);
+    }
+    response
+}
+
+/// `html` with who is signed in, and a sign-out button, in its header.
+fn with_user(html: String, user: Option<&str>) -> String {
+    match user {
+        // The name needs no escaping: `is_console_user_name` allows no markup.
+        Some(name) if nems_runtime::ops::is_console_user_name(name) => html.replacen(
+            "<!--user-->",
+            &format!(
+                "<span id=\"user\">{name}</span><form class=\"inline\" method=\"post\" \
+                 action=\"/console/logout\"><button id=\"sign-out\">Sign out</button></form>"
+            ),
+            1,
+        ),
+        _ => html,
+    }
 }
 
 /// True unless the browser says the form came from another origin.
@@ -1284,6 +1535,59 @@ mod tests {
         assert!(post(None, None));
         assert!(!post(Some("http://evil.example"), None));
         assert!(!post(Some("http://127.0.0.1:9000"), Some("cross-site")));
+    }
+
+    #[test]
+    fn token_files_name_operators_by_the_hash_of_their_token() {
+        let text = format!(
+            "# who may open the console\n\n{}\n{}\n",
+            Tokens::line("alice", "secret-a"),
+            Tokens::line("bob.smith@nhs", "secret-b")
+        );
+        let tokens = Tokens::parse(&text).unwrap();
+        assert_eq!(tokens.who("secret-a"), Some("alice"));
+        assert_eq!(tokens.who("secret-b"), Some("bob.smith@nhs"));
+        assert_eq!(tokens.who("secret-c"), None);
+        assert_eq!(tokens.who(""), None);
+        assert!(!text.contains("secret-a"), "the file holds hashes only");
+        let bad = |text: &str| Tokens::parse(text).unwrap_err();
+        assert_eq!(bad(""), "the file names no operator");
+        assert!(bad("alice").starts_with("line 1:"));
+        assert!(bad("alice sha256:abcd").contains("64 hex digits"));
+        assert!(bad("al<ice> sha256:00").contains("a name is"));
+        assert!(
+            bad(&format!(
+                "\n{}\n{}",
+                Tokens::line("a", "x"),
+                Tokens::line("a", "y")
+            ))
+            .starts_with("line 3: the name is given twice")
+        );
+    }
+
+    #[test]
+    fn a_token_comes_from_the_bearer_header_or_the_login_cookie() {
+        let with =
+            |name: &str, value: &str| Request::builder().header(name, value).body(()).unwrap();
+        assert_eq!(
+            presented_token(&with("authorization", "Bearer abc")).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(presented_token(&with("authorization", "Basic abc")), None);
+        assert_eq!(
+            presented_token(&with("cookie", "x=1; nems_console=tok; y=2")).as_deref(),
+            Some("tok")
+        );
+        assert_eq!(presented_token(&with("cookie", "nems_consolex=tok")), None);
+        assert_eq!(presented_token(&Request::new(())), None);
+    }
+
+    #[test]
+    fn the_signed_in_operator_is_shown_in_the_header() {
+        let html = "<header><!--user--></header>".to_owned();
+        assert!(with_user(html.clone(), Some("alice")).contains("<span id=\"user\">alice</span>"));
+        assert_eq!(with_user(html.clone(), None), html);
+        assert_eq!(with_user(html.clone(), Some("<b>")), html, "never markup");
     }
 
     #[test]

@@ -85,16 +85,50 @@ async fn start_ops(
     }))
 }
 
-/// Opens the console on `ops` over core's operator API at `operator`: refused in full
-/// where that API requires operator credentials (`core.operator_tls`).
+/// Opens the console on `ops` over core's operator API at `operator`. Where that API
+/// requires operator credentials (`core.operator_tls`), the console requires a console
+/// token (`ops.console_tokens_file`) and calls core with the operator certificate of
+/// `[operator_tls]`; without a token list it refuses everyone.
 fn open_console(ops: &Ops, config: &NemsConfig, operator: SocketAddr) -> anyhow::Result<()> {
-    let credentials_required = config.core.operator_tls.is_some();
-    let channel = crate::remote::Remote::plain(&url_of(operator, false)).channel()?;
-    let console = Console::new(
-        channel,
-        credentials_required,
-        config.core.max_pending_deliveries,
-    );
+    use crate::console::{Access, Tokens};
+    let tls_required = config.core.operator_tls.is_some();
+    let tokens = config
+        .ops
+        .console_tokens_file
+        .as_deref()
+        .map(Tokens::read)
+        .transpose()
+        .context("ops.console_tokens_file")?;
+    let plain = || crate::remote::Remote::plain(&url_of(operator, false)).channel();
+    let (channel, access) = match (tokens, tls_required) {
+        (None, false) => (plain()?, Access::Loopback),
+        (None, true) => (
+            plain()?,
+            Access::Refused(
+                "the operator API requires operator credentials (operator TLS), and no \
+                 console tokens are configured (ops.console_tokens_file): the console \
+                 serves no one anonymously; use nems admin with the operator certificate",
+            ),
+        ),
+        (Some(tokens), false) => (plain()?, Access::Tokens(tokens)),
+        (Some(tokens), true) => {
+            let certificate = config
+                .operator_tls
+                .as_ref()
+                .is_some_and(|tls| tls.cert_file.is_some() && tls.key_file.is_some());
+            if !certificate {
+                anyhow::bail!(
+                    "ops.console_tokens_file is set and core.operator_tls is on, so the console \
+                     calls the operator API over TLS: set [operator_tls] with ca_file and the \
+                     console's operator certificate (cert_file, key_file), an identity named \
+                     in core.clients.operator"
+                );
+            }
+            let remote = crate::remote::Remote::from_config(config, Some(&url_of(operator, true)))?;
+            (remote.channel()?, Access::Tokens(tokens))
+        }
+    };
+    let console = Console::new(channel, access, config.core.max_pending_deliveries);
     console.start_sampling();
     let _ = ops.console.set(console);
     Ok(())
@@ -222,7 +256,10 @@ pub async fn core(config: NemsConfig, shutdown: Shutdown) -> anyhow::Result<()> 
         reason = "the run command prints where it listens"
     )]
     {
-        println!("nems core: gRPC on {addr}, operator API on {operator}");
+        let console = ops.as_ref().map_or_else(String::new, |ops| {
+            format!(", console http://{}/console/", ops.addr)
+        });
+        println!("nems core: gRPC on {addr}, operator API on {operator}{console}");
     }
     nems_core::run(config.core, listeners, shutdown.wait())
         .await

@@ -262,6 +262,20 @@ pub fn readiness() -> Vec<(String, String)> {
         .collect()
 }
 
+/// The gRPC metadata key in which the operations console names the operator it
+/// authenticated (by bearer token) when it calls core's operator API. Core records it in
+/// the audit trail beside the client certificate it verified, and only then: without a
+/// verified certificate the name is ignored.
+pub const CONSOLE_USER_METADATA: &str = "x-nems-console-user";
+
+/// Whether `name` is a console user name: 1 to 64 of `A-Z a-z 0-9 . _ @ -`.
+pub fn is_console_user_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b))
+}
+
 /// Every readiness check of this process by name, each with why it fails, if it does
 /// (the operations console shows them all, passing or not).
 pub fn checks() -> Vec<(String, Option<String>)> {
@@ -277,6 +291,16 @@ mod tests {
     use prometheus_client::metrics::counter::Counter;
 
     use super::*;
+
+    #[test]
+    fn console_user_names_are_plain() {
+        assert!(is_console_user_name("alice"));
+        assert!(is_console_user_name("a.b_c-d@nhs.net"));
+        assert!(!is_console_user_name(""));
+        assert!(!is_console_user_name(&"a".repeat(65)));
+        assert!(!is_console_user_name("alice smith"));
+        assert!(!is_console_user_name("<script>"));
+    }
 
     #[test]
     fn metrics_and_checks() {

@@ -9,7 +9,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use nems_cli::console::Console;
+use nems_cli::console::{Access, Console, Tokens};
 use nems_e2e::browser::{Browser, screenshot_dir};
 use nems_e2e::eventually::eventually;
 use nems_e2e::http::HttpClient;
@@ -19,7 +19,11 @@ use nems_proto::v1 as pb;
 use tokio::net::TcpListener;
 
 use nems_e2e::mesh_sandbox::{MeshSandbox, RECIPIENT_MAILBOXES};
+use nems_e2e::pki::{self, TestPki};
 use nems_e2e::tools;
+use nems_proto::v1::operator_service_client::OperatorServiceClient;
+use nems_runtime::tls::{ClientTls, ServerTls};
+use tonic::transport::Endpoint;
 
 use crate::delivery_sandbox::sandbox_stack_with;
 use crate::delivery_support::{
@@ -31,18 +35,27 @@ use nems_e2e::spine;
 const OK: &str = "CONOKMB01";
 const DEAD: &str = "CONDEADMB01";
 
-/// Serves the console of `stack` on a loopback port until `stop` is dropped; its base URL.
+/// Serves the console of `stack` (plain operator API, open on loopback) on a loopback
+/// port until `stop` is dropped; its base URL.
 async fn serve_console(
     stack: &TestStack,
-    credentials_required: bool,
+    access: Access,
 ) -> (String, tokio::sync::oneshot::Sender<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let channel = nems_cli::remote::Remote::plain(&format!("http://{}", stack.operator_addr))
         .channel()
         .unwrap();
+    serve_console_on(channel, access).await
+}
+
+/// Serves a console over the operator API at `channel`.
+async fn serve_console_on(
+    channel: tonic::transport::Channel,
+    access: Access,
+) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
     let console = Arc::new(OnceLock::new());
-    let _ = console.set(Console::new(channel, credentials_required, 1_000));
+    let _ = console.set(Console::new(channel, access, 1_000));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(nems_cli::ops::serve_with_console(
         listener,
@@ -98,7 +111,7 @@ async fn every_page_opens_and_a_dead_letter_redriven_from_the_console_is_deliver
         (dead == 2 && ok.len() == 3 && delivered).then_some(rows)
     })
     .await;
-    let (base, _stop) = serve_console(&stack, false).await;
+    let (base, _stop) = serve_console(&stack, Access::Loopback).await;
     let shots = screenshot_dir();
     let no_nhs_number = |page: &str, html: &str| {
         assert!(!html.contains(NHS_NUMBER), "{page} shows an NHS number");
@@ -189,7 +202,9 @@ async fn every_page_opens_and_a_dead_letter_redriven_from_the_console_is_deliver
         .goto(&format!("{base}/console/dead-letters?mailbox={DEAD}"))
         .await;
     browser.click("#redrive-all").await;
-    assert_eq!(browser.title().await, "Confirm redrive · nems console");
+    browser
+        .wait_for_title("Confirm redrive · nems console")
+        .await;
     browser.screenshot(&shots.join("redrive-confirm.png")).await;
     browser.click("#confirm").await;
     assert_eq!(
@@ -287,10 +302,19 @@ async fn every_page_opens_and_a_dead_letter_redriven_from_the_console_is_deliver
 #[tokio::test]
 async fn the_console_refuses_everyone_where_the_operator_api_requires_credentials() {
     let stack = TestStack::builder().start().await;
-    let (base, _stop) = serve_console(&stack, true).await;
+    let (base, _stop) = serve_console(
+        &stack,
+        Access::Refused("the operator API requires operator credentials"),
+    )
+    .await;
     let addr = base.trim_start_matches("http://").parse().unwrap();
     let http = HttpClient::new(addr);
-    for path in ["/console/", "/console/mailboxes", "/console/dead-letters"] {
+    for path in [
+        "/console/",
+        "/console/mailboxes",
+        "/console/dead-letters",
+        "/console/login",
+    ] {
         let page = http.get(path, &[]).await;
         assert_eq!(page.status, 403, "{path}");
         assert!(page.text().contains("operator credentials"), "{path}");
@@ -306,6 +330,147 @@ async fn the_console_refuses_everyone_where_the_operator_api_requires_credential
         )
         .await;
     assert_eq!(post.status, 403);
+    stack.shutdown().await;
+}
+
+/// Where the operator API requires operator TLS: the console asks for a console token
+/// (none and a wrong one are refused with 401; a bearer header or the
+/// login form's cookie let the operator in), calls core with its own operator
+/// certificate, and core audits a redrive made from it with that certificate and the
+/// console user; signing out ends the session.
+#[tokio::test]
+async fn with_operator_tls_the_console_asks_for_a_token_and_core_audits_the_console_user() {
+    let Some(browser) = Browser::start("console token browser test").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path());
+    let operator_tls = ServerTls {
+        cert_file: pki.server.cert.clone(),
+        key_file: pki.server.key.clone(),
+        client_ca_file: Some(pki.operator_ca.clone()),
+    };
+    let fake = fake().await;
+    fake.set_behaviour(DEAD, Behaviour::Dead);
+    let stack = fake_stack(&fake, &[DEAD])
+        .core(move |c| {
+            c.operator_tls = Some(operator_tls);
+            c.clients.operator = vec![pki::OPERATOR_IDENTITY.into()];
+        })
+        .start()
+        .await;
+    let channel = Endpoint::from_shared(format!("https://{}", stack.operator_addr))
+        .unwrap()
+        .tls_config(
+            ClientTls {
+                ca_file: pki.ca.clone(),
+                cert_file: Some(pki.operator.cert.clone()),
+                key_file: Some(pki.operator.key.clone()),
+                domain: Some("localhost".into()),
+            }
+            .to_tonic()
+            .unwrap(),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut operator = OperatorServiceClient::new(channel.clone());
+    let payload = vaccination_event(NHS_NUMBER, "console-token");
+    let injected = operator
+        .inject_delivery(pb::InjectDeliveryRequest {
+            mailbox: DEAD.into(),
+            event_code: "vaccinations-1".into(),
+            payload: payload.into_bytes().into(),
+            partner_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let list = pb::ListDeliveriesRequest {
+        mailbox: DEAD.into(),
+        state: pb::DeliveryState::DeadLettered.into(),
+        ..Default::default()
+    };
+    eventually("the dead letter", WAIT, || {
+        let mut operator = operator.clone();
+        let list = list.clone();
+        async move {
+            let rows = operator.list_deliveries(list).await.ok()?.into_inner();
+            (rows.deliveries.len() == 1).then_some(())
+        }
+    })
+    .await;
+
+    let tokens = Tokens::parse(&format!(
+        "# console operators\n{}\n{}\n",
+        Tokens::line("alice", "alice-token-0123456789"),
+        Tokens::line("bob", "bob-token-0123456789")
+    ))
+    .unwrap();
+    let (base, _stop) = serve_console_on(channel, Access::Tokens(tokens)).await;
+    let http = HttpClient::new(base.trim_start_matches("http://").parse().unwrap());
+    let anonymous = http.get("/console/", &[]).await;
+    assert_eq!(anonymous.status, 401);
+    assert!(anonymous.text().contains("Sign in"));
+    assert!(anonymous.header("www-authenticate").is_some());
+    let bearer = |token: &str| [("authorization", format!("Bearer {token}"))];
+    let wrong = http.get("/console/", &bearer("not-a-token")).await;
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.text().contains("not valid"));
+    let page = http
+        .get("/console/dead-letters", &bearer("bob-token-0123456789"))
+        .await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert!(page.text().contains(&injected.delivery_id.to_string()));
+
+    // The login form, in the browser.
+    let shots = screenshot_dir();
+    browser.goto(&format!("{base}/console/")).await;
+    assert_eq!(browser.title().await, "Sign in · nems console");
+    browser.fill("#login input[name=token]", "wrong").await;
+    browser.click("#sign-in").await;
+    assert!(browser.text("#message").await.contains("not valid"));
+    browser
+        .fill("#login input[name=token]", "alice-token-0123456789")
+        .await;
+    browser.screenshot(&shots.join("login.png")).await;
+    browser.click("#sign-in").await;
+    browser.wait_for_title("Overview · nems console").await;
+    assert_eq!(browser.text("#user").await, "alice");
+    browser
+        .goto(&format!("{base}/console/dead-letters?mailbox={DEAD}"))
+        .await;
+    browser
+        .click(&format!(
+            "tr[data-id=\"{}\"] button.redrive",
+            injected.delivery_id
+        ))
+        .await;
+    assert_eq!(
+        browser.text("#message").await,
+        format!("Delivery {} is queued again.", injected.delivery_id)
+    );
+    browser
+        .goto(&format!("{base}/console/audit?action=redrive"))
+        .await;
+    let row = browser.text("#audit tr:nth-child(2)").await;
+    assert!(
+        row.contains("operator:operator.nems.test@127.0.0.1 (console user alice)"),
+        "{row}"
+    );
+    browser
+        .screenshot(&shots.join("audit-console-user.png"))
+        .await;
+    browser.click("#sign-out").await;
+    browser.wait_for_title("Sign in · nems console").await;
+    browser.goto(&format!("{base}/console/")).await;
+    assert_eq!(
+        browser.title().await,
+        "Sign in · nems console",
+        "signed out"
+    );
+    browser.close().await;
     stack.shutdown().await;
 }
 
@@ -352,13 +517,13 @@ async fn a_replay_from_the_console_reaches_the_mesh_sandbox() {
     let first = delivered("").await;
     assert_eq!(sandbox.receive_with_mesh_client(&recipient).await.len(), 2);
 
-    let (base, _stop) = serve_console(&stack, false).await;
+    let (base, _stop) = serve_console(&stack, Access::Loopback).await;
     let shots = screenshot_dir();
     browser
         .goto(&format!("{base}/console/mailboxes/{}", recipient.id))
         .await;
     browser.click("#replay").await;
-    assert_eq!(browser.title().await, "Replay · nems console");
+    browser.wait_for_title("Replay · nems console").await;
     let since = prost_types::Timestamp::from(started).to_string();
     browser.fill("#replay-form input[name=since]", &since).await;
     browser

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nems_proto::v1 as pb;
+use nems_proto::v1::operator_service_client::OperatorServiceClient;
 use nems_proto::v1::subscription_service_client::SubscriptionServiceClient;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -99,6 +100,8 @@ pub struct Service {
     pub child: Child,
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// The line it printed that address on.
+    pub banner: String,
 }
 
 impl Service {
@@ -145,7 +148,11 @@ async fn spawn(nems: &Path, args: &[&str], env: &[(&str, String)], marker: &str)
                 .and_then(|a| a.parse().ok())
                 .unwrap_or_else(|| panic!("no address in `{line}`"));
             tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            return Service { child, addr };
+            return Service {
+                child,
+                addr,
+                banner: line,
+            };
         }
     }
 }
@@ -176,6 +183,17 @@ pub async fn settle_postgres(url: &str) -> Duration {
 /// Starts `nems core` on a fresh data directory with the benchmark directory file;
 /// `two_phase_commit` is `core.two_phase_commit`.
 pub async fn start_core(nems: &Path, dir: &Path, durable: bool, two_phase_commit: bool) -> Service {
+    start_core_with(nems, dir, durable, two_phase_commit, &[]).await
+}
+
+/// [`start_core`] with more environment settings (later ones win).
+pub async fn start_core_with(
+    nems: &Path,
+    dir: &Path,
+    durable: bool,
+    two_phase_commit: bool,
+    extra: &[(&str, String)],
+) -> Service {
     let directory = dir.join("directory.toml");
     std::fs::write(&directory, crate::stack::TEST_DIRECTORY).expect("directory file");
     let config = dir.join("nems.toml");
@@ -198,10 +216,54 @@ pub async fn start_core(nems: &Path, dir: &Path, durable: bool, two_phase_commit
             ),
             ("NEMS_CORE_LISTEN", "127.0.0.1:0".into()),
             ("NEMS_CORE_OPERATOR_LISTEN", "127.0.0.1:0".into()),
-        ],
+        ]
+        .into_iter()
+        .chain(extra.iter().cloned())
+        .collect::<Vec<_>>(),
         "gRPC on ",
     )
     .await
+}
+
+/// Injects deliveries `start..end` over the operator API (`InjectDelivery`), spread over
+/// `mailboxes` mailboxes `BENCHMB000…`, each with a small payload.
+pub async fn inject_grpc(
+    operator: SocketAddr,
+    start: u64,
+    end: u64,
+    mailboxes: u64,
+    concurrency: usize,
+) -> Phase {
+    let channel = channel(operator);
+    drive(
+        start,
+        end,
+        concurrency,
+        0,
+        Duration::from_secs(86_400),
+        move |i| {
+            let mut client = OperatorServiceClient::new(channel.clone());
+            async move {
+                client
+                    .inject_delivery(pb::InjectDeliveryRequest {
+                        mailbox: bench_mailbox(i % mailboxes.max(1)),
+                        event_code: "vaccinations-1".into(),
+                        payload: bytes::Bytes::from(format!(
+                            "<Bundle><id value=\"{i}\"/></Bundle>"
+                        )),
+                        partner_id: String::new(),
+                    })
+                    .await
+                    .is_ok()
+            }
+        },
+    )
+    .await
+}
+
+/// The `n`th benchmark mailbox.
+pub fn bench_mailbox(n: u64) -> String {
+    format!("BENCHMB{n:03}")
 }
 
 /// Starts `nems edge` pointing at `core` (per-ASID rate limit off: one ASID drives the load).

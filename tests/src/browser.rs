@@ -94,6 +94,9 @@ impl Browser {
             "/session",
             json!({"capabilities": {"alwaysMatch": {
                 "browserName": "chrome",
+                // Finding an element waits up to 5 s for it to appear (a page a click
+                // led to may still be loading).
+                "timeouts": {"implicit": 5000},
                 "goog:chromeOptions": {
                     "binary": chromium,
                     "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
@@ -180,6 +183,16 @@ impl Browser {
             .call("GET", &format!("/element/{element}/text"), Value::Null)
             .await;
         text.as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Waits until the current page's title is `title` (a form whose answer redirects
+    /// may still be loading when its click returns); panics after 20 s.
+    pub async fn wait_for_title(&self, title: &str) {
+        let what = format!("the page titled `{title}`");
+        crate::eventually::eventually(&what, Duration::from_secs(20), || async {
+            (self.title().await == title).then_some(())
+        })
+        .await;
     }
 
     /// The current page's title.

@@ -230,6 +230,9 @@ pub(crate) struct AuditFilter {
     pub(crate) asid: String,
     pub(crate) action: String,
     pub(crate) resource_id: String,
+    /// Newest first; the page token is then the last key returned, and the next page
+    /// starts below it.
+    pub(crate) newest_first: bool,
 }
 
 /// The names of the reference data sets, by set index.

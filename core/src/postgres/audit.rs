@@ -1,5 +1,7 @@
 //! The audit trail and the Spine directory on PostgreSQL.
 
+use std::fmt::Write as _;
+
 use super::Db;
 use nems_proto::v1 as pb;
 use prost::Message;
@@ -86,38 +88,61 @@ pub(crate) async fn list(
     size: usize,
 ) -> Result<(Vec<pb::AuditRecord>, String), StoreError> {
     let bad = || StoreError::Corrupt("bad page token".into());
-    let (ms, seq): (i64, i64) = match token.split_once(':') {
-        Some((ms, seq)) => (
-            ms.parse().map_err(|_| bad())?,
-            seq.parse().map_err(|_| bad())?,
-        ),
-        None => (filter.since_ms as i64, -1),
+    let token = match token.split_once(':') {
+        Some((ms, seq)) => Some((
+            ms.parse::<i64>().map_err(|_| bad())?,
+            seq.parse::<i64>().map_err(|_| bad())?,
+        )),
+        None => None,
     };
     let until = if filter.until_ms == 0 {
         i64::MAX
     } else {
         filter.until_ms as i64
     };
+    let since = filter.since_ms as i64;
+    // Oldest first after the token (or from `since`), or newest first below it (or
+    // below `until`). Only the filters given are in the statement, so that the planner
+    // can read the index by action (migration 0003) or by time.
+    let (ms, seq) = match (filter.newest_first, token) {
+        (_, Some(key)) => key,
+        (true, None) => (until, 0),
+        (false, None) => (since, -1),
+    };
+    let (bound, limit_key, order) = if filter.newest_first {
+        ("(at_ms, seq) < ($1, $2) AND at_ms >= $3", since, "DESC")
+    } else {
+        ("(at_ms, seq) > ($1, $2) AND at_ms < $3", until, "ASC")
+    };
+    let size = size as i64;
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+        vec![&ms, &seq, &limit_key, &size];
+    let mut filters = String::new();
+    for (column, value) in [
+        ("asid", &filter.asid),
+        ("action", &filter.action),
+        ("resource_id", &filter.resource_id),
+    ] {
+        if !value.is_empty() {
+            params.push(value);
+            let _ = write!(filters, " AND {column} = ${}", params.len());
+        }
+    }
+    let select = |table: &str| {
+        format!(
+            "(SELECT at_ms, seq, record FROM {table} WHERE {bound}{filters}
+              ORDER BY at_ms {order}, seq {order} LIMIT $4)"
+        )
+    };
     let rows = c
         .fetch(
-            "SELECT at_ms, seq, record FROM (
-                 SELECT at_ms, seq, asid, action, resource_id, record FROM nems_audit
-                 UNION ALL
-                 SELECT at_ms, seq, asid, action, resource_id, record FROM nems_audit_refused
-             ) a
-             WHERE (at_ms, seq) > ($1, $2) AND at_ms < $3
-               AND ($4 = '' OR asid = $4) AND ($5 = '' OR action = $5)
-               AND ($6 = '' OR resource_id = $6)
-             ORDER BY at_ms, seq LIMIT $7",
-            &[
-                &ms,
-                &seq,
-                &until,
-                &filter.asid,
-                &filter.action,
-                &filter.resource_id,
-                &(size as i64),
-            ],
+            &format!(
+                "SELECT at_ms, seq, record FROM ({} UNION ALL {}) a
+                 ORDER BY at_ms {order}, seq {order} LIMIT $4",
+                select("nems_audit"),
+                select("nems_audit_refused")
+            ),
+            &params,
         )
         .await
         .map_err(pg)?;
@@ -130,7 +155,7 @@ pub(crate) async fn list(
         out.push(record);
         last = format!("{at}:{seq}");
     }
-    let next = if out.len() >= size {
+    let next = if out.len() as i64 >= size {
         last
     } else {
         String::new()

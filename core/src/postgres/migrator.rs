@@ -41,6 +41,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "uncontended_counters",
         sql: include_str!("migrations/0002_uncontended_counters.sql"),
     },
+    Migration {
+        version: 3,
+        name: "audit_by_action",
+        sql: include_str!("migrations/0003_audit_by_action.sql"),
+    },
 ];
 
 /// The key of the advisory lock the migrator holds (`nems` in ASCII, then `1`).

@@ -156,8 +156,8 @@ fn subscription(mailbox: &str) -> (u128, crate::backend::StoredSubscription) {
 /// deadlock that PostgreSQL breaks by rolling it back runs again and is stored, rather
 /// than failing its caller. The cycle is made by a side transaction: it holds the
 /// create's duplicate-key lock, the create takes the quota lock and waits for that one,
-/// then the side asks for the quota lock. The create waited first, so its deadlock check
-/// fires first and rolls it back.
+/// then the side asks for the quota lock. The side's deadlock check waits a minute, the
+/// create's the server's default, so the create's fires first and rolls it back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_create_rolled_back_to_break_a_deadlock_runs_again() {
     let Some((cluster, url)) = database("pg_create_deadlock").await else {
@@ -171,6 +171,11 @@ async fn a_create_rolled_back_to_break_a_deadlock_runs_again() {
     let (id, record) = subscription("DEADLOCK1");
     let lock = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
     let mut side = cluster.connect("nems").await;
+    // The side's own deadlock check waits far longer than the create's, so the server
+    // always picks the create to roll back, however loaded the machine is.
+    side.batch_execute("SET deadlock_timeout = '60s'")
+        .await
+        .unwrap();
     let side_tx = side.transaction().await.unwrap();
     side_tx
         .execute(lock, &[&super::subscriptions::dedup_lock_key(&record)])
@@ -356,6 +361,18 @@ async fn deliveries_page_both_ways_and_the_oldest_pending_is_reported() {
         .unwrap();
     crate::backend::conformance::deliveries_page_both_ways_and_the_oldest_pending_is_reported(&a)
         .await;
+}
+
+/// The audit trail by action and newest first on PostgreSQL (conformance).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_lists_one_action_either_way() {
+    let Some((_cluster, url)) = database("pg_audit_order").await else {
+        return;
+    };
+    let a = PgBackend::open(&url, 4, true, 1024, "core-a", None)
+        .await
+        .unwrap();
+    crate::backend::conformance::audit_lists_one_action_either_way(&a).await;
 }
 
 /// Replay on PostgreSQL: the conformance test both engines pass.

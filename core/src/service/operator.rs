@@ -621,6 +621,7 @@ impl OperatorService for Operator {
             asid: req.asid,
             action: req.action,
             resource_id: req.resource_id,
+            newest_first: req.newest_first,
         };
         let size = page_size(req.page_size);
         let token = req.page_token;

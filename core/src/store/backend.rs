@@ -557,6 +557,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn audit_lists_one_action_either_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path(),
+            StoreOptions {
+                durable: false,
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap();
+        crate::backend::conformance::audit_lists_one_action_either_way(&store).await;
+    }
+
+    #[tokio::test]
     async fn replay_resends_what_the_window_kept() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(

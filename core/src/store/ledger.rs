@@ -862,6 +862,35 @@ pub(crate) fn list(
         (true, false) => (0, after - 1),
     };
     let rev = query.newest_first;
+    // With a mailbox and a state, the per-mailbox counts say how many rows can match:
+    // none (answer at once), and which index holds fewer candidates (the state index when
+    // the state is rare, as dead letters are, else the mailbox's); on a first page the
+    // scan also stops once it has found them all.
+    let mut expected = None;
+    let mut use_state_index = query.mailbox.is_empty();
+    if let (false, Some(state)) = (query.mailbox.is_empty(), query.state) {
+        let counts = tx.open_table(MAILBOX_COUNTS)?;
+        let mb = query.mailbox.as_str();
+        let matching = counts.get((mb, state as u8))?.map_or(0, |v| v.value());
+        if matching == 0 {
+            return Ok((Vec::new(), String::new()));
+        }
+        let mut of_mailbox = 0u64;
+        for item in counts.range((mb, 0u8)..=(mb, u8::MAX))? {
+            of_mailbox += item?.1.value();
+        }
+        let mut of_state = 0u64;
+        for item in counts.iter()? {
+            let (k, v) = item?;
+            if k.value().1 == state as u8 {
+                of_state += v.value();
+            }
+        }
+        use_state_index = of_state < of_mailbox;
+        if page_token.is_empty() {
+            expected = Some(matching);
+        }
+    }
     let by_mailbox;
     let by_state;
     let ids: Box<dyn Iterator<Item = Result<u64, StoreError>>> = if !query.event_id.is_empty() {
@@ -874,7 +903,7 @@ pub(crate) fn list(
         };
         let range = range.start.max(low)..range.end.min(high.saturating_add(1));
         ordered(range.map(Ok), rev)
-    } else if !query.mailbox.is_empty() {
+    } else if !query.mailbox.is_empty() && !use_state_index {
         let mb = query.mailbox.as_str();
         by_mailbox = tx.open_table(DELIVERIES_BY_MAILBOX)?;
         let range = by_mailbox.range((mb, low)..=(mb, high))?;
@@ -897,14 +926,19 @@ pub(crate) fn list(
         )
     };
     let mut out = Vec::new();
+    let mut found = 0u64;
     for id in ids {
         let id = id?;
         let Some(bytes) = deliveries.get(id)? else {
             continue;
         };
         let d = StoredDelivery::decode(bytes.value())?;
-        let keep = (query.mailbox.is_empty() || d.mailbox == query.mailbox)
-            && query.state.is_none_or(|s| d.state() == s)
+        let in_place = (query.mailbox.is_empty() || d.mailbox == query.mailbox)
+            && query.state.is_none_or(|s| d.state() == s);
+        if in_place {
+            found += 1;
+        }
+        let keep = in_place
             && (query.event_code.is_empty() || d.event_code == query.event_code)
             && (query.error_code.is_empty() || d.last_error_code == query.error_code);
         if keep {
@@ -912,6 +946,9 @@ pub(crate) fn list(
             if out.len() >= page_size {
                 return Ok((out, id.to_string()));
             }
+        }
+        if expected.is_some_and(|n| found >= n) {
+            break;
         }
     }
     Ok((out, String::new()))

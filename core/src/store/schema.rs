@@ -13,7 +13,7 @@ use super::tables::*;
 /// - 2: the retention index `ledger-by-settled-v1` (built from the ledger on migration).
 /// - 3: per-ASID live subscription counts in `counters-v1` (the subscription quota),
 ///   counted from the subscriptions on migration; `audit-refused-v1`.
-pub(crate) const SCHEMA_VERSION: u64 = 3;
+pub(crate) const SCHEMA_VERSION: u64 = 4;
 
 const VERSION_KEY: &str = "version";
 
@@ -38,6 +38,7 @@ pub(crate) fn migrate(db: &Database) -> Result<u64, StoreError> {
                 match v {
                     1 => migrate_1_to_2(&tx)?,
                     2 => migrate_2_to_3(&tx)?,
+                    3 => migrate_3_to_4(&tx)?,
                     _ => {
                         return Err(StoreError::Corrupt(format!(
                             "no migration from schema version {v}"
@@ -77,6 +78,12 @@ fn migrate_2_to_3(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
 }
 
 /// Reads the schema version.
+fn migrate_3_to_4(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let records = super::audit::build_action_index(tx)?;
+    tracing::info!(records, "schema 3 -> 4: audit index by action built");
+    Ok(())
+}
+
 pub(crate) fn version(tx: &redb::ReadTransaction) -> Result<u64, StoreError> {
     let table = tx.open_table(SCHEMA)?;
     Ok(table.get(VERSION_KEY)?.map(|v| v.value()).unwrap_or(0))
@@ -105,6 +112,7 @@ fn create_tables(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(PATIENTS)?;
     tx.open_table(AUDIT)?;
     tx.open_table(AUDIT_REFUSED)?;
+    tx.open_table(AUDIT_BY_ACTION)?;
     tx.open_table(REF_META)?;
     for slots in REF_SLOTS {
         for slot in slots {

@@ -96,6 +96,12 @@ pub(crate) const AUDIT: TableDefinition<'_, (u64, u64), &[u8]> = TableDefinition
 pub(crate) const AUDIT_REFUSED: TableDefinition<'_, (u64, u64), &[u8]> =
     TableDefinition::new("audit-refused-v1");
 
+/// Audit records of both tables by action: (action, time ms, seq, table: 0 `AUDIT`, 1
+/// `AUDIT_REFUSED`), so that a listing of one action reads that action's records only
+/// (schema 4).
+pub(crate) const AUDIT_BY_ACTION: TableDefinition<'_, (&str, u64, u64, u8), ()> =
+    TableDefinition::new("audit-by-action-v1");
+
 /// Reference data metadata: data set name → `RefMeta` (generation, active slot).
 pub(crate) const REF_META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("ref-meta-v1");
 

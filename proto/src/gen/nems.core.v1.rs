@@ -4060,6 +4060,9 @@ pub struct ListAuditRequest {
     /// Token from the previous page; empty for the first.
     #[prost(string, tag = "7")]
     pub page_token: ::prost::alloc::string::String,
+    /// Newest first instead of oldest first.
+    #[prost(bool, tag = "8")]
+    pub newest_first: bool,
 }
 /// ListAuditResponse is one page of audit entries.
 #[derive(Clone, PartialEq, ::prost::Message)]

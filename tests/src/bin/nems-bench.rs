@@ -7,6 +7,8 @@
 //! target/release/nems-bench publish [--subscriptions 1000000] [--seconds 20] [--concurrency 64]
 //!                                   [--rate 0|5000] [--bytes 10240] [--durable true|false]
 //!                                   [--two-phase-commit true|false]
+//! target/release/nems-bench console [--subscriptions 1000000] [--deliveries 1000000]
+//!                                   [--mailboxes 20] [--dead-letters 1000] [--rounds 20]
 //! ```
 //! Options: `--nems PATH` (default `target/release/nems`), `--dir DIR` (default a temp dir).
 #![allow(
@@ -170,9 +172,224 @@ async fn main() {
                 bench::db_size(&dir) as f64 / 1048576.0
             );
         }
+        "console" => console(&nems, &dir, &o, concurrency).await,
         _ => {
-            eprintln!("usage: nems-bench subscriptions|publish [--options]; see the source header");
+            eprintln!(
+                "usage: nems-bench subscriptions|publish|console [--options]; see the source header"
+            );
             std::process::exit(2);
         }
     }
+}
+
+/// The console's pages with many subscriptions and deliveries stored: loads them into a
+/// `nems core` (not durable, to load fast; reads are what is measured), dead-letters the
+/// newest deliveries of one mailbox, then fetches each page `rounds` times one after
+/// another over HTTP and prints p50, p99 and the slowest against the 200 ms target.
+async fn console(
+    nems: &std::path::Path,
+    dir: &std::path::Path,
+    o: &HashMap<String, String>,
+    concurrency: usize,
+) {
+    use nems_e2e::http::HttpClient;
+    use nems_proto::v1 as pb;
+    use nems_proto::v1::delivery_service_client::DeliveryServiceClient;
+    use nems_proto::v1::operator_service_client::OperatorServiceClient;
+
+    let subscriptions: u64 = opt(o, "subscriptions", 1_000_000);
+    let deliveries: u64 = opt(o, "deliveries", 1_000_000);
+    let mailboxes: u64 = opt(o, "mailboxes", 20);
+    let dead: u32 = opt(o, "dead-letters", 1_000);
+    let rounds: usize = opt(o, "rounds", 20);
+    let core = bench::start_core_with(nems, dir, false, true, &[]).await;
+    let banner = core.banner.clone();
+    let after = |marker: &str| -> std::net::SocketAddr {
+        banner
+            .split_once(marker)
+            .and_then(|(_, rest)| {
+                rest.split([',', ' ', '/'])
+                    .find(|p| !p.is_empty() && *p != "http:")
+            })
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no {marker} in `{banner}`"))
+    };
+    let operator = after("operator API on ");
+    let ops = after("console http://");
+    println!(
+        "console pages with {subscriptions} subscriptions and {deliveries} deliveries over {mailboxes} mailboxes (core not durable while loading)"
+    );
+    let mut p = bench::create_grpc(core.addr, 0, subscriptions, concurrency).await;
+    line("load subscriptions", &mut p);
+    let mut directory = nems_proto::v1::directory_service_client::DirectoryServiceClient::new(
+        bench::channel(operator),
+    );
+    for n in 0..mailboxes {
+        directory
+            .put_mailbox(pb::PutMailboxRequest {
+                mailbox: Some(pb::MeshMailbox {
+                    mailbox_id: bench::bench_mailbox(n),
+                    ods_code: "RR8".into(),
+                    description: "benchmark mailbox".into(),
+                }),
+            })
+            .await
+            .expect("register a benchmark mailbox");
+    }
+    let mut p = bench::inject_grpc(operator, 0, deliveries, mailboxes, concurrency).await;
+    line("load deliveries", &mut p);
+    // The newest deliveries of the first mailbox become dead letters, so that a scan of
+    // that mailbox oldest first passes every other delivery before it finds one.
+    let first = bench::bench_mailbox(0);
+    let newest = OperatorServiceClient::new(bench::channel(operator))
+        .list_deliveries(pb::ListDeliveriesRequest {
+            mailbox: first.clone(),
+            newest_first: true,
+            page_size: dead.min(1000),
+            ..Default::default()
+        })
+        .await
+        .expect("list deliveries")
+        .into_inner()
+        .deliveries;
+    let mut reporter = DeliveryServiceClient::new(bench::channel(core.addr));
+    for d in &newest {
+        reporter
+            .report_undelivered(pb::ReportUndeliveredRequest {
+                mesh_message_id: String::new(),
+                local_id: d.local_id.clone(),
+                code: "14".into(),
+                description: "benchmark: undelivered".into(),
+            })
+            .await
+            .expect("report undelivered");
+    }
+    println!(
+        "dead-lettered the newest {} deliveries of {first}",
+        newest.len()
+    );
+
+    let http = HttpClient::new(ops);
+    let home = http.get("/console/subscriptions", &[]).await.text();
+    let subscription = home
+        .split("href=\"/console/subscriptions/")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_default()
+        .to_owned();
+    let second = bench::bench_mailbox(1);
+    let mailbox_page = http
+        .get(&format!("/console/mailboxes/{second}"), &[])
+        .await
+        .text();
+    let next = mailbox_page
+        .split("id=\"next\" href=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_default()
+        .replace("&amp;", "&");
+    let pages: Vec<(&str, String)> = vec![
+        ("overview", "/console/".into()),
+        ("mailboxes", "/console/mailboxes".into()),
+        (
+            "mailboxes by oldest pending",
+            "/console/mailboxes?sort=oldest".into(),
+        ),
+        (
+            "a mailbox's deliveries",
+            format!("/console/mailboxes/{second}"),
+        ),
+        ("... its next page", next),
+        ("dead letters", "/console/dead-letters".into()),
+        (
+            "dead letters of a mailbox",
+            format!("/console/dead-letters?mailbox={first}"),
+        ),
+        (
+            "... of a mailbox with none",
+            format!("/console/dead-letters?mailbox={second}"),
+        ),
+        ("subscriptions", "/console/subscriptions".into()),
+        (
+            "... by mailbox",
+            "/console/subscriptions?by=mailbox&q=RR8MBX01".into(),
+        ),
+        (
+            "... by ODS code",
+            "/console/subscriptions?by=ods&q=RR8".into(),
+        ),
+        (
+            "a subscription",
+            format!("/console/subscriptions/{subscription}"),
+        ),
+        ("directory", "/console/directory".into()),
+        ("reference data", "/console/reference-data".into()),
+        ("audit", "/console/audit".into()),
+        (
+            "audit of one action",
+            "/console/audit?action=redrive".into(),
+        ),
+        ("replay form", format!("/console/replay?mailbox={second}")),
+    ];
+    println!(
+        "{:<32} {:>9} {:>9} {:>9} {:>8}  within 200 ms",
+        "page", "p50 ms", "p99 ms", "max ms", "bytes"
+    );
+    let mut slow = 0;
+    let mut report = |name: &str, lat: &mut bench::Latencies, max: Duration, bytes: usize| {
+        let ok = max <= Duration::from_millis(200);
+        if !ok {
+            slow += 1;
+        }
+        println!(
+            "{name:<32} {:>9.2} {:>9.2} {:>9.2} {bytes:>8}  {}",
+            lat.quantile_ms(0.50),
+            lat.quantile_ms(0.99),
+            max.as_secs_f64() * 1000.0,
+            if ok { "yes" } else { "NO" }
+        );
+    };
+    for (name, path) in &pages {
+        let _ = http.get(path, &[]).await;
+        let mut lat = bench::Latencies::default();
+        let (mut max, mut bytes) = (Duration::ZERO, 0);
+        for _ in 0..rounds {
+            let t = Instant::now();
+            let page = http.get(path, &[]).await;
+            let took = t.elapsed();
+            assert_eq!(page.status, 200, "{name} ({path}): {}", page.text());
+            bytes = page.text().len();
+            lat.push(took);
+            max = max.max(took);
+        }
+        report(name, &mut lat, max, bytes);
+    }
+    // The NHS-number search is a POST form.
+    let form = [(
+        "content-type",
+        "application/x-www-form-urlencoded".to_owned(),
+    )];
+    let body = format!(
+        "nhs_number={}",
+        nems_e2e::events::nhs_number(subscriptions / 2)
+    );
+    let mut lat = bench::Latencies::default();
+    let (mut max, mut bytes) = (Duration::ZERO, 0);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let page = http
+            .post("/console/subscriptions", &form, body.clone())
+            .await;
+        let took = t.elapsed();
+        assert_eq!(page.status, 200, "NHS search: {}", page.text());
+        bytes = page.text().len();
+        lat.push(took);
+        max = max.max(took);
+    }
+    report("subscriptions by NHS number", &mut lat, max, bytes);
+    println!(
+        "pages over 200 ms: {slow} of {}; core RSS {:.0} MiB",
+        pages.len() + 1,
+        memory_mib(core.pid()).0
+    );
 }

@@ -590,7 +590,7 @@ impl Backend for PgBackend {
             schema_version: version as u64,
             subscriptions: subscriptions::live_count(c).await?,
             events_accepted: ledger::accepted_count(c).await?,
-            deliveries_pending: ledger::queue(c).await?.1,
+            deliveries_pending: ledger::pending_count(c).await?,
             reference,
             patients: patients as u64,
         };

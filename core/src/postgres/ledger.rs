@@ -876,14 +876,26 @@ pub(crate) async fn stats(
     client: &Client,
     mailbox: &str,
 ) -> Result<Vec<pb::MailboxStats>, StoreError> {
-    let rows = client
-        .fetch(
-            "SELECT mailbox, state, count(*) FROM nems_deliveries
-             WHERE $1 = '' OR mailbox = $1 GROUP BY mailbox, state ORDER BY mailbox",
-            &[&mailbox],
-        )
-        .await
-        .map_err(pg)?;
+    // An index-only scan of (mailbox, state) (migration 0003), of one mailbox's part when
+    // one is named.
+    let rows = if mailbox.is_empty() {
+        client
+            .fetch(
+                "SELECT mailbox, state, count(*) FROM nems_deliveries
+                 GROUP BY mailbox, state ORDER BY mailbox",
+                &[],
+            )
+            .await
+    } else {
+        client
+            .fetch(
+                "SELECT mailbox, state, count(*) FROM nems_deliveries
+                 WHERE mailbox = $1 GROUP BY mailbox, state ORDER BY mailbox",
+                &[&mailbox],
+            )
+            .await
+    }
+    .map_err(pg)?;
     let mut out: Vec<pb::MailboxStats> = Vec::new();
     for row in &rows {
         let mb: &str = row.get(0);
@@ -906,15 +918,22 @@ pub(crate) async fn stats(
             _ => {}
         }
     }
-    // The oldest pending delivery of each mailbox (the queue index holds the queued and
-    // in-flight ones).
+    // The oldest pending delivery of each mailbox with one: the first entry of its part of
+    // the index of pending deliveries by id (ids grow with acceptance), one probe each.
+    let pending: Vec<String> = out
+        .iter()
+        .filter(|m| m.queued + m.in_flight > 0)
+        .map(|m| m.mailbox.clone())
+        .collect();
     let oldest = client
         .fetch(
-            "SELECT d.mailbox, min(e.accepted_ms) FROM nems_deliveries d
-             JOIN nems_events e ON e.seq = d.event_seq
-             WHERE d.queue_at IS NOT NULL AND ($1 = '' OR d.mailbox = $1)
-             GROUP BY d.mailbox",
-            &[&mailbox],
+            "SELECT m.mailbox, e.accepted_ms FROM unnest($1::text[]) AS m(mailbox)
+             CROSS JOIN LATERAL (
+                 SELECT event_seq FROM nems_deliveries d
+                 WHERE d.mailbox = m.mailbox AND d.queue_at IS NOT NULL
+                 ORDER BY d.delivery_id LIMIT 1) first
+             JOIN nems_events e ON e.seq = first.event_seq",
+            &[&pending],
         )
         .await
         .map_err(pg)?;
@@ -947,6 +966,20 @@ pub(crate) async fn queue(client: &impl Db) -> Result<(Vec<(String, u64)>, u64),
         })
         .collect();
     Ok((heads, pending))
+}
+
+/// Deliveries queued or in flight: a count of the partial index of pending deliveries
+/// (migration 0003), without `queue`'s per-mailbox heads.
+pub(crate) async fn pending_count(client: &impl Db) -> Result<u64, StoreError> {
+    let n: i64 = client
+        .fetch_one(
+            "SELECT count(*) FROM nems_deliveries WHERE queue_at IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(pg)?
+        .get(0);
+    Ok(n as u64)
 }
 
 /// Events accepted since the database was created.

@@ -43,8 +43,8 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 3,
-        name: "audit_by_action",
-        sql: include_str!("migrations/0003_audit_by_action.sql"),
+        name: "console_indexes",
+        sql: include_str!("migrations/0003_console_indexes.sql"),
     },
 ];
 

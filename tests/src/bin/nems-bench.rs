@@ -111,16 +111,7 @@ async fn main() {
             println!("preloading {subscriptions} explicit subscriptions over gRPC...");
             let mut p = bench::create_grpc(core.addr, 0, subscriptions, concurrency).await;
             line("preload", &mut p);
-            // The core child inherits this process's environment: its store is this.
-            #[allow(clippy::disallowed_methods, reason = "the core child's own setting")]
-            let database = std::env::var("NEMS_DATABASE_URL");
-            if let Ok(url) = database {
-                let took = bench::settle_postgres(&url).await;
-                println!(
-                    "PostgreSQL settled after the load (VACUUM (ANALYZE)) in {:.1}s",
-                    took.as_secs_f64()
-                );
-            }
+            settle_if_postgres().await;
             let edge = bench::start_edge(&nems, core.addr).await;
             // Warm up connections and caches.
             let _ = bench::publish_http(
@@ -179,6 +170,20 @@ async fn main() {
             );
             std::process::exit(2);
         }
+    }
+}
+
+/// On PostgreSQL (the core child inherits this process's environment, so its store is
+/// `NEMS_DATABASE_URL`), settles the database after a bulk load, as an operator would.
+async fn settle_if_postgres() {
+    #[allow(clippy::disallowed_methods, reason = "the core child's own setting")]
+    let database = std::env::var("NEMS_DATABASE_URL");
+    if let Ok(url) = database {
+        let took = bench::settle_postgres(&url).await;
+        println!(
+            "PostgreSQL settled after the load (VACUUM (ANALYZE)) in {:.1}s",
+            took.as_secs_f64()
+        );
     }
 }
 

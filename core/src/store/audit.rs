@@ -165,10 +165,7 @@ fn list_tables(
         let mut record = pb::AuditRecord::decode(v.value())?;
         // The time is the key's: records are stored without it.
         record.at = Some(super::keys::timestamp(ms));
-        let keep = (filter.asid.is_empty() || record.asid == filter.asid)
-            && (filter.action.is_empty() || record.action == filter.action)
-            && (filter.resource_id.is_empty() || record.resource_id == filter.resource_id);
-        if keep {
+        if wanted(filter, &record) {
             out.push(record);
             if out.len() >= page_size {
                 return Ok((out, format!("{ms}:{seq}")));
@@ -176,6 +173,13 @@ fn list_tables(
         }
     }
     Ok((out, String::new()))
+}
+
+/// Whether `record` passes `filter`'s ASID, action and resource filters.
+fn wanted(filter: &AuditFilter, record: &pb::AuditRecord) -> bool {
+    (filter.asid.is_empty() || record.asid == filter.asid)
+        && (filter.action.is_empty() || record.action == filter.action)
+        && (filter.resource_id.is_empty() || record.resource_id == filter.resource_id)
 }
 
 /// One page of one action's records (both tables), read through `AUDIT_BY_ACTION`.
@@ -213,9 +217,7 @@ fn list_by_action(
         };
         let mut record = pb::AuditRecord::decode(v.value())?;
         record.at = Some(super::keys::timestamp(ms));
-        let keep = (filter.asid.is_empty() || record.asid == filter.asid)
-            && (filter.resource_id.is_empty() || record.resource_id == filter.resource_id);
-        if keep {
+        if wanted(filter, &record) {
             out.push(record);
             if out.len() >= page_size {
                 return Ok((out, format!("{ms}:{seq}")));

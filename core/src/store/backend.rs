@@ -522,8 +522,8 @@ mod tests {
     use crate::backend::keys::{self, id_hex};
     use crate::store::StoreOptions;
 
-    #[tokio::test]
-    async fn an_overtaken_import_fails_and_the_later_one_wins() {
+    /// A non-durable store in a temporary folder (kept while the folder lives).
+    fn temp_store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(
             dir.path(),
@@ -533,6 +533,12 @@ mod tests {
             },
         )
         .unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn an_overtaken_import_fails_and_the_later_one_wins() {
+        let (_dir, store) = temp_store();
         crate::backend::conformance::an_overtaken_import_fails_and_the_later_one_wins(
             &store, &store,
         )
@@ -541,15 +547,7 @@ mod tests {
 
     #[tokio::test]
     async fn deliveries_page_both_ways_and_the_oldest_pending_is_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
-            dir.path(),
-            StoreOptions {
-                durable: false,
-                ..StoreOptions::default()
-            },
-        )
-        .unwrap();
+        let (_dir, store) = temp_store();
         crate::backend::conformance::deliveries_page_both_ways_and_the_oldest_pending_is_reported(
             &store,
         )
@@ -558,29 +556,13 @@ mod tests {
 
     #[tokio::test]
     async fn audit_lists_one_action_either_way() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
-            dir.path(),
-            StoreOptions {
-                durable: false,
-                ..StoreOptions::default()
-            },
-        )
-        .unwrap();
+        let (_dir, store) = temp_store();
         crate::backend::conformance::audit_lists_one_action_either_way(&store).await;
     }
 
     #[tokio::test]
     async fn replay_resends_what_the_window_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
-            dir.path(),
-            StoreOptions {
-                durable: false,
-                ..StoreOptions::default()
-            },
-        )
-        .unwrap();
+        let (_dir, store) = temp_store();
         crate::backend::conformance::replay_resends_what_the_window_kept(&store).await;
     }
 
@@ -589,15 +571,7 @@ mod tests {
         use crate::domain::catalogue::Catalogue;
 
         const NHS: &str = "9434765919";
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
-            dir.path(),
-            StoreOptions {
-                durable: false,
-                ..StoreOptions::default()
-            },
-        )
-        .unwrap();
+        let (_dir, store) = temp_store();
         let now = keys::now_ms();
         let criteria = format!(
             "/Bundle?type=message&Patient.identifier=https://fhir.nhs.uk/Id/nhs-number|{NHS}&MessageHeader.event=vaccinations-1"
